@@ -1,0 +1,32 @@
+// The table of kernel pointers, one table per ISA compiled in, and the choice among them.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kernels/optim.h"
+
+namespace fusedopt {
+
+// An elementwise kernel over one chunk: arrays[k] points at element 0 of the chunk in the k-th
+// array of the tensor (param, grad, then the optimizer's state in the order of its Config).
+template <class Config>
+using ElementwiseKernel = void (*)(const Config&, void* const* arrays, std::size_t n);
+
+enum DType { kFloat32 = 0, kFloat64 = 1 };
+
+struct KernelTable {
+    const char* isa;
+    ElementwiseKernel<SgdConfig> sgd[2];  // indexed by DType
+    ElementwiseKernel<AdagradConfig> adagrad[2];
+    ElementwiseKernel<RmspropConfig> rmsprop[2];
+    ElementwiseKernel<AdamConfig> adam[2];
+};
+
+// ISAs compiled into this build that this CPU (and OS) can run, worst first.
+std::vector<std::string> available_isas();
+// Makes `name` the active table; throws std::invalid_argument naming the usable ones otherwise.
+void set_isa(const std::string& name);
+const KernelTable& kernels();
+
+}  // namespace fusedopt

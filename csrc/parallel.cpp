@@ -1,0 +1,165 @@
+#include "parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#if defined(__linux__)
+#include <sched.h>
+#include <unistd.h>
+#endif
+
+namespace fusedopt {
+namespace {
+
+int default_num_threads() {
+    if (const char* env = std::getenv("FUSEDOPT_NUM_THREADS")) {
+        int n = std::atoi(env);
+        if (n >= 1) return n;
+    }
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class ThreadPool {
+  public:
+    ThreadPool() : num_threads_(default_num_threads()) {}
+    // Workers are left running at exit: joining them from a static destructor can deadlock
+    // with the interpreter's shutdown, and the OS reclaims them.
+
+    int num_threads() const { return num_threads_.load(); }
+    void set_num_threads(int n) { num_threads_.store(n); }
+
+    void run(int ntasks, const std::function<void(int)>& task) {
+        int nthreads = std::min(ntasks, num_threads());
+        std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+        if (nthreads <= 1 || !busy.owns_lock()) {
+            for (int i = 0; i < ntasks; ++i) task(i);
+            return;
+        }
+        ensure_workers(nthreads - 1);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            task_ = &task;
+            ntasks_ = ntasks;
+            next_.store(0);
+            pending_ = nthreads - 1;
+            wanted_ = nthreads - 1;
+            ++generation_;
+        }
+        wake_.notify_all();
+        work();
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [&] { return pending_ == 0; });
+        task_ = nullptr;
+    }
+
+  private:
+    void work() {
+        for (int i = next_.fetch_add(1); i < ntasks_; i = next_.fetch_add(1)) (*task_)(i);
+    }
+
+    void worker_loop(int index) {
+        unsigned long seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return generation_ != seen && index < wanted_; });
+                seen = generation_;
+            }
+            work();
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--pending_ == 0) done_.notify_one();
+        }
+    }
+
+    void ensure_workers(int n) {
+#if defined(__linux__)
+        // A forked child has none of the parent's threads: start afresh (the old handles are
+        // dropped, not joined).
+        if (pid_ != getpid()) {
+            workers_.clear();
+            pid_ = getpid();
+        }
+#endif
+        while (static_cast<int>(workers_.size()) < n) {
+            int index = static_cast<int>(workers_.size());
+            workers_.push_back(new std::thread([this, index] { worker_loop(index); }));
+            workers_.back()->detach();
+        }
+    }
+
+    std::atomic<int> num_threads_;
+    std::mutex run_mutex_;  // one parallel region at a time
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    std::vector<std::thread*> workers_;
+    const std::function<void(int)>* task_ = nullptr;
+    int ntasks_ = 0;
+    std::atomic<int> next_{0};
+    int pending_ = 0;
+    int wanted_ = 0;
+    unsigned long generation_ = 0;
+#if defined(__linux__)
+    pid_t pid_ = getpid();
+#endif
+};
+
+ThreadPool& pool() {
+    static ThreadPool* p = new ThreadPool();  // never destroyed, see ~ThreadPool note
+    return *p;
+}
+
+}  // namespace
+
+int get_num_threads() { return pool().num_threads(); }
+void set_num_threads(int n) { pool().set_num_threads(n); }
+void parallel_for(int ntasks, const std::function<void(int)>& task) { pool().run(ntasks, task); }
+
+void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*, std::size_t)>& chunk) {
+    const std::size_t ntensors = b.sizes.size(), k = b.arrays_per_tensor;
+    std::vector<std::size_t> start(ntensors + 1, 0);  // start[t]: tensor t's first element in the concatenation
+    for (std::size_t t = 0; t < ntensors; ++t) start[t + 1] = start[t] + b.sizes[t];
+    const std::size_t total = start[ntensors];
+
+    // Elements [lo, hi) of the concatenation, tensor by tensor.
+    auto run_range = [&](std::size_t lo, std::size_t hi) {
+        std::size_t t = std::upper_bound(start.begin(), start.end(), lo) - start.begin() - 1;
+        std::vector<void*> arrays(k);
+        for (; t < ntensors && start[t] < hi; ++t) {
+            std::size_t begin = std::max(lo, start[t]) - start[t];
+            std::size_t end = std::min(hi, start[t + 1]) - start[t];
+            if (begin >= end) continue;
+            for (std::size_t j = 0; j < k; ++j)
+                arrays[j] = b.ptrs[t * k + j] ? static_cast<char*>(b.ptrs[t * k + j]) + begin * b.elem_size : nullptr;
+            chunk(arrays.data(), end - begin);
+        }
+    };
+
+    const std::size_t nthreads = static_cast<std::size_t>(get_num_threads());
+    const std::size_t ntasks = std::min(nthreads, std::max<std::size_t>(1, total / kMinElementsPerThread));
+    if (ntasks <= 1) {
+        run_range(0, total);
+        return;
+    }
+    // Cut points near k * total / ntasks, moved down to a 64-byte multiple within their tensor.
+    const std::size_t line = 64 / b.elem_size;
+    std::vector<std::size_t> cut(ntasks + 1);
+    cut[0] = 0;
+    cut[ntasks] = total;
+    for (std::size_t i = 1; i < ntasks; ++i) {
+        std::size_t c = total / ntasks * i;
+        std::size_t t = std::upper_bound(start.begin(), start.end(), c) - start.begin() - 1;
+        c = start[t] + (c - start[t]) / line * line;
+        cut[i] = std::max(c, cut[i - 1]);
+    }
+    parallel_for(static_cast<int>(ntasks), [&](int i) { run_range(cut[i], cut[i + 1]); });
+}
+
+}  // namespace fusedopt

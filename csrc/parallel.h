@@ -1,0 +1,45 @@
+// A small thread pool and the multi-tensor elementwise runner.
+//
+// One call over a list of tensors is one parallel region: the concatenated element range of all
+// tensors is cut into one contiguous piece per thread (cut points on 64-byte boundaries of the
+// tensor they fall in), so 161 tensors cost one fork/join, not 161. Every elementwise kernel
+// gives each element the same bits whichever chunk holds it (see for_each_lane), so results do
+// not depend on the thread count.
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "dispatch.h"
+
+namespace fusedopt {
+
+int get_num_threads();
+// n >= 1. Workers beyond n sleep; they never spin between calls.
+void set_num_threads(int n);
+
+// Runs task(i) for i in [0, ntasks) on up to get_num_threads() threads, the caller among them,
+// and returns when all are done. A call made while another is running (from a second Python
+// thread) runs its tasks on its own thread.
+void parallel_for(int ntasks, const std::function<void(int)>& task);
+
+// The arrays of a multi-tensor call: tensor t's k-th array is ptrs[t * arrays_per_tensor + k].
+struct TensorBatch {
+    std::size_t arrays_per_tensor = 0;
+    std::size_t elem_size = 0;
+    std::vector<void*> ptrs;
+    std::vector<std::size_t> sizes;
+};
+
+// Below this many elements per thread a call stays on the calling thread: waking a sleeping
+// worker costs ~10-20 us (bench/), about what Adam needs for 32K cache-resident elements.
+constexpr std::size_t kMinElementsPerThread = 32768;
+
+void for_each_chunk(const TensorBatch& batch, const std::function<void(void* const*, std::size_t)>& chunk);
+
+template <class Config>
+void run_elementwise(ElementwiseKernel<Config> kernel, const Config& config, const TensorBatch& batch) {
+    for_each_chunk(batch, [&](void* const* arrays, std::size_t n) { kernel(config, arrays, n); });
+}
+
+}  // namespace fusedopt

@@ -1,0 +1,94 @@
+// AVX-512 F/BW/DQ/VL: 16 floats / 8 doubles per vector (Skylake-X, Ice Lake, Zen 4 and later).
+#pragma once
+#include <immintrin.h>
+#include "scalar.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+template <class T> struct Vec;
+
+template <>
+struct Vec<float> {
+    using value_type = float;
+    static constexpr std::size_t size = 16;
+    __m512 v;
+
+    Vec() = default;
+    Vec(__m512 x) : v(x) {}
+    Vec(float x) : v(_mm512_set1_ps(x)) {}
+    static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+    void store(float* p) const { _mm512_storeu_ps(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
+    friend Vec operator-(Vec a) { return _mm512_xor_ps(a.v, _mm512_set1_ps(-0.0f)); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a.v, b.v, c.v); }
+    friend Vec sqrt(Vec a) { return _mm512_sqrt_ps(a.v); }
+    friend Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
+    friend Vec abs(Vec a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(cond.v, _mm512_setzero_ps(), _CMP_GT_OQ), a.v);
+    }
+    // halve to 256 bits, then as AVX2 does: the same pairing order on every x86 path
+    friend float reduce_add(Vec a) {
+        __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+    friend float reduce_max(Vec a) {
+        __m256 h = _mm256_max_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
+        __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using value_type = double;
+    static constexpr std::size_t size = 8;
+    __m512d v;
+
+    Vec() = default;
+    Vec(__m512d x) : v(x) {}
+    Vec(double x) : v(_mm512_set1_pd(x)) {}
+    static Vec load(const double* p) { return _mm512_loadu_pd(p); }
+    static Vec load_float(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    void store(double* p) const { _mm512_storeu_pd(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return _mm512_add_pd(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm512_sub_pd(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm512_mul_pd(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return _mm512_div_pd(a.v, b.v); }
+    friend Vec operator-(Vec a) { return _mm512_xor_pd(a.v, _mm512_set1_pd(-0.0)); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_pd(a.v, b.v, c.v); }
+    friend Vec sqrt(Vec a) { return _mm512_sqrt_pd(a.v); }
+    friend Vec max(Vec a, Vec b) { return _mm512_max_pd(a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return _mm512_min_pd(a.v, b.v); }
+    friend Vec abs(Vec a) { return _mm512_andnot_pd(_mm512_set1_pd(-0.0), a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(cond.v, _mm512_setzero_pd(), _CMP_GT_OQ), a.v);
+    }
+    friend double reduce_add(Vec a) {
+        __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
+        __m128d s = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+    }
+    friend double reduce_max(Vec a) {
+        __m256d h = _mm256_max_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));
+        __m128d s = _mm_max_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+        return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+    }
+};
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

@@ -1,0 +1,82 @@
+// NEON (AArch64 Advanced SIMD): 4 floats / 2 doubles per vector, fused multiply-add.
+#pragma once
+#include <arm_neon.h>
+#include "scalar.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+template <class T> struct Vec;
+
+template <>
+struct Vec<float> {
+    using value_type = float;
+    static constexpr std::size_t size = 4;
+    float32x4_t v;
+
+    Vec() = default;
+    Vec(float32x4_t x) : v(x) {}
+    Vec(float x) : v(vdupq_n_f32(x)) {}
+    static Vec load(const float* p) { return vld1q_f32(p); }
+    void store(float* p) const { vst1q_f32(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return vaddq_f32(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return vsubq_f32(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return vmulq_f32(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return vdivq_f32(a.v, b.v); }
+    friend Vec operator-(Vec a) { return vnegq_f32(a.v); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return vfmaq_f32(c.v, a.v, b.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return vfmsq_f32(c.v, a.v, b.v); }
+    friend Vec sqrt(Vec a) { return vsqrtq_f32(a.v); }
+    // (a > b) ? a : b, as Scalar and x86 define it (vmaxq would propagate either NaN)
+    friend Vec max(Vec a, Vec b) { return vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return vbslq_f32(vcltq_f32(a.v, b.v), a.v, b.v); }
+    friend Vec abs(Vec a) { return vabsq_f32(a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return vreinterpretq_f32_u32(vandq_u32(vcgtq_f32(cond.v, vdupq_n_f32(0.0f)), vreinterpretq_u32_f32(a.v)));
+    }
+    friend float reduce_add(Vec a) {
+        float32x2_t s = vadd_f32(vget_low_f32(a.v), vget_high_f32(a.v));
+        return vget_lane_f32(s, 0) + vget_lane_f32(s, 1);
+    }
+    friend float reduce_max(Vec a) {
+        float32x2_t s = vmax_f32(vget_low_f32(a.v), vget_high_f32(a.v));
+        return vget_lane_f32(s, 0) > vget_lane_f32(s, 1) ? vget_lane_f32(s, 0) : vget_lane_f32(s, 1);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using value_type = double;
+    static constexpr std::size_t size = 2;
+    float64x2_t v;
+
+    Vec() = default;
+    Vec(float64x2_t x) : v(x) {}
+    Vec(double x) : v(vdupq_n_f64(x)) {}
+    static Vec load(const double* p) { return vld1q_f64(p); }
+    static Vec load_float(const float* p) { return vcvt_f64_f32(vld1_f32(p)); }
+    void store(double* p) const { vst1q_f64(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return vaddq_f64(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return vsubq_f64(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return vmulq_f64(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return vdivq_f64(a.v, b.v); }
+    friend Vec operator-(Vec a) { return vnegq_f64(a.v); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return vfmaq_f64(c.v, a.v, b.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return vfmsq_f64(c.v, a.v, b.v); }
+    friend Vec sqrt(Vec a) { return vsqrtq_f64(a.v); }
+    friend Vec max(Vec a, Vec b) { return vbslq_f64(vcgtq_f64(a.v, b.v), a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return vbslq_f64(vcltq_f64(a.v, b.v), a.v, b.v); }
+    friend Vec abs(Vec a) { return vabsq_f64(a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return vreinterpretq_f64_u64(vandq_u64(vcgtq_f64(cond.v, vdupq_n_f64(0.0)), vreinterpretq_u64_f64(a.v)));
+    }
+    friend double reduce_add(Vec a) { return vgetq_lane_f64(a.v, 0) + vgetq_lane_f64(a.v, 1); }
+    friend double reduce_max(Vec a) {
+        return vgetq_lane_f64(a.v, 0) > vgetq_lane_f64(a.v, 1) ? vgetq_lane_f64(a.v, 0) : vgetq_lane_f64(a.v, 1);
+    }
+};
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

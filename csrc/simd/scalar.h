@@ -1,0 +1,63 @@
+// The one-lane "vector": the reference every wider vector type must agree with, lane by lane.
+// Kernels use it for the tail of an array, so Scalar<T> must round exactly like the ISA's
+// Vec<T>: fmadd is fused when the ISA's vectors fuse it (FUSEDOPT_HAS_FMA) and two roundings
+// when they do not. The build passes -ffp-contract=off so the compiler never fuses on its own.
+#pragma once
+#include <cmath>
+#include <cstddef>
+
+#ifndef FUSEDOPT_ISA_NS
+#error "compile kernel sources with -DFUSEDOPT_ISA_NS=<isa> (CMakeLists.txt does)"
+#endif
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+template <class T>
+struct Scalar {
+    using value_type = T;
+    static constexpr std::size_t size = 1;
+    T v;
+
+    Scalar() = default;
+    Scalar(T x) : v(x) {}  // broadcast, as the vector types do
+    static Scalar load(const T* p) { return Scalar(*p); }
+    // one float widened to double: how float kernels accumulate in double
+    static Scalar load_float(const float* p) { return Scalar(static_cast<T>(*p)); }
+    void store(T* p) const { *p = v; }
+
+    friend Scalar operator+(Scalar a, Scalar b) { return a.v + b.v; }
+    friend Scalar operator-(Scalar a, Scalar b) { return a.v - b.v; }
+    friend Scalar operator*(Scalar a, Scalar b) { return a.v * b.v; }
+    friend Scalar operator/(Scalar a, Scalar b) { return a.v / b.v; }
+    friend Scalar operator-(Scalar a) { return -a.v; }
+
+    // a * b + c
+    friend Scalar fmadd(Scalar a, Scalar b, Scalar c) {
+#ifdef FUSEDOPT_HAS_FMA
+        return std::fma(a.v, b.v, c.v);
+#else
+        return a.v * b.v + c.v;
+#endif
+    }
+    // c - a * b
+    friend Scalar fnmadd(Scalar a, Scalar b, Scalar c) {
+#ifdef FUSEDOPT_HAS_FMA
+        return std::fma(-a.v, b.v, c.v);
+#else
+        return c.v - a.v * b.v;
+#endif
+    }
+    friend Scalar sqrt(Scalar a) { return std::sqrt(a.v); }
+    // (a > b) ? a : b, the operand order of x86's maxps: a NaN in b propagates
+    friend Scalar max(Scalar a, Scalar b) { return a.v > b.v ? a.v : b.v; }
+    friend Scalar min(Scalar a, Scalar b) { return a.v < b.v ? a.v : b.v; }
+    friend Scalar abs(Scalar a) { return std::fabs(a.v); }
+    // a where cond > 0, else 0 (a NaN cond gives 0): the ReLU gradient mask
+    friend Scalar where_positive(Scalar cond, Scalar a) { return cond.v > T(0) ? a.v : T(0); }
+    friend T reduce_add(Scalar a) { return a.v; }
+    friend T reduce_max(Scalar a) { return a.v; }
+};
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

@@ -1,0 +1,83 @@
+// SSE2: 4 floats / 2 doubles per vector, no FMA; the x86-64 baseline every CPU has.
+#pragma once
+#include <emmintrin.h>
+#include "scalar.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+template <class T> struct Vec;
+
+template <>
+struct Vec<float> {
+    using value_type = float;
+    static constexpr std::size_t size = 4;
+    __m128 v;
+
+    Vec() = default;
+    Vec(__m128 x) : v(x) {}
+    Vec(float x) : v(_mm_set1_ps(x)) {}
+    static Vec load(const float* p) { return _mm_loadu_ps(p); }
+    void store(float* p) const { _mm_storeu_ps(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return _mm_add_ps(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm_sub_ps(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm_mul_ps(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return _mm_div_ps(a.v, b.v); }
+    friend Vec operator-(Vec a) { return _mm_xor_ps(a.v, _mm_set1_ps(-0.0f)); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return _mm_add_ps(_mm_mul_ps(a.v, b.v), c.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm_sub_ps(c.v, _mm_mul_ps(a.v, b.v)); }
+    friend Vec sqrt(Vec a) { return _mm_sqrt_ps(a.v); }
+    friend Vec max(Vec a, Vec b) { return _mm_max_ps(a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return _mm_min_ps(a.v, b.v); }
+    friend Vec abs(Vec a) { return _mm_andnot_ps(_mm_set1_ps(-0.0f), a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return _mm_and_ps(_mm_cmpgt_ps(cond.v, _mm_setzero_ps()), a.v);
+    }
+    friend float reduce_add(Vec a) {
+        __m128 s = _mm_add_ps(a.v, _mm_movehl_ps(a.v, a.v));
+        s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        return _mm_cvtss_f32(s);
+    }
+    friend float reduce_max(Vec a) {
+        __m128 s = _mm_max_ps(a.v, _mm_movehl_ps(a.v, a.v));
+        s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+        return _mm_cvtss_f32(s);
+    }
+};
+
+template <>
+struct Vec<double> {
+    using value_type = double;
+    static constexpr std::size_t size = 2;
+    __m128d v;
+
+    Vec() = default;
+    Vec(__m128d x) : v(x) {}
+    Vec(double x) : v(_mm_set1_pd(x)) {}
+    static Vec load(const double* p) { return _mm_loadu_pd(p); }
+    static Vec load_float(const float* p) {
+        return _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+    }
+    void store(double* p) const { _mm_storeu_pd(p, v); }
+
+    friend Vec operator+(Vec a, Vec b) { return _mm_add_pd(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm_sub_pd(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm_mul_pd(a.v, b.v); }
+    friend Vec operator/(Vec a, Vec b) { return _mm_div_pd(a.v, b.v); }
+    friend Vec operator-(Vec a) { return _mm_xor_pd(a.v, _mm_set1_pd(-0.0)); }
+    friend Vec fmadd(Vec a, Vec b, Vec c) { return _mm_add_pd(_mm_mul_pd(a.v, b.v), c.v); }
+    friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm_sub_pd(c.v, _mm_mul_pd(a.v, b.v)); }
+    friend Vec sqrt(Vec a) { return _mm_sqrt_pd(a.v); }
+    friend Vec max(Vec a, Vec b) { return _mm_max_pd(a.v, b.v); }
+    friend Vec min(Vec a, Vec b) { return _mm_min_pd(a.v, b.v); }
+    friend Vec abs(Vec a) { return _mm_andnot_pd(_mm_set1_pd(-0.0), a.v); }
+    friend Vec where_positive(Vec cond, Vec a) {
+        return _mm_and_pd(_mm_cmpgt_pd(cond.v, _mm_setzero_pd()), a.v);
+    }
+    friend double reduce_add(Vec a) { return _mm_cvtsd_f64(_mm_add_sd(a.v, _mm_unpackhi_pd(a.v, a.v))); }
+    friend double reduce_max(Vec a) { return _mm_cvtsd_f64(_mm_max_sd(a.v, _mm_unpackhi_pd(a.v, a.v))); }
+};
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

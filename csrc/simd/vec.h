@@ -1,0 +1,45 @@
+// The vector layer a kernel source sees: Vec<T> (the widest vector of the ISA this copy of the
+// kernel is compiled for) and Scalar<T> (one lane, rounding exactly as Vec<T> does), both in
+// namespace fusedopt::<isa>. CMakeLists.txt compiles every kernel source once per ISA with
+// FUSEDOPT_ISA_NS=<isa> and one of the FUSEDOPT_ISA_<ISA> macros set.
+#pragma once
+#include <cstddef>
+
+#if defined(FUSEDOPT_ISA_AVX512)
+#define FUSEDOPT_HAS_FMA 1
+#include "avx512.h"
+#elif defined(FUSEDOPT_ISA_AVX2)
+#define FUSEDOPT_HAS_FMA 1
+#include "avx2.h"
+#elif defined(FUSEDOPT_ISA_SSE2)
+#include "sse2.h"
+#elif defined(FUSEDOPT_ISA_NEON)
+#define FUSEDOPT_HAS_FMA 1
+#include "neon.h"
+#elif defined(FUSEDOPT_ISA_SCALAR)
+#include "scalar.h"
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+template <class T> using Vec = Scalar<T>;
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt
+#else
+#error "no FUSEDOPT_ISA_<ISA> macro defined"
+#endif
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+// Run body(V{}, i) over [0, n): full vectors first, then the tail one element at a time with
+// Scalar<T>. Because Scalar<T> rounds like Vec<T>, element i gets the same bits whichever of
+// the two handles it, so the way an array is cut into chunks (threads) never changes a result.
+template <class T, class Body>
+inline void for_each_lane(std::size_t n, Body&& body) {
+    constexpr std::size_t W = Vec<T>::size;
+    std::size_t i = 0;
+    for (; i + W <= n; i += W) body(Vec<T>{}, i);
+    for (; i < n; ++i) body(Scalar<T>{}, i);
+}
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

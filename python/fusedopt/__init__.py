@@ -1,0 +1,37 @@
+"""fusedopt: fused SIMD CPU kernels for optimizer updates, in place on NumPy arrays.
+
+    import numpy as np, fusedopt
+    param = np.zeros(1000, np.float32); grad = np.ones_like(param)
+    exp_avg, exp_avg_sq = np.zeros_like(param), np.zeros_like(param)
+    fusedopt.adam_(param, grad, exp_avg, exp_avg_sq, step=1, lr=1e-3)
+
+Every update function takes one array per argument or equal-length lists of them (one C++ call
+for the whole list), checks all arguments before writing anything, and matches the numbers of
+torch.optim's documented algorithms. `fusedopt.reference` holds the same functions in NumPy.
+"""
+import os as _os
+
+from . import _core
+from ._core import available_isas, get_num_threads, isa, set_isa, set_num_threads
+from .functional import adagrad_, adam_, adamw_, rmsprop_, sgd_
+
+__version__ = "0.1.0"
+
+if _os.environ.get("FUSEDOPT_ISA"):
+    try:
+        _core.set_isa(_os.environ["FUSEDOPT_ISA"])
+    except ValueError as e:
+        raise ImportError(f"FUSEDOPT_ISA={_os.environ['FUSEDOPT_ISA']!r}: {e}") from None
+
+__all__ = [
+    "adagrad_",
+    "adam_",
+    "adamw_",
+    "available_isas",
+    "get_num_threads",
+    "isa",
+    "rmsprop_",
+    "set_isa",
+    "set_num_threads",
+    "sgd_",
+]

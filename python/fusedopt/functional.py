@@ -1,0 +1,85 @@
+"""The in-place update functions: keyword-only signatures over fusedopt._core's kernels.
+
+Every function takes one ndarray per argument, or equal-length lists of them (the whole list
+is one C++ call), updates params and state in place, and returns None. All arguments are
+checked before anything is written: a call that raises leaves every array byte-identical.
+Arrays must be C-contiguous, writable where updated, of one dtype (float32 or float64), and
+pairwise non-overlapping; they are never copied.
+
+The formulas are torch.optim's (see each docstring and docs/algorithms.md); `step` is the
+1-based number of the step being taken. fusedopt.reference holds the same functions in NumPy.
+"""
+from . import _core
+
+
+def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
+         weight_decay=0.0, maximize=False, step=None):
+    """SGD with optional momentum / Nesterov momentum (torch.optim.SGD).
+
+        g = -grad if maximize else grad;  g += weight_decay * param
+        buf = g                                  on the first step (step == 1)
+        buf = momentum * buf + (1 - dampening) * g   afterwards (step None or > 1)
+        g = g + momentum * buf if nesterov else buf
+        param -= lr * g
+
+    momentum_buffers is required when momentum > 0; with step=1 their contents are ignored
+    and overwritten with g, as torch initializes its buffers.
+    """
+    _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step)
+
+
+def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+             maximize=False):
+    """AdaGrad (torch.optim.Adagrad).
+
+        g = -grad if maximize else grad;  g += weight_decay * param
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += g * g
+        param -= clr * g / (sqrt(state_sum) + eps)
+    """
+    _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize)
+
+
+def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False):
+    """RMSProp (torch.optim.RMSprop), optionally centered and with momentum.
+
+        g = -grad if maximize else grad;  g += weight_decay * param
+        square_avg = alpha * square_avg + (1 - alpha) * g * g
+        grad_avg = alpha * grad_avg + (1 - alpha) * g              centered
+        var = square_avg - grad_avg**2 if centered else square_avg
+        avg = sqrt(var) + eps        (eps_inside_sqrt: sqrt(var + eps), the textbook form)
+        buf = momentum * buf + g / avg;  param -= lr * buf         momentum > 0
+        param -= lr * g / avg                                       otherwise
+
+    momentum_buffers (zeros at the start) are required when momentum > 0, grad_avgs (zeros at
+    the start) when centered.
+    """
+    _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers, centered,
+                  grad_avgs, maximize, eps_inside_sqrt)
+
+
+def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+    """Adam (torch.optim.Adam; with decoupled_weight_decay=True, torch.optim.AdamW).
+
+        g = -grad if maximize else grad
+        g += weight_decay * param                   (L2, decoupled_weight_decay=False)
+        param *= 1 - lr * weight_decay              (decoupled_weight_decay=True)
+        exp_avg = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq); use it below     amsgrad
+        denom = sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps
+        param -= lr / (1 - beta1**step) * exp_avg / denom
+
+    max_exp_avg_sqs (zeros at the start) are required when amsgrad=True.
+    """
+    _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+               decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize)
+
+
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+    """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
+    _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True, amsgrad,
+               max_exp_avg_sqs, maximize)

@@ -1,0 +1,121 @@
+"""NumPy reference implementations: the test oracle, written for clarity, not speed.
+
+Each function has the signature of its fused twin in fusedopt (one array or lists of arrays,
+updated in place) and computes torch.optim's documented algorithm in the arrays' own dtype,
+one NumPy operation at a time. Beside each formula is the textbook form (Goodfellow, Bengio,
+Courville, Deep Learning, ch. 8: eps = learning rate, g = gradient, theta = params).
+"""
+import numpy as np
+
+
+def _as_list(x):
+    return x if isinstance(x, (list, tuple)) else [x]
+
+
+def _zip(*args):
+    n = len(_as_list(args[0]))
+    return zip(*[_as_list(a) if a is not None else [None] * n for a in args])
+
+
+def _grad(grad, param, weight_decay, maximize):
+    g = -grad if maximize else grad.copy()
+    if weight_decay != 0:
+        g = g + param.dtype.type(weight_decay) * param
+    return g
+
+
+def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
+         weight_decay=0.0, maximize=False, step=None):
+    """SGD (Alg. 8.1), momentum (Alg. 8.2), Nesterov (Alg. 8.3), as torch.optim.SGD computes them.
+
+    torch:     buf = mu * buf + (1 - dampening) * g   (buf = g on the first step)
+               theta -= lr * (g + mu * buf if nesterov else buf)
+    textbook:  v = alpha * v - eps * g;  theta += v   (lr inside the velocity; the two agree for
+               constant lr with v = -lr * buf, and Nesterov's look-ahead gradient is rewritten
+               at the current point)
+    """
+    for p, grad, buf in _zip(params, grads, momentum_buffers):
+        t = p.dtype.type
+        g = _grad(grad, p, weight_decay, maximize)
+        if momentum != 0:
+            if step == 1:
+                buf[...] = g
+            else:
+                buf[...] = t(momentum) * buf + t(1 - dampening) * g
+            g = g + t(momentum) * buf if nesterov else buf
+        p -= t(lr) * g
+
+
+def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+             maximize=False):
+    """AdaGrad (Alg. 8.4).
+
+    torch:     r += g * g;  theta -= clr * g / (sqrt(r) + eps),  clr = lr / (1 + (step - 1) * lr_decay)
+    textbook:  r += g * g;  theta -= eps / (delta + sqrt(r)) * g
+    """
+    clr = lr / (1 + (step - 1) * lr_decay)
+    for p, grad, state_sum in _zip(params, grads, state_sums):
+        t = p.dtype.type
+        g = _grad(grad, p, weight_decay, maximize)
+        state_sum += g * g
+        p -= t(clr) * (g / (np.sqrt(state_sum) + t(eps)))
+
+
+def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False):
+    """RMSProp (Alg. 8.5; with momentum, close to Alg. 8.6).
+
+    torch:     r = alpha * r + (1 - alpha) * g * g;  theta -= lr * g / (sqrt(r) + eps)
+    textbook:  r = rho * r + (1 - rho) * g * g;      theta -= eps / sqrt(delta + r) * g
+               (eps_inside_sqrt=True)
+    centered subtracts the square of the running mean of g from r (an estimate of the variance).
+    """
+    for p, grad, square_avg, buf, grad_avg in _zip(params, grads, square_avgs, momentum_buffers, grad_avgs):
+        t = p.dtype.type
+        g = _grad(grad, p, weight_decay, maximize)
+        square_avg[...] = t(alpha) * square_avg + t(1 - alpha) * (g * g)
+        var = square_avg
+        if centered:
+            grad_avg += t(1 - alpha) * (g - grad_avg)
+            var = square_avg - grad_avg * grad_avg
+        avg = np.sqrt(var + t(eps)) if eps_inside_sqrt else np.sqrt(var) + t(eps)
+        if momentum > 0:
+            buf[...] = t(momentum) * buf + g / avg
+            p -= t(lr) * buf
+        else:
+            p -= t(lr) * (g / avg)
+
+
+def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+    """Adam (Alg. 8.7); AdamW with decoupled_weight_decay=True.
+
+    torch:     m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+               theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    textbook:  s = rho1 * s + (1 - rho1) * g;    r = rho2 * r + (1 - rho2) * g * g
+               s_hat = s / (1 - rho1**t);  r_hat = r / (1 - rho2**t)
+               theta -= eps * s_hat / (sqrt(r_hat) + delta)
+    (the same up to where delta sits relative to the bias correction: torch's form above).
+    """
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    for p, grad, m, v, vmax in _zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+        t = p.dtype.type
+        g = _grad(grad, p, 0.0 if decoupled_weight_decay else weight_decay, maximize)
+        if decoupled_weight_decay:
+            p *= t(1 - lr * weight_decay)
+        m += t(1 - beta1) * (g - m)
+        v[...] = t(beta2) * v + t(1 - beta2) * (g * g)
+        if amsgrad:
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
+        denom = np.sqrt(v) / t(np.sqrt(bias_correction2)) + t(eps)
+        p -= t(lr / bias_correction1) * (m / denom)
+
+
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+    """AdamW: adam_ with decoupled weight decay (param *= 1 - lr * weight_decay first)."""
+    adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+          weight_decay=weight_decay, decoupled_weight_decay=True, amsgrad=amsgrad,
+          max_exp_avg_sqs=max_exp_avg_sqs, maximize=maximize)
