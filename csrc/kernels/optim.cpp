@@ -125,7 +125,9 @@ void rmsprop_loop(const RmspropConfig& c, void* const* a, std::size_t n) {
             V ga = V::load(grad_avg + i);
             ga = fmadd(V(one_minus_alpha), g - ga, ga);
             ga.store(grad_avg + i);
-            var = fnmadd(ga, ga, sq);
+            // Not fused: with alpha = 0 (square_avg = g*g, grad_avg = g) the fused form returns
+            // the rounding error of g*g, often negative, and sqrt gives NaN; unfused gives 0.
+            var = sq - ga * ga;
         }
         V avg = sqrt(var + V(eps_inside)) + V(eps_outside);
         V step = g / avg;

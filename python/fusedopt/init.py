@@ -12,6 +12,7 @@ with depth (Goodfellow et al., Deep Learning, sec. 8.4).
 """
 
 import math
+import operator
 
 import numpy as np
 
@@ -119,8 +120,9 @@ def kaiming_normal(
 
 
 def _as_shape(shape):
-    # Accept an int like NumPy does, so a 1-D shape gets the "at least 2 dimensions" error.
-    dims = tuple(int(d) for d in shape) if np.iterable(shape) else (int(shape),)
+    # Accept an int like NumPy does, so a 1-D shape gets the "at least 2 dimensions" error;
+    # operator.index rejects non-integer dimensions such as 3.5 instead of truncating them.
+    dims = tuple(map(operator.index, shape)) if np.iterable(shape) else (operator.index(shape),)
     if any(d < 0 for d in dims):
         raise ValueError(f"shape must not have negative dimensions, got {dims}")
     return dims

@@ -1,0 +1,60 @@
+"""ISA choice at import (FUSEDOPT_ISA), in-process switching, and the thread settings."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fusedopt
+
+
+def run_python(code, **env):
+    full_env = dict(os.environ)
+    full_env.pop("FUSEDOPT_ISA", None)
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_default_is_the_best_available():
+    r = run_python("import fusedopt; print(fusedopt.isa(), fusedopt.available_isas()[-1])")
+    assert r.returncode == 0, r.stderr
+    chosen, best = r.stdout.split()
+    assert chosen == best
+
+
+@pytest.mark.parametrize("name", fusedopt.available_isas())
+def test_env_override_selects_isa(name):
+    r = run_python("import fusedopt; print(fusedopt.isa())", FUSEDOPT_ISA=name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == name
+
+
+@pytest.mark.parametrize("name", ["bogus", "avx512", "neon", "AVX2"])
+def test_env_override_unusable_is_an_import_error(name):
+    if name in fusedopt.available_isas():
+        pytest.skip(f"{name} is usable here")
+    r = run_python("import fusedopt", FUSEDOPT_ISA=name)
+    assert r.returncode == 1  # a Python exception, not a signal (illegal instruction)
+    assert "ImportError" in r.stderr and "FUSEDOPT_ISA" in r.stderr and "usable here" in r.stderr
+
+
+def test_available_isas_include_scalar_and_the_active_one():
+    isas = fusedopt.available_isas()
+    assert isas[0] == "scalar"
+    assert fusedopt.isa() in isas
+
+
+def test_set_isa_switches_in_process(isa):
+    assert fusedopt.isa() == isa
+
+
+def test_num_threads_env_and_setter(threads):
+    r = run_python("import fusedopt; print(fusedopt.get_num_threads())", FUSEDOPT_NUM_THREADS="1")
+    assert r.stdout.strip() == "1"
+    r = run_python("import os, fusedopt; print(fusedopt.get_num_threads(), len(os.sched_getaffinity(0)))")
+    threads_default, cpus = r.stdout.split()
+    assert threads_default == cpus
+    fusedopt.set_num_threads(3)
+    assert fusedopt.get_num_threads() == 3
+    with pytest.raises(ValueError, match="num_threads"):
+        fusedopt.set_num_threads(0)

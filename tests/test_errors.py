@@ -1,0 +1,208 @@
+"""Bad input: a TypeError or ValueError naming the argument, and every array byte-identical."""
+import numpy as np
+import pytest
+
+import fusedopt
+
+
+def adam_args(n=10, dtype=np.float32, count=None):
+    """Valid arguments for adam_: one array per argument, or lists of `count` arrays."""
+    rng = np.random.default_rng(0)
+    make = lambda: rng.standard_normal(n).astype(dtype)  # noqa: E731
+    if count is None:
+        return dict(params=make(), grads=make(), exp_avgs=make(), exp_avg_sqs=np.abs(make()))
+    return {k: [make() if k != "exp_avg_sqs" else np.abs(make()) for _ in range(count)]
+            for k in ("params", "grads", "exp_avgs", "exp_avg_sqs")}
+
+
+def readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def with_(args, **changes):
+    out = dict(args)
+    out.update(changes)
+    return out
+
+
+def snapshot(obj):
+    """The bytes of every ndarray reachable from obj (dicts, lists), to compare after a call."""
+    if isinstance(obj, np.ndarray):
+        return [obj.tobytes()]
+    if isinstance(obj, dict):
+        return [b for v in obj.values() for b in snapshot(v)]
+    if isinstance(obj, (list, tuple)):
+        return [b for v in obj for b in snapshot(v)]
+    return []
+
+
+def shared_buffer_args():
+    buf = np.zeros(30, np.float32)
+    a = adam_args()
+    return with_(a, exp_avgs=buf[:10], exp_avg_sqs=buf[5:15])  # overlap by 5 elements
+
+
+def second_tensor_bad():
+    a = adam_args(count=3)
+    a["grads"][2] = a["grads"][2][:5].copy()  # the error is in the last tensor: nothing may be written
+    return a
+
+
+ADAM_CASES = [
+    # (description, kwargs, exception, message fragment)
+    ("grads float64", lambda a: with_(a, grads=a["grads"].astype(np.float64)), TypeError, "grads"),
+    ("params int32", lambda a: with_(a, params=a["params"].astype(np.int32)), TypeError, "params"),
+    ("float16", lambda a: {k: v.astype(np.float16) for k, v in a.items()}, TypeError, "float32 or float64"),
+    ("big-endian", lambda a: {k: v.astype(">f4") for k, v in a.items()}, TypeError, "dtype"),
+    ("shape mismatch", lambda a: with_(a, exp_avgs=np.zeros(11, np.float32)), ValueError, "exp_avgs has shape"),
+    ("2-d vs 1-d", lambda a: with_(a, grads=a["grads"].reshape(2, 5)), ValueError, "grads has shape"),
+    ("non-contiguous param", lambda a: with_(a, params=np.zeros(20, np.float32)[::2]), ValueError, "params is not C-contiguous"),
+    ("non-contiguous grad", lambda a: with_(a, grads=np.zeros(20, np.float32)[::2]), ValueError, "grads is not C-contiguous"),
+    ("Fortran 2-d", lambda a: {k: np.asfortranarray(v.reshape(2, 5)) for k, v in a.items()}, ValueError, "C-contiguous"),
+    ("read-only param", lambda a: with_(a, params=readonly(a["params"])), ValueError, "params is read-only"),
+    ("read-only state", lambda a: with_(a, exp_avg_sqs=readonly(a["exp_avg_sqs"])), ValueError, "exp_avg_sqs is read-only"),
+    ("param is grad", lambda a: with_(a, grads=a["params"]), ValueError, "overlap"),
+    ("state views overlap", lambda a: shared_buffer_args(), ValueError, "overlap"),
+    ("list lengths differ", lambda a: with_(adam_args(count=3), grads=adam_args(count=2)["grads"]), ValueError, "grads has 2 arrays but params has 3"),
+    ("list and array mixed", lambda a: with_(adam_args(count=1), grads=a["grads"]), TypeError, "grads must be a list"),
+    ("array and list mixed", lambda a: with_(a, grads=[a["grads"]]), TypeError, "grads must be a numpy.ndarray"),
+    ("python list param", lambda a: with_(a, params=[1.0, 2.0]), TypeError, r"params\[0\] must be a numpy.ndarray"),
+    ("error in last tensor", lambda a: second_tensor_bad(), ValueError, r"grads\[2\] has shape"),
+    ("params None", lambda a: with_(a, params=None), TypeError, "params"),
+]
+
+ADAM_HYPER_CASES = [
+    (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr=float("inf")), "lr"),
+    (dict(eps=-1e-8), "eps"), (dict(eps=float("nan")), "eps"),
+    (dict(beta1=1.0), "beta1"), (dict(beta1=-0.1), "beta1"), (dict(beta2=1.0), "beta2"), (dict(beta2=float("nan")), "beta2"),
+    (dict(weight_decay=-0.1), "weight_decay"), (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(step=0), "step"), (dict(step=-3), "step"),
+    (dict(amsgrad=True), "max_exp_avg_sqs is required"),
+    (dict(decoupled_weight_decay=True, lr=1.0, weight_decay=2.0), "lr \\* weight_decay"),
+]
+
+
+@pytest.mark.parametrize("desc,make,exc,match", ADAM_CASES, ids=[c[0] for c in ADAM_CASES])
+def test_adam_bad_arrays(desc, make, exc, match):
+    args = make(adam_args())
+    before = snapshot(args)
+    with pytest.raises(exc, match=match):
+        fusedopt.adam_(**args, step=1)
+    assert snapshot(args) == before
+
+
+@pytest.mark.parametrize("opts,match", ADAM_HYPER_CASES, ids=[str(c[0]) for c in ADAM_HYPER_CASES])
+def test_adam_bad_hyperparameters(opts, match):
+    args = adam_args()
+    opts = {"step": 1, **opts}
+    before = snapshot(args)
+    with pytest.raises(ValueError, match=match):
+        fusedopt.adam_(**args, **opts)
+    assert snapshot(args) == before
+
+
+def test_wrong_python_types_are_type_errors():
+    args = adam_args()
+    before = snapshot(args)
+    with pytest.raises(TypeError):
+        fusedopt.adam_(**args, step=1, lr="0.1")
+    with pytest.raises(TypeError):
+        fusedopt.adam_(**args, step=1.5)
+    with pytest.raises(TypeError):
+        fusedopt.adam_(*args.values(), 1)  # step is keyword-only
+    assert snapshot(args) == before
+
+
+def sgd_args():
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal(8).astype(np.float32) for _ in range(3)]
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(lr=-0.1), "lr"),
+    (dict(lr=0.1, momentum=-0.5), "momentum"),
+    (dict(lr=0.1, momentum=1.5), "momentum"),
+    (dict(lr=0.1, momentum=0.9, dampening=1.5), "dampening"),
+    (dict(lr=0.1, weight_decay=-1.0), "weight_decay"),
+    (dict(lr=0.1, nesterov=True), "Nesterov momentum requires"),
+    (dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "Nesterov momentum requires"),
+    (dict(lr=0.1, momentum=0.9, step=0), "step"),
+    (dict(lr=0.1, momentum=0.9, no_buffers=True), "momentum_buffers is required"),
+])
+def test_sgd_bad_input(opts, match):
+    p, g, buf = sgd_args()
+    before = snapshot([p, g, buf])
+    no_buffers = opts.pop("no_buffers", False)
+    with pytest.raises(ValueError, match=match):
+        fusedopt.sgd_(p, g, None if no_buffers else buf, **opts)
+    assert snapshot([p, g, buf]) == before
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(step=1, lr=-1.0), "lr"),
+    (dict(step=1, lr_decay=-1.0), "lr_decay"),
+    (dict(step=1, eps=-1.0), "eps"),
+    (dict(step=1, weight_decay=float("nan")), "weight_decay"),
+    (dict(step=0), "step"),
+])
+def test_adagrad_bad_input(opts, match):
+    p, g, s = sgd_args()
+    before = snapshot([p, g, s])
+    with pytest.raises(ValueError, match=match):
+        fusedopt.adagrad_(p, g, s, **opts)
+    assert snapshot([p, g, s]) == before
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(lr=-1.0), "lr"),
+    (dict(alpha=1.5), "alpha"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(eps=float("nan")), "eps"),
+    (dict(momentum=-0.1), "momentum"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(momentum=0.9), "momentum_buffers is required"),
+    (dict(centered=True), "grad_avgs is required"),
+])
+def test_rmsprop_bad_input(opts, match):
+    p, g, s = sgd_args()
+    before = snapshot([p, g, s])
+    with pytest.raises(ValueError, match=match):
+        fusedopt.rmsprop_(p, g, s, **opts)
+    assert snapshot([p, g, s]) == before
+
+
+def test_rmsprop_overlapping_optional_state():
+    p, g, s = sgd_args()
+    before = snapshot([p, g, s])
+    with pytest.raises(ValueError, match="overlap"):
+        fusedopt.rmsprop_(p, g, s, centered=True, grad_avgs=s)
+    assert snapshot([p, g, s]) == before
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 31, 33])
+def test_any_size_works(isa, dtype, n):
+    from fusedopt import reference
+    rng = np.random.default_rng(n)
+    a = [rng.standard_normal(n).astype(dtype) for _ in range(4)]
+    a[3] = np.abs(a[3])
+    b = [x.copy() for x in a]
+    fusedopt.adam_(*a, step=3)
+    reference.adam_(*b, step=3)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_list_is_a_no_op():
+    fusedopt.adam_([], [], [], [], step=1)
+    fusedopt.sgd_([], [], lr=0.1)
+
+
+def test_unknown_isa_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown"):
+        fusedopt.set_isa("avx9000")
+    for name in ("avx512", "avx2", "neon", "sse2"):
+        if name not in fusedopt.available_isas():
+            with pytest.raises(ValueError, match="usable here"):
+                fusedopt.set_isa(name)

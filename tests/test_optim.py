@@ -1,0 +1,277 @@
+"""Fused optimizer kernels against the NumPy reference, on every ISA and both dtypes.
+
+Tolerance: fusedopt and the reference compute the same operations in the same order and dtype;
+the only difference is that ISAs with FMA round a*b+c once instead of twice. Each such step
+moves a result by an ulp; over 12 steps, and through cancellations such as centered RMSprop's
+square_avg - grad_avg**2, we see up to ~8 ulps of the array's largest magnitude. So arrays
+must agree within 32 ulps of their largest magnitude (close()); between ISAs of the same FMA
+kind, and between 1 and 2 threads, the results must be bitwise identical.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fusedopt
+from fusedopt import reference
+
+from conftest import FMA_ISAS
+
+
+
+def assert_close(actual, expected, ulps=32):
+    """|actual - expected| <= ulps * eps * max(1, max|expected|), elementwise (NaNs must match)."""
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0, where=np.isfinite(expected))))
+    tol = ulps * np.finfo(expected.dtype).eps * scale
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol)
+
+
+# optimizer -> the state arrays it may use (passed by keyword), and whether it takes `step`
+STATE = {
+    "sgd": ["momentum_buffers"],
+    "adagrad": ["state_sums"],
+    "rmsprop": ["square_avgs", "momentum_buffers", "grad_avgs"],
+    "adam": ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
+    "adamw": ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
+}
+TAKES_STEP = {"sgd", "adagrad", "adam", "adamw"}
+
+CASES = [
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.1, weight_decay=0.1)),
+    ("sgd", dict(lr=0.1, momentum=0.9)),
+    ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("sgd", dict(lr=0.05, momentum=0.5, weight_decay=1e-2, maximize=True, nesterov=True)),
+    ("adagrad", dict()),
+    ("adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1)),
+    ("adagrad", dict(maximize=True, eps=1e-6)),
+    ("rmsprop", dict()),
+    ("rmsprop", dict(centered=True)),
+    ("rmsprop", dict(momentum=0.9)),
+    ("rmsprop", dict(centered=True, momentum=0.9, weight_decay=0.01)),
+    ("rmsprop", dict(eps_inside_sqrt=True, alpha=0.9)),
+    ("rmsprop", dict(maximize=True, lr=0.001)),
+    ("adam", dict()),
+    ("adam", dict(lr=0.01, weight_decay=0.1)),
+    ("adam", dict(amsgrad=True)),
+    ("adam", dict(decoupled_weight_decay=True, weight_decay=0.1)),
+    ("adam", dict(maximize=True, amsgrad=True, weight_decay=0.01)),
+    ("adam", dict(beta1=0.0, beta2=0.5, eps=1e-3)),
+    ("adamw", dict()),
+    ("adamw", dict(amsgrad=True, lr=0.01)),
+]
+CASE_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in opts.items()) for name, opts in CASES]
+
+SIZES = [0, 1, 7, 15, 16, 17, 63, 1000]
+
+
+def arrays(sizes, dtype, rng, unaligned=True):
+    """Random arrays of the given sizes; every other one an unaligned view (a[1:])."""
+    out = []
+    for i, n in enumerate(sizes):
+        a = rng.standard_normal(n + 1).astype(dtype)
+        out.append(a[1:] if unaligned and i % 2 else a[:n].copy())
+    return out
+
+
+def make_problem(name, sizes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    params = arrays(sizes, dtype, rng)
+    state = {}
+    for s in STATE[name]:
+        state[s] = [np.zeros_like(p) for p in params]
+    if name == "adagrad":  # a positive initial accumulator exercises more than zeros
+        state["state_sums"] = [np.abs(a) for a in arrays(sizes, dtype, rng)]
+    grads = [arrays(sizes, dtype, rng) for _ in range(12)]
+    return params, state, grads
+
+
+def run(module, name, opts, params, state, grads_per_step):
+    fn = getattr(module, name + "_")
+    for step, grads in enumerate(grads_per_step, start=1):
+        extra = {"step": step} if name in TAKES_STEP else {}
+        fn(params, grads, **state, **opts, **extra)
+
+
+def results(params, state):
+    return [params] + [state[k] for k in sorted(state)]
+
+
+def max_diff(actual, expected):
+    diffs = [np.max(np.abs(a.astype(np.float64) - e)) for a, e in zip(actual, expected) if a.size]
+    return max(diffs, default=0.0)
+
+
+@pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
+def test_matches_reference(isa, dtype, name, opts):
+    params, state, grads = make_problem(name, SIZES, dtype)
+    ref_params, ref_state = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()}
+    run(fusedopt, name, opts, params, state, grads)
+    run(reference, name, opts, ref_params, ref_state, grads)
+    for got, want in zip(results(params, state), results(ref_params, ref_state)):
+        print(f"{name} {opts} {isa} {dtype.__name__}: max diff {max_diff(got, want):.3g}")
+        for g, w in zip(got, want):
+            assert_close(g, w)
+
+
+@pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
+def test_isas_agree_bitwise(dtype, name, opts):
+    """One kernel source: every ISA of the same FMA kind gives the same bits."""
+    before = fusedopt.isa()
+    by_isa = {}
+    try:
+        for isa in fusedopt.available_isas():
+            fusedopt.set_isa(isa)
+            params, state, grads = make_problem(name, SIZES, dtype)
+            run(fusedopt, name, opts, params, state, grads)
+            by_isa[isa] = results(params, state)
+    finally:
+        fusedopt.set_isa(before)
+    for fma in (True, False):
+        group = [isa for isa in by_isa if (isa in FMA_ISAS) == fma]
+        for isa in group[1:]:
+            for a, b in zip(by_isa[group[0]], by_isa[isa]):
+                for x, y in zip(a, b):
+                    assert x.tobytes() == y.tobytes(), f"{isa} differs from {group[0]}"
+
+
+@pytest.mark.parametrize("name", sorted(STATE))
+def test_large_array_and_thread_count(isa, name, threads):
+    """1,000,003 elements (cut across threads), against the reference and 1 vs 2 threads."""
+    opts = {"lr": 0.01, "momentum": 0.9} if name == "sgd" else {}
+    got = {}
+    for n_threads in (1, 2):
+        fusedopt.set_num_threads(n_threads)
+        params, state, grads = make_problem(name, [1_000_003], np.float32, seed=1)
+        run(fusedopt, name, opts, params, state, grads[:3])
+        got[n_threads] = results(params, state)
+    for a, b in zip(got[1], got[2]):
+        assert a[0].tobytes() == b[0].tobytes()
+    params, state, grads = make_problem(name, [1_000_003], np.float32, seed=1)
+    run(reference, name, opts, params, state, grads[:3])
+    for g, w in zip(got[2], results(params, state)):
+        assert_close(g[0], w[0])
+
+
+def test_single_array_and_list_agree():
+    p1, s1, g1 = make_problem("adam", [33], np.float32)
+    p2, s2, g2 = make_problem("adam", [33], np.float32)
+    for step in (1, 2, 3):
+        fusedopt.adam_(p1, g1[step], **s1, step=step)
+        fusedopt.adam_(p2[0], g2[step][0], *[s2[k][0] for k in ("exp_avgs", "exp_avg_sqs")], step=step)
+    assert p1[0].tobytes() == p2[0].tobytes()
+
+
+def test_sgd_first_step_initializes_buffer():
+    """torch: the momentum buffer starts as the first gradient, without dampening."""
+    p = np.ones(5, np.float32)
+    buf = np.full(5, np.nan, np.float32)  # contents ignored on step 1
+    g = np.arange(5, dtype=np.float32)
+    fusedopt.sgd_(p, g, buf, lr=0.1, momentum=0.9, dampening=0.5, step=1)
+    np.testing.assert_array_equal(buf, g)
+    np.testing.assert_allclose(p, 1 - 0.1 * g, rtol=1e-7)
+    fusedopt.sgd_(p, g, buf, lr=0.1, momentum=0.9, dampening=0.5, step=2)
+    np.testing.assert_allclose(buf, 0.9 * g + 0.5 * g, rtol=1e-6)
+
+
+def test_adam_first_step_moves_each_param_by_lr():
+    """Bias correction makes Adam's first step exactly lr * sign(g) (up to eps)."""
+    p = np.zeros(100, np.float64)
+    g = np.random.default_rng(0).standard_normal(100)
+    fusedopt.adam_(p, g, np.zeros(100), np.zeros(100), step=1, lr=0.01, eps=0.0)
+    np.testing.assert_allclose(p, -0.01 * np.sign(g), rtol=1e-15)
+
+
+def test_hyperparameters_reach_the_kernel():
+    """A change of each hyperparameter changes the result (none is silently ignored)."""
+    def adam_after(**opts):
+        params, state, grads = make_problem("adam", [64], np.float64)
+        run(fusedopt, "adam", opts, params, state, grads[:3])
+        return params[0]
+    base = adam_after()
+    for opts in [dict(lr=2e-3), dict(beta1=0.8), dict(beta2=0.99), dict(eps=1e-2), dict(weight_decay=0.5),
+                 dict(amsgrad=True), dict(maximize=True)]:
+        assert not np.array_equal(adam_after(**opts), base), opts
+
+
+# ---- property tests -------------------------------------------------------------------------
+
+HYPER = {
+    "sgd": dict(lr=st.floats(0, 1), momentum=st.floats(0, 1), dampening=st.floats(0, 1),
+                weight_decay=st.floats(0, 1), maximize=st.booleans()),
+    "adagrad": dict(lr=st.floats(0, 1), lr_decay=st.floats(0, 1), weight_decay=st.floats(0, 1),
+                    eps=st.floats(1e-10, 1), maximize=st.booleans()),
+    "rmsprop": dict(lr=st.floats(0, 1), alpha=st.floats(0, 1), eps=st.floats(1e-8, 1), weight_decay=st.floats(0, 1),
+                    momentum=st.floats(0, 1), centered=st.booleans(), maximize=st.booleans(),
+                    eps_inside_sqrt=st.booleans()),
+    "adam": dict(lr=st.floats(0, 1), beta1=st.floats(0, 0.999), beta2=st.floats(0, 0.9999), eps=st.floats(1e-8, 1),
+                 weight_decay=st.floats(0, 1), amsgrad=st.booleans(), maximize=st.booleans(),
+                 decoupled_weight_decay=st.booleans()),
+}
+
+
+@st.composite
+def problems(draw):
+    name = draw(st.sampled_from(sorted(HYPER)))
+    opts = draw(st.fixed_dictionaries(HYPER[name]))
+    if name == "sgd" and draw(st.booleans()) and opts["momentum"] > 0:
+        opts.update(nesterov=True, dampening=0.0)
+    if name == "rmsprop" and opts["centered"]:
+        # centered's variance square_avg - grad_avg**2 is exactly 0 in exact arithmetic when
+        # alpha = 0, so its sign (sqrt: NaN or not) is decided by rounding in any implementation
+        opts["alpha"] = max(opts["alpha"], 0.5)
+    sizes = draw(st.lists(st.integers(0, 70), min_size=1, max_size=4))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return name, opts, sizes, dtype, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_property_matches_reference(problem):
+    name, opts, sizes, dtype, seed = problem
+    params, state, grads = make_problem(name, sizes, dtype, seed)
+    grads = grads[:3]
+    ref_params, ref_state = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()}
+    with np.errstate(all="ignore"):  # extreme hyperparameters may overflow in both
+        run(fusedopt, name, opts, params, state, grads)
+        run(reference, name, opts, ref_params, ref_state, grads)
+    # Hyperparameters near their limits amplify one rounding difference (e.g. alpha ~ 1 makes
+    # sqrt(square_avg) tiny), so these random cases get a looser, still ulp-scale, tolerance.
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for got, want in zip(results(params, state), results(ref_params, ref_state)):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, **tol)
+
+
+# ---- against torch.optim, when torch is importable --------------------------------------------
+
+TORCH_CASES = [
+    ("SGD", "sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("SGD", "sgd", dict(lr=0.1, momentum=0.9, dampening=0.2)),
+    ("Adagrad", "adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.01)),
+    ("RMSprop", "rmsprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01)),
+    ("Adam", "adam", dict(lr=0.01, weight_decay=0.01, amsgrad=True)),
+    ("AdamW", "adamw", dict(lr=0.01, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("torch_name,name,opts", TORCH_CASES, ids=[c[0] + str(i) for i, c in enumerate(TORCH_CASES)])
+def test_matches_torch(torch_name, name, opts):
+    torch = pytest.importorskip("torch")
+    torch_opts = dict(opts)
+    if "beta1" in opts or name.startswith("adam"):
+        torch_opts["betas"] = (torch_opts.pop("beta1", 0.9), torch_opts.pop("beta2", 0.999))
+    params, state, grads = make_problem(name, [1000, 17], np.float32)
+    state = {k: [np.zeros_like(a) for a in v] for k, v in state.items()}  # torch starts from zeros
+    tparams = [torch.tensor(p.copy()) for p in params]
+    opt = getattr(torch.optim, torch_name)(tparams, foreach=False, **torch_opts)
+    for step, g in enumerate(grads, start=1):
+        for tp, tg in zip(tparams, g):
+            tp.grad = torch.tensor(tg)
+        opt.step()
+        extra = {"step": step} if name in TAKES_STEP else {}
+        getattr(fusedopt, name + "_")(params, g, **state, **opts, **extra)
+    for p, tp in zip(params, tparams):
+        print(f"{torch_name}: max diff vs torch {np.max(np.abs(p - tp.numpy())):.3g}")
+        np.testing.assert_allclose(p, tp.numpy(), rtol=1e-5, atol=1e-6)
