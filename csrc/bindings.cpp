@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <optional>
 #include <sstream>
@@ -21,9 +22,16 @@ using namespace fusedopt;
 
 namespace {
 
-GradTransform grad_transform(bool maximize, double weight_decay) {
+// grads are multiplied by 1 / grad_scale (as torch's GradScaler unscales) and negated to maximize
+GradTransform grad_transform(bool maximize, double weight_decay, std::optional<double> grad_scale) {
     check_nonnegative("weight_decay", weight_decay);
-    return GradTransform{maximize ? -1.0 : 1.0, weight_decay};
+    double inv_scale = 1.0;
+    if (grad_scale) {
+        if (!(*grad_scale > 0.0 && std::isfinite(*grad_scale)))
+            throw py::value_error("Invalid grad_scale value: " + repr(*grad_scale) + " (must be finite and > 0)");
+        inv_scale = 1.0 / *grad_scale;
+    }
+    return GradTransform{maximize ? -inv_scale : inv_scale, weight_decay};
 }
 
 // ---- arrays ----------------------------------------------------------------------------------
@@ -48,7 +56,8 @@ Checked check_arrays(const std::vector<Role>& roles) {
     const Role& params = roles[0];
     const bool single = py::isinstance<py::array>(params.obj);
     if (!single && !is_sequence(params.obj))
-        throw py::type_error(std::string("params must be a numpy.ndarray or a list of them, got ") + type_name(params.obj));
+        throw py::type_error(std::string(params.name) + " must be a numpy.ndarray or a list of them, got " +
+                             type_name(params.obj));
     const std::size_t ntensors = single ? 1 : py::len(params.obj);
 
     Checked out;
@@ -78,7 +87,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
                                      type_name(role.obj));
             if (py::len(role.obj) != ntensors)
                 throw py::value_error(std::string(role.name) + " has " + std::to_string(py::len(role.obj)) +
-                                      " arrays but params has " + std::to_string(ntensors));
+                                      " arrays but " + params.name + " has " + std::to_string(ntensors));
         }
         for (std::size_t t = 0; t < ntensors; ++t) {
             py::handle h = single ? role.obj : role.obj[py::int_(t)].ptr();  // borrowed from the list
@@ -99,7 +108,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
                     throw py::type_error(where() + " has dtype " + std::string(py::str(a.dtype())) +
                                          "; fusedopt takes float32 or float64 (native byte order)");
             } else if (!a.dtype().equal(dtype)) {
-                throw py::type_error(where() + " has dtype " + std::string(py::str(a.dtype())) + " but params" +
+                throw py::type_error(where() + " has dtype " + std::string(py::str(a.dtype())) + " but " + params.name +
                                      (single ? "" : "[0]") + " has " + std::string(py::str(dtype)) +
                                      "; all arrays of one call must share one dtype");
             }
@@ -108,7 +117,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
                 bool same = p.ndim() == a.ndim();
                 for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = p.shape(d) == a.shape(d);
                 if (!same)
-                    throw py::value_error(where() + " has shape " + shape_str(a) + " but params" +
+                    throw py::value_error(where() + " has shape " + shape_str(a) + " but " + params.name +
                                           (single ? "" : "[" + std::to_string(t) + "]") + " has shape " + shape_str(p));
             }
             const int flags = py::detail::array_proxy(a.ptr())->flags;
@@ -148,21 +157,35 @@ void require_state(bool needed, py::handle obj, const char* name, const char* be
     if (needed && obj.is_none()) throw py::value_error(std::string(name) + " is required " + because);
 }
 
+// True when every element of array `role` of every tensor is finite: one read-only pass.
+bool all_finite(const Checked& checked, std::size_t role) {
+    auto probe = kernels().nonfinite_probe[checked.dtype];
+    double sum = 0.0;
+    for (double partial : reduce_blocks(checked.batch, role, probe)) sum += partial;
+    return sum == 0.0;
+}
+
+// Runs the update unless skip_if_nonfinite finds an inf/NaN gradient (role 1): then nothing is
+// written and the call returns false, as torch's GradScaler skips optimizer.step().
 template <class Config>
-void run(ElementwiseKernel<Config> const* kernels, const Config& config, const Checked& checked) {
+bool run(ElementwiseKernel<Config> const* kernels, const Config& config, const Checked& checked,
+         bool skip_if_nonfinite = false) {
     py::gil_scoped_release nogil;
+    if (skip_if_nonfinite && !all_finite(checked, 1)) return false;
     run_elementwise(kernels[checked.dtype], config, checked.batch);
+    return true;
 }
 
 // ---- the update functions ------------------------------------------------------------------
 
-void sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
-          double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<long long> step) {
+bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
+          double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<long long> step,
+          std::optional<double> grad_scale, bool skip_if_nonfinite) {
     SgdConfig c;
     check_nonnegative("lr", lr);
     check_range("momentum", momentum, 0.0, 1.0, true);
     check_range("dampening", dampening, 0.0, 1.0, true);
-    c.g = grad_transform(maximize, weight_decay);
+    c.g = grad_transform(maximize, weight_decay, grad_scale);
     if (nesterov) require(momentum > 0.0 && dampening == 0.0, "Nesterov momentum requires a momentum and zero dampening");
     if (step) check_step(*step);
     c.lr = lr;
@@ -175,32 +198,33 @@ void sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
     Checked arrays = check_arrays({{"params", params, true},
                                    {"grads", grads, false},
                                    {"momentum_buffers", uses_buffers ? momentum_buffers : py::none(), true}});
-    run(kernels().sgd, c, arrays);
+    return run(kernels().sgd, c, arrays, skip_if_nonfinite);
 }
 
-void adagrad_(py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
-              double lr_decay, double weight_decay, double eps, bool maximize) {
+bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
+              double lr_decay, double weight_decay, double eps, bool maximize, std::optional<double> grad_scale,
+              bool skip_if_nonfinite) {
     AdagradConfig c;
     check_nonnegative("lr", lr);
     check_nonnegative("lr_decay", lr_decay);
     check_nonnegative("eps", eps);
     check_step(step);
-    c.g = grad_transform(maximize, weight_decay);
+    c.g = grad_transform(maximize, weight_decay, grad_scale);
     c.clr = lr / (1.0 + static_cast<double>(step - 1) * lr_decay);
     c.eps = eps;
     Checked arrays = check_arrays({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}});
-    run(kernels().adagrad, c, arrays);
+    return run(kernels().adagrad, c, arrays, skip_if_nonfinite);
 }
 
-void rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
+bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
-              bool maximize, bool eps_inside_sqrt) {
+              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool skip_if_nonfinite) {
     RmspropConfig c;
     check_nonnegative("lr", lr);
     check_range("alpha", alpha, 0.0, 1.0, true);
     check_nonnegative("eps", eps);
     check_range("momentum", momentum, 0.0, 1.0, true);
-    c.g = grad_transform(maximize, weight_decay);
+    c.g = grad_transform(maximize, weight_decay, grad_scale);
     c.lr = lr;
     c.alpha = alpha;
     c.eps = eps;
@@ -215,19 +239,20 @@ void rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
                                    {"square_avgs", square_avgs, true},
                                    {"momentum_buffers", uses_buffers ? momentum_buffers : py::none(), true},
                                    {"grad_avgs", centered ? grad_avgs : py::none(), true}});
-    run(kernels().rmsprop, c, arrays);
+    return run(kernels().rmsprop, c, arrays, skip_if_nonfinite);
 }
 
-void adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, long long step,
+bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, long long step,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled_weight_decay,
-           bool amsgrad, py::handle max_exp_avg_sqs, bool maximize) {
+           bool amsgrad, py::handle max_exp_avg_sqs, bool maximize, std::optional<double> grad_scale,
+           bool skip_if_nonfinite) {
     AdamConfig c;
     check_nonnegative("lr", lr);
     check_range("beta1", beta1, 0.0, 1.0, false);
     check_range("beta2", beta2, 0.0, 1.0, false);
     check_nonnegative("eps", eps);
     check_step(step);
-    c.g = grad_transform(maximize, decoupled_weight_decay ? 0.0 : weight_decay);
+    c.g = grad_transform(maximize, decoupled_weight_decay ? 0.0 : weight_decay, grad_scale);
     check_nonnegative("weight_decay", weight_decay);
     if (decoupled_weight_decay) {
         if (!(lr * weight_decay <= 1.0))
@@ -249,7 +274,87 @@ void adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
                                    {"exp_avgs", exp_avgs, true},
                                    {"exp_avg_sqs", exp_avg_sqs, true},
                                    {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : py::none(), true}});
-    run(kernels().adam, c, arrays);
+    return run(kernels().adam, c, arrays, skip_if_nonfinite);
+}
+
+// The benchmark's bandwidth probe over the same arrays an optimizer call would touch.
+void stream_probe(py::handle read_write, py::handle read_only) {
+    StreamConfig c;
+    c.n_read_write = static_cast<int>(py::len(read_write));
+    c.n_read_only = static_cast<int>(py::len(read_only));
+    require(c.n_read_write >= 1, "stream_probe needs at least one read-write array");
+    std::vector<Role> roles;
+    for (int k = 0; k < c.n_read_write; ++k) roles.push_back({k == 0 ? "params" : "read_write", read_write[py::int_(k)], true});
+    for (int k = 0; k < c.n_read_only; ++k) roles.push_back({"read_only", read_only[py::int_(k)], false});
+    run(kernels().stream, c, check_arrays(roles));
+}
+
+// ---- gradient norms and clipping -------------------------------------------------------------
+
+Checked check_grads(py::handle grads, bool written) { return check_arrays({{"grads", grads, written}}); }
+
+// The norm of all grads together, as if concatenated: (sum |g|^p)^(1/p), max |g| for p = inf.
+double total_norm(const Checked& checked, double norm_type) {
+    const KernelTable& k = kernels();
+    const DType dt = checked.dtype;
+    py::gil_scoped_release nogil;
+    if (std::isinf(norm_type)) {
+        double norm = 0.0;
+        for (double m : reduce_blocks(checked.batch, 0, k.max_abs[dt])) norm = std::isnan(m) || std::isnan(norm) ? NAN : std::max(norm, m);
+        return norm;
+    }
+    std::function<double(const void*, std::size_t)> block;
+    if (norm_type == 2.0)
+        block = k.sum_squares[dt];
+    else if (norm_type == 1.0)
+        block = k.sum_abs[dt];
+    else
+        block = [&](const void* x, std::size_t n) { return k.sum_abs_pow[dt](x, n, norm_type); };
+    double sum = 0.0;
+    for (double partial : reduce_blocks(checked.batch, 0, block)) sum += partial;
+    return norm_type == 2.0 ? std::sqrt(sum) : norm_type == 1.0 ? sum : std::pow(sum, 1.0 / norm_type);
+}
+
+void check_norm_type(double norm_type) {
+    if (!(norm_type > 0.0) || std::isnan(norm_type))
+        throw py::value_error("Invalid norm_type value: " + repr(norm_type) + " (must be > 0, or inf)");
+}
+
+double grad_norm(py::handle grads, double norm_type) {
+    check_norm_type(norm_type);
+    return total_norm(check_grads(grads, false), norm_type);
+}
+
+// torch.nn.utils.clip_grad_norm_: grads *= min(1, max_norm / (total_norm + 1e-6)); returns total_norm
+double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, bool error_if_nonfinite) {
+    check_nonnegative("max_norm", max_norm);
+    check_norm_type(norm_type);
+    Checked checked = check_grads(grads, true);
+    const double norm = total_norm(checked, norm_type);
+    if (error_if_nonfinite && !std::isfinite(norm))
+        throw std::runtime_error("The total norm of order " + repr(norm_type) +
+                              " for gradients is non-finite, so it cannot be clipped; grads are unchanged "
+                              "(error_if_nonfinite=False scales them as torch does)");
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0 || std::isnan(coef)) {  // torch multiplies by min(coef, 1): 1 changes nothing
+        py::gil_scoped_release nogil;
+        run_elementwise(kernels().scale[checked.dtype], ScaleConfig{coef}, checked.batch);
+    }
+    return norm;
+}
+
+// torch.nn.utils.clip_grad_value_: grads = clamp(grads, -clip_value, clip_value)
+void clip_grad_value_(py::handle grads, double clip_value) {
+    check_nonnegative("clip_value", clip_value);
+    Checked checked = check_grads(grads, true);
+    py::gil_scoped_release nogil;
+    run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
+}
+
+bool all_finite_(py::handle grads) {
+    Checked checked = check_grads(grads, false);
+    py::gil_scoped_release nogil;
+    return all_finite(checked, 0);
 }
 
 }  // namespace
@@ -282,6 +387,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("adagrad", &adagrad_);
     m.def("rmsprop", &rmsprop_);
     m.def("adam", &adam_);
+    m.def("all_finite", &all_finite_);
+    m.def("grad_norm", &grad_norm);
+    m.def("clip_grad_norm_", &clip_grad_norm_);
+    m.def("clip_grad_value_", &clip_grad_value_);
+    m.def("stream_probe", &stream_probe, "a = a + sum(read_only) over each read_write array: the bandwidth probe");
 
     bind_batchnorm(m);
 }

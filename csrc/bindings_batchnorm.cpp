@@ -1,5 +1,293 @@
+// Python bindings of the batch-normalization kernels: _core.batchnorm_forward and
+// _core.batchnorm_backward, positional (fusedopt/batchnorm.py holds the keyword signatures).
+// Every argument is checked before anything is allocated or written; arrays that are written
+// (out, running statistics) are never converted or copied; the GIL is released while the
+// kernels run.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checks.h"
+#include "dispatch.h"
+
 namespace fusedopt {
-void bind_batchnorm(pybind11::module_&) {}
+namespace {
+
+namespace py = pybind11;
+
+py::array as_ndarray(py::handle h, const char* name) {
+    if (!py::isinstance<py::array>(h))
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(h));
+    return py::reinterpret_borrow<py::array>(h);
+}
+
+int array_flags(const py::array& a) { return py::detail::array_proxy(a.ptr())->flags; }
+
+// C-contiguous and aligned; writable too when the kernel writes it.
+void check_memory(const py::array& a, const char* name, bool written) {
+    const int flags = array_flags(a);
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
+        throw py::value_error(std::string(name) + " is not C-contiguous; fusedopt " +
+                              (written ? "writes it in place and never copies it" : "reads raw memory") +
+                              " (np.ascontiguousarray makes a contiguous copy)");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(std::string(name) + " is not aligned to its dtype");
+    if (written && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
+        throw py::value_error(std::string(name) + " is read-only but is written in place");
+}
+
+bool same_shape(const py::array& a, const py::array& b) {
+    if (a.ndim() != b.ndim()) return false;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+        if (a.shape(d) != b.shape(d)) return false;
+    return true;
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()); }
+
+// x: a C-contiguous float32/float64 array of rank >= 2 with at least one element.
+DType check_input(const py::array& x, const char* name) {
+    // leaked on purpose: a static py::object would be released after the interpreter
+    static const py::dtype& float32 = *new py::dtype(py::dtype::of<float>());
+    static const py::dtype& float64 = *new py::dtype(py::dtype::of<double>());
+    DType dtype;
+    if (x.dtype().equal(float32))
+        dtype = kFloat32;
+    else if (x.dtype().equal(float64))
+        dtype = kFloat64;
+    else
+        throw py::type_error(std::string(name) + " has dtype " + dtype_str(x) +
+                             "; batch normalization takes float32 or float64 (native byte order)");
+    if (x.ndim() < 2)
+        throw py::value_error(std::string(name) + " has shape " + shape_str(x) +
+                              "; batch normalization needs rank >= 2: (N, C, ...) or channels-last (..., C)");
+    if (x.size() == 0) throw py::value_error(std::string(name) + " is empty (shape " + shape_str(x) + ")");
+    check_memory(x, name, false);
+    return dtype;
+}
+
+// The channel axis (1 or -1, or their non-negative spellings) -> x viewed as (outer, C, inner).
+BatchNormShape channel_view(const py::array& x, long long axis) {
+    const long long ndim = x.ndim();
+    if (axis < -ndim || axis >= ndim)
+        throw py::value_error("axis " + std::to_string(axis) + " is out of range for x of rank " + std::to_string(ndim) +
+                              " (shape " + shape_str(x) + ")");
+    const long long a = axis < 0 ? axis + ndim : axis;
+    if (a != 1 && a != ndim - 1)
+        throw py::value_error("axis must be the channel axis 1 (N, C, ...) or -1 (channels-last), got " +
+                              std::to_string(axis) + " for x of shape " + shape_str(x));
+    BatchNormShape s;
+    s.outer = 1;
+    s.inner = 1;
+    s.channels = static_cast<std::size_t>(x.shape(a));
+    for (long long d = 0; d < a; ++d) s.outer *= static_cast<std::size_t>(x.shape(d));
+    for (long long d = a + 1; d < ndim; ++d) s.inner *= static_cast<std::size_t>(x.shape(d));
+    return s;
+}
+
+// A per-channel array: None, or a 1-D C-contiguous array of C elements of x's dtype.
+std::optional<py::array> channel_array(py::handle h, const char* name, const py::array& x, std::size_t channels,
+                                       bool written) {
+    if (h.is_none()) return std::nullopt;
+    py::array a = as_ndarray(h, name);
+    if (!a.dtype().equal(x.dtype()))
+        throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + " but x has " + dtype_str(x) +
+                             "; per-channel arrays must have x's dtype");
+    if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != channels)
+        throw py::value_error(std::string(name) + " has shape " + shape_str(a) + " but x of shape " + shape_str(x) +
+                              " has " + std::to_string(channels) + " channels; expected shape (" +
+                              std::to_string(channels) + ",)");
+    check_memory(a, name, written);
+    return a;
+}
+
+// An array of x's shape: dy, relu_output, out.
+py::array like_x(py::handle h, const char* name, const py::array& x, bool written) {
+    py::array a = as_ndarray(h, name);
+    if (!a.dtype().equal(x.dtype()))
+        throw py::type_error(std::string(name) + " has dtype " + dtype_str(a) + " but x has " + dtype_str(x));
+    if (!same_shape(a, x))
+        throw py::value_error(std::string(name) + " has shape " + shape_str(a) + " but x has shape " + shape_str(x));
+    check_memory(a, name, written);
+    return a;
+}
+
+// No array that is written may share a byte with any other array of the call (the result
+// would depend on the order of reads and writes).
+struct Named {
+    const char* name;
+    const py::array* array;
+    bool written;
+};
+void check_no_overlap(const std::vector<Named>& arrays) {
+    auto range = [](const py::array& a) {
+        auto lo = reinterpret_cast<std::uintptr_t>(a.data());
+        return std::pair<std::uintptr_t, std::uintptr_t>(lo, lo + static_cast<std::uintptr_t>(a.nbytes()));
+    };
+    for (std::size_t i = 0; i < arrays.size(); ++i) {
+        if (!arrays[i].written || arrays[i].array->nbytes() == 0) continue;
+        const auto [lo, hi] = range(*arrays[i].array);
+        for (std::size_t j = 0; j < arrays.size(); ++j) {
+            if (j == i || arrays[j].array->nbytes() == 0) continue;
+            const auto [lo2, hi2] = range(*arrays[j].array);
+            if (lo < hi2 && lo2 < hi)
+                throw py::value_error(std::string(arrays[i].name) + " and " + arrays[j].name +
+                                      " overlap in memory; an array that is written must not share memory with "
+                                      "any other argument");
+        }
+    }
+}
+
+py::array new_like(const py::array& x) {
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    return py::array(x.dtype(), shape);
+}
+py::array new_channels(const py::array& x, std::size_t channels) {
+    return py::array(x.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(channels)});
+}
+
+std::string shape_of(const py::array& x) { return shape_str(x); }
+
+py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle running_mean_obj,
+                            py::handle running_var_obj, bool training, double momentum, double eps, long long axis,
+                            bool relu, py::handle out_obj) {
+    const py::array x = as_ndarray(x_obj, "x");
+    const DType dtype = check_input(x, "x");
+    const BatchNormShape shape = channel_view(x, axis);
+    if (!std::isfinite(momentum)) throw py::value_error("Invalid momentum value: " + repr(momentum) + " (must be finite)");
+    check_nonnegative("eps", eps);
+    if (training && shape.outer * shape.inner <= 1)
+        throw py::value_error("Expected more than 1 value per channel when training, got input shape " + shape_of(x));
+
+    const auto weight = channel_array(weight_obj, "weight", x, shape.channels, false);
+    const auto bias = channel_array(bias_obj, "bias", x, shape.channels, false);
+    if (running_mean_obj.is_none() != running_var_obj.is_none())
+        throw py::value_error(std::string(running_mean_obj.is_none() ? "running_var" : "running_mean") + " is given without " +
+                              (running_mean_obj.is_none() ? "running_mean" : "running_var") +
+                              "; pass both running statistics or neither");
+    if (!training && running_mean_obj.is_none())
+        throw py::value_error("running_mean and running_var are required when training=False (eval mode normalizes with them)");
+    const auto running_mean = channel_array(running_mean_obj, "running_mean", x, shape.channels, training);
+    const auto running_var = channel_array(running_var_obj, "running_var", x, shape.channels, training);
+    std::optional<py::array> out;
+    if (!out_obj.is_none()) out = like_x(out_obj, "out", x, true);
+
+    std::vector<Named> arrays{{"x", &x, false}};
+    if (weight) arrays.push_back({"weight", &*weight, false});
+    if (bias) arrays.push_back({"bias", &*bias, false});
+    if (running_mean) arrays.push_back({"running_mean", &*running_mean, training});
+    if (running_var) arrays.push_back({"running_var", &*running_var, training});
+    if (out) arrays.push_back({"out", &*out, true});
+    check_no_overlap(arrays);
+
+    // all checks passed: allocate the outputs, then run
+    py::array y = out ? *out : new_like(x);
+    py::array save_mean = new_channels(x, shape.channels);
+    py::array save_invstd = new_channels(x, shape.channels);
+    BatchNormForwardArgs args;
+    args.shape = shape;
+    args.x = x.data();
+    args.y = y.mutable_data();
+    args.weight = weight ? weight->data() : nullptr;
+    args.bias = bias ? bias->data() : nullptr;
+    args.running_mean = running_mean ? const_cast<void*>(running_mean->data()) : nullptr;
+    args.running_var = running_var ? const_cast<void*>(running_var->data()) : nullptr;
+    args.save_mean = save_mean.mutable_data();
+    args.save_invstd = save_invstd.mutable_data();
+    args.momentum = momentum;
+    args.eps = eps;
+    args.training = training;
+    args.relu = relu;
+    {
+        py::gil_scoped_release nogil;
+        kernels().batchnorm_forward[dtype](args);
+    }
+    return py::make_tuple(y, save_mean, save_invstd);
+}
+
+py::tuple batchnorm_backward(py::handle dy_obj, py::handle x_obj, py::handle weight_obj, py::handle save_mean_obj,
+                             py::handle save_invstd_obj, long long axis, bool training, py::handle relu_output_obj,
+                             py::handle out_obj) {
+    const py::array x = as_ndarray(x_obj, "x");
+    const DType dtype = check_input(x, "x");
+    const BatchNormShape shape = channel_view(x, axis);
+    const py::array dy = like_x(dy_obj, "dy", x, false);
+    const auto weight = channel_array(weight_obj, "weight", x, shape.channels, false);
+    if (save_mean_obj.is_none() || save_invstd_obj.is_none())
+        throw py::type_error("save_mean and save_invstd are required: pass the ones batchnorm_forward returned");
+    const py::array save_mean = *channel_array(save_mean_obj, "save_mean", x, shape.channels, false);
+    const py::array save_invstd = *channel_array(save_invstd_obj, "save_invstd", x, shape.channels, false);
+
+    std::optional<py::array> relu_output;
+    ReluMask mask = ReluMask::kNone;
+    if (!relu_output_obj.is_none()) {
+        py::array r = as_ndarray(relu_output_obj, "relu_output");
+        if (r.dtype().equal(py::dtype::of<bool>())) {
+            mask = ReluMask::kBool;
+        } else if (r.dtype().equal(x.dtype())) {
+            mask = ReluMask::kValues;
+        } else {
+            throw py::type_error("relu_output has dtype " + dtype_str(r) + "; expected x's dtype " + dtype_str(x) +
+                                 " (the forward's output) or bool (a mask)");
+        }
+        if (!same_shape(r, x))
+            throw py::value_error("relu_output has shape " + shape_str(r) + " but x has shape " + shape_str(x));
+        check_memory(r, "relu_output", false);
+        relu_output = r;
+    }
+    std::optional<py::array> out;
+    if (!out_obj.is_none()) out = like_x(out_obj, "out", x, true);
+
+    std::vector<Named> arrays{{"dy", &dy, false}, {"x", &x, false}, {"save_mean", &save_mean, false},
+                              {"save_invstd", &save_invstd, false}};
+    if (weight) arrays.push_back({"weight", &*weight, false});
+    if (relu_output) arrays.push_back({"relu_output", &*relu_output, false});
+    if (out) arrays.push_back({"out", &*out, true});
+    check_no_overlap(arrays);
+
+    // all checks passed: allocate the outputs, then run
+    py::array dx = out ? *out : new_like(x);
+    py::object dweight = py::none(), dbias = py::none();
+    BatchNormBackwardArgs args;
+    if (weight) {
+        py::array dw = new_channels(x, shape.channels), db = new_channels(x, shape.channels);
+        args.dweight = dw.mutable_data();
+        args.dbias = db.mutable_data();
+        dweight = dw;
+        dbias = db;
+    }
+    args.shape = shape;
+    args.dy = dy.data();
+    args.x = x.data();
+    args.relu_output = relu_output ? relu_output->data() : nullptr;
+    args.relu_mask = mask;
+    args.weight = weight ? weight->data() : nullptr;
+    args.save_mean = save_mean.data();
+    args.save_invstd = save_invstd.data();
+    args.dx = dx.mutable_data();
+    args.training = training;
+    {
+        py::gil_scoped_release nogil;
+        kernels().batchnorm_backward[dtype](args);
+    }
+    return py::make_tuple(dx, dweight, dbias);
+}
+
+}  // namespace
+
+void bind_batchnorm(py::module_& m) {
+    // Positional only and without defaults, as the optimizer bindings (see bindings.cpp).
+    m.def("batchnorm_forward", &batchnorm_forward,
+          "(x, weight, bias, running_mean, running_var, training, momentum, eps, axis, relu, out) -> "
+          "(y, save_mean, save_invstd); see fusedopt.batchnorm.batchnorm_forward");
+    m.def("batchnorm_backward", &batchnorm_backward,
+          "(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out) -> (dx, dweight, dbias); "
+          "see fusedopt.batchnorm.batchnorm_backward");
+}
+
 }  // namespace fusedopt

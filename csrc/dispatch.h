@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/batchnorm.h"
 #include "kernels/optim.h"
 
 namespace fusedopt {
@@ -21,6 +22,17 @@ struct KernelTable {
     ElementwiseKernel<AdagradConfig> adagrad[2];
     ElementwiseKernel<RmspropConfig> rmsprop[2];
     ElementwiseKernel<AdamConfig> adam[2];
+    void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm.cpp, indexed by DType
+    void (*batchnorm_backward[2])(const BatchNormBackwardArgs&);
+    ElementwiseKernel<StreamConfig> stream[2];  // the benchmark's bandwidth probe
+    // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks
+    double (*sum_squares[2])(const void* x, std::size_t n);
+    double (*sum_abs[2])(const void* x, std::size_t n);
+    double (*nonfinite_probe[2])(const void* x, std::size_t n);  // NaN iff an element is inf/NaN
+    double (*max_abs[2])(const void* x, std::size_t n);
+    double (*sum_abs_pow[2])(const void* x, std::size_t n, double p);
+    ElementwiseKernel<ScaleConfig> scale[2];
+    ElementwiseKernel<ClampConfig> clamp[2];
 };
 
 // ISAs compiled into this build that this CPU (and OS) can run, worst first.

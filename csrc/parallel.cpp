@@ -162,4 +162,29 @@ void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*,
     parallel_for(static_cast<int>(ntasks), [&](int i) { run_range(cut[i], cut[i + 1]); });
 }
 
+std::vector<double> reduce_blocks(const TensorBatch& b, std::size_t role,
+                                  const std::function<double(const void*, std::size_t)>& block) {
+    struct Block {
+        const char* ptr;
+        std::size_t n;
+    };
+    std::vector<Block> blocks;
+    std::size_t total = 0;
+    for (std::size_t t = 0; t < b.sizes.size(); ++t) {
+        const char* base = static_cast<const char*>(b.ptrs[t * b.arrays_per_tensor + role]);
+        for (std::size_t lo = 0; lo < b.sizes[t]; lo += kReduceBlock)
+            blocks.push_back({base + lo * b.elem_size, std::min(kReduceBlock, b.sizes[t] - lo)});
+        total += b.sizes[t];
+    }
+    std::vector<double> out(blocks.size());
+    const std::size_t ntasks = std::min<std::size_t>({static_cast<std::size_t>(get_num_threads()), blocks.size(),
+                                                      std::max<std::size_t>(1, total / kMinElementsPerThread)});
+    // task i takes blocks i, i + ntasks, ...: which thread computes a block never changes its value
+    parallel_for(static_cast<int>(std::max<std::size_t>(1, ntasks)), [&](int i) {
+        for (std::size_t j = static_cast<std::size_t>(i); j < blocks.size(); j += std::max<std::size_t>(1, ntasks))
+            out[j] = block(blocks[j].ptr, blocks[j].n);
+    });
+    return out;
+}
+
 }  // namespace fusedopt

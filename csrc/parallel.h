@@ -37,6 +37,15 @@ constexpr std::size_t kMinElementsPerThread = 32768;
 
 void for_each_chunk(const TensorBatch& batch, const std::function<void(void* const*, std::size_t)>& chunk);
 
+// Reductions cut every tensor into blocks of this many elements whatever the thread count, and
+// combine the blocks' results in order, so a norm has the same bits on 1 thread or 64.
+constexpr std::size_t kReduceBlock = 65536;
+
+// block(pointer, n) for every block of array `role` of every tensor, in parallel; returns the
+// results in tensor-then-offset order.
+std::vector<double> reduce_blocks(const TensorBatch& batch, std::size_t role,
+                                  const std::function<double(const void*, std::size_t)>& block);
+
 template <class Config>
 void run_elementwise(ElementwiseKernel<Config> kernel, const Config& config, const TensorBatch& batch) {
     for_each_chunk(batch, [&](void* const* arrays, std::size_t n) { kernel(config, arrays, n); });

@@ -46,4 +46,17 @@ struct AdamConfig {
     bool amsgrad = false;
 };
 
+// Gradient clipping (reduce.cpp): x *= factor; x = clamp(x, lo, hi).
+struct ScaleConfig {
+    double factor = 1.0;
+};
+struct ClampConfig {
+    double lo = 0.0, hi = 0.0;
+};
+
+// The bandwidth probe (stream.cpp). Arrays: the read-write ones, then the read-only ones.
+struct StreamConfig {
+    int n_read_write = 0, n_read_only = 0;
+};
+
 }  // namespace fusedopt

@@ -5,9 +5,15 @@ namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 
 void register_optim(KernelTable&);
+void register_batchnorm(KernelTable&);
+void register_stream(KernelTable&);
+void register_reduce(KernelTable&);
 
 void fill_table(KernelTable& t) {
     register_optim(t);
+    register_batchnorm(t);
+    register_stream(t);
+    register_reduce(t);
 }
 
 }  // namespace FUSEDOPT_ISA_NS

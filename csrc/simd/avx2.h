@@ -1,6 +1,9 @@
 // AVX2 + FMA: 8 floats / 4 doubles per vector (x86-64, Haswell and Zen and later).
 #pragma once
 #include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
 #include "scalar.h"
 
 namespace fusedopt {
@@ -18,7 +21,13 @@ struct Vec<float> {
     Vec(__m256 x) : v(x) {}
     Vec(float x) : v(_mm256_set1_ps(x)) {}
     static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+    // 8 bytes widened to floats (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    }
     void store(float* p) const { _mm256_storeu_ps(p, v); }
+    // non-temporal store (bypasses the caches, no read-for-ownership); p 32-byte aligned
+    void stream(float* p) const { _mm256_stream_ps(p, v); }
 
     friend Vec operator+(Vec a, Vec b) { return _mm256_add_ps(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm256_sub_ps(a.v, b.v); }
@@ -59,7 +68,14 @@ struct Vec<double> {
     Vec(double x) : v(_mm256_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm256_loadu_pd(p); }
     static Vec load_float(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+    // 4 bytes widened to doubles (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        std::int32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes)));
+    }
     void store(double* p) const { _mm256_storeu_pd(p, v); }
+    void stream(double* p) const { _mm256_stream_pd(p, v); }  // p 32-byte aligned
 
     friend Vec operator+(Vec a, Vec b) { return _mm256_add_pd(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm256_sub_pd(a.v, b.v); }

@@ -1,6 +1,8 @@
 // AVX-512 F/BW/DQ/VL: 16 floats / 8 doubles per vector (Skylake-X, Ice Lake, Zen 4 and later).
 #pragma once
 #include <immintrin.h>
+
+#include <cstdint>
 #include "scalar.h"
 
 namespace fusedopt {
@@ -18,7 +20,13 @@ struct Vec<float> {
     Vec(__m512 x) : v(x) {}
     Vec(float x) : v(_mm512_set1_ps(x)) {}
     static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+    // 16 bytes widened to floats (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    }
     void store(float* p) const { _mm512_storeu_ps(p, v); }
+    // non-temporal store (bypasses the caches, no read-for-ownership); p 64-byte aligned
+    void stream(float* p) const { _mm512_stream_ps(p, v); }
 
     friend Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
@@ -62,7 +70,12 @@ struct Vec<double> {
     Vec(double x) : v(_mm512_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm512_loadu_pd(p); }
     static Vec load_float(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    // 8 bytes widened to doubles (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        return _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    }
     void store(double* p) const { _mm512_storeu_pd(p, v); }
+    void stream(double* p) const { _mm512_stream_pd(p, v); }  // p 64-byte aligned
 
     friend Vec operator+(Vec a, Vec b) { return _mm512_add_pd(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm512_sub_pd(a.v, b.v); }

@@ -1,6 +1,9 @@
 // NEON (AArch64 Advanced SIMD): 4 floats / 2 doubles per vector, fused multiply-add.
 #pragma once
 #include <arm_neon.h>
+
+#include <cstdint>
+#include <cstring>
 #include "scalar.h"
 
 namespace fusedopt {
@@ -18,7 +21,16 @@ struct Vec<float> {
     Vec(float32x4_t x) : v(x) {}
     Vec(float x) : v(vdupq_n_f32(x)) {}
     static Vec load(const float* p) { return vld1q_f32(p); }
+    // 4 bytes widened to floats (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        std::uint32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        uint16x8_t h = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(bytes)));
+        return vcvtq_f32_u32(vmovl_u16(vget_low_u16(h)));
+    }
     void store(float* p) const { vst1q_f32(p, v); }
+    // the x86 types' non-temporal store; NEON intrinsics have none, so a plain store
+    void stream(float* p) const { vst1q_f32(p, v); }
 
     friend Vec operator+(Vec a, Vec b) { return vaddq_f32(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return vsubq_f32(a.v, b.v); }
@@ -56,7 +68,16 @@ struct Vec<double> {
     Vec(double x) : v(vdupq_n_f64(x)) {}
     static Vec load(const double* p) { return vld1q_f64(p); }
     static Vec load_float(const float* p) { return vcvt_f64_f32(vld1_f32(p)); }
+    // 2 bytes widened to doubles (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        std::uint16_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        uint16x8_t h = vmovl_u8(vreinterpret_u8_u16(vdup_n_u16(bytes)));
+        uint32x4_t w = vmovl_u16(vget_low_u16(h));
+        return vcvtq_f64_u64(vmovl_u32(vget_low_u32(w)));
+    }
     void store(double* p) const { vst1q_f64(p, v); }
+    void stream(double* p) const { vst1q_f64(p, v); }
 
     friend Vec operator+(Vec a, Vec b) { return vaddq_f64(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return vsubq_f64(a.v, b.v); }

@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #ifndef FUSEDOPT_ISA_NS
 #error "compile kernel sources with -DFUSEDOPT_ISA_NS=<isa> (CMakeLists.txt does)"
@@ -24,7 +25,11 @@ struct Scalar {
     static Scalar load(const T* p) { return Scalar(*p); }
     // one float widened to double: how float kernels accumulate in double
     static Scalar load_float(const float* p) { return Scalar(static_cast<T>(*p)); }
+    // one byte widened to T (0 .. 255): how a boolean mask is read
+    static Scalar load_u8(const std::uint8_t* p) { return Scalar(static_cast<T>(*p)); }
     void store(T* p) const { *p = v; }
+    // a store that bypasses the caches on ISAs that have one (see the vector types); here a store
+    void stream(T* p) const { *p = v; }
 
     friend Scalar operator+(Scalar a, Scalar b) { return a.v + b.v; }
     friend Scalar operator-(Scalar a, Scalar b) { return a.v - b.v; }

@@ -1,6 +1,9 @@
 // SSE2: 4 floats / 2 doubles per vector, no FMA; the x86-64 baseline every CPU has.
 #pragma once
 #include <emmintrin.h>
+
+#include <cstdint>
+#include <cstring>
 #include "scalar.h"
 
 namespace fusedopt {
@@ -18,7 +21,17 @@ struct Vec<float> {
     Vec(__m128 x) : v(x) {}
     Vec(float x) : v(_mm_set1_ps(x)) {}
     static Vec load(const float* p) { return _mm_loadu_ps(p); }
+    // 4 bytes widened to floats (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        std::int32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        const __m128i zero = _mm_setzero_si128();
+        __m128i w = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
+        return _mm_cvtepi32_ps(w);
+    }
     void store(float* p) const { _mm_storeu_ps(p, v); }
+    // non-temporal store (bypasses the caches, no read-for-ownership); p 16-byte aligned
+    void stream(float* p) const { _mm_stream_ps(p, v); }
 
     friend Vec operator+(Vec a, Vec b) { return _mm_add_ps(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm_sub_ps(a.v, b.v); }
@@ -59,7 +72,16 @@ struct Vec<double> {
     static Vec load_float(const float* p) {
         return _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
     }
+    // 2 bytes widened to doubles (0 .. 255)
+    static Vec load_u8(const std::uint8_t* p) {
+        std::uint16_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        const __m128i zero = _mm_setzero_si128();
+        __m128i w = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
+        return _mm_cvtepi32_pd(w);
+    }
     void store(double* p) const { _mm_storeu_pd(p, v); }
+    void stream(double* p) const { _mm_stream_pd(p, v); }  // p 16-byte aligned
 
     friend Vec operator+(Vec a, Vec b) { return _mm_add_pd(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm_sub_pd(a.v, b.v); }

@@ -13,7 +13,17 @@ import os as _os
 
 from . import _core
 from ._core import available_isas, get_num_threads, isa, set_isa, set_num_threads
-from .functional import adagrad_, adam_, adamw_, rmsprop_, sgd_
+from .functional import (
+    adagrad_,
+    adam_,
+    adamw_,
+    all_finite,
+    clip_grad_norm_,
+    clip_grad_value_,
+    grad_norm,
+    rmsprop_,
+    sgd_,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +37,10 @@ __all__ = [
     "adagrad_",
     "adam_",
     "adamw_",
+    "all_finite",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "grad_norm",
     "available_isas",
     "get_num_threads",
     "isa",

@@ -1,19 +1,26 @@
 """The in-place update functions: keyword-only signatures over fusedopt._core's kernels.
 
 Every function takes one ndarray per argument, or equal-length lists of them (the whole list
-is one C++ call), updates params and state in place, and returns None. All arguments are
+is one C++ call), and updates params and state in place. All arguments are
 checked before anything is written: a call that raises leaves every array byte-identical.
 Arrays must be C-contiguous, writable where updated, of one dtype (float32 or float64), and
 pairwise non-overlapping; they are never copied.
 
 The formulas are torch.optim's (see each docstring and docs/algorithms.md); `step` is the
 1-based number of the step being taken. fusedopt.reference holds the same functions in NumPy.
+
+Mixed precision and overflow, for every update function:
+- grad_scale: the grads were computed from a loss multiplied by grad_scale; the kernel
+  multiplies them by 1 / grad_scale as it reads them (torch's GradScaler.unscale_, fused).
+- skip_if_nonfinite: one read-only pass over the grads first; if any is inf or NaN, nothing
+  is written and the function returns False (torch's GradScaler skipping optimizer.step()).
+The update functions return True when the step was applied.
 """
 from . import _core
 
 
 def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
-         weight_decay=0.0, maximize=False, step=None):
+         weight_decay=0.0, maximize=False, step=None, grad_scale=None, skip_if_nonfinite=False):
     """SGD with optional momentum / Nesterov momentum (torch.optim.SGD).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -25,11 +32,12 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     momentum_buffers is required when momentum > 0; with step=1 their contents are ignored
     and overwritten with g, as torch initializes its buffers.
     """
-    _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step)
+    return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step,
+                     grad_scale, skip_if_nonfinite)
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False):
+             maximize=False, grad_scale=None, skip_if_nonfinite=False):
     """AdaGrad (torch.optim.Adagrad).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -37,11 +45,13 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
         state_sum += g * g
         param -= clr * g / (sqrt(state_sum) + eps)
     """
-    _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize)
+    return _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale,
+                         skip_if_nonfinite)
 
 
 def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False):
+             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False,
+             grad_scale=None, skip_if_nonfinite=False):
     """RMSProp (torch.optim.RMSprop), optionally centered and with momentum.
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -55,12 +65,13 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
     momentum_buffers (zeros at the start) are required when momentum > 0, grad_avgs (zeros at
     the start) when centered.
     """
-    _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers, centered,
-                  grad_avgs, maximize, eps_inside_sqrt)
+    return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
+                         centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False,
+          grad_scale=None, skip_if_nonfinite=False):
     """Adam (torch.optim.Adam; with decoupled_weight_decay=True, torch.optim.AdamW).
 
         g = -grad if maximize else grad
@@ -74,12 +85,41 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, bet
 
     max_exp_avg_sqs (zeros at the start) are required when amsgrad=True.
     """
-    _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-               decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize)
+    return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+                      decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, grad_scale=None,
+           skip_if_nonfinite=False):
     """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
-    _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True, amsgrad,
-               max_exp_avg_sqs, maximize)
+    return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
+                      amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+
+
+def all_finite(grads):
+    """True when no element of grads (an array or a list of them) is inf or NaN: one SIMD pass."""
+    return _core.all_finite(grads)
+
+
+def grad_norm(grads, norm_type=2.0):
+    """The norm of all grads taken together, (sum |g|**p)**(1/p) or max |g| for inf, summed in float64."""
+    return _core.grad_norm(grads, float(norm_type))
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """torch.nn.utils.clip_grad_norm_ over NumPy grads: scale them in place so their total norm is
+    at most max_norm, and return the total norm before clipping.
+
+        total_norm = grad_norm(grads, norm_type)        (one pass; float64 sums)
+        grads *= min(1, max_norm / (total_norm + 1e-6))  (skipped when that is 1)
+
+    A non-finite total norm raises RuntimeError with error_if_nonfinite=True (grads unchanged);
+    otherwise grads are scaled by the resulting NaN/0 factor, as torch does.
+    """
+    return _core.clip_grad_norm_(grads, float(max_norm), float(norm_type), error_if_nonfinite)
+
+
+def clip_grad_value_(grads, clip_value):
+    """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]."""
+    _core.clip_grad_value_(grads, float(clip_value))

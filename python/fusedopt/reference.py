@@ -119,3 +119,87 @@ def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, be
     adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
           weight_decay=weight_decay, decoupled_weight_decay=True, amsgrad=amsgrad,
           max_exp_avg_sqs=max_exp_avg_sqs, maximize=maximize)
+
+
+# ---- batch normalization ----------------------------------------------------------------------
+
+
+def _channel_axis(x, axis):
+    """The channel axis as a non-negative index, the axes reduced over, and the shape that
+    broadcasts a per-channel vector against x."""
+    c_axis = axis % x.ndim
+    reduce_axes = tuple(a for a in range(x.ndim) if a != c_axis)
+    bshape = [1] * x.ndim
+    bshape[c_axis] = x.shape[c_axis]
+    return c_axis, reduce_axes, tuple(bshape)
+
+
+def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
+                      momentum=0.1, eps=1e-5, axis=1, relu=False, out=None):
+    """torch.nn.functional.batch_norm in float64 (Ioffe & Szegedy 2015, Alg. 1; Goodfellow
+    et al., Deep Learning, 8.7.1). Returns (y, save_mean, save_invstd) in x's dtype and updates
+    running_mean / running_var in place in training mode, as fusedopt.batchnorm_forward does.
+
+        mean = sum(x) / n;  var = sum((x - mean)**2) / n                     (training)
+        mean = running_mean;  var = running_var                              (eval)
+        y = (x - mean) / sqrt(var + eps) * weight + bias;  y = max(0, y) if relu
+        running = momentum * batch + (1 - momentum) * running                (var unbiased: * n / (n - 1))
+    """
+    c_axis, reduce_axes, bshape = _channel_axis(x, axis)
+    C = x.shape[c_axis]
+    n = x.size // C
+    x64 = x.astype(np.float64)
+    if training:
+        mean = x64.mean(axis=reduce_axes)
+        var = ((x64 - mean.reshape(bshape)) ** 2).mean(axis=reduce_axes)
+        if running_mean is not None:
+            running_mean[...] = momentum * mean + (1 - momentum) * running_mean.astype(np.float64)
+            running_var[...] = momentum * var * n / (n - 1) + (1 - momentum) * running_var.astype(np.float64)
+    else:
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    with np.errstate(divide="ignore"):  # var + eps == 0 gives inf, as torch
+        invstd = 1.0 / np.sqrt(var + eps)
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    b = np.zeros(C) if bias is None else bias.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # 0 * inf = nan, as torch
+        y = (x64 - mean.reshape(bshape)) * invstd.reshape(bshape) * w.reshape(bshape) + b.reshape(bshape)
+    if relu:
+        y = np.where(y > 0, y, np.where(np.isnan(y), y, 0.0))  # relu(nan) = nan, as torch
+    if out is not None:
+        out[...] = y
+        y = out
+    return y.astype(x.dtype, copy=False), mean.astype(x.dtype), invstd.astype(x.dtype)
+
+
+def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, relu_output=None, out=None):
+    """The gradients of batchnorm_forward in float64: (dx, dweight, dbias) in x's dtype;
+    dweight and dbias are None when weight is None.
+
+        g = dy * (relu_output > 0)  (if relu_output is given);  xhat = (x - mean) * invstd
+        dbias = sum(g);  dweight = sum(g * xhat)
+        dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))              (training)
+        dx = g * invstd * w                                                  (eval)
+    """
+    c_axis, reduce_axes, bshape = _channel_axis(x, axis)
+    C = x.shape[c_axis]
+    n = x.size // C
+    g = dy.astype(np.float64)
+    if relu_output is not None:
+        g = np.where(relu_output > 0, g, 0.0)
+    mean = save_mean.astype(np.float64).reshape(bshape)
+    invstd = save_invstd.astype(np.float64).reshape(bshape)
+    w = (np.ones(C) if weight is None else weight.astype(np.float64)).reshape(bshape)
+    xhat = (x.astype(np.float64) - mean) * invstd
+    dbias = g.sum(axis=reduce_axes)
+    dweight = (g * xhat).sum(axis=reduce_axes)
+    if training:
+        dx = invstd * w * (g - dbias.reshape(bshape) / n - xhat * dweight.reshape(bshape) / n)
+    else:
+        dx = g * invstd * w
+    if out is not None:
+        out[...] = dx
+        dx = out
+    if weight is None:
+        return dx.astype(x.dtype, copy=False), None, None
+    return dx.astype(x.dtype, copy=False), dweight.astype(x.dtype), dbias.astype(x.dtype)

@@ -1,0 +1,566 @@
+// Batch normalization forward and backward, written once over the vector layer and compiled
+// once per ISA (torch.nn.functional.batch_norm semantics; formulas in fusedopt/batchnorm.py).
+//
+// x is viewed as (outer, C, inner): rows of C * inner elements, channel c owning columns
+// [c * inner, (c + 1) * inner) of every row. Two layouts of the work:
+//   planar  (inner >= kPlanarMinInner, NCHW): a tile is one channel; each row of a block is a
+//           contiguous run of that channel, summed into register accumulators.
+//   columns (small inner: channels-last, (N, C)): a tile is up to kTileCols columns (whole
+//           channels); sums run down the rows into one double accumulator per column, then
+//           each channel adds up its columns.
+// A tile's rows are cut into blocks of about kBlockElems elements. Statistics are computed per
+// block with two passes while the block is in L1/L2 (mean, then the sum of squared deviations
+// from it) and merged across blocks with Chan's formula: no E[x^2] - E[x]^2 cancellation, and x
+// is read from memory once. With many tiles, one task does a whole tile (statistics, then the
+// normalizing pass while the channel is still in L2); with few, a tile's blocks are cut into
+// groups that run in parallel and are merged in group order.
+//
+// Sums accumulate in double (float data is widened as it is loaded). Every block, group and
+// merge order depends only on the shape, never on the thread count, so results are bitwise
+// identical for any number of threads.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../dispatch.h"
+#include "../parallel.h"
+#include "../simd/vec.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+namespace {
+
+constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
+constexpr std::size_t kBlockElems = 8192;      // 32 KB of float: the second pass hits L1/L2
+constexpr std::size_t kTileCols = 1024;        // columns: 8 KB of double accumulators per sum
+constexpr std::size_t kGroupElems = 1 << 16;   // split path: at least this much work per task
+constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: one task per tile
+constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
+constexpr std::size_t kColumnRowsPerPass = 4;  // columns: rows added in registers per accumulator update
+// Outputs at least this large are written with non-temporal stores: they would not stay in
+// cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic.
+constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
+
+template <class F>
+void with_flag(bool b, F&& f) {
+    if (b)
+        f(std::true_type{});
+    else
+        f(std::false_type{});
+}
+
+// V::size elements at p as V's lane type: float data is widened when V holds doubles.
+template <class V, class T>
+V load_as(const T* p) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<typename V::value_type, double>)
+        return V::load_float(p);
+    else
+        return V::load(p);
+}
+
+// ---- the work decomposition (a function of the shape only) ----------------------------------
+
+struct Block {
+    std::size_t row_begin, row_end, col_begin, col_end;  // columns counted from the tile's first
+};
+
+struct Plan {
+    std::size_t outer, channels, inner, row_len;
+    bool planar;
+    std::size_t tile_channels, ntiles;
+    std::size_t block_rows, block_cols, col_chunks, blocks_per_tile;
+    std::size_t groups, blocks_per_group;  // groups == 1: one task per tile (the fused path)
+
+    explicit Plan(const BatchNormShape& s)
+        : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner) {
+        planar = inner >= kPlanarMinInner;
+        if (planar) {
+            tile_channels = 1;
+            block_cols = std::min(inner, kBlockElems);
+            col_chunks = (inner + block_cols - 1) / block_cols;
+            block_rows = std::max<std::size_t>(1, kBlockElems / inner);
+        } else {
+            tile_channels = std::min(channels, std::max<std::size_t>(1, kTileCols / inner));
+            block_cols = tile_channels * inner;
+            col_chunks = 1;
+            block_rows = std::max<std::size_t>(1, kBlockElems / block_cols);
+        }
+        ntiles = (channels + tile_channels - 1) / tile_channels;
+        blocks_per_tile = (outer + block_rows - 1) / block_rows * col_chunks;
+        const std::size_t tile_elems = outer * tile_channels * inner;
+        groups = ntiles >= kMinTilesForFused ? 1 : std::clamp<std::size_t>(tile_elems / kGroupElems, 1, blocks_per_tile);
+        blocks_per_group = (blocks_per_tile + groups - 1) / groups;
+        groups = (blocks_per_tile + blocks_per_group - 1) / blocks_per_group;
+    }
+
+    std::size_t total() const { return outer * row_len; }
+    std::size_t channel_begin(std::size_t t) const { return t * tile_channels; }
+    std::size_t tile_nchannels(std::size_t t) const { return std::min(channels, (t + 1) * tile_channels) - t * tile_channels; }
+    std::size_t tile_offset(std::size_t t) const { return channel_begin(t) * inner; }  // first column in a row
+    std::size_t tile_cols(std::size_t t) const { return planar ? inner : tile_nchannels(t) * inner; }
+    std::size_t group_begin(std::size_t g) const { return g * blocks_per_group; }
+    std::size_t group_end(std::size_t g) const { return std::min(blocks_per_tile, (g + 1) * blocks_per_group); }
+
+    Block block(std::size_t t, std::size_t b) const {
+        const std::size_t rb = b / col_chunks, cc = b % col_chunks;
+        return {rb * block_rows, std::min(outer, (rb + 1) * block_rows), cc * block_cols,
+                std::min(tile_cols(t), (cc + 1) * block_cols)};
+    }
+    // elements of one channel in block b
+    double channel_count(const Block& b) const {
+        return static_cast<double>((b.row_end - b.row_begin) * (planar ? b.col_end - b.col_begin : inner));
+    }
+};
+
+// Runs task(0 .. ntasks) on the thread pool, or inline when the call is too small to split.
+template <class F>
+void run_tasks(std::size_t ntasks, std::size_t total_elems, F&& task) {
+    if (ntasks <= 1 || total_elems < kMinParallelElems) {
+        for (std::size_t i = 0; i < ntasks; ++i) task(i);
+        return;
+    }
+    parallel_for(static_cast<int>(ntasks), [&](int i) { task(static_cast<std::size_t>(i)); });
+}
+
+// Sums NS terms over elements [0, n) of a contiguous run into sums[0 .. NS):
+// term(v, i, acc) adds element i's terms (vectors of V = decltype(v)) into acc[0 .. NS).
+// Four independent vector accumulators hide the add latency; the tail uses Scalar<double>.
+template <std::size_t NS, class Term>
+void sum_run(std::size_t n, Term&& term, double* sums) {
+    using VD = Vec<double>;
+    constexpr std::size_t W = VD::size, U = 4;
+    VD acc[U][NS];
+    for (auto& a : acc)
+        for (auto& s : a) s = VD(0.0);
+    std::size_t i = 0;
+    for (; i + U * W <= n; i += U * W)
+        for (std::size_t u = 0; u < U; ++u) term(VD{}, i + u * W, acc[u]);
+    for (; i + W <= n; i += W) term(VD{}, i, acc[0]);
+    Scalar<double> tail[NS];
+    for (auto& s : tail) s = Scalar<double>(0.0);
+    for (; i < n; ++i) term(Scalar<double>{}, i, tail);
+    for (std::size_t s = 0; s < NS; ++s) sums[s] += reduce_add((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s])) + tail[s].v;
+}
+
+// out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
+// is the column within the tile, for per-column values). STREAM: vectors are written with
+// non-temporal stores, which need aligned addresses, so each row starts with scalars up to
+// the vector alignment; Scalar<T> rounds as Vec<T> does, so the values are the same.
+template <class T, bool STREAM, class Body>
+void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, Body&& body) {
+    constexpr std::size_t W = Vec<T>::size;
+    const std::size_t n = b.col_end - b.col_begin;
+    for (std::size_t r = b.row_begin; r < b.row_end; ++r) {
+        const std::size_t row = r * p.row_len + p.tile_offset(t) + b.col_begin;
+        if constexpr (STREAM) {
+            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + row) / sizeof(T) % W;
+            const std::size_t head = std::min(n, misaligned ? W - misaligned : 0);
+            std::size_t i = 0;
+            for (; i < head; ++i) body(Scalar<T>{}, row + i, b.col_begin + i).store(out + row + i);
+            for (; i + W <= n; i += W) body(Vec<T>{}, row + i, b.col_begin + i).stream(out + row + i);
+            for (; i < n; ++i) body(Scalar<T>{}, row + i, b.col_begin + i).store(out + row + i);
+        } else {
+            for_each_lane<T>(n, [&](auto v, std::size_t i) { body(v, row + i, b.col_begin + i).store(out + row + i); });
+        }
+    }
+}
+
+// ---- the two layouts ---------------------------------------------------------------------------
+// Each gives reduce_block (per-channel sums of NS terms over a block, added into
+// sums[channel_in_tile * NS + s]) and Values: per-column access to per-channel values.
+
+struct Planar {
+    template <class A>
+    struct Values {  // the tile's one channel: the same value in every column
+        A value;
+        template <class V> V at(V, std::size_t) const { return V(value); }
+    };
+    template <class A>
+    static Values<A> values(const A* per_channel, std::size_t, std::size_t, std::vector<A>&) {
+        return {per_channel[0]};
+    }
+
+    template <std::size_t NS, class Term>
+    static void reduce_block(const Plan& p, std::size_t t, const Block& b, Term&& term, double* sums,
+                             std::vector<double>&) {
+        for (std::size_t r = b.row_begin; r < b.row_end; ++r) {
+            const std::size_t row = r * p.row_len + p.tile_offset(t) + b.col_begin;
+            sum_run<NS>(b.col_end - b.col_begin,
+                        [&](auto v, std::size_t i, auto* acc) { term(v, row + i, b.col_begin + i, acc); }, sums);
+        }
+    }
+};
+
+struct Columns {
+    template <class A>
+    struct Values {  // one value per column of the tile
+        const A* column;
+        template <class V> V at(V, std::size_t col) const { return V::load(column + col); }
+    };
+    // channel values repeated for each of the channel's inner columns (a view when inner == 1)
+    template <class A>
+    static Values<A> values(const A* per_channel, std::size_t inner, std::size_t nchannels, std::vector<A>& scratch) {
+        if (inner == 1) return {per_channel};
+        scratch.resize(nchannels * inner);
+        for (std::size_t c = 0; c < nchannels; ++c) std::fill_n(&scratch[c * inner], inner, per_channel[c]);
+        return {scratch.data()};
+    }
+
+    // acc[s][col] += term s of x[r, col] for the rows r of the block, kColumnRowsPerPass rows
+    // at a time summed in registers first (each column's order of additions is the same in a
+    // vector lane or the scalar tail); then each channel adds up its inner columns.
+    template <std::size_t NS, class Term>
+    static void reduce_block(const Plan& p, std::size_t t, const Block& b, Term&& term, double* sums,
+                             std::vector<double>& scratch) {
+        const std::size_t ncols = b.col_end - b.col_begin, row_len = p.row_len;
+        scratch.assign(NS * ncols, 0.0);
+        double* const acc = scratch.data();
+        for (std::size_t r = b.row_begin; r < b.row_end; r += kColumnRowsPerPass) {
+            const std::size_t rows = std::min(kColumnRowsPerPass, b.row_end - r);
+            const std::size_t row = r * row_len + p.tile_offset(t) + b.col_begin;
+            for_each_lane<double>(ncols, [&](auto v, std::size_t j) {
+                using V = decltype(v);
+                V a[NS];
+                for (std::size_t s = 0; s < NS; ++s) a[s] = V(0.0);
+                for (std::size_t k = 0; k < rows; ++k) term(v, row + k * row_len + j, b.col_begin + j, a);
+                for (std::size_t s = 0; s < NS; ++s) (V::load(acc + s * ncols + j) + a[s]).store(acc + s * ncols + j);
+            });
+        }
+        for (std::size_t c = 0; c < ncols / p.inner; ++c)
+            for (std::size_t s = 0; s < NS; ++s) {
+                double channel_sum = 0.0;
+                for (std::size_t i = 0; i < p.inner; ++i) channel_sum += acc[s * ncols + c * p.inner + i];
+                sums[c * NS + s] += channel_sum;
+            }
+    }
+};
+
+// Per-task buffers, allocated only by the columns layout.
+struct Scratch {
+    std::vector<double> acc, sums, means, expanded;
+};
+
+// Runs the three stages over every tile:
+//   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
+//   finish(t, partial): per-channel results from the merged partials
+//   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
+// One task per tile when there are many tiles (the tile stays in cache from reduce to apply);
+// otherwise groups of blocks in parallel, their partials merged in group order.
+template <class Partial, class Reduce, class Finish, class Apply>
+void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+    if (p.groups == 1) {
+        run_tasks(p.ntiles, p.total(), [&](std::size_t t) {
+            std::vector<Partial> partial(p.tile_channels);
+            Scratch scratch;
+            reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
+            finish(t, partial.data());
+            apply(t, 0, p.blocks_per_tile);
+        });
+        return;
+    }
+    std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
+    auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
+    run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
+        Scratch scratch;
+        const std::size_t t = task / p.groups, g = task % p.groups;
+        reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
+    });
+    for (std::size_t t = 0; t < p.ntiles; ++t) {
+        Partial* first = group_partial(t, 0);
+        for (std::size_t g = 1; g < p.groups; ++g)
+            for (std::size_t c = 0; c < p.tile_nchannels(t); ++c) first[c] = merge(first[c], group_partial(t, g)[c]);
+        finish(t, first);
+    }
+    run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
+        const std::size_t t = task / p.groups, g = task % p.groups;
+        apply(t, p.group_begin(g), p.group_end(g));
+    });
+}
+
+// Count, mean and sum of squared deviations from the mean of a set of values.
+struct Moments {
+    double n = 0.0, mean = 0.0, m2 = 0.0;
+};
+// Chan, Golub & LeVeque's pairwise update: the moments of the union of two sets.
+//   delta = mean_b - mean_a
+//   mean = mean_a + delta * n_b / n
+//   m2 = m2_a + m2_b + delta^2 * n_a * n_b / n
+// ratio = n_b / n and cross = n_a * n_b / n are passed in: the channels of a tile share their
+// counts, so a block merge computes them once for all channels. With n_a == 0 the result is b.
+Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {
+    const double delta = b.mean - a.mean;
+    return {a.n + b.n, a.mean + delta * ratio, a.m2 + b.m2 + delta * delta * cross};
+}
+Moments merge(const Moments& a, const Moments& b) {
+    const double ratio = b.n / (a.n + b.n);
+    return merge(a, b, ratio, a.n * ratio);
+}
+
+// The backward's per-channel sums: sum(dy) and sum(dy * (x - mean)).
+struct GradSums {
+    double dy = 0.0, dy_xmu = 0.0;
+};
+GradSums merge(const GradSums& a, const GradSums& b) { return {a.dy + b.dy, a.dy_xmu + b.dy_xmu}; }
+
+// ---- forward ----------------------------------------------------------------------------------
+
+template <class T, class Layout, bool RELU, bool STREAM>
+void forward(const BatchNormForwardArgs& args, const Plan& p) {
+    const T* x = static_cast<const T*>(args.x);
+    T* y = static_cast<T*>(args.y);
+    const T* weight = static_cast<const T*>(args.weight);
+    const T* bias = static_cast<const T*>(args.bias);
+    T* running_mean = static_cast<T*>(args.running_mean);
+    T* running_var = static_cast<T*>(args.running_var);
+    T* save_mean = static_cast<T*>(args.save_mean);
+    T* save_invstd = static_cast<T*>(args.save_invstd);
+    const double n = static_cast<double>(p.outer * p.inner);
+    const double momentum = args.momentum, eps = args.eps;
+
+    // The normalizing pass computes y = (x - mean_hi) * scale + shift, where
+    //   scale = invstd * weight
+    //   shift = bias - (mean - mean_hi) * scale,    mean_hi = mean rounded to T
+    // x - mean_hi is exact when x is near the mean, and only the rounding residue of the mean
+    // (|mean - mean_hi| <= half an ulp of the mean) goes into shift: no cancellation even when
+    // |mean| >> std. For double data mean_hi == mean.
+    std::vector<T> mean_hi(p.channels), scale(p.channels), shift(p.channels);
+    auto set_normalization = [&](std::size_t c, double mean, double invstd) {
+        const double w = weight ? static_cast<double>(weight[c]) : 1.0;
+        const double b = bias ? static_cast<double>(bias[c]) : 0.0;
+        const double scale_c = invstd * w;
+        mean_hi[c] = static_cast<T>(mean);
+        scale[c] = static_cast<T>(scale_c);
+        shift[c] = static_cast<T>(b - (mean - static_cast<double>(mean_hi[c])) * scale_c);
+        save_mean[c] = static_cast<T>(mean);
+        save_invstd[c] = static_cast<T>(invstd);
+    };
+
+    // Statistics of blocks [b0, b1) of tile t, merged block after block. Each block is read
+    // twice while it is in cache:
+    //   mean_b = sum(x) / n_b
+    //   m2_b   = sum((x - mean_b)^2)
+    // (The per-element lambdas capture by value: the enclosing ones reach the thread pool,
+    // and the compiler would otherwise reload every captured pointer after each store.)
+    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch& s) {
+        const std::size_t nch = p.tile_nchannels(t);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            const Block b = p.block(t, bi);
+            const double count = p.channel_count(b);
+            s.sums.assign(nch, 0.0);
+            Layout::template reduce_block<1>(p, t, b, [x](auto v, std::size_t i, std::size_t, auto* acc) {
+                using V = decltype(v);
+                acc[0] = acc[0] + load_as<V>(x + i);
+            }, s.sums.data(), s.acc);
+            s.means.resize(nch);
+            for (std::size_t c = 0; c < nch; ++c) s.means[c] = s.sums[c] / count;
+            const auto block_mean = Layout::values(s.means.data(), p.inner, nch, s.expanded);
+            s.sums.assign(nch, 0.0);
+            Layout::template reduce_block<1>(p, t, b, [x, block_mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+                using V = decltype(v);
+                V d = load_as<V>(x + i) - block_mean.at(v, col);
+                acc[0] = fmadd(d, d, acc[0]);
+            }, s.sums.data(), s.acc);
+            // every channel of the tile has seen the same blocks: one count for all
+            const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
+            for (std::size_t c = 0; c < nch; ++c) moments[c] = merge(moments[c], Moments{count, s.means[c], s.sums[c]}, ratio, cross);
+        }
+    };
+
+    // Training: normalize with the batch statistics and update the running ones
+    //   var = m2 / n (biased);  invstd = 1 / sqrt(var + eps)
+    //   running_mean = momentum * mean + (1 - momentum) * running_mean
+    //   running_var  = momentum * m2 / (n - 1) + (1 - momentum) * running_var   (unbiased)
+    auto finish_training = [&](std::size_t t, const Moments* moments) {
+        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
+            const std::size_t c = p.channel_begin(t) + k;
+            const Moments& m = moments[k];
+            const double invstd = 1.0 / std::sqrt(m.m2 / n + eps);
+            if (running_mean) {
+                running_mean[c] = static_cast<T>(momentum * m.mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
+                running_var[c] = static_cast<T>(momentum * (m.m2 / (n - 1.0)) + (1.0 - momentum) * static_cast<double>(running_var[c]));
+            }
+            set_normalization(c, m.mean, invstd);
+        }
+    };
+    // Eval: normalize with the running statistics
+    //   invstd = 1 / sqrt(running_var + eps)
+    auto finish_eval = [&](std::size_t t, const Moments*) {
+        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
+            const std::size_t c = p.channel_begin(t) + k;
+            set_normalization(c, static_cast<double>(running_mean[c]), 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+        }
+    };
+
+    //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
+        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+        std::vector<T> s0, s1, s2;
+        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0);
+        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1);
+        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
+                using V = decltype(v);
+                V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
+                if constexpr (RELU) out = max(V(T(0)), out);  // max(0, NaN) is NaN, as torch.relu
+                return out;
+            });
+        }
+        if (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
+    };
+
+    if (args.training)
+        run_tiles<Moments>(p, reduce, finish_training, apply);
+    else
+        run_tiles<Moments>(p, [](std::size_t, std::size_t, std::size_t, Moments*, Scratch&) {}, finish_eval, apply);
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// dy with the ReLU gradient applied: dy where relu_output > 0, else 0.
+template <ReluMask MASK, class V, class T>
+V masked_grad(const T* dy, const void* relu_output, std::size_t i) {
+    V g = load_as<V>(dy + i);
+    if constexpr (MASK == ReluMask::kValues)
+        g = where_positive(load_as<V>(static_cast<const T*>(relu_output) + i), g);
+    else if constexpr (MASK == ReluMask::kBool)
+        g = where_positive(V::load_u8(static_cast<const std::uint8_t*>(relu_output) + i), g);
+    return g;
+}
+
+template <class T, class Layout, ReluMask MASK, bool TRAINING, bool STREAM>
+void backward(const BatchNormBackwardArgs& args, const Plan& p) {
+    const T* dy = static_cast<const T*>(args.dy);
+    const T* x = static_cast<const T*>(args.x);
+    const void* relu_output = args.relu_output;
+    const T* weight = static_cast<const T*>(args.weight);
+    const T* save_mean = static_cast<const T*>(args.save_mean);
+    const T* save_invstd = static_cast<const T*>(args.save_invstd);
+    T* dx = static_cast<T*>(args.dx);
+    T* dweight = static_cast<T*>(args.dweight);
+    T* dbias = static_cast<T*>(args.dbias);
+    const double n = static_cast<double>(p.outer * p.inner);
+    const bool need_sums = TRAINING || dweight != nullptr;
+
+    // Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
+    //   sum_dy     = sum(g)
+    //   sum_dy_xmu = sum(g * (x - mean))
+    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch& s) {
+        if (!need_sums) return;
+        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+        s.means.resize(nch);
+        for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<double>(save_mean[c0 + c]);
+        const auto mean = Layout::values(s.means.data(), p.inner, nch, s.expanded);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            s.sums.assign(2 * nch, 0.0);
+            Layout::template reduce_block<2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+                using V = decltype(v);
+                V g = masked_grad<MASK, V>(dy, relu_output, i);
+                acc[0] = acc[0] + g;
+                acc[1] = fmadd(g, load_as<V>(x + i) - mean.at(v, col), acc[1]);
+            }, s.sums.data(), s.acc);
+            for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
+        }
+    };
+
+    // With xhat = (x - mean) * invstd:
+    //   dweight = sum(g * xhat) = invstd * sum_dy_xmu;   dbias = sum(g) = sum_dy
+    // training: dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
+    //              = a * g - k * (x - mean) + c,  a = invstd * w,
+    //                k = a * invstd^2 * sum_dy_xmu / n,  c = -a * sum_dy / n
+    // eval:     dx = a * g   (mean and invstd are constants)
+    std::vector<T> a(p.channels), k(p.channels), c(p.channels);
+    auto finish = [&](std::size_t t, const GradSums* sums) {
+        for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
+            const std::size_t ch = p.channel_begin(t) + j;
+            const double invstd = static_cast<double>(save_invstd[ch]);
+            const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
+            const double a_c = invstd * w;
+            a[ch] = static_cast<T>(a_c);
+            if (TRAINING) {
+                k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
+                c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
+            }
+            if (dweight) {
+                dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
+                dbias[ch] = static_cast<T>(sums[j].dy);
+            }
+        }
+    };
+
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
+        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+        std::vector<T> s0, s1, s2, s3;
+        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0);
+        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1);
+        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3);
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+                using V = decltype(v);
+                V g = masked_grad<MASK, V>(dy, relu_output, i);
+                if constexpr (TRAINING)
+                    return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
+                else
+                    return a_v.at(v, col) * g;
+            });
+        }
+        if (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
+    };
+
+    run_tiles<GradSums>(p, reduce, finish, apply);
+}
+
+// ---- entry points -------------------------------------------------------------------------------
+
+template <class F>
+void with_layout(const Plan& p, F&& f) {
+    if (p.planar)
+        f(Planar{});
+    else
+        f(Columns{});
+}
+
+template <class T>
+void batchnorm_forward(const BatchNormForwardArgs& args) {
+    const Plan p(args.shape);
+    with_layout(p, [&](auto layout) {
+        with_flag(args.relu, [&](auto relu) {
+            with_flag(p.total() * sizeof(T) >= kStreamMinBytes,
+                      [&](auto stream) { forward<T, decltype(layout), relu, stream>(args, p); });
+        });
+    });
+}
+
+template <class T>
+void batchnorm_backward(const BatchNormBackwardArgs& args) {
+    const Plan p(args.shape);
+    with_layout(p, [&](auto layout) {
+        with_flag(args.training, [&](auto training) {
+            with_flag(p.total() * sizeof(T) >= kStreamMinBytes, [&](auto stream) {
+                using L = decltype(layout);
+                switch (args.relu_mask) {
+                    case ReluMask::kNone: backward<T, L, ReluMask::kNone, training, stream>(args, p); break;
+                    case ReluMask::kValues: backward<T, L, ReluMask::kValues, training, stream>(args, p); break;
+                    case ReluMask::kBool: backward<T, L, ReluMask::kBool, training, stream>(args, p); break;
+                }
+            });
+        });
+    });
+}
+
+}  // namespace
+
+void register_batchnorm(KernelTable& t) {
+    t.batchnorm_forward[kFloat32] = batchnorm_forward<float>;
+    t.batchnorm_forward[kFloat64] = batchnorm_forward<double>;
+    t.batchnorm_backward[kFloat32] = batchnorm_backward<float>;
+    t.batchnorm_backward[kFloat64] = batchnorm_backward<double>;
+}
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

@@ -1,0 +1,64 @@
+"""Batch normalization forward and backward: keyword signatures over fusedopt._core's kernels.
+
+The numbers are those of torch.nn.functional.batch_norm and its autograd backward.
+fusedopt.reference holds the same two functions in plain NumPy (float64 inside).
+
+x is a C-contiguous float32 or float64 array of rank >= 2. `axis` is the channel axis: 1 for
+(N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W); -1 for channels-last (N, H, W, C) and the
+like. Statistics reduce over every other axis. Per-channel arrays (weight, bias, running
+statistics, save_mean, save_invstd) have shape (C,) and x's dtype. All arguments are checked
+before anything is written: a call that raises leaves every array byte-identical. Arrays that
+are written (out, running statistics) are never copied and must not overlap any other argument.
+
+Precision: statistics accumulate in float64 for both dtypes; the mean and variance come from
+per-block two-pass sums merged with Chan's formula, never from E[x^2] - E[x]^2.
+"""
+from . import _core
+
+
+def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
+                      momentum=0.1, eps=1e-5, axis=1, relu=False, out=None):
+    """Normalize each channel of x, then scale and shift it (torch.nn.functional.batch_norm).
+
+    With n = the number of values per channel (x.size // C), per channel:
+
+        training=True:   mean = sum(x) / n
+                         var  = sum((x - mean)**2) / n                      (biased)
+                         running_mean = momentum * mean + (1 - momentum) * running_mean
+                         running_var  = momentum * var * n / (n - 1) + (1 - momentum) * running_var
+                                                                            (unbiased; if given)
+        training=False:  mean = running_mean,  var = running_var           (required)
+        invstd = 1 / sqrt(var + eps)
+        y = (x - mean) * (invstd * weight) + bias                           (weight 1, bias 0 if None)
+        y = max(0, y)                                                       relu=True
+
+    Returns (y, save_mean, save_invstd): save_mean = mean and save_invstd = invstd, in x's
+    dtype, what batchnorm_backward needs in both modes. y is written to `out` when given
+    (x's shape and dtype, C-contiguous, writable, not overlapping x) and returned.
+
+    Training needs more than one value per channel. A channel with var + eps == 0 (constant,
+    eps=0) gets invstd = inf and y = nan, as torch computes it. momentum=None (torch's
+    cumulative average) is not supported: pass 1 / (number of batches seen) yourself.
+    """
+    return _core.batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
+                                   relu, out)
+
+
+def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, relu_output=None, out=None):
+    """Gradients of batchnorm_forward (torch autograd of batch_norm), given dy = dL/dy.
+
+    With g = dy, or dy where relu_output > 0 and 0 elsewhere (relu_output: the forward's y with
+    relu=True, or a boolean mask), xhat = (x - save_mean) * save_invstd, w = weight (1 if None),
+    and n values per channel, per channel:
+
+        dbias   = sum(g)
+        dweight = sum(g * xhat)
+        training=True:   dx = save_invstd * w * (g - mean(g) - xhat * mean(g * xhat))
+        training=False:  dx = g * save_invstd * w        (mean and invstd were constants)
+
+    Returns (dx, dweight, dbias); dweight and dbias are None when weight is None (torch's
+    affine=False). dx is written to `out` when given (x's shape and dtype, C-contiguous,
+    writable, overlapping none of the inputs) and returned. dy and relu_output have x's shape;
+    save_mean and save_invstd are the ones batchnorm_forward returned.
+    """
+    return _core.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out)

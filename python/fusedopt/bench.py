@@ -1,0 +1,272 @@
+"""The benchmark suite: python -m fusedopt.bench [--quick] [--filter RE] [--json PATH] [--plot PATH]
+
+Times each fused kernel against the NumPy reference and, when torch is importable, against
+torch.optim (fused=True; foreach for RMSprop, which has no fused CPU kernel), in one run, and
+shows large sizes as a percentage of an in-run bandwidth probe: the simplest loop that moves the
+same bytes (fusedopt._core.stream_probe). Each figure is the best of several repeats: the
+machine may be shared, so compare ratios from one run rather than absolutes across runs.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+
+import numpy as np
+
+import fusedopt
+from fusedopt import _core, reference
+
+try:
+    import torch
+except ImportError:  # torch is optional ([bench] extra)
+    torch = None
+
+SIZES = {"4K": 4096, "64K": 65536, "1M": 1 << 20, "16M": 1 << 24}
+
+# name -> (fusedopt function, state arrays, hyperparameters, torch class, torch kwargs,
+#          arrays read-write / read-only by one step, for the bandwidth probe)
+OPTIMIZERS = {
+    "adam": ("adam_", ["exp_avgs", "exp_avg_sqs"], dict(lr=1e-3), "Adam", dict(fused=True), 3, 1),
+    "adamw": ("adamw_", ["exp_avgs", "exp_avg_sqs"], dict(lr=1e-3), "AdamW", dict(fused=True), 3, 1),
+    "sgd_momentum": ("sgd_", ["momentum_buffers"], dict(lr=1e-3, momentum=0.9), "SGD", dict(fused=True), 2, 1),
+    "rmsprop": ("rmsprop_", ["square_avgs"], dict(lr=1e-3), "RMSprop", dict(foreach=True), 2, 1),
+    "adagrad": ("adagrad_", ["state_sums"], dict(lr=1e-3), "Adagrad", dict(fused=True), 2, 1),
+}
+TAKES_STEP = {"adam_", "adamw_", "adagrad_", "sgd_"}
+
+
+def resnet50_shapes():
+    """Parameter shapes of torchvision's ResNet-50, in model order (161 tensors, 25,557,032)."""
+    shapes = [(64, 3, 7, 7), (64,), (64,)]
+    in_ch = 64
+    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+        for b in range(blocks):
+            out_ch = 4 * width
+            shapes += [(width, in_ch, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
+                       (out_ch, width, 1, 1), (out_ch,), (out_ch,)]
+            if b == 0:
+                shapes += [(out_ch, in_ch, 1, 1), (out_ch,), (out_ch,)]
+            in_ch = out_ch
+    shapes += [(1000, 2048), (1000,)]
+    return shapes
+
+
+def mlp_shapes():
+    """An MLP 784-256-256-10: weights (out, in) and biases."""
+    return [(256, 784), (256,), (256, 256), (256,), (10, 256), (10,)]
+
+
+MODELS = {"resnet50": resnet50_shapes, "mlp": mlp_shapes}
+
+
+def best_time(fn, min_batch_seconds, repeats):
+    """Best per-call seconds over `repeats` batches, each long enough to time reliably."""
+    fn()  # warm up: page faults, caches, lazy state
+    calls, elapsed = 1, 0.0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_batch_seconds:
+            break
+        calls *= 2 if elapsed == 0 else max(2, min(16, int(min_batch_seconds / elapsed) + 1))
+    best = elapsed / calls
+    for _ in range(repeats - 1):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
+class Problem:
+    """One optimizer over a list of fp32 tensors, set up for every implementation."""
+
+    def __init__(self, optimizer, shapes):
+        self.fn_name, self.state_names, self.hyper, self.torch_class, self.torch_kwargs, rw, ro = OPTIMIZERS[optimizer]
+        rng = np.random.default_rng(0)
+        self.shapes = shapes
+        self.n = sum(int(np.prod(s)) for s in shapes)
+
+        def tensors(scale=1.0, positive=False):
+            out = [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
+            return [np.abs(a) for a in out] if positive else out
+
+        self.params, self.grads = tensors(), tensors(1e-2)
+        self.state = {k: tensors(1e-3, positive=k in ("exp_avg_sqs", "square_avgs", "state_sums")) for k in self.state_names}
+        self.ref_params = [p.copy() for p in self.params]
+        self.ref_state = {k: [a.copy() for a in v] for k, v in self.state.items()}
+        self.probe_rw = [tensors() for _ in range(rw)]
+        self.probe_ro = [tensors() for _ in range(ro)]
+        self.bytes_per_element = 4 * (2 * rw + ro)
+        self.step = 10  # any step > 1: bias corrections are per-call scalars
+        self.extra = {"step": self.step} if self.fn_name in TAKES_STEP else {}
+        self.torch_opt = None
+        if torch is not None:
+            tparams = [torch.from_numpy(p.copy()) for p in self.params]
+            for tp, g in zip(tparams, self.grads):
+                tp.grad = torch.from_numpy(g.copy())
+            self.torch_opt = getattr(torch.optim, self.torch_class)(tparams, **self.hyper, **self.torch_kwargs)
+            self.torch_opt.step()  # allocate state
+
+    def fused(self):
+        getattr(fusedopt, self.fn_name)(self.params, self.grads, **self.state, **self.hyper, **self.extra)
+
+    def numpy(self):
+        getattr(reference, self.fn_name)(self.ref_params, self.grads, **self.ref_state, **self.hyper, **self.extra)
+
+    def torch_step(self):
+        self.torch_opt.step()
+
+    def probe(self):
+        _core.stream_probe(self.probe_rw, self.probe_ro)
+
+
+def machine_info():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": fusedopt.isa(),
+        "fusedopt": fusedopt.__version__,
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "python": platform.python_version(),
+    }
+
+
+def optimizer_cases(quick):
+    sizes = ["4K", "1M"] if quick else list(SIZES)
+    optimizers = ["adam", "sgd_momentum"] if quick else list(OPTIMIZERS)
+    for opt in optimizers:
+        for size in sizes:
+            yield f"{opt} {size}", opt, lambda opt=opt, size=size: Problem(opt, [(SIZES[size],)])
+    for model in (["mlp"] if quick else list(MODELS)):
+        for opt in (["adam"] if quick else optimizers):
+            yield f"{opt} {model}", opt, lambda opt=opt, model=model: Problem(opt, MODELS[model]())
+
+
+def set_threads(n):
+    fusedopt.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def progress(i, total, label):
+    width = 30
+    done = int(width * i / total)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{total} {label:<32}")
+    sys.stderr.flush()
+
+
+def run(args):
+    thread_counts = sorted({1, fusedopt.get_num_threads()}) if args.threads is None else args.threads
+    cases = [c for c in optimizer_cases(args.quick) if re.search(args.filter or "", c[0])]
+    min_batch, repeats = (0.02, 3) if args.quick else (0.1, 5)
+    rows = []
+    total = len(cases) * len(thread_counts)
+    for i, (name, opt, make) in enumerate(cases):
+        problem = make()
+        for j, threads in enumerate(thread_counts):
+            progress(i * len(thread_counts) + j, total, f"{name} x{threads}")
+            set_threads(threads)
+            row = {"case": name, "optimizer": opt, "tensors": len(problem.shapes), "elements": problem.n,
+                   "threads": threads, "bytes_per_element": problem.bytes_per_element}
+            row["fusedopt_s"] = best_time(problem.fused, min_batch, repeats)
+            row["numpy_s"] = best_time(problem.numpy, min_batch, repeats) if threads == 1 or not args.quick else None
+            row["torch_s"] = best_time(problem.torch_step, min_batch, repeats) if problem.torch_opt else None
+            row["probe_s"] = best_time(problem.probe, min_batch, repeats)
+            rows.append(row)
+        del problem
+    progress(total, total, "done")
+    sys.stderr.write("\n")
+    set_threads(thread_counts[-1])
+    return rows
+
+
+def fmt_time(seconds, n):
+    ns = seconds * 1e9 / n
+    total = f"{seconds * 1e3:.3f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.1f} us"
+    return f"{ns:.3f} ns/el ({total})"
+
+
+def ratio(a, b):
+    return f"{b / a:.2f}x" if a and b else "-"
+
+
+def table(rows):
+    head = ["case", "thr", "fusedopt", "NumPy ref", "torch", "vs NumPy", "vs torch", "probe", "% roofline"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        n = r["elements"]
+        cells = [r["case"], str(r["threads"]), fmt_time(r["fusedopt_s"], n),
+                 fmt_time(r["numpy_s"], n) if r["numpy_s"] else "-",
+                 fmt_time(r["torch_s"], n) if r["torch_s"] else "-",
+                 ratio(r["fusedopt_s"], r["numpy_s"]), ratio(r["fusedopt_s"], r["torch_s"]),
+                 f"{r['probe_s'] * 1e9 / n:.3f} ns/el", f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    single = [r for r in rows if r["tensors"] == 1]
+    for opt in sorted({r["optimizer"] for r in single}):
+        for threads in sorted({r["threads"] for r in single}):
+            rs = sorted((r for r in single if r["optimizer"] == opt and r["threads"] == threads), key=lambda r: r["elements"])
+            if not rs:
+                continue
+            x = [r["elements"] for r in rs]
+            ax.plot(x, [r["fusedopt_s"] * 1e9 / r["elements"] for r in rs], "o-", label=f"fusedopt {opt} x{threads}")
+            if opt == "adam" and rs[0]["torch_s"]:
+                ax.plot(x, [r["torch_s"] * 1e9 / r["elements"] for r in rs], "s--", label=f"torch fused adam x{threads}")
+            if opt == "adam":
+                ax.plot(x, [r["probe_s"] * 1e9 / r["elements"] for r in rs], "k:", label=f"roofline probe (adam bytes) x{threads}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("elements per tensor (fp32)")
+    ax.set_ylabel("ns per element")
+    ax.set_title("fusedopt optimizer step, one tensor")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a subset with short timings (under a minute)")
+    parser.add_argument("--filter", help="only cases whose name matches this regular expression")
+    parser.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")],
+                        help="comma-separated thread counts (default: 1 and all usable CPUs)")
+    parser.add_argument("--json", help="also write the rows and the machine description to this file")
+    parser.add_argument("--plot", help="write a log-log PNG of ns/element against size (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    info = machine_info()
+    print(f"# fusedopt {info['fusedopt']} bench: {info['cpu']} ({info['cpus']} CPUs), ISA {info['isa']}, "
+          f"numpy {info['numpy']}, torch {info['torch'] or 'not installed'}, Python {info['python']}")
+    rows = run(args)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()

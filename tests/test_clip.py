@@ -1,0 +1,141 @@
+"""Gradient norms, clipping, grad_scale and skip_if_nonfinite."""
+import numpy as np
+import pytest
+
+import fusedopt
+
+from test_errors import snapshot
+
+
+def grads_list(dtype, sizes=(0, 1, 7, 100, 70001), seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(dtype) for n in sizes]
+
+
+def numpy_norm(grads, p):
+    flat = np.concatenate([g.ravel().astype(np.float64) for g in grads])
+    return float(np.max(np.abs(flat))) if np.isinf(p) else float(np.sum(np.abs(flat) ** p) ** (1 / p))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, float("inf")])
+def test_grad_norm_matches_numpy(isa, dtype, p):
+    grads = grads_list(dtype)
+    got, want = fusedopt.grad_norm(grads, p), numpy_norm(grads, p)
+    print(f"norm {p} {isa}: rel diff {abs(got - want) / want:.2g}")
+    assert got == pytest.approx(want, rel=1e-12)  # float64 sums either way: order-only differences
+
+
+def test_float32_norm_survives_overflowing_squares():
+    g = np.array([3e30, 4e30], np.float32)  # squares overflow float32, not float64
+    assert fusedopt.grad_norm(g) == pytest.approx(5e30, rel=1e-7)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, float("inf")])
+def test_nonfinite_norms(dtype, p):
+    g = grads_list(dtype, (50,))
+    g[0][7] = np.inf
+    assert fusedopt.grad_norm(g, p) == np.inf
+    g[0][9] = np.nan
+    assert np.isnan(fusedopt.grad_norm(g, p))
+
+
+def test_norm_is_the_same_for_any_thread_count(threads):
+    grads = grads_list(np.float32, (3_000_001, 5, 200_000))
+    fusedopt.set_num_threads(1)
+    one = fusedopt.grad_norm(grads)
+    fusedopt.set_num_threads(2)
+    assert fusedopt.grad_norm(grads) == one  # bitwise: fixed blocks, combined in order
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm(isa, dtype, max_norm):
+    grads = grads_list(dtype)
+    original = [g.copy() for g in grads]
+    total = fusedopt.clip_grad_norm_(grads, max_norm)
+    assert total == pytest.approx(numpy_norm(original, 2.0), rel=1e-12)
+    coef = min(1.0, max_norm / (total + 1e-6))
+    for g, w in zip(grads, [g * dtype(coef) for g in original]):
+        np.testing.assert_array_equal(g, w)  # one multiply by the same factor: exact
+
+
+def test_clip_grad_norm_matches_torch():
+    torch = pytest.importorskip("torch")
+    grads = grads_list(np.float32)
+    tgrads = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+    for t, g in zip(tgrads, grads):
+        t.grad = torch.from_numpy(g.copy())
+    want_total = torch.nn.utils.clip_grad_norm_(tgrads, 1.0)
+    total = fusedopt.clip_grad_norm_(grads, 1.0)
+    assert total == pytest.approx(float(want_total), rel=1e-6)
+    for g, t in zip(grads, tgrads):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_clip_grad_norm_nonfinite():
+    grads = grads_list(np.float32, (10, 20))
+    grads[1][3] = np.nan
+    before = snapshot(grads)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        fusedopt.clip_grad_norm_(grads, 1.0, error_if_nonfinite=True)
+    assert snapshot(grads) == before
+    assert np.isnan(fusedopt.clip_grad_norm_(grads, 1.0))
+    assert np.all(np.isnan(grads[0]))  # scaled by a NaN factor, as torch does
+
+
+def test_clip_grad_value(isa, dtype):
+    grads = grads_list(dtype)
+    grads[2][3] = np.nan
+    want = [np.clip(g, -0.5, 0.5) for g in grads]
+    fusedopt.clip_grad_value_(grads, 0.5)
+    for g, w in zip(grads, want):
+        np.testing.assert_array_equal(g, w)  # NaN stays NaN, as with np.clip / torch.clamp_
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda g: fusedopt.clip_grad_norm_(g, -1.0), "max_norm"),
+    (lambda g: fusedopt.clip_grad_norm_(g, 1.0, norm_type=0.0), "norm_type"),
+    (lambda g: fusedopt.clip_grad_norm_(g, 1.0, norm_type=float("nan")), "norm_type"),
+    (lambda g: fusedopt.clip_grad_value_(g, -1.0), "clip_value"),
+    (lambda g: fusedopt.clip_grad_norm_(g + [g[0][::2]], 1.0), "C-contiguous"),
+    (lambda g: fusedopt.clip_grad_norm_(g + [g[0]], 1.0), "overlap"),
+])
+def test_clip_bad_input(call, match):
+    grads = grads_list(np.float32, (10, 20))
+    before = snapshot(grads)
+    with pytest.raises(ValueError, match=match):
+        call(grads)
+    assert snapshot(grads) == before
+
+
+def test_grad_scale_divides_the_gradient(isa, dtype):
+    """grad_scale=s gives the same update as grads / s (exact for a power of two)."""
+    rng = np.random.default_rng(3)
+    p1 = rng.standard_normal(37).astype(dtype)
+    g = rng.standard_normal(37).astype(dtype)
+    p2, m1, v1, m2, v2 = p1.copy(), *(np.zeros_like(p1) for _ in range(4))
+    assert fusedopt.adam_(p1, g * dtype(1024), m1, v1, step=1, grad_scale=1024.0) is True
+    fusedopt.adam_(p2, g, m2, v2, step=1)
+    np.testing.assert_array_equal(p1, p2)
+    with pytest.raises(ValueError, match="grad_scale"):
+        fusedopt.adam_(p1, g, m1, v1, step=2, grad_scale=0.0)
+
+
+@pytest.mark.parametrize("name", ["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_skip_if_nonfinite_writes_nothing(name, bad):
+    rng = np.random.default_rng(4)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (5, 70000)]
+    grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+    grads[1][-1] = bad  # in the last tensor: nothing of the first may be written either
+    state = [[np.abs(rng.standard_normal(p.size)).astype(np.float32) for p in params] for _ in range(2)]
+    before = snapshot([params, state])
+    fn = getattr(fusedopt, name)
+    kwargs = {"lr": 0.1, "skip_if_nonfinite": True}
+    if name in ("adagrad_", "adam_", "adamw_"):
+        kwargs["step"] = 1
+    args = (params, grads, *state[: 2 if name.startswith("adam") else 1])
+    assert fn(*args, **kwargs) is False
+    assert snapshot([params, state]) == before
+    grads[1][-1] = 0.0
+    assert fn(*args, **kwargs) is True
+    assert snapshot([params, state]) != before
