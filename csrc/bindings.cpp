@@ -282,7 +282,8 @@ void stream_probe(py::handle read_write, py::handle read_only) {
     StreamConfig c;
     c.n_read_write = static_cast<int>(py::len(read_write));
     c.n_read_only = static_cast<int>(py::len(read_only));
-    require(c.n_read_write >= 1, "stream_probe needs at least one read-write array");
+    require(c.n_read_write >= 1 && c.n_read_write <= 4 && c.n_read_only <= 2,
+            "stream_probe takes 1 to 4 read-write and 0 to 2 read-only arrays");
     std::vector<Role> roles;
     for (int k = 0; k < c.n_read_write; ++k) roles.push_back({k == 0 ? "params" : "read_write", read_write[py::int_(k)], true});
     for (int k = 0; k < c.n_read_only; ++k) roles.push_back({"read_only", read_only[py::int_(k)], false});

@@ -36,7 +36,8 @@ namespace {
 
 constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
 constexpr std::size_t kBlockElems = 8192;      // 32 KB of float: the second pass hits L1/L2
-constexpr std::size_t kTileCols = 1024;        // columns: 8 KB of double accumulators per sum
+constexpr std::size_t kTileCols = 256;         // columns: 2 KB of double accumulators per sum
+constexpr std::size_t kMinColumnBlockRows = 32;  // columns: per-block work (merges) amortized over rows
 constexpr std::size_t kGroupElems = 1 << 16;   // split path: at least this much work per task
 constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: one task per tile
 constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
@@ -51,6 +52,15 @@ void with_flag(bool b, F&& f) {
         f(std::true_type{});
     else
         f(std::false_type{});
+}
+
+// Asks for the cache line holding p (never faults, so p may point past the data).
+inline void prefetch(const void* p) {
+#if defined(__GNUC__)
+    __builtin_prefetch(p);
+#else
+    (void)p;
+#endif
 }
 
 // V::size elements at p as V's lane type: float data is widened when V holds doubles.
@@ -87,7 +97,7 @@ struct Plan {
             tile_channels = std::min(channels, std::max<std::size_t>(1, kTileCols / inner));
             block_cols = tile_channels * inner;
             col_chunks = 1;
-            block_rows = std::max<std::size_t>(1, kBlockElems / block_cols);
+            block_rows = std::max(kMinColumnBlockRows, kBlockElems / block_cols);
         }
         ntiles = (channels + tile_channels - 1) / tile_channels;
         blocks_per_tile = (outer + block_rows - 1) / block_rows * col_chunks;
@@ -109,6 +119,22 @@ struct Plan {
         const std::size_t rb = b / col_chunks, cc = b % col_chunks;
         return {rb * block_rows, std::min(outer, (rb + 1) * block_rows), cc * block_cols,
                 std::min(tile_cols(t), (cc + 1) * block_cols)};
+    }
+    // How far (in elements) the next block of the tile is from block b: the second pass over
+    // block b prefetches it, so DRAM keeps streaming while that pass runs from cache.
+    std::ptrdiff_t next_block_distance(std::size_t t, std::size_t b) const {
+        if (b + 1 >= blocks_per_tile) return 0;
+        const Block now = block(t, b), next = block(t, b + 1);
+        return static_cast<std::ptrdiff_t>((next.row_begin - now.row_begin) * row_len) +
+               (static_cast<std::ptrdiff_t>(next.col_begin) - static_cast<std::ptrdiff_t>(now.col_begin));
+    }
+    // With one task per planar tile, how far the tile this thread probably takes next is (the
+    // pool hands out tiles in order): its normalizing pass prefetches that tile, overlapping
+    // the next tile's DRAM reads with this tile's writes.
+    std::ptrdiff_t next_tile_distance(std::size_t t) const {
+        const std::size_t step = static_cast<std::size_t>(std::max(1, get_num_threads()));
+        if (!planar || groups != 1 || t + step >= ntiles || total() < kMinParallelElems) return 0;
+        return static_cast<std::ptrdiff_t>(step * inner);
     }
     // elements of one channel in block b
     double channel_count(const Block& b) const {
@@ -229,6 +255,11 @@ struct Columns {
                 for (std::size_t k = 0; k < rows; ++k) term(v, row + k * row_len + j, b.col_begin + j, a);
                 for (std::size_t s = 0; s < NS; ++s) (V::load(acc + s * ncols + j) + a[s]).store(acc + s * ncols + j);
             });
+        }
+        if (p.inner == 1) {  // a column is a channel
+            for (std::size_t c = 0; c < ncols; ++c)
+                for (std::size_t s = 0; s < NS; ++s) sums[c * NS + s] += acc[s * ncols + c];
+            return;
         }
         for (std::size_t c = 0; c < ncols / p.inner; ++c)
             for (std::size_t s = 0; s < NS; ++s) {
@@ -359,8 +390,10 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             for (std::size_t c = 0; c < nch; ++c) s.means[c] = s.sums[c] / count;
             const auto block_mean = Layout::values(s.means.data(), p.inner, nch, s.expanded);
             s.sums.assign(nch, 0.0);
-            Layout::template reduce_block<1>(p, t, b, [x, block_mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+            const std::ptrdiff_t ahead = p.next_block_distance(t, bi);
+            Layout::template reduce_block<1>(p, t, b, [x, block_mean, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
                 using V = decltype(v);
+                prefetch(x + i + ahead);
                 V d = load_as<V>(x + i) - block_mean.at(v, col);
                 acc[0] = fmadd(d, d, acc[0]);
             }, s.sums.data(), s.acc);
@@ -402,9 +435,11 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0);
         const auto sc = Layout::values(&scale[c0], p.inner, nch, s1);
         const auto sh = Layout::values(&shift[c0], p.inner, nch, s2);
+        const std::ptrdiff_t ahead = p.next_tile_distance(t);
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh, ahead](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
+                prefetch(x + i + ahead);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if constexpr (RELU) out = max(V(T(0)), out);  // max(0, NaN) is NaN, as torch.relu
                 return out;
@@ -499,9 +534,12 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const auto k_v = Layout::values(&k[c0], p.inner, nch, s1);
         const auto c_v = Layout::values(&c[c0], p.inner, nch, s2);
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3);
+        const std::ptrdiff_t ahead = p.next_tile_distance(t);
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean, ahead](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
+                prefetch(dy + i + ahead);
+                prefetch(x + i + ahead);
                 V g = masked_grad<MASK, V>(dy, relu_output, i);
                 if constexpr (TRAINING)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));

@@ -56,7 +56,7 @@ struct ClampConfig {
 
 // The bandwidth probe (stream.cpp). Arrays: the read-write ones, then the read-only ones.
 struct StreamConfig {
-    int n_read_write = 0, n_read_only = 0;
+    int n_read_write = 0, n_read_only = 0;  // 1..4 and 0..2
 };
 
 }  // namespace fusedopt

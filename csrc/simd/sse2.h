@@ -70,7 +70,8 @@ struct Vec<double> {
     Vec(double x) : v(_mm_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm_loadu_pd(p); }
     static Vec load_float(const float* p) {
-        return _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))));
+        // two floats through an unaligned 64-bit load (p is only 4-byte aligned)
+        return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
     // 2 bytes widened to doubles (0 .. 255)
     static Vec load_u8(const std::uint8_t* p) {

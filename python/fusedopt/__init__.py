@@ -25,6 +25,8 @@ from .functional import (
     sgd_,
 )
 
+from . import optim, reference  # noqa: E402  (submodules: fusedopt.optim.Adam, ...)
+
 __version__ = "0.1.0"
 
 if _os.environ.get("FUSEDOPT_ISA"):

@@ -1,0 +1,505 @@
+"""Stateful optimizers over NumPy arrays, as torch.optim: SGD, Adagrad, RMSprop, Adam, AdamW.
+
+    import numpy as np
+    from fusedopt import optim
+    w, b = np.zeros((10, 5), np.float32), np.zeros(5, np.float32)
+    opt = optim.AdamW([{"params": [w]}, {"params": [b], "weight_decay": 0.0}], lr=1e-3)
+    for step in range(1000):
+        opt.param_groups[0]["lr"] = schedule(step)   # hyperparameters may change between steps
+        opt.step([grad_w, grad_b])                    # w and b are updated in place
+    optim.save("checkpoint.npz", opt)                 # ... later: optim.load("checkpoint.npz", opt)
+
+Every class is the shared Optimizer plus data: torch's hyperparameters and defaults, the state
+arrays it keeps per param (and how each starts), and the fusedopt update function that advances
+them. A step makes one update-function call, i.e. one C++ call, per param group.
+
+Params are identified by their index in the order of all groups' params, as in torch's
+state_dict(): {"state": {index: {"step": n, name: ndarray}}, "param_groups": [{..., "params": [indices]}]}.
+"""
+import json
+import math
+import numbers
+import os
+import secrets
+import zipfile
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import functional
+
+CHECKPOINT_FORMAT = "fusedopt.optim checkpoint 1"
+
+
+class StateArray(NamedTuple):
+    """One per-param state array of an optimizer, e.g. Adam's "exp_avg"."""
+    argument: str                   # the update function's keyword for the list of these arrays
+    init: Callable                  # (param, hyperparameters) -> the array before the param's first step
+    needed: Callable = lambda hyperparameters: True  # whether a group with these hyperparameters uses it
+
+
+def _zeros(param, hyperparameters):
+    return np.zeros_like(param)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _plain(value):
+    """value with NumPy scalars turned into Python numbers (and sequences into tuples)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class Optimizer:
+    """The shared machinery: a subclass is the class attributes below.
+
+    Optimizer(params, **hyperparameters): params is a list of float32/float64 arrays (updated in
+    place) or a list of param-group dicts {"params": [arrays], hyperparameter: value, ...}; the
+    keyword arguments replace default_hyperparameters, and the result (self.defaults) fills in
+    what each group leaves out.
+
+    param_groups: list of dicts {"params": [arrays], hyperparameter: value, ...}, changeable between steps.
+    state: {param index: {"step": steps taken, state array name: ndarray}}, filled at a param's first step.
+    skipped_steps: how many step(..., skip_if_nonfinite=True) calls found a non-finite gradient.
+    """
+    default_hyperparameters = {}  # torch's names and defaults; each value's type is the one required
+    update = None                 # the fusedopt.functional update function, as a staticmethod
+    state_arrays = {}             # torch's state name -> StateArray
+    counts_steps = True           # keep state["step"] (torch's SGD keeps none)
+
+    def __init__(self, params, **hyperparameters):
+        self.param_groups = []
+        self.state = {}
+        self.skipped_steps = 0
+        unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
+                            f"it takes {list(self.default_hyperparameters)}")
+        self.defaults = self._checked_hyperparameters({**self.default_hyperparameters, **hyperparameters},
+                                                      type(self).__name__)
+        if isinstance(params, (np.ndarray, dict, str)) or not hasattr(params, "__iter__"):
+            raise TypeError("params must be a list of numpy arrays or a list of param-group dicts, got " +
+                            type(params).__name__)
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if all(isinstance(p, dict) for p in params):
+            for group in params:
+                self.add_param_group(group)
+        elif any(isinstance(p, dict) for p in params):
+            raise TypeError("params mixes param-group dicts with arrays; give one or the other")
+        else:
+            self.add_param_group({"params": params})
+
+    def add_param_group(self, param_group):
+        """Add {"params": [arrays], hyperparameter: value, ...}; the defaults fill the hyperparameters left out."""
+        where = f"param_groups[{len(self.param_groups)}]"
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{where} must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"{where} has no 'params'")
+        params = param_group["params"]
+        params = [params] if isinstance(params, np.ndarray) else params  # torch accepts a lone tensor here
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"{where}['params'] must be a list of numpy arrays, got {type(params).__name__}")
+        seen = {id(p) for group in self.param_groups for p in group["params"]}
+        for j, p in enumerate(params):
+            name = f"{where}['params'][{j}]"
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{name} must be a numpy.ndarray, got {type(p).__name__}")
+            if p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"{name} has dtype {p.dtype}; fusedopt updates float32 or float64 arrays")
+            if not (p.flags.c_contiguous and p.flags.aligned):
+                raise ValueError(f"{name} is not C-contiguous; fusedopt updates params in place and never copies them")
+            if not p.flags.writeable:
+                raise ValueError(f"{name} is read-only but is updated in place")
+            if id(p) in seen:
+                raise ValueError(f"{name} appears in more than one place; each param may be given once")
+            seen.add(id(p))
+        hyperparameters = {key: value for key, value in param_group.items() if key != "params"}
+        group = self._checked_hyperparameters({**self.defaults, **hyperparameters}, where)
+        self.param_groups.append({"params": list(params), **group})
+
+    # ---- hyperparameters -------------------------------------------------------------------------
+
+    def _checked_hyperparameters(self, group, where):
+        """The hyperparameters of group (a dict; "params" ignored), checked, as plain Python values.
+
+        Each must have the type of its default; the valid ranges are the update function's own
+        checks, run here on empty lists (nothing to write) so that they live in one place.
+        """
+        defaults = self.default_hyperparameters
+        unknown = sorted(set(group) - set(defaults) - {"params"})
+        if unknown:
+            raise ValueError(f"{where}: unknown hyperparameter(s) {unknown}; "
+                             f"{type(self).__name__} takes {list(defaults)}")
+        missing = [key for key in defaults if key not in group]
+        if missing:
+            raise ValueError(f"{where}: missing hyperparameter(s) {missing}")
+        checked = {}
+        for key, default in defaults.items():
+            value = group[key]
+            if isinstance(default, bool):
+                ok, kind = isinstance(value, (bool, np.bool_)), "a bool"
+            elif isinstance(default, tuple):
+                ok = isinstance(value, (tuple, list)) and len(value) == len(default) and all(map(_is_number, value))
+                kind = f"a tuple of {len(default)} numbers"
+            else:
+                ok, kind = _is_number(value), "a number"
+            if not ok:
+                raise TypeError(f"{where}: {key} must be {kind}, got {value!r}")
+            checked[key] = _plain(value)
+        try:
+            self._call(checked, [], [], {name: [] for name in self.state_arrays}, self._step_argument({}, {}))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return checked
+
+    def _update_kwargs(self, hyperparameters):
+        """The update function's keyword arguments for these hyperparameters (same names by default)."""
+        return dict(hyperparameters)
+
+    def _step_argument(self, state, new_arrays):
+        """The update function's `step` for a param with this state (before the step) and these newly
+        allocated state arrays; None: pass no step."""
+        return state.get("step", 0) + 1
+
+    def _call(self, hyperparameters, params, grads, arrays, step, **options):
+        """One update-function call over lists of params, grads and state arrays (arrays: name -> list)."""
+        kwargs = self._update_kwargs(hyperparameters)
+        for name, spec in self.state_arrays.items():
+            if spec.needed(hyperparameters):
+                kwargs[spec.argument] = arrays[name]
+        if step is not None:
+            kwargs["step"] = step
+        return self.update(params, grads, **kwargs, **options)
+
+    # ---- the step --------------------------------------------------------------------------------
+
+    def _groups_with_indices(self):
+        """(group, range of its params' indices) for every group."""
+        start = 0
+        for group in self.param_groups:
+            yield group, range(start, start + len(group["params"]))
+            start += len(group["params"])
+
+    def _flat_grads(self, grads):
+        """grads (one list over all params, or one list per group) as one list, checked against the params."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        usage = ("grads must be a list of numpy arrays in the order of the params, or a list of such lists, "
+                 "one per param group")
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{usage}; got {type(grads).__name__}")
+        if grads and all(isinstance(g, (list, tuple)) for g in grads):
+            if len(grads) != len(self.param_groups):
+                raise ValueError(f"got {len(grads)} lists of grads but the optimizer has "
+                                 f"{len(self.param_groups)} param groups")
+            for k, (group_grads, group) in enumerate(zip(grads, self.param_groups)):
+                if len(group_grads) != len(group["params"]):
+                    raise ValueError(f"grads[{k}] has {len(group_grads)} arrays but param_groups[{k}] has "
+                                     f"{len(group['params'])} params")
+            grads = [g for group_grads in grads for g in group_grads]
+        if len(grads) != len(params):
+            raise ValueError(f"got {len(grads)} grads but the optimizer has {len(params)} params; {usage}")
+        # The kernels check their arguments too, but one group at a time: checking here first keeps
+        # a bad gradient in a later group from leaving the earlier groups updated.
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grads[{i}] has dtype {g.dtype} but its param has dtype {p.dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{i}] has shape {g.shape} but its param has shape {p.shape}")
+            if not (g.flags.c_contiguous and g.flags.aligned):
+                raise ValueError(f"grads[{i}] is not C-contiguous")
+        return grads
+
+    def step(self, grads, *, grad_scale=None, skip_if_nonfinite=False):
+        """Update every param in place from its gradient; returns True, or False if the step was skipped.
+
+        grads: in the order of the params, one list over all groups or one list per group.
+        grad_scale: grads are divided by it inside the update (mixed-precision loss scaling).
+        skip_if_nonfinite: if any gradient holds an inf or NaN, change nothing (params, state,
+        step counts), count the step in self.skipped_steps and return False.
+        """
+        grads = self._flat_grads(grads)
+        params = [p for group in self.param_groups for p in group["params"]]
+        # Plan every update-function call (checking all groups' hyperparameters) before making any,
+        # and allocate new state arrays on the side: they are kept only if the step is taken.
+        calls = []       # (hyperparameters, param indices, step) of each call
+        new_arrays = {}  # param index -> state arrays allocated by this step
+        for k, (group, indices) in enumerate(self._groups_with_indices()):
+            hyperparameters = self._checked_hyperparameters(group, f"param_groups[{k}]")
+            # A kernel call takes one step number and one dtype. The params of a group share both,
+            # unless the group mixes dtypes or a checkpoint gave them different step counts: then
+            # one call per (step, dtype).
+            by_call = {}
+            for i in indices:
+                state = self.state.get(i, {})
+                new_arrays[i] = {name: spec.init(params[i], hyperparameters) for name, spec in self.state_arrays.items()
+                                 if spec.needed(hyperparameters) and name not in state}
+                by_call.setdefault((self._step_argument(state, new_arrays[i]), params[i].dtype), []).append(i)
+            calls += [(hyperparameters, call_indices, step) for (step, _), call_indices in by_call.items()]
+
+        # One call checks its grads before writing anything; over several calls, check all grads
+        # first (one C++ pass per dtype) so that the step is taken or skipped as a whole.
+        kernel_checks = skip_if_nonfinite and len(calls) == 1
+        if skip_if_nonfinite and not kernel_checks and not all(
+                functional.all_finite([g for g in grads if g.dtype == dtype]) for dtype in {g.dtype for g in grads}):
+            self.skipped_steps += 1
+            return False
+        for hyperparameters, indices, step in calls:
+            arrays = {name: [new_arrays[i][name] if name in new_arrays[i] else self.state[i][name] for i in indices]
+                      for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
+            applied = self._call(hyperparameters, [params[i] for i in indices], [grads[i] for i in indices],
+                                 arrays, step, grad_scale=grad_scale, skip_if_nonfinite=kernel_checks)
+            if not applied:  # only a skipping kernel_checks call returns False, and it wrote nothing
+                self.skipped_steps += 1
+                return False
+
+        for i, arrays in new_arrays.items():
+            if self.counts_steps or arrays:  # torch's SGD without momentum keeps no state
+                state = self.state.setdefault(i, {})
+                if self.counts_steps:
+                    state["step"] = state.get("step", 0) + 1
+                state.update(arrays)
+        return True
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self):
+        """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}."""
+        groups = [{**{key: _plain(value) for key, value in group.items() if key != "params"}, "params": list(indices)}
+                  for group, indices in self._groups_with_indices()]
+        state = {i: {name: value.copy() if isinstance(value, np.ndarray) else value for name, value in s.items()}
+                 for i, s in sorted(self.state.items())}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Replace the hyperparameters and state by those of state_dict (from state_dict() of an
+        optimizer of this class over params of the same shapes and dtypes).
+
+        Every key, index, shape, dtype and hyperparameter is checked before anything changes: a bad
+        state_dict raises ValueError or TypeError and leaves the optimizer as it was. Arrays are
+        copied, into the existing state arrays where there are some.
+        """
+        groups, state = self._checked_state_dict(state_dict)
+        for group, hyperparameters in zip(self.param_groups, groups):
+            group.update(hyperparameters)
+        new_state = {}
+        for i, loaded in state.items():
+            old = self.state.get(i, {})
+            new_state[i] = {}
+            for name, value in loaded.items():
+                if name == "step":
+                    new_state[i][name] = int(value)
+                elif name in old:  # same shape and dtype: both match the param
+                    np.copyto(old[name], value)
+                    new_state[i][name] = old[name]
+                else:
+                    new_state[i][name] = np.array(value, order="C", copy=True)
+        self.state = new_state
+
+    def _checked_state_dict(self, state_dict):
+        """(hyperparameters of each group, {param index: state}) from state_dict, checked against this optimizer."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            got = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"a state_dict is a dict with the keys 'state' and 'param_groups', got {got}")
+        loaded_groups, loaded_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(loaded_groups, (list, tuple)) or len(loaded_groups) != len(self.param_groups):
+            n = len(loaded_groups) if isinstance(loaded_groups, (list, tuple)) else type(loaded_groups).__name__
+            raise ValueError(f"the state_dict has {n} param groups but this optimizer has {len(self.param_groups)}; "
+                             "is it from another model?")
+        groups = []
+        param_info = {}  # param index -> (param, its group's loaded hyperparameters)
+        for k, ((group, indices), loaded) in enumerate(zip(self._groups_with_indices(), loaded_groups)):
+            where = f"state_dict['param_groups'][{k}]"
+            if not isinstance(loaded, dict):
+                raise TypeError(f"{where} must be a dict, got {type(loaded).__name__}")
+            if not isinstance(loaded.get("params"), (list, tuple)) or list(loaded["params"]) != list(indices):
+                raise ValueError(f"{where}['params'] is {loaded.get('params')!r} but this optimizer's group {k} "
+                                 f"holds params {list(indices)}; is the state_dict from another model?")
+            groups.append(self._checked_hyperparameters(loaded, where))
+            param_info.update((i, (p, groups[-1])) for i, p in zip(indices, group["params"]))
+
+        if not isinstance(loaded_state, dict):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(loaded_state).__name__}")
+        known = set(self.state_arrays) | ({"step"} if self.counts_steps else set())
+        for i, state in loaded_state.items():
+            where = f"state_dict['state'][{i!r}]"
+            if not (isinstance(i, numbers.Integral) and i in param_info):
+                raise ValueError(f"{where}: no param has index {i!r} (this optimizer has params 0 to "
+                                 f"{len(param_info) - 1}); is the state_dict from another model?")
+            if not isinstance(state, dict):
+                raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
+            param, hyperparameters = param_info[i]
+            needed = {name for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
+            needed |= {"step"} if self.counts_steps else set()
+            if set(state) - known or needed - set(state):
+                raise ValueError(f"{where} has the keys {sorted(map(str, state))}; {type(self).__name__} with "
+                                 f"these hyperparameters needs {sorted(needed)} (and allows {sorted(known)})")
+            for name, value in state.items():
+                if name == "step":
+                    if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+                            and value >= 1):
+                        raise ValueError(f"{where}['step'] must be an int >= 1, got {value!r}")
+                elif not isinstance(value, np.ndarray):
+                    raise TypeError(f"{where}[{name!r}] must be a numpy.ndarray, got {type(value).__name__}")
+                elif value.dtype != param.dtype or value.shape != param.shape:
+                    raise ValueError(f"{where}[{name!r}] has dtype {value.dtype} and shape {value.shape} but its "
+                                     f"param has dtype {param.dtype} and shape {param.shape}")
+        return groups, {int(i): state for i, state in loaded_state.items()}
+
+
+# ---- the optimizers --------------------------------------------------------------------------------
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: momentum, dampening, Nesterov momentum, L2 weight decay."""
+    default_hyperparameters = dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False)
+    update = staticmethod(functional.sgd_)
+    # empty, not zeros: the first step's call (step=1) sets a new buffer to the gradient, as torch does
+    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", lambda p, h: np.empty_like(p),
+                                                  lambda h: h["momentum"] != 0)}
+    counts_steps = False
+
+    def _step_argument(self, state, new_arrays):
+        # a param whose momentum buffer is new takes the first-step rule, also when momentum is
+        # switched on mid-training (torch: the buffer is None there too)
+        return 1 if new_arrays else None
+
+
+class Adagrad(Optimizer):
+    """torch.optim.Adagrad. Unlike torch, the state is allocated at the first step rather than at
+    construction, and a group's own initial_accumulator_value is used (torch uses the constructor's
+    for every group)."""
+    default_hyperparameters = dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                                   maximize=False)
+    update = staticmethod(functional.adagrad_)
+    state_arrays = {"sum": StateArray("state_sums", lambda p, h: np.full_like(p, h["initial_accumulator_value"]))}
+
+    def _checked_hyperparameters(self, group, where):
+        checked = super()._checked_hyperparameters(group, where)
+        value = checked["initial_accumulator_value"]
+        if not 0 <= value < math.inf:
+            raise ValueError(f"{where}: Invalid initial_accumulator_value value: {value!r} (must be finite and >= 0)")
+        return checked
+
+    def _update_kwargs(self, hyperparameters):
+        kwargs = dict(hyperparameters)
+        del kwargs["initial_accumulator_value"]  # only starts the state (see state_arrays)
+        return kwargs
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop; eps_inside_sqrt=True divides by sqrt(square_avg + eps) instead (the textbook form)."""
+    default_hyperparameters = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                                   maximize=False, eps_inside_sqrt=False)
+    update = staticmethod(functional.rmsprop_)
+    state_arrays = {
+        "square_avg": StateArray("square_avgs", _zeros),
+        "momentum_buffer": StateArray("momentum_buffers", _zeros, lambda h: h["momentum"] > 0),
+        "grad_avg": StateArray("grad_avgs", _zeros, lambda h: h["centered"]),
+    }
+
+    def _step_argument(self, state, new_arrays):
+        return None  # rmsprop_ takes no step (state["step"] is counted all the same, as torch does)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (decoupled_weight_decay=True: AdamW's update)."""
+    default_hyperparameters = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                                   maximize=False, decoupled_weight_decay=False)
+    update = staticmethod(functional.adam_)
+    state_arrays = {
+        "exp_avg": StateArray("exp_avgs", _zeros),
+        "exp_avg_sq": StateArray("exp_avg_sqs", _zeros),
+        "max_exp_avg_sq": StateArray("max_exp_avg_sqs", _zeros, lambda h: h["amsgrad"]),
+    }
+
+    def _update_kwargs(self, hyperparameters):
+        kwargs = dict(hyperparameters)
+        kwargs["beta1"], kwargs["beta2"] = kwargs.pop("betas")
+        return kwargs
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay, default weight_decay=1e-2."""
+    default_hyperparameters = {**Adam.default_hyperparameters, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+
+
+# ---- checkpoint files ------------------------------------------------------------------------------
+
+
+def save(path, opt):
+    """Write opt.state_dict() to the .npz file `path`, atomically.
+
+    The arrays are stored as "state/<index>/<name>", the rest as JSON in "meta" (no pickle). The file
+    is written under a temporary name in the same directory, flushed to disk, then renamed over
+    `path`: a crash at any point leaves either the previous file or the new one, never a mix.
+    """
+    state_dict = opt.state_dict()
+    arrays, scalars = {}, {}
+    for i, state in state_dict["state"].items():
+        scalars[str(i)] = {name: value for name, value in state.items() if not isinstance(value, np.ndarray)}
+        arrays.update((f"state/{i}/{name}", value) for name, value in state.items() if isinstance(value, np.ndarray))
+    meta = {"format": CHECKPOINT_FORMAT, "optimizer": type(opt).__name__,
+            "param_groups": state_dict["param_groups"], "state": scalars}
+    arrays["meta"] = np.array(json.dumps(meta))
+
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # same directory: the rename stays atomic
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    # POSIX: fsync the directory too, so that the rename itself survives a power loss. Best effort:
+    # some file systems refuse fsync on a directory, and the new checkpoint is in place by now.
+    if hasattr(os, "O_DIRECTORY"):
+        try:
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def load(path, opt):
+    """Load a checkpoint written by save() into opt (of the same class, over params of the same
+    shapes and dtypes). A truncated, corrupt or mismatched file raises ValueError or TypeError and
+    leaves opt as it was."""
+    try:
+        with open(path, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz file")
+            with npz:
+                meta = json.loads(str(npz["meta"][()]))
+                arrays = {key: npz[key] for key in npz.files if key != "meta"}  # reads (and CRC-checks) all
+        if not (isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
+                and isinstance(meta.get("state"), dict)):
+            raise ValueError(f"its meta is not a {CHECKPOINT_FORMAT!r}")
+        state = {int(i): dict(scalars) for i, scalars in meta["state"].items()}
+        for key, array in arrays.items():
+            prefix, i, name = key.split("/")
+            if prefix != "state":
+                raise ValueError(f"unexpected array {key!r}")
+            state.setdefault(int(i), {})[name] = array
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable fusedopt optimizer checkpoint: {type(e).__name__}: {e}") from None
+    if meta.get("optimizer") != type(opt).__name__:
+        raise ValueError(f"{path} is a checkpoint of {meta.get('optimizer')!r}, not of {type(opt).__name__}")
+    opt.load_state_dict({"state": state, "param_groups": meta.get("param_groups")})

@@ -1,0 +1,454 @@
+"""Batch normalization kernels against the float64 NumPy oracle (fusedopt.reference).
+
+Tolerances (err = max|got - want| / max(1, max|want|), want computed in float64):
+  float64: 1e-13. Both sides accumulate in float64 but in different orders (blocked two-pass +
+           Chan merges vs NumPy's pairwise sums); on these shapes (<= 1.5e5 values per channel)
+           they differ by <= ~6e-15 (measured), a 15x margin.
+  float32: 1e-6 (~8 ulp of the largest value) for y and dx: the kernel rounds scale/shift (or
+           a, k, c) to float32 once and then does 2-3 float32 operations per element (a few ulp
+           of the result's magnitude), and the oracle's float64 result is itself rounded to
+           float32; measured <= 1.3e-7 (~1 ulp). The same 1e-6 for the per-channel outputs
+           (save_mean, save_invstd, running statistics, dweight, dbias): float64 accumulations
+           rounded once to float32 (<= 0.5 ulp; measured bit-identical to the oracle).
+The stability tests use the issue's absolute bound (1e-4) on y; the measured error is ~7e-7.
+"""
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt import reference
+from fusedopt.batchnorm import batchnorm_backward, batchnorm_forward
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-6, np.float64: 1e-13}
+TOL_CHANNEL = {np.float32: 1e-6, np.float64: 1e-13}
+
+# (shape, axis). Channel axis 1 with a long channel run (inner >= 32: the planar layout, one
+# channel per tile), with a short one (the columns layout), channels-last, and shapes with
+# many blocks, column chunks (inner > 8192) and parallel groups of blocks.
+LAYOUTS = [
+    ((6, 5), 1),  # (N, C)
+    ((7, 4), -1),  # (N, C) spelled as channels-last
+    ((4, 3, 7), 1),  # (N, C, L), short runs
+    ((2, 3, 45), 1),  # (N, C, L), planar
+    ((2, 3, 5, 6), 1),  # NCHW, inner 30: columns
+    ((2, 4, 6, 7), 1),  # NCHW, inner 42: planar
+    ((2, 3, 2, 2, 3), 1),  # NCDHW, columns
+    ((2, 3, 2, 3, 6), 1),  # NCDHW, planar
+    ((3, 7, 4), -1),  # (N, L, C)
+    ((2, 5, 6, 3), -1),  # NHWC
+    ((2, 2, 3, 4, 5), -1),  # NDHWC
+    ((300, 40), 1),  # columns, several row blocks
+    ((40, 300), 1),  # columns, several tiles of channels
+    ((70, 3, 33), 1),  # planar, several row blocks per channel
+    ((2, 2, 90, 100), 1),  # planar, inner 9000 > 8192: column chunks
+    ((16, 2, 64, 72), 1),  # planar, few channels: groups of blocks (the split path)
+    ((8, 32, 16, 20), -1),  # channels-last, groups of blocks
+]
+
+
+def rel_err(got, want):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+
+
+def channels(shape, axis):
+    return shape[axis % len(shape)]
+
+
+@pytest.fixture(params=fusedopt.available_isas())
+def isa(request):
+    before = fusedopt.isa()
+    fusedopt.set_isa(request.param)
+    yield request.param
+    fusedopt.set_isa(before)
+
+
+@pytest.fixture
+def restore_threads():
+    before = fusedopt.get_num_threads()
+    yield
+    fusedopt.set_num_threads(before)
+
+
+def make_case(shape, axis, dtype, seed=0, loc=0.5, scale=2.0):
+    rng = np.random.default_rng(seed)
+    C = channels(shape, axis)
+    x = (rng.standard_normal(shape) * scale + loc).astype(dtype)
+    weight = rng.standard_normal(C).astype(dtype)
+    bias = rng.standard_normal(C).astype(dtype)
+    running_mean = rng.standard_normal(C).astype(dtype)
+    running_var = (rng.random(C) + 0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, weight, bias, running_mean, running_var, dy
+
+
+# ---- against the reference ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_matches_reference(isa, dtype, shape, axis):
+    x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, dtype)
+    tol, tol_c = TOL[dtype], TOL_CHANNEL[dtype]
+    worst = {}
+    for training in (True, False):
+        for affine in (True, False):
+            for running in (True, False):
+                if not training and not running:
+                    continue  # eval needs the running statistics (tested as bad input)
+                for relu in (False, True):
+                    w, b = (weight, bias) if affine else (None, None)
+                    rm_got, rv_got = (running_mean.copy(), running_var.copy()) if running else (None, None)
+                    rm_want, rv_want = (running_mean.copy(), running_var.copy()) if running else (None, None)
+                    kw = dict(training=training, momentum=0.3, eps=1e-3, axis=axis, relu=relu)
+                    y, save_mean, save_invstd = batchnorm_forward(x, w, b, rm_got, rv_got, **kw)
+                    y_r, mean_r, invstd_r = reference.batchnorm_forward(x, w, b, rm_want, rv_want, **kw)
+                    assert y.dtype == save_mean.dtype == save_invstd.dtype == dtype
+                    assert y.shape == x.shape and save_mean.shape == save_invstd.shape == (channels(shape, axis),)
+                    errs = {
+                        "y": (rel_err(y, y_r), tol),
+                        "save_mean": (rel_err(save_mean, mean_r), tol_c),
+                        "save_invstd": (rel_err(save_invstd, invstd_r), tol_c),
+                    }
+                    if running:
+                        errs["running_mean"] = (rel_err(rm_got, rm_want), tol_c)
+                        errs["running_var"] = (rel_err(rv_got, rv_want), tol_c)
+                        if not training:
+                            assert np.array_equal(rm_got, running_mean) and np.array_equal(rv_got, running_var)
+                    # the backward from the same saved statistics, with the forward's output as
+                    # the ReLU mask, then with a boolean mask: the same gradients
+                    masks = [y, y > 0] if relu else [None]
+                    for mask in masks:
+                        bkw = dict(axis=axis, training=training, relu_output=mask)
+                        dx, dw, db = batchnorm_backward(dy, x, w, save_mean, save_invstd, **bkw)
+                        dx_r, dw_r, db_r = reference.batchnorm_backward(dy, x, w, save_mean, save_invstd, **bkw)
+                        errs["dx"] = (rel_err(dx, dx_r), tol)
+                        if affine:
+                            errs["dweight"] = (rel_err(dw, dw_r), tol_c)
+                            errs["dbias"] = (rel_err(db, db_r), tol_c)
+                        else:
+                            assert dw is None and db is None
+                        for name, (err, limit) in errs.items():
+                            assert err <= limit, (name, err, limit, dict(training=training, affine=affine,
+                                                                         running=running, relu=relu))
+                            worst[name] = max(worst.get(name, 0.0), err)
+    print(f"{isa} {np.dtype(dtype).name} {shape} axis={axis} max rel err: " +
+          " ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+
+
+def test_out_arguments_are_written_and_returned():
+    x, weight, bias, running_mean, running_var, dy = make_case((4, 3, 5, 5), 1, np.float32)
+    out = np.full_like(x, np.nan)
+    y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, out=out)
+    assert y is out
+    assert np.array_equal(out, batchnorm_forward(x, weight, bias)[0])
+    dx_out = np.full_like(x, np.nan)
+    dx, _, _ = batchnorm_backward(dy, x, weight, save_mean, save_invstd, out=dx_out)
+    assert dx is dx_out
+    assert np.array_equal(dx_out, batchnorm_backward(dy, x, weight, save_mean, save_invstd)[0])
+
+
+def test_axis_spellings_agree():
+    x, weight, bias, _, _, _ = make_case((3, 4, 5, 6), -1, np.float64)
+    y1 = batchnorm_forward(x, weight, bias, axis=-1)[0]
+    y2 = batchnorm_forward(x, weight, bias, axis=3)[0]
+    assert np.array_equal(y1, y2)
+    x2 = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    y3 = batchnorm_forward(x2, weight, bias, axis=1)[0]
+    assert rel_err(np.moveaxis(y3, 1, -1), y1) <= 1e-14
+
+
+def test_reference_matches_torch():
+    """The oracle itself against torch.nn.functional.batch_norm + autograd (float64)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for shape, axis in [((4, 3, 5, 6), 1), ((6, 5), 1), ((2, 5, 6, 3), -1)]:
+        for training in (True, False):
+            for relu in (False, True):
+                x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, np.float64)
+                rm, rv = running_mean.copy(), running_var.copy()
+                y, save_mean, save_invstd = reference.batchnorm_forward(
+                    x, weight, bias, rm, rv, training=training, momentum=0.3, eps=1e-3, axis=axis, relu=relu)
+                dx, dw, db = reference.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis,
+                                                          training=training, relu_output=y if relu else None)
+                # torch wants channels at axis 1
+                to_nc = (lambda a: np.moveaxis(a, -1, 1)) if axis == -1 else (lambda a: a)
+                xt = torch.tensor(np.ascontiguousarray(to_nc(x)), requires_grad=True)
+                wt = torch.tensor(weight, requires_grad=True)
+                bt = torch.tensor(bias, requires_grad=True)
+                rmt, rvt = torch.tensor(running_mean), torch.tensor(running_var)
+                yt = F.batch_norm(xt, rmt, rvt, wt, bt, training=training, momentum=0.3, eps=1e-3)
+                if relu:
+                    yt = torch.relu(yt)
+                yt.backward(torch.tensor(np.ascontiguousarray(to_nc(dy))))
+                assert rel_err(to_nc(y), yt.detach().numpy()) < 1e-12
+                assert rel_err(rm, rmt.numpy()) < 1e-12 and rel_err(rv, rvt.numpy()) < 1e-12
+                assert rel_err(to_nc(dx), xt.grad.numpy()) < 1e-12
+                assert rel_err(dw, wt.grad.numpy()) < 1e-12 and rel_err(db, bt.grad.numpy()) < 1e-12
+
+
+# ---- gradients by finite differences ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 2, 5), 1), ((5, 3), -1), ((2, 2, 3, 3), 1)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradients_by_finite_differences(isa, shape, axis, training, relu):
+    """float64, loss = sum(y * dy): central differences with h = 1e-6 have truncation error
+    ~h^2 and rounding error ~1e-16 / h ~ 1e-10 relative; the bound 1e-6 leaves a wide margin."""
+    x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, np.float64, seed=1)
+    h = 1e-6
+
+    def loss(x_, w_, b_):
+        y = batchnorm_forward(x_, w_, b_, running_mean, running_var, training=training, axis=axis, relu=relu,
+                              momentum=0.0)[0]
+        return float(np.sum(y * dy))
+
+    def numeric(arr, args, k):
+        g = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            plus, minus = [a.copy() for a in args], [a.copy() for a in args]
+            plus[k][i] += h
+            minus[k][i] -= h
+            g[i] = (loss(*plus) - loss(*minus)) / (2 * h)
+        return g
+
+    args = [x, weight, bias]
+    y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, running_mean, running_var, training=training,
+                                                  axis=axis, relu=relu, momentum=0.0)
+    dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, training=training,
+                                    relu_output=y if relu else None)
+    for got, k, name in [(dx, 0, "dx"), (dw, 1, "dweight"), (db, 2, "dbias")]:
+        want = numeric(args[k], args, k)
+        err = rel_err(got, want)
+        assert err < 1e-6, (name, err)
+
+
+# ---- numerical stability -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,axis", [((8, 3, 40, 40), 1), ((8, 3, 5, 5), 1), ((8, 20, 20, 3), -1),
+                                        ((3000, 3), 1)])
+@pytest.mark.parametrize("mean", [1e4, 1e5, 1e6])
+def test_large_mean_float32(isa, shape, axis, mean):
+    """std 1 around a large mean: y within 1e-4 of the float64 truth on the same float32 x
+    (E[x^2] - E[x]^2, or x - mean with the mean rounded to float32, would be off by up to
+    0.03 / std at mean 1e6)."""
+    rng = np.random.default_rng(2)
+    C = channels(shape, axis)
+    bshape = [1] * len(shape)
+    bshape[axis % len(shape)] = C
+    x = (mean * np.arange(1, C + 1).reshape(bshape) + rng.standard_normal(shape)).astype(np.float32)
+    weight = rng.standard_normal(C).astype(np.float32)
+    bias = rng.standard_normal(C).astype(np.float32)
+    y, _, save_invstd = batchnorm_forward(x, weight, bias, axis=axis, eps=0.0)
+    as64 = [a.astype(np.float64) for a in (x, weight, bias)]
+    y_true, _, invstd_true = reference.batchnorm_forward(*as64, axis=axis, eps=0.0)
+    err = float(np.max(np.abs(y - y_true)))
+    print(f"{isa} mean {mean:g} {shape} max |y - y_true| = {err:.2e}")
+    assert err <= 1e-4
+    assert rel_err(save_invstd, invstd_true) <= 1e-6
+
+
+def test_large_mean_float64(isa):
+    rng = np.random.default_rng(3)
+    x = 1e9 + rng.standard_normal((16, 4, 9, 9))
+    y, _, _ = batchnorm_forward(x, eps=0.0)
+    y_true = (x - 1e9 - (x - 1e9).mean(axis=(0, 2, 3), keepdims=True)) / (x - 1e9).std(axis=(0, 2, 3), keepdims=True)
+    assert float(np.max(np.abs(y - y_true))) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((4, 3, 6, 6), 1), ((4, 3, 2, 2), 1), ((4, 6, 6, 3), -1)])
+def test_constant_channels(isa, dtype, shape, axis):
+    C = channels(shape, axis)
+    bshape = [1] * len(shape)
+    bshape[axis % len(shape)] = C
+    x = np.broadcast_to(np.array([7.3, -1e5, 0.0], dtype).reshape(bshape), shape).copy()
+    bias = np.array([0.5, -2.0, 3.0], dtype)
+    weight = np.array([2.0, 3.0, 4.0], dtype)
+    y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, axis=axis, eps=1e-5)
+    assert np.all(np.isfinite(y))
+    assert float(np.max(np.abs(y - np.broadcast_to(bias.reshape(bshape), shape)))) <= 1e-6
+    # the backward of a constant channel: xhat = 0, so dx = invstd * w * (dy - mean(dy))
+    dy = np.random.default_rng(4).standard_normal(shape).astype(dtype)
+    dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis)
+    dx_r, dw_r, db_r = reference.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis)
+    assert rel_err(dx, dx_r) <= TOL[dtype] and rel_err(db, db_r) <= TOL_CHANNEL[dtype]
+
+
+def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
+    """var + eps == 0: invstd = 1/sqrt(0) = inf and y = 0 * inf = nan, as torch computes it
+    (torch.nn.functional.batch_norm(torch.ones(4, 1), None, None, training=True, eps=0) is nan)."""
+    x = np.ones((4, 2, 3), np.float32)
+    x[:, 1] = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y, save_mean, save_invstd = batchnorm_forward(x, eps=0.0)
+    assert np.isinf(save_invstd[0]) and np.all(np.isnan(y[:, 0]))
+    assert np.all(np.isfinite(y[:, 1])) and np.isfinite(save_invstd[1])
+
+
+# ---- thread-count invariance --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,axis", [
+    ((8, 32, 16, 16), 1),  # planar, 32 tiles: one task per channel
+    ((16, 3, 48, 48), 1),  # planar, 3 channels: groups of blocks
+    ((4096, 32), 1),  # columns, groups of row blocks
+    ((16, 32, 32, 8), -1),  # channels-last
+    ((64, 600), 1),  # columns, several tiles
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bitwise_identical_for_any_thread_count(isa, restore_threads, shape, axis, dtype):
+    x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, dtype, loc=3.0)
+    results = []
+    for nthreads in (1, 2, 3):
+        fusedopt.set_num_threads(nthreads)
+        rm, rv = running_mean.copy(), running_var.copy()
+        y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, rm, rv, axis=axis, relu=True)
+        dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y)
+        results.append([a.tobytes() for a in (y, save_mean, save_invstd, rm, rv, dx, dw, db)])
+    assert results[0] == results[1] == results[2]
+
+
+# ---- bad input: a clear error, and nothing written ----------------------------------------------
+
+
+def snapshot(arrays):
+    return [None if a is None or not isinstance(a, np.ndarray) else a.tobytes() for a in arrays]
+
+
+def forward_args(**over):
+    x, weight, bias, running_mean, running_var, _ = make_case((4, 3, 5), 1, np.float32)
+    args = dict(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    args.update(over)
+    return args
+
+
+def read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+BUFFER = np.zeros(8, np.float32)  # shared by running_mean and running_var in one bad case
+
+FORWARD_BAD = [
+    (dict(x=[[1.0, 2.0], [3.0, 4.0]]), {}, TypeError, "numpy.ndarray"),
+    (dict(x=np.ones((4, 3, 5), np.int32)), {}, TypeError, "float32 or float64"),
+    (dict(x=np.ones((4, 3, 5), np.float16)), {}, TypeError, "float32 or float64"),
+    (dict(x=np.ones(5, np.float32), weight=None, bias=None, running_mean=None, running_var=None), {},
+     ValueError, "rank >= 2"),
+    (dict(x=np.ones((0, 3, 5), np.float32)), {}, ValueError, "empty"),
+    (dict(x=np.ones((1, 3), np.float32)), {}, ValueError, "more than 1 value per channel"),
+    (dict(x=np.ones((1, 3, 1, 1), np.float32)), {}, ValueError, "more than 1 value per channel"),
+    (dict(), dict(axis=3), ValueError, "out of range"),
+    (dict(), dict(axis=-4), ValueError, "out of range"),
+    (dict(x=np.ones((2, 3, 4, 5), np.float32), weight=None, bias=None, running_mean=None, running_var=None),
+     dict(axis=2), ValueError, "channel axis"),
+    (dict(), dict(axis=0), ValueError, "channel axis"),
+    (dict(weight=np.ones(4, np.float32)), {}, ValueError, "weight has shape"),
+    (dict(weight=np.ones((3, 1), np.float32)), {}, ValueError, "weight has shape"),
+    (dict(weight=np.ones(3, np.float64)), {}, TypeError, "weight has dtype"),
+    (dict(weight=[1.0, 1.0, 1.0]), {}, TypeError, "weight must be a numpy.ndarray"),
+    (dict(bias=np.ones(2, np.float32)), {}, ValueError, "bias has shape"),
+    (dict(running_mean=np.zeros(4, np.float32)), {}, ValueError, "running_mean has shape"),
+    (dict(running_var=np.ones(3, np.float64)), {}, TypeError, "running_var has dtype"),
+    (dict(running_var=None), {}, ValueError, "running_mean is given without running_var"),
+    (dict(running_mean=None), {}, ValueError, "running_var is given without running_mean"),
+    (dict(running_mean=None, running_var=None), dict(training=False), ValueError, "required when training=False"),
+    (dict(x=np.ones((3, 4, 5), np.float32).transpose(1, 0, 2)), {}, ValueError, "not C-contiguous"),
+    (dict(x=np.ones((4, 3, 10), np.float32)[:, :, ::2]), {}, ValueError, "not C-contiguous"),
+    (dict(running_mean=read_only(np.zeros(3, np.float32))), {}, ValueError, "running_mean is read-only"),
+    (dict(running_var=read_only(np.ones(3, np.float32))), {}, ValueError, "running_var is read-only"),
+    (dict(running_mean=np.zeros(6, np.float32)[::2]), {}, ValueError, "running_mean is not C-contiguous"),
+    (dict(running_mean=BUFFER[0:3], running_var=BUFFER[2:5]), {}, ValueError, "overlap"),
+    (dict(), dict(out=read_only(np.zeros((4, 3, 5), np.float32))), ValueError, "out is read-only"),
+    (dict(), dict(out=np.zeros((4, 3, 6), np.float32)), ValueError, "out has shape"),
+    (dict(), dict(out=np.zeros((4, 3, 5), np.float64)), TypeError, "out has dtype"),
+    (dict(), dict(eps=-1.0), ValueError, "eps"),
+    (dict(), dict(eps=float("nan")), ValueError, "eps"),
+    (dict(), dict(momentum=float("nan")), ValueError, "momentum"),
+]
+
+
+@pytest.mark.parametrize("over,kwargs,error,match", FORWARD_BAD)
+def test_forward_bad_input_raises_and_writes_nothing(over, kwargs, error, match):
+    args = forward_args(**over)
+    arrays = list(args.values()) + [kwargs.get("out")]
+    before = snapshot(arrays)
+    with pytest.raises(error, match=match):
+        batchnorm_forward(args["x"], args["weight"], args["bias"], args["running_mean"], args["running_var"],
+                          **kwargs)
+    assert snapshot(arrays) == before
+
+
+def test_forward_out_overlapping_x_raises_and_writes_nothing():
+    x, weight, bias, running_mean, running_var, _ = make_case((4, 3, 5), 1, np.float32)
+    buffer = np.arange(4 * 3 * 5 + 5, dtype=np.float32)
+    x_view = buffer[:60].reshape(4, 3, 5)
+    for out in (x_view, buffer[5:].reshape(4, 3, 5)):
+        before = snapshot([buffer, running_mean, running_var])
+        with pytest.raises(ValueError, match="overlap"):
+            batchnorm_forward(x_view, weight, bias, running_mean, running_var, out=out)
+        assert snapshot([buffer, running_mean, running_var]) == before
+    # running statistics overlapping x (both written and read)
+    with pytest.raises(ValueError, match="overlap"):
+        batchnorm_forward(buffer[:60].reshape(4, 3, 5), weight, bias, buffer[:3], running_var)
+
+
+def test_eval_accepts_read_only_running_statistics():
+    x, weight, bias, running_mean, running_var, _ = make_case((4, 3, 5), 1, np.float32)
+    rm, rv = read_only(running_mean), read_only(running_var)
+    y, save_mean, _ = batchnorm_forward(x, weight, bias, rm, rv, training=False)
+    assert np.array_equal(save_mean, running_mean)
+
+
+def backward_args(**over):
+    x, weight, bias, running_mean, running_var, dy = make_case((4, 3, 5), 1, np.float32)
+    y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, relu=True)
+    args = dict(dy=dy, x=x, weight=weight, save_mean=save_mean, save_invstd=save_invstd)
+    args.update(over)
+    return args
+
+
+BACKWARD_BAD = [
+    (dict(dy=np.ones((4, 3, 6), np.float32)), {}, ValueError, "dy has shape"),
+    (dict(dy=np.ones((4, 3, 5), np.float64)), {}, TypeError, "dy has dtype"),
+    (dict(dy=np.ones((4, 5, 3), np.float32).transpose(0, 2, 1)), {}, ValueError, "dy is not C-contiguous"),
+    (dict(x=np.ones((4, 3, 5), np.int64)), {}, TypeError, "float32 or float64"),
+    (dict(x=np.ones((0, 3, 5), np.float32), dy=np.ones((0, 3, 5), np.float32)), {}, ValueError, "empty"),
+    (dict(weight=np.ones(2, np.float32)), {}, ValueError, "weight has shape"),
+    (dict(save_mean=np.ones(4, np.float32)), {}, ValueError, "save_mean has shape"),
+    (dict(save_invstd=np.ones(3, np.float64)), {}, TypeError, "save_invstd has dtype"),
+    (dict(save_invstd=None), {}, TypeError, "save_invstd are required"),
+    (dict(), dict(axis=5), ValueError, "out of range"),
+    (dict(), dict(relu_output=np.ones((4, 3, 6), np.float32)), ValueError, "relu_output has shape"),
+    (dict(), dict(relu_output=np.ones((4, 3, 5), np.int8)), TypeError, "relu_output has dtype"),
+    (dict(), dict(relu_output=np.ones((4, 3, 5), np.float64)), TypeError, "relu_output has dtype"),
+    (dict(), dict(out=read_only(np.zeros((4, 3, 5), np.float32))), ValueError, "out is read-only"),
+    (dict(), dict(out=np.zeros((4, 3, 5), np.float32)[:, :, ::1].T), ValueError, "out has shape"),
+    (dict(), dict(out=np.zeros((5, 3, 4), np.float32).transpose(2, 1, 0)), ValueError, "out is not C-contiguous"),
+]
+
+
+@pytest.mark.parametrize("over,kwargs,error,match", BACKWARD_BAD)
+def test_backward_bad_input_raises_and_writes_nothing(over, kwargs, error, match):
+    args = backward_args(**over)
+    arrays = list(args.values()) + [kwargs.get("out"), kwargs.get("relu_output")]
+    before = snapshot(arrays)
+    with pytest.raises(error, match=match):
+        batchnorm_backward(args["dy"], args["x"], args["weight"], args["save_mean"], args["save_invstd"], **kwargs)
+    assert snapshot(arrays) == before
+
+
+def test_backward_out_overlapping_inputs_raises_and_writes_nothing():
+    args = backward_args()
+    for name in ("dy", "x"):
+        arr = args[name]
+        before = arr.tobytes()
+        with pytest.raises(ValueError, match=f"out and {name} overlap"):
+            batchnorm_backward(args["dy"], args["x"], args["weight"], args["save_mean"], args["save_invstd"],
+                               out=arr)
+        assert arr.tobytes() == before
