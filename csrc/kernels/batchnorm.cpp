@@ -128,14 +128,6 @@ struct Plan {
         return static_cast<std::ptrdiff_t>((next.row_begin - now.row_begin) * row_len) +
                (static_cast<std::ptrdiff_t>(next.col_begin) - static_cast<std::ptrdiff_t>(now.col_begin));
     }
-    // With one task per planar tile, how far the tile this thread probably takes next is (the
-    // pool hands out tiles in order): its normalizing pass prefetches that tile, overlapping
-    // the next tile's DRAM reads with this tile's writes.
-    std::ptrdiff_t next_tile_distance(std::size_t t) const {
-        const std::size_t step = static_cast<std::size_t>(std::max(1, get_num_threads()));
-        if (!planar || groups != 1 || t + step >= ntiles || total() < kMinParallelElems) return 0;
-        return static_cast<std::ptrdiff_t>(step * inner);
-    }
     // elements of one channel in block b
     double channel_count(const Block& b) const {
         return static_cast<double>((b.row_end - b.row_begin) * (planar ? b.col_end - b.col_begin : inner));
@@ -435,11 +427,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0);
         const auto sc = Layout::values(&scale[c0], p.inner, nch, s1);
         const auto sh = Layout::values(&shift[c0], p.inner, nch, s2);
-        const std::ptrdiff_t ahead = p.next_tile_distance(t);
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh, ahead](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                prefetch(x + i + ahead);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if constexpr (RELU) out = max(V(T(0)), out);  // max(0, NaN) is NaN, as torch.relu
                 return out;
@@ -534,12 +524,9 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const auto k_v = Layout::values(&k[c0], p.inner, nch, s1);
         const auto c_v = Layout::values(&c[c0], p.inner, nch, s2);
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3);
-        const std::ptrdiff_t ahead = p.next_tile_distance(t);
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean, ahead](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                prefetch(dy + i + ahead);
-                prefetch(x + i + ahead);
                 V g = masked_grad<MASK, V>(dy, relu_output, i);
                 if constexpr (TRAINING)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));

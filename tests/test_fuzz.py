@@ -1,0 +1,124 @@
+"""Fuzz: random, often malformed, arguments to every public function. Each call must raise
+TypeError/ValueError with every array unchanged, or succeed with the reference's result; a crash
+(segfault, illegal instruction) would end the test run."""
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fusedopt
+from fusedopt import reference
+
+from test_errors import snapshot
+
+DTYPES = [np.float32, np.float32, np.float64, np.float16, np.int32, np.bool_, np.complex64, ">f4"]
+SPECIAL = [0.0, -0.0, 1e-3, 0.9, 1.0, 1.5, -1.0, float("nan"), float("inf"), -float("inf"), 1e300]
+
+
+@st.composite
+def an_array(draw, base, n):
+    """An array for one argument: usually well-formed, sometimes of another dtype, shape,
+    layout or writability, sometimes a view of another argument's memory."""
+    kind = draw(st.sampled_from(["good"] * 6 + ["dtype", "shape", "strided", "readonly", "view", "2d", "notarray"]))
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    if kind == "notarray":
+        return draw(st.sampled_from([None, 1.0, [1.0, 2.0], "x"]))
+    if kind == "view":
+        offset = draw(st.integers(0, 4))
+        return base[offset:offset + n] if base.size >= offset + n else base
+    dtype = draw(st.sampled_from(DTYPES)) if kind == "dtype" else np.float32
+    size = n + draw(st.integers(1, 3)) if kind == "shape" else n
+    a = (rng.standard_normal(size * (2 if kind == "strided" else 1)) * 2).astype(dtype)
+    if kind == "strided":
+        a = a[::2]
+    if kind == "2d" and size % 2 == 0 and size:
+        a = a.reshape(2, -1)
+    if kind == "readonly":
+        a.flags.writeable = False
+    return a
+
+
+@st.composite
+def call(draw):
+    name = draw(st.sampled_from(["sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "clip_grad_norm_",
+                                 "clip_grad_value_", "grad_norm", "all_finite"]))
+    n = draw(st.integers(0, 40))
+    ntensors = draw(st.integers(0, 3))
+    as_list = draw(st.booleans()) or ntensors != 1
+    base = np.abs(np.random.default_rng(n).standard_normal(200)).astype(np.float32)
+    nargs = {"sgd_": 3, "adagrad_": 3, "rmsprop_": 3, "adam_": 4, "adamw_": 4}.get(name, 1)
+    args = []
+    for _ in range(nargs):
+        tensors = [draw(an_array(base, n)) for _ in range(max(ntensors, 1))]
+        if as_list and draw(st.integers(0, 9)) == 0:
+            tensors = tensors[:-1]  # a list of another length
+        args.append(tensors if as_list else tensors[0])
+    number = st.one_of(st.sampled_from(SPECIAL), st.floats(-2, 2))
+    kw = {}
+    if name == "sgd_":
+        kw = dict(lr=draw(number), momentum=draw(number), nesterov=draw(st.booleans()),
+                  weight_decay=draw(number), step=draw(st.sampled_from([None, 1, 2, 0])))
+    elif name == "adagrad_":
+        kw = dict(lr=draw(number), lr_decay=draw(number), eps=draw(number), step=draw(st.sampled_from([1, 5, 0, -1])))
+    elif name == "rmsprop_":
+        kw = dict(lr=draw(number), alpha=draw(number), eps=draw(number), centered=draw(st.booleans()))
+    elif name in ("adam_", "adamw_"):
+        kw = dict(lr=draw(number), beta1=draw(number), beta2=draw(number), eps=draw(number),
+                  weight_decay=draw(number), amsgrad=draw(st.booleans()), step=draw(st.sampled_from([1, 3, 0])))
+    elif name == "clip_grad_norm_":
+        kw = dict(max_norm=draw(number), norm_type=draw(st.sampled_from([1.0, 2.0, 3.0, float("inf"), 0.0, -1.0])))
+    elif name == "clip_grad_value_":
+        kw = dict(clip_value=draw(number))
+    if name in ("sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_"):
+        kw["skip_if_nonfinite"] = draw(st.booleans())
+        kw["grad_scale"] = draw(st.sampled_from([None, 1.0, 1024.0, 0.0, -1.0, float("nan")]))
+    return name, args, kw
+
+
+def copies(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, list):
+        return [copies(x) for x in obj]
+    return obj
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(call())
+def test_fuzz_public_functions(c):
+    name, args, kw = c
+    before = snapshot(args)
+    ref_args = copies(args)
+    try:
+        with np.errstate(all="ignore"):
+            result = getattr(fusedopt, name)(*args, **kw)
+    except (TypeError, ValueError):
+        assert snapshot(args) == before, "an error after a write"
+        return
+    # it ran: the arguments were valid, so the reference must agree
+    ref_kw = {k: v for k, v in kw.items() if k not in ("grad_scale", "skip_if_nonfinite")}
+    if name in ("grad_norm", "all_finite", "clip_grad_norm_", "clip_grad_value_"):
+        flat = np.concatenate([np.ravel(a).astype(np.float64) for a in (ref_args[0] if isinstance(ref_args[0], list) else [ref_args[0]])] + [np.zeros(0)])
+        if name == "all_finite":
+            assert result == bool(np.all(np.isfinite(flat)))
+        elif name == "clip_grad_value_":
+            got = args[0] if isinstance(args[0], list) else [args[0]]
+            want = ref_args[0] if isinstance(ref_args[0], list) else [ref_args[0]]
+            for g, w in zip(got, want):
+                with np.errstate(over="ignore"):  # 1e300 becomes inf in float32, as in the kernel
+                    limit = w.dtype.type(kw["clip_value"])
+                np.testing.assert_array_equal(g, np.clip(w, -limit, limit))
+        return
+    if result is False:  # skipped: a non-finite gradient, nothing written
+        assert kw["skip_if_nonfinite"]
+        assert snapshot(args) == before
+        return
+    ref_call_args = list(ref_args)
+    if kw.get("grad_scale"):  # the reference takes unscaled grads
+        ref_call_args[1] = copies(ref_args[1])
+        for g in ref_call_args[1] if isinstance(ref_call_args[1], list) else [ref_call_args[1]]:
+            g *= g.dtype.type(1 / kw["grad_scale"])
+    with np.errstate(all="ignore"):
+        getattr(reference, name)(*ref_call_args, **ref_kw)
+    for got, want in zip(args, ref_args):
+        for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,65 @@
+"""The thread pool: any thread count gives the same bits, Python threads may call kernels at
+once, and idle workers sleep."""
+import threading
+import time
+
+import numpy as np
+
+import fusedopt
+from fusedopt import reference
+
+from test_optim import make_problem, results, run
+
+
+def test_many_tensors_bitwise_equal_for_any_thread_count(threads):
+    """A list of tensors of assorted sizes is cut at different points for 1, 2 and 3 threads."""
+    sizes = [1, 70_001, 5, 300_000, 17, 120_000, 0, 65_536]
+    got = []
+    for n_threads in (1, 2, 3):
+        fusedopt.set_num_threads(n_threads)
+        params, state, grads = make_problem("adam", sizes, np.float32, seed=5)
+        run(fusedopt, "adam", {"amsgrad": True}, params, state, grads[:3])
+        got.append([a.tobytes() for arrays in results(params, state) for a in arrays])
+    assert got[0] == got[1] == got[2]
+
+
+def test_python_threads_call_kernels_at_once(threads):
+    """The GIL is released in the kernels: 4 Python threads updating their own arrays at once
+    (one holding the pool, the others running on their own threads) all get the reference result."""
+    fusedopt.set_num_threads(2)
+    problems = [make_problem("adam", [200_000, 3], np.float64, seed=s) for s in range(4)]
+    expected = []
+    for params, state, grads in problems:
+        p, s = [x.copy() for x in params], {k: [x.copy() for x in v] for k, v in state.items()}
+        run(reference, "adam", {}, p, s, grads[:4])
+        expected.append(results(p, s))
+    errors = []
+
+    def work(i):
+        try:
+            params, state, grads = problems[i]
+            run(fusedopt, "adam", {}, params, state, grads[:4])
+        except Exception as e:  # reported below: an exception in a thread would be lost
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    for (params, state, _), want in zip(problems, expected):
+        for got_arrays, want_arrays in zip(results(params, state), want):
+            for g, w in zip(got_arrays, want_arrays):
+                np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-13)
+
+
+def test_idle_workers_sleep(threads):
+    """After a parallel call, the workers wait on a condition variable: no CPU is used while idle."""
+    fusedopt.set_num_threads(2)
+    p, g, m, v = (np.ones(1_000_000, np.float32) for _ in range(4))
+    fusedopt.adam_(p, g, m, v, step=1)  # wakes the worker
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    time.sleep(0.3)
+    cpu = time.process_time() - cpu0
+    assert cpu < 0.05 * (time.perf_counter() - wall0), f"{cpu:.3f} s of CPU while idle"
