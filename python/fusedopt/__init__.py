@@ -23,8 +23,10 @@ from .functional import (
     grad_norm,
     rmsprop_,
     sgd_,
+    zeros_like,
 )
 
+from .batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402
 from . import optim, reference  # noqa: E402  (submodules: fusedopt.optim.Adam, ...)
 
 __version__ = "0.1.0"
@@ -44,10 +46,13 @@ __all__ = [
     "clip_grad_value_",
     "grad_norm",
     "available_isas",
+    "batchnorm_backward",
+    "batchnorm_forward",
     "get_num_threads",
     "isa",
     "rmsprop_",
     "set_isa",
     "set_num_threads",
     "sgd_",
+    "zeros_like",
 ]

@@ -3,7 +3,8 @@
 Times each fused kernel against the NumPy reference and, when torch is importable, against
 torch.optim (fused=True; foreach for RMSprop, which has no fused CPU kernel), in one run, and
 shows large sizes as a percentage of an in-run bandwidth probe: the simplest loop that moves the
-same bytes (fusedopt._core.stream_probe). Each figure is the best of several repeats: the
+same bytes (fusedopt._core.stream_probe). Params and grads are plain NumPy arrays for everyone;
+each implementation allocates its own state (fusedopt.zeros_like, np.full_like, torch). Each figure is the best of several repeats: the
 machine may be shared, so compare ratios from one run rather than absolutes across runs.
 """
 import argparse
@@ -92,15 +93,19 @@ class Problem:
         self.shapes = shapes
         self.n = sum(int(np.prod(s)) for s in shapes)
 
-        def tensors(scale=1.0, positive=False):
-            out = [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
-            return [np.abs(a) for a in out] if positive else out
+        def tensors(scale=1.0):  # as a user's params and grads: plain NumPy arrays
+            return [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
+
+        def state(fill, allocate):  # as each implementation allocates its state
+            return [allocate(p, fill) for p in self.params]
 
         self.params, self.grads = tensors(), tensors(1e-2)
-        self.state = {k: tensors(1e-3, positive=k in ("exp_avg_sqs", "square_avgs", "state_sums")) for k in self.state_names}
+        fills = {k: 1e-6 if k in ("exp_avg_sqs", "square_avgs", "state_sums") else 0.0 for k in self.state_names}
+        self.state = {k: state(fill, fusedopt.zeros_like) for k, fill in fills.items()}
         self.ref_params = [p.copy() for p in self.params]
-        self.ref_state = {k: [a.copy() for a in v] for k, v in self.state.items()}
-        self.probe_rw = [tensors() for _ in range(rw)]
+        self.ref_state = {k: state(fill, np.full_like) for k, fill in fills.items()}
+        # the probe moves the same bytes through arrays allocated the same way
+        self.probe_rw = [tensors()] + [state(1.0, fusedopt.zeros_like) for _ in range(rw - 1)]
         self.probe_ro = [tensors() for _ in range(ro)]
         self.bytes_per_element = 4 * (2 * rw + ro)
         self.step = 10  # any step > 1: bias corrections are per-call scalars

@@ -16,6 +16,10 @@ Mixed precision and overflow, for every update function:
   is written and the function returns False (torch's GradScaler skipping optimizer.step()).
 The update functions return True when the step was applied.
 """
+import itertools
+
+import numpy as np
+
 from . import _core
 
 
@@ -123,3 +127,29 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
 def clip_grad_value_(grads, clip_value):
     """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]."""
     _core.clip_grad_value_(grads, float(clip_value))
+
+
+# Where big state arrays go. NumPy gives consecutive large arrays addresses 4 KiB apart modulo
+# the 2 MiB huge page, and an Adam step over 16M floats laid out like that measured 1.70 ns per
+# element against 0.95 with the state arrays tens of KiB apart (2-core Zen 3; most likely DRAM
+# bank conflicts between the 4 streams). Each big array from zeros_like starts at its own
+# offset within a huge page, spread by the golden ratio; this costs at most 2 MiB + 4 KiB per
+# array.
+_HUGE_PAGE = 1 << 21
+_SPREAD_MIN_BYTES = 8 << 20
+_spread_index = itertools.count(1)
+
+
+def zeros_like(param, fill=0.0):
+    """A C-contiguous array shaped and typed like param, filled with `fill`: state for the update
+    functions. Arrays of 8 MiB and more are placed to keep an optimizer step's streams apart in
+    memory (see above); smaller ones are plain np.full_like."""
+    if param.nbytes < _SPREAD_MIN_BYTES:
+        return np.full_like(param, fill, order="C")
+    offset = int((next(_spread_index) * 0.6180339887498949) % 1.0 * _HUGE_PAGE) // 64 * 64
+    pad = (_HUGE_PAGE + 4096) // param.itemsize
+    buffer = np.empty(param.size + pad, param.dtype)
+    start = ((-buffer.ctypes.data) % 4096 + offset) // param.itemsize
+    out = buffer[start:start + param.size].reshape(param.shape)
+    out.fill(fill)
+    return out

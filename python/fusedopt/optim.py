@@ -39,7 +39,7 @@ class StateArray(NamedTuple):
 
 
 def _zeros(param, hyperparameters):
-    return np.zeros_like(param)
+    return functional.zeros_like(param)
 
 
 def _is_number(value):
@@ -362,7 +362,7 @@ class SGD(Optimizer):
     default_hyperparameters = dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False)
     update = staticmethod(functional.sgd_)
     # empty, not zeros: the first step's call (step=1) sets a new buffer to the gradient, as torch does
-    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", lambda p, h: np.empty_like(p),
+    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", lambda p, h: functional.zeros_like(p),
                                                   lambda h: h["momentum"] != 0)}
     counts_steps = False
 
@@ -379,7 +379,7 @@ class Adagrad(Optimizer):
     default_hyperparameters = dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                                    maximize=False)
     update = staticmethod(functional.adagrad_)
-    state_arrays = {"sum": StateArray("state_sums", lambda p, h: np.full_like(p, h["initial_accumulator_value"]))}
+    state_arrays = {"sum": StateArray("state_sums", lambda p, h: functional.zeros_like(p, h["initial_accumulator_value"]))}
 
     def _checked_hyperparameters(self, group, where):
         checked = super()._checked_hyperparameters(group, where)
