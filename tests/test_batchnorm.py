@@ -57,21 +57,6 @@ def channels(shape, axis):
     return shape[axis % len(shape)]
 
 
-@pytest.fixture(params=fusedopt.available_isas())
-def isa(request):
-    before = fusedopt.isa()
-    fusedopt.set_isa(request.param)
-    yield request.param
-    fusedopt.set_isa(before)
-
-
-@pytest.fixture
-def restore_threads():
-    before = fusedopt.get_num_threads()
-    yield
-    fusedopt.set_num_threads(before)
-
-
 def make_case(shape, axis, dtype, seed=0, loc=0.5, scale=2.0):
     rng = np.random.default_rng(seed)
     C = channels(shape, axis)
@@ -300,7 +285,7 @@ def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
     ((64, 600), 1),  # columns, several tiles
 ])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bitwise_identical_for_any_thread_count(isa, restore_threads, shape, axis, dtype):
+def test_bitwise_identical_for_any_thread_count(isa, threads, shape, axis, dtype):
     x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, dtype, loc=3.0)
     results = []
     for nthreads in (1, 2, 3):

@@ -160,6 +160,86 @@ def optimizer_cases(quick):
             yield f"{opt} {model}", opt, lambda opt=opt, model=model: Problem(opt, MODELS[model]())
 
 
+# batch normalization, training: (shape, channel axis, layout)
+BATCHNORM_CASES = [
+    ((256, 1024), 1, "NC"),
+    ((32, 64, 56, 56), 1, "NCHW"),
+    ((32, 56, 56, 64), -1, "NHWC"),
+    ((32, 256, 14, 14), 1, "NCHW"),
+    ((32, 14, 14, 256), -1, "NHWC"),
+    ((8, 512, 7, 7), 1, "NCHW"),
+    ((128, 64, 32, 32), 1, "NCHW"),
+]
+
+
+class BatchNormProblem:
+    """Training forward (running stats updated) and backward of one shape, for each implementation."""
+
+    def __init__(self, shape, axis):
+        rng = np.random.default_rng(0)
+        self.axis = axis
+        self.x = rng.standard_normal(shape, dtype=np.float32)
+        self.dy = rng.standard_normal(shape, dtype=np.float32)
+        self.n = self.x.size
+        C = shape[axis]
+        self.weight, self.bias = np.ones(C, np.float32), np.zeros(C, np.float32)
+        self.running_mean, self.running_var = np.zeros(C, np.float32), np.ones(C, np.float32)
+        self.y, self.dx = np.empty_like(self.x), np.empty_like(self.x)
+        _, self.save_mean, self.save_invstd = self.fused_forward()
+        _, self.ref_mean, self.ref_invstd = self.numpy_forward()
+        self.torch_state = self._torch_setup() if torch is not None else None
+
+    def fused_forward(self):
+        return fusedopt.batchnorm_forward(self.x, self.weight, self.bias, self.running_mean, self.running_var,
+                                          axis=self.axis, out=self.y)
+
+    def fused_backward(self):
+        fusedopt.batchnorm_backward(self.dy, self.x, self.weight, self.save_mean, self.save_invstd,
+                                    axis=self.axis, out=self.dx)
+
+    def numpy_forward(self):
+        return reference.batchnorm_forward(self.x, self.weight, self.bias, self.running_mean.copy(),
+                                           self.running_var.copy(), axis=self.axis)
+
+    def numpy_backward(self):
+        reference.batchnorm_backward(self.dy, self.x, self.weight, self.ref_mean, self.ref_invstd, axis=self.axis)
+
+    def _torch_setup(self):
+        x, dy = torch.from_numpy(self.x), torch.from_numpy(self.dy)
+        if self.axis == -1:  # channels-last data: torch's (N, C, ...) view in channels_last memory format
+            perm = (0, x.ndim - 1) + tuple(range(1, x.ndim - 1))
+            x, dy = x.permute(*perm), dy.permute(*perm)
+        x = x.detach().requires_grad_(True)
+        C = self.weight.size
+        return dict(x=x, dy=dy, weight=torch.ones(C, requires_grad=True), bias=torch.zeros(C, requires_grad=True),
+                    running_mean=torch.zeros(C), running_var=torch.ones(C))
+
+    def torch_forward_backward(self):
+        """(forward seconds, backward seconds) of one torch training step."""
+        t = self.torch_state
+        t0 = time.perf_counter()
+        y = torch.nn.functional.batch_norm(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                                           training=True)
+        t1 = time.perf_counter()
+        y.backward(t["dy"])
+        t2 = time.perf_counter()
+        t["x"].grad = t["weight"].grad = t["bias"].grad = None
+        return t1 - t0, t2 - t1
+
+
+def batchnorm_cases(quick):
+    cases = BATCHNORM_CASES[:2] if quick else BATCHNORM_CASES
+    for shape, axis, layout in cases:
+        yield f"batchnorm {'x'.join(map(str, shape))} {layout}", shape, axis
+
+
+def best_pair(fn, repeats):
+    """Best forward and best backward seconds over repeats of fn() -> (forward, backward)."""
+    fn()
+    times = [fn() for _ in range(repeats)]
+    return min(t[0] for t in times), min(t[1] for t in times)
+
+
 def set_threads(n):
     fusedopt.set_num_threads(n)
     if torch is not None:
@@ -176,9 +256,10 @@ def progress(i, total, label):
 def run(args):
     thread_counts = sorted({1, fusedopt.get_num_threads()}) if args.threads is None else args.threads
     cases = [c for c in optimizer_cases(args.quick) if re.search(args.filter or "", c[0])]
+    bn_cases = [c for c in batchnorm_cases(args.quick) if re.search(args.filter or "", c[0])]
     min_batch, repeats = (0.02, 3) if args.quick else (0.1, 5)
-    rows = []
-    total = len(cases) * len(thread_counts)
+    rows, bn_rows = [], []
+    total = (len(cases) + len(bn_cases)) * len(thread_counts)
     for i, (name, opt, make) in enumerate(cases):
         problem = make()
         for j, threads in enumerate(thread_counts):
@@ -192,10 +273,28 @@ def run(args):
             row["probe_s"] = best_time(problem.probe, min_batch, repeats)
             rows.append(row)
         del problem
+    done = len(cases) * len(thread_counts)
+    for i, (name, shape, axis) in enumerate(bn_cases):
+        problem = BatchNormProblem(shape, axis)
+        for j, threads in enumerate(thread_counts):
+            progress(done + i * len(thread_counts) + j, total, f"{name} x{threads}")
+            set_threads(threads)
+            row = {"case": name, "elements": problem.n, "threads": threads}
+            row["fusedopt_fwd_s"] = best_time(problem.fused_forward, min_batch, repeats)
+            row["fusedopt_bwd_s"] = best_time(problem.fused_backward, min_batch, repeats)
+            if threads == thread_counts[0]:  # NumPy is single-threaded: once is enough
+                row["numpy_fwd_s"] = best_time(problem.numpy_forward, min_batch, 2)
+                row["numpy_bwd_s"] = best_time(problem.numpy_backward, min_batch, 2)
+            else:
+                row["numpy_fwd_s"], row["numpy_bwd_s"] = bn_rows[-1]["numpy_fwd_s"], bn_rows[-1]["numpy_bwd_s"]
+            fwd_bwd = best_pair(problem.torch_forward_backward, 3 * repeats) if problem.torch_state else (None, None)
+            row["torch_fwd_s"], row["torch_bwd_s"] = fwd_bwd
+            bn_rows.append(row)
+        del problem
     progress(total, total, "done")
     sys.stderr.write("\n")
     set_threads(thread_counts[-1])
-    return rows
+    return rows, bn_rows
 
 
 def fmt_time(seconds, n):
@@ -218,6 +317,24 @@ def table(rows):
                  fmt_time(r["torch_s"], n) if r["torch_s"] else "-",
                  ratio(r["fusedopt_s"], r["numpy_s"]), ratio(r["fusedopt_s"], r["torch_s"]),
                  f"{r['probe_s'] * 1e9 / n:.3f} ns/el", f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def batchnorm_table(rows):
+    head = ["case", "thr", "fusedopt fwd + bwd", "NumPy ref", "torch", "vs NumPy", "vs torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ms(fwd, bwd):
+        return f"{fwd * 1e3:.3f} + {bwd * 1e3:.3f} ms" if fwd is not None else "-"
+
+    for r in rows:
+        fo = r["fusedopt_fwd_s"] + r["fusedopt_bwd_s"]
+        npy = r["numpy_fwd_s"] + r["numpy_bwd_s"]
+        tt = r["torch_fwd_s"] + r["torch_bwd_s"] if r["torch_fwd_s"] is not None else None
+        cells = [r["case"], str(r["threads"]), ms(r["fusedopt_fwd_s"], r["fusedopt_bwd_s"]),
+                 ms(r["numpy_fwd_s"], r["numpy_bwd_s"]), ms(r["torch_fwd_s"], r["torch_bwd_s"]),
+                 ratio(fo, npy), ratio(fo, tt)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -264,11 +381,15 @@ def main(argv=None):
     info = machine_info()
     print(f"# fusedopt {info['fusedopt']} bench: {info['cpu']} ({info['cpus']} CPUs), ISA {info['isa']}, "
           f"numpy {info['numpy']}, torch {info['torch'] or 'not installed'}, Python {info['python']}")
-    rows = run(args)
-    print(table(rows))
+    rows, bn_rows = run(args)
+    if rows:
+        print(table(rows))
+    if bn_rows:
+        print()
+        print(batchnorm_table(bn_rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "optimizer_rows": rows, "batchnorm_rows": bn_rows}, f, indent=1)
     if args.plot:
         plot(rows, args.plot)
 
