@@ -123,6 +123,24 @@ def test_matches_reference(isa, dtype, shape, axis):
           " ".join(f"{k} {v:.1e}" for k, v in worst.items()))
 
 
+@pytest.mark.parametrize("shape,axis", [((17, 32, 64, 64), 1), ((17, 64, 64, 32), -1)], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("offset", [0, 1, 5])
+def test_large_outputs_streamed_at_any_alignment(isa, shape, axis, offset):
+    """Outputs of 8 MB and more are written with non-temporal stores, which need whole aligned
+    lines: misaligned out= views (offset floats past NumPy's alignment) must give the same values."""
+    x, weight, bias, running_mean, running_var, dy = make_case(shape, axis, np.float32)
+    n = x.size
+    y_out = np.empty(n + offset, np.float32)[offset:].reshape(shape)
+    dx_out = np.empty(n + offset, np.float32)[offset:].reshape(shape)
+    y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, axis=axis, relu=True, out=y_out)
+    dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y, out=dx_out)
+    y_r, _, _ = reference.batchnorm_forward(x, weight, bias, axis=axis, relu=True)
+    dx_r, dw_r, db_r = reference.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y)
+    assert y is y_out and dx is dx_out
+    assert rel_err(y, y_r) <= TOL[np.float32] and rel_err(dx, dx_r) <= TOL[np.float32]
+    assert rel_err(dw, dw_r) <= TOL_CHANNEL[np.float32] and rel_err(db, db_r) <= TOL_CHANNEL[np.float32]
+
+
 def test_out_arguments_are_written_and_returned():
     x, weight, bias, running_mean, running_var, dy = make_case((4, 3, 5, 5), 1, np.float32)
     out = np.full_like(x, np.nan)

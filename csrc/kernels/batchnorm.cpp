@@ -45,6 +45,7 @@ constexpr std::size_t kColumnRowsPerPass = 4;  // columns: rows added in registe
 // Outputs at least this large are written with non-temporal stores: they would not stay in
 // cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic.
 constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
+constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 
 template <class F>
 void with_flag(bool b, F&& f) {
@@ -165,25 +166,41 @@ void sum_run(std::size_t n, Term&& term, double* sums) {
 }
 
 // out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
-// is the column within the tile, for per-column values). STREAM: vectors are written with
-// non-temporal stores, which need aligned addresses, so each row starts with scalars up to
-// the vector alignment; Scalar<T> rounds as Vec<T> does, so the values are the same.
+// is i's column within the tile, for per-column values), one row at a time. STREAM: whole
+// cache lines are written with non-temporal stores (aligned vectors), the partial lines at
+// either end of a run with ordinary ones: a line written both ways would flush the
+// write-combining buffer on every store, about ten times slower. So that short rows do not
+// leave partial lines everywhere, a streamed block of whole rows (contiguous) is done as one
+// run, its columns wrapping back to the first at the end of each row (a vector may straddle
+// two rows: per-column values are made with wrap = STREAM, see Columns::values). Scalar<T>
+// rounds as Vec<T> does, so the values are the same either way. (body is taken by value: a
+// local copy, which the stores cannot alias, stays in registers.)
 template <class T, bool STREAM, class Body>
-void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, Body&& body) {
-    constexpr std::size_t W = Vec<T>::size;
-    const std::size_t n = b.col_end - b.col_begin;
-    for (std::size_t r = b.row_begin; r < b.row_end; ++r) {
-        const std::size_t row = r * p.row_len + p.tile_offset(t) + b.col_begin;
+void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, Body body) {
+    constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
+    const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
+    const bool whole_rows = STREAM && ncols == p.row_len;
+    const std::size_t nruns = whole_rows ? 1 : rows, run_len = whole_rows ? rows * ncols : ncols;
+    for (std::size_t r = 0; r < nruns; ++r) {
+        std::size_t i = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, col = b.col_begin;
+        const std::size_t end = i + run_len;
+        auto put = [&](auto v, auto stream) {
+            const auto value = body(v, i, col);
+            if constexpr (decltype(stream)::value) value.stream(out + i); else value.store(out + i);
+            i += decltype(v)::size;
+            col += decltype(v)::size;
+            if (whole_rows)
+                while (col >= b.col_end) col -= ncols;  // rows shorter than a vector wrap more than once
+        };
         if constexpr (STREAM) {
-            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + row) / sizeof(T) % W;
-            const std::size_t head = std::min(n, misaligned ? W - misaligned : 0);
-            std::size_t i = 0;
-            for (; i < head; ++i) body(Scalar<T>{}, row + i, b.col_begin + i).store(out + row + i);
-            for (; i + W <= n; i += W) body(Vec<T>{}, row + i, b.col_begin + i).stream(out + row + i);
-            for (; i < n; ++i) body(Scalar<T>{}, row + i, b.col_begin + i).store(out + row + i);
-        } else {
-            for_each_lane<T>(n, [&](auto v, std::size_t i) { body(v, row + i, b.col_begin + i).store(out + row + i); });
+            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + i) / sizeof(T) % kLine;
+            const std::size_t head_end = std::min(end, i + (misaligned ? kLine - misaligned : 0));
+            while (i < head_end) put(Scalar<T>{}, std::false_type{});
+            while (i + kLine <= end)
+                for (std::size_t k = 0; k < kLine; k += W) put(Vec<T>{}, std::true_type{});
         }
+        while (i + W <= end) put(Vec<T>{}, std::false_type{});
+        while (i < end) put(Scalar<T>{}, std::false_type{});
     }
 }
 
@@ -198,7 +215,7 @@ struct Planar {
         template <class V> V at(V, std::size_t) const { return V(value); }
     };
     template <class A>
-    static Values<A> values(const A* per_channel, std::size_t, std::size_t, std::vector<A>&) {
+    static Values<A> values(const A* per_channel, std::size_t, std::size_t, std::vector<A>&, bool) {
         return {per_channel[0]};
     }
 
@@ -219,12 +236,17 @@ struct Columns {
         const A* column;
         template <class V> V at(V, std::size_t col) const { return V::load(column + col); }
     };
-    // channel values repeated for each of the channel's inner columns (a view when inner == 1)
+    // channel values repeated for each of the channel's inner columns (a view when inner == 1);
+    // wrap: then the first columns again, for apply_block's runs of whole rows, where a vector
+    // that starts at one of the last columns reads on into the next row's
     template <class A>
-    static Values<A> values(const A* per_channel, std::size_t inner, std::size_t nchannels, std::vector<A>& scratch) {
-        if (inner == 1) return {per_channel};
-        scratch.resize(nchannels * inner);
+    static Values<A> values(const A* per_channel, std::size_t inner, std::size_t nchannels, std::vector<A>& scratch,
+                            bool wrap) {
+        if (inner == 1 && !wrap) return {per_channel};
+        const std::size_t ncols = nchannels * inner;
+        scratch.resize(ncols + (wrap ? Vec<A>::size - 1 : 0));
         for (std::size_t c = 0; c < nchannels; ++c) std::fill_n(&scratch[c * inner], inner, per_channel[c]);
+        for (std::size_t j = ncols; j < scratch.size(); ++j) scratch[j] = scratch[j - ncols];
         return {scratch.data()};
     }
 
@@ -380,7 +402,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             }, s.sums.data(), s.acc);
             s.means.resize(nch);
             for (std::size_t c = 0; c < nch; ++c) s.means[c] = s.sums[c] / count;
-            const auto block_mean = Layout::values(s.means.data(), p.inner, nch, s.expanded);
+            const auto block_mean = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
             s.sums.assign(nch, 0.0);
             const std::ptrdiff_t ahead = p.next_block_distance(t, bi);
             Layout::template reduce_block<1>(p, t, b, [x, block_mean, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
@@ -424,9 +446,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
         std::vector<T> s0, s1, s2;
-        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0);
-        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1);
-        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2);
+        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0, STREAM);
+        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1, STREAM);
+        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2, STREAM);
         for (std::size_t bi = b0; bi < b1; ++bi) {
             apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
@@ -479,7 +501,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
         s.means.resize(nch);
         for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<double>(save_mean[c0 + c]);
-        const auto mean = Layout::values(s.means.data(), p.inner, nch, s.expanded);
+        const auto mean = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
         for (std::size_t bi = b0; bi < b1; ++bi) {
             s.sums.assign(2 * nch, 0.0);
             Layout::template reduce_block<2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
@@ -520,10 +542,10 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
         std::vector<T> s0, s1, s2, s3;
-        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0);
-        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1);
-        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3);
+        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, STREAM);
+        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, STREAM);
+        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, STREAM);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, STREAM);
         for (std::size_t bi = b0; bi < b1; ++bi) {
             apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
