@@ -2,7 +2,7 @@
 TypeError/ValueError with every array unchanged, or succeed with the reference's result; a crash
 (segfault, illegal instruction) would end the test run."""
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fusedopt
@@ -91,9 +91,11 @@ def test_fuzz_public_functions(c):
     try:
         with np.errstate(all="ignore"):
             result = getattr(fusedopt, name)(*args, **kw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as e:
+        event(f"raised {type(e).__name__}")
         assert snapshot(args) == before, "an error after a write"
         return
+    event("ran")
     # it ran: the arguments were valid, so the reference must agree
     ref_kw = {k: v for k, v in kw.items() if k not in ("grad_scale", "skip_if_nonfinite")}
     if name in ("grad_norm", "all_finite", "clip_grad_norm_", "clip_grad_value_"):
@@ -122,3 +124,73 @@ def test_fuzz_public_functions(c):
     for got, want in zip(args, ref_args):
         for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@st.composite
+def batchnorm_call(draw):
+    """batchnorm_forward / backward arguments: each one malformed with a small probability."""
+    def rarely(good, *bad):  # good most of the time, one of bad otherwise
+        return draw(st.sampled_from([good] * (10 * len(bad)) + list(bad)))
+
+    ndim = rarely(draw(st.integers(2, 4)), 1)
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim)))
+    shape = rarely(shape, tuple(0 for _ in shape))
+    axis = rarely(draw(st.sampled_from([1, -1])), 0, 5, -7)
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    x = rng.standard_normal(shape).astype(rarely(draw(st.sampled_from([np.float32, np.float64])), np.int32))
+    if x.ndim >= 2 and rarely(False, True):
+        x = np.swapaxes(x, 0, 1)  # not C-contiguous
+    C = x.shape[axis] if -x.ndim <= axis < x.ndim else 3
+    C = rarely(C, C + 1)
+    dtype = x.dtype if x.dtype.kind == "f" else np.float32
+
+    def per_channel(positive=False):
+        kind = rarely("good", "none", "readonly", "dtype")
+        if kind == "none":
+            return None
+        a = np.abs(rng.standard_normal(C)) + 0.5 if positive else rng.standard_normal(C)
+        a = a.astype(np.float16 if kind == "dtype" else dtype)
+        if kind == "readonly":
+            a.flags.writeable = False
+        return a
+
+    kw = dict(training=draw(st.booleans()), momentum=rarely(draw(st.sampled_from([0.1, 0.0, 1.0])), -0.5, float("nan")),
+              eps=rarely(draw(st.sampled_from([1e-5, 1e-3])), -1.0, float("inf")), axis=axis, relu=draw(st.booleans()))
+    out_kind = rarely(draw(st.sampled_from(["none", "good"])), "x", "readonly", "shape")
+    out = {"none": None, "good": np.empty_like(x), "x": x, "readonly": np.empty_like(x),
+           "shape": np.empty(x.size + 1, x.dtype)}[out_kind]
+    if out_kind == "readonly":
+        out.flags.writeable = False
+    return x, per_channel(), per_channel(), per_channel(), per_channel(positive=True), out, kw
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batchnorm_call())
+def test_fuzz_batchnorm(c):
+    x, weight, bias, running_mean, running_var, out, kw = c
+    args = [x, weight, bias, running_mean, running_var, out]
+    before = snapshot(args)
+    ref_stats = copies([running_mean, running_var])
+    try:
+        with np.errstate(all="ignore"):
+            y, save_mean, save_invstd = fusedopt.batchnorm_forward(x, weight, bias, running_mean, running_var,
+                                                                   out=out, **kw)
+    except (TypeError, ValueError) as e:
+        event(f"forward raised {type(e).__name__}")
+        assert snapshot(args) == before, "an error after a write"
+        return
+    event("forward ran")
+    with np.errstate(all="ignore"):
+        y_r, _, _ = reference.batchnorm_forward(x, weight, bias, *ref_stats, **kw)
+        np.testing.assert_allclose(y, y_r, rtol=1e-4, atol=1e-4)
+        dy = np.ones_like(x)
+        before = snapshot([x, weight, save_mean, save_invstd])
+        try:
+            dx, dw, db = fusedopt.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=kw["axis"],
+                                                     training=kw["training"], relu_output=y if kw["relu"] else None)
+        except (TypeError, ValueError):
+            assert snapshot([x, weight, save_mean, save_invstd]) == before
+            return
+        dx_r, _, _ = reference.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=kw["axis"],
+                                                  training=kw["training"], relu_output=y if kw["relu"] else None)
+        np.testing.assert_allclose(dx, dx_r, rtol=1e-3, atol=1e-3)
