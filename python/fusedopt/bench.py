@@ -346,23 +346,27 @@ def plot(rows, path):
 
     fig, ax = plt.subplots(figsize=(8, 5))
     single = [r for r in rows if r["tensors"] == 1]
-    for opt in sorted({r["optimizer"] for r in single}):
+    colors = dict(zip(OPTIMIZERS, plt.get_cmap("tab10").colors))
+    styles = {1: "-", 2: "--"}
+    for opt in [o for o in OPTIMIZERS if any(r["optimizer"] == o for r in single)]:
         for threads in sorted({r["threads"] for r in single}):
             rs = sorted((r for r in single if r["optimizer"] == opt and r["threads"] == threads), key=lambda r: r["elements"])
-            if not rs:
-                continue
             x = [r["elements"] for r in rs]
-            ax.plot(x, [r["fusedopt_s"] * 1e9 / r["elements"] for r in rs], "o-", label=f"fusedopt {opt} x{threads}")
+            style = styles.get(threads, ":")
+            ax.plot(x, [r["fusedopt_s"] * 1e9 / r["elements"] for r in rs], "o" + style, color=colors[opt],
+                    label=f"fusedopt {opt} x{threads}")
             if opt == "adam" and rs[0]["torch_s"]:
-                ax.plot(x, [r["torch_s"] * 1e9 / r["elements"] for r in rs], "s--", label=f"torch fused adam x{threads}")
+                ax.plot(x, [r["torch_s"] * 1e9 / r["elements"] for r in rs], "s" + style, color="black",
+                        label=f"torch fused adam x{threads}")
             if opt == "adam":
-                ax.plot(x, [r["probe_s"] * 1e9 / r["elements"] for r in rs], "k:", label=f"roofline probe (adam bytes) x{threads}")
+                ax.plot(x, [r["probe_s"] * 1e9 / r["elements"] for r in rs], style, color="gray", linewidth=3,
+                        alpha=0.4, label=f"roofline probe, adam's bytes x{threads}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("elements per tensor (fp32)")
     ax.set_ylabel("ns per element")
-    ax.set_title("fusedopt optimizer step, one tensor")
-    ax.legend(fontsize=7)
+    ax.set_title("optimizer step on one fp32 tensor (solid: 1 thread, dashed: 2)")
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
