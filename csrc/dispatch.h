@@ -16,6 +16,14 @@ using ElementwiseKernel = void (*)(const Config&, void* const* arrays, std::size
 
 enum DType { kFloat32 = 0, kFloat64 = 1 };
 
+// Fills both dtype slots of a table entry from a kernel template: FUSEDOPT_REGISTER(t, adam)
+// sets t.adam[kFloat32] = adam<float> and t.adam[kFloat64] = adam<double>.
+#define FUSEDOPT_REGISTER(table, kernel)         \
+    do {                                         \
+        (table).kernel[kFloat32] = kernel<float>;  \
+        (table).kernel[kFloat64] = kernel<double>; \
+    } while (0)
+
 struct KernelTable {
     const char* isa;
     ElementwiseKernel<SgdConfig> sgd[2];  // indexed by DType

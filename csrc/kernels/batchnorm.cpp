@@ -603,10 +603,8 @@ void batchnorm_backward(const BatchNormBackwardArgs& args) {
 }  // namespace
 
 void register_batchnorm(KernelTable& t) {
-    t.batchnorm_forward[kFloat32] = batchnorm_forward<float>;
-    t.batchnorm_forward[kFloat64] = batchnorm_forward<double>;
-    t.batchnorm_backward[kFloat32] = batchnorm_backward<float>;
-    t.batchnorm_backward[kFloat64] = batchnorm_backward<double>;
+    FUSEDOPT_REGISTER(t, batchnorm_forward);
+    FUSEDOPT_REGISTER(t, batchnorm_backward);
 }
 
 }  // namespace FUSEDOPT_ISA_NS

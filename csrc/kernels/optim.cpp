@@ -189,14 +189,10 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 }  // namespace
 
 void register_optim(KernelTable& t) {
-    t.sgd[kFloat32] = sgd<float>;
-    t.sgd[kFloat64] = sgd<double>;
-    t.adagrad[kFloat32] = adagrad<float>;
-    t.adagrad[kFloat64] = adagrad<double>;
-    t.rmsprop[kFloat32] = rmsprop<float>;
-    t.rmsprop[kFloat64] = rmsprop<double>;
-    t.adam[kFloat32] = adam<float>;
-    t.adam[kFloat64] = adam<double>;
+    FUSEDOPT_REGISTER(t, sgd);
+    FUSEDOPT_REGISTER(t, adagrad);
+    FUSEDOPT_REGISTER(t, rmsprop);
+    FUSEDOPT_REGISTER(t, adam);
 }
 
 }  // namespace FUSEDOPT_ISA_NS

@@ -108,20 +108,13 @@ void clamp(const ClampConfig& c, void* const* a, std::size_t n) {
 }  // namespace
 
 void register_reduce(KernelTable& t) {
-    t.sum_squares[kFloat32] = sum_squares<float>;
-    t.sum_squares[kFloat64] = sum_squares<double>;
-    t.sum_abs[kFloat32] = sum_abs<float>;
-    t.sum_abs[kFloat64] = sum_abs<double>;
-    t.nonfinite_probe[kFloat32] = nonfinite_probe<float>;
-    t.nonfinite_probe[kFloat64] = nonfinite_probe<double>;
-    t.max_abs[kFloat32] = max_abs<float>;
-    t.max_abs[kFloat64] = max_abs<double>;
-    t.sum_abs_pow[kFloat32] = sum_abs_pow<float>;
-    t.sum_abs_pow[kFloat64] = sum_abs_pow<double>;
-    t.scale[kFloat32] = scale<float>;
-    t.scale[kFloat64] = scale<double>;
-    t.clamp[kFloat32] = clamp<float>;
-    t.clamp[kFloat64] = clamp<double>;
+    FUSEDOPT_REGISTER(t, sum_squares);
+    FUSEDOPT_REGISTER(t, sum_abs);
+    FUSEDOPT_REGISTER(t, nonfinite_probe);
+    FUSEDOPT_REGISTER(t, max_abs);
+    FUSEDOPT_REGISTER(t, sum_abs_pow);
+    FUSEDOPT_REGISTER(t, scale);
+    FUSEDOPT_REGISTER(t, clamp);
 }
 
 }  // namespace FUSEDOPT_ISA_NS

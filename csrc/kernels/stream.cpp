@@ -40,8 +40,7 @@ void stream(const StreamConfig& c, void* const* a, std::size_t n) {
 }  // namespace
 
 void register_stream(KernelTable& t) {
-    t.stream[kFloat32] = stream<float>;
-    t.stream[kFloat64] = stream<double>;
+    FUSEDOPT_REGISTER(t, stream);
 }
 
 }  // namespace FUSEDOPT_ISA_NS
