@@ -96,17 +96,8 @@ Checked check_arrays(const std::vector<Role>& roles) {
                 throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(h));
             py::array a = py::reinterpret_borrow<py::array>(h);
             if (r == 0 && t == 0) {
-                // leaked on purpose: a static py::object would be released after the interpreter
-                static const py::dtype& float32 = *new py::dtype(py::dtype::of<float>());
-                static const py::dtype& float64 = *new py::dtype(py::dtype::of<double>());
+                out.dtype = float_dtype(a, where);
                 dtype = a.dtype();
-                if (dtype.equal(float32))
-                    out.dtype = kFloat32;
-                else if (dtype.equal(float64))
-                    out.dtype = kFloat64;
-                else
-                    throw py::type_error(where() + " has dtype " + std::string(py::str(a.dtype())) +
-                                         "; fusedopt takes float32 or float64 (native byte order)");
             } else if (!a.dtype().equal(dtype)) {
                 throw py::type_error(where() + " has dtype " + std::string(py::str(a.dtype())) + " but " + params.name +
                                      (single ? "" : "[0]") + " has " + std::string(py::str(dtype)) +
@@ -114,21 +105,11 @@ Checked check_arrays(const std::vector<Role>& roles) {
             }
             if (r > 0) {
                 py::array p = py::reinterpret_borrow<py::array>(single ? params.obj : params.obj[py::int_(t)].ptr());
-                bool same = p.ndim() == a.ndim();
-                for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = p.shape(d) == a.shape(d);
-                if (!same)
+                if (!same_shape(a, p))
                     throw py::value_error(where() + " has shape " + shape_str(a) + " but " + params.name +
                                           (single ? "" : "[" + std::to_string(t) + "]") + " has shape " + shape_str(p));
             }
-            const int flags = py::detail::array_proxy(a.ptr())->flags;
-            if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
-                throw py::value_error(where() + " is not C-contiguous; fusedopt " +
-                                      (role.written ? "updates it in place and never copies it" : "reads raw memory") +
-                                      " (np.ascontiguousarray makes a contiguous copy)");
-            if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-                throw py::value_error(where() + " is not aligned to its dtype");
-            if (role.written && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
-                throw py::value_error(where() + " is read-only but is updated in place");
+            check_memory(a, where, role.written);
             void* ptr = const_cast<void*>(a.data());
             const std::size_t n = static_cast<std::size_t>(a.size());
             out.batch.ptrs[t * roles.size() + r] = ptr;

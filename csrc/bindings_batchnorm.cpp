@@ -26,43 +26,11 @@ py::array as_ndarray(py::handle h, const char* name) {
     return py::reinterpret_borrow<py::array>(h);
 }
 
-int array_flags(const py::array& a) { return py::detail::array_proxy(a.ptr())->flags; }
-
-// C-contiguous and aligned; writable too when the kernel writes it.
-void check_memory(const py::array& a, const char* name, bool written) {
-    const int flags = array_flags(a);
-    if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
-        throw py::value_error(std::string(name) + " is not C-contiguous; fusedopt " +
-                              (written ? "writes it in place and never copies it" : "reads raw memory") +
-                              " (np.ascontiguousarray makes a contiguous copy)");
-    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::value_error(std::string(name) + " is not aligned to its dtype");
-    if (written && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
-        throw py::value_error(std::string(name) + " is read-only but is written in place");
-}
-
-bool same_shape(const py::array& a, const py::array& b) {
-    if (a.ndim() != b.ndim()) return false;
-    for (py::ssize_t d = 0; d < a.ndim(); ++d)
-        if (a.shape(d) != b.shape(d)) return false;
-    return true;
-}
-
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()); }
 
 // x: a C-contiguous float32/float64 array of rank >= 2 with at least one element.
 DType check_input(const py::array& x, const char* name) {
-    // leaked on purpose: a static py::object would be released after the interpreter
-    static const py::dtype& float32 = *new py::dtype(py::dtype::of<float>());
-    static const py::dtype& float64 = *new py::dtype(py::dtype::of<double>());
-    DType dtype;
-    if (x.dtype().equal(float32))
-        dtype = kFloat32;
-    else if (x.dtype().equal(float64))
-        dtype = kFloat64;
-    else
-        throw py::type_error(std::string(name) + " has dtype " + dtype_str(x) +
-                             "; batch normalization takes float32 or float64 (native byte order)");
+    const DType dtype = float_dtype(x, name);
     if (x.ndim() < 2)
         throw py::value_error(std::string(name) + " has shape " + shape_str(x) +
                               "; batch normalization needs rank >= 2: (N, C, ...) or channels-last (..., C)");

@@ -8,6 +8,8 @@
 #include <sstream>
 #include <string>
 
+#include "dispatch.h"
+
 namespace fusedopt {
 namespace py = pybind11;
 
@@ -46,6 +48,46 @@ inline std::string shape_str(const py::array& a) {
 }
 
 inline std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
+
+// An argument's name for a message: a string, or a callable that builds it (only on failure).
+inline std::string name_of(const char* name) { return name; }
+template <class F>
+std::string name_of(const F& make_name) {
+    return make_name();
+}
+
+// float32 or float64 in native byte order, else TypeError naming the argument.
+template <class Name>
+DType float_dtype(const py::array& a, const Name& name) {
+    // leaked on purpose: a static py::object would be released after the interpreter
+    static const py::dtype& float32 = *new py::dtype(py::dtype::of<float>());
+    static const py::dtype& float64 = *new py::dtype(py::dtype::of<double>());
+    if (a.dtype().equal(float32)) return kFloat32;
+    if (a.dtype().equal(float64)) return kFloat64;
+    throw py::type_error(name_of(name) + " has dtype " + std::string(py::str(a.dtype())) +
+                         "; fusedopt takes float32 or float64 (native byte order)");
+}
+
+inline bool same_shape(const py::array& a, const py::array& b) {
+    if (a.ndim() != b.ndim()) return false;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+        if (a.shape(d) != b.shape(d)) return false;
+    return true;
+}
+
+// C-contiguous and aligned (the kernels take raw pointers), and writable when written in place.
+template <class Name>
+void check_memory(const py::array& a, const Name& name, bool written) {
+    const int flags = py::detail::array_proxy(a.ptr())->flags;
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
+        throw py::value_error(name_of(name) + " is not C-contiguous; fusedopt " +
+                              (written ? "writes it in place and never copies it" : "reads raw memory") +
+                              " (np.ascontiguousarray makes a contiguous copy)");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(name_of(name) + " is not aligned to its dtype");
+    if (written && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
+        throw py::value_error(name_of(name) + " is read-only but is written in place");
+}
 
 
 }  // namespace fusedopt
