@@ -141,6 +141,38 @@ def test_large_outputs_streamed_at_any_alignment(isa, shape, axis, offset):
     assert rel_err(dw, dw_r) <= TOL_CHANNEL[np.float32] and rel_err(db, db_r) <= TOL_CHANNEL[np.float32]
 
 
+def page_view(shape, byte_offset, dtype=np.float32):
+    """An uninitialized C-contiguous array starting byte_offset bytes past a 4 KiB boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    buf = np.empty(n * itemsize + 2 * 4096, np.uint8)
+    start = (byte_offset - buf.ctypes.data) % 4096
+    return buf[start:start + n * itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 5, 40, 41), 1), ((7, 9, 11, 13), -1), ((600, 37), 1),
+                                        ((17, 32, 64, 64), 1), ((17, 64, 64, 32), -1)],
+                         ids=["NCHW", "NHWC", "NC", "NCHW-streamed", "NHWC-streamed"])
+def test_store_order_does_not_change_results(isa, shape, axis):
+    """An output a few bytes ahead of an input modulo 4 KiB is written from the end backward
+    (4K aliasing, see store_backward): the values must be bitwise those of the forward order."""
+    x0, weight, bias, _, _, dy0 = make_case(shape, axis, np.float32)
+    results = []
+    for out_offset in (64, 80, 64 + 4096 - 16):  # out 16 bytes ahead of x and dy, level, 16 behind
+        x, dy = page_view(shape, 64), page_view(shape, 64)
+        x[...], dy[...] = x0, dy0
+        y = batchnorm_forward(x, weight, bias, axis=axis, relu=True, out=page_view(shape, out_offset))[0]
+        _, save_mean, save_invstd = batchnorm_forward(x, weight, bias, axis=axis)
+        dx = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y,
+                                out=page_view(shape, out_offset))[0]
+        dx_eval = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, training=False,
+                                     out=page_view(shape, out_offset))[0]
+        results.append((y, dx, dx_eval))
+    for got in results[1:]:
+        for a, b in zip(results[0], got):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_out_arguments_are_written_and_returned():
     x, weight, bias, running_mean, running_var, dy = make_case((4, 3, 5, 5), 1, np.float32)
     out = np.full_like(x, np.nan)
@@ -253,6 +285,23 @@ def test_large_mean_float32(isa, shape, axis, mean):
     print(f"{isa} mean {mean:g} {shape} max |y - y_true| = {err:.2e}")
     assert err <= 1e-4
     assert rel_err(save_invstd, invstd_true) <= 1e-6
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 3, 40, 40), 1), ((4096, 3, 2), 1), ((64, 20, 20, 3), -1)])
+@pytest.mark.parametrize("trend", [1e-3, 1.0, 1e3])
+def test_drifting_mean_float32(isa, shape, axis, trend):
+    """A mean that moves along the batch (sorted or drifting data): each block's shift, taken
+    from the blocks before it, can be many standard deviations off; the statistics must still
+    be those of the float64 truth."""
+    rng = np.random.default_rng(4)
+    n0 = shape[0]
+    bshape = [n0] + [1] * (len(shape) - 1)
+    x = (1e3 + trend * np.arange(n0).reshape(bshape) + rng.standard_normal(shape)).astype(np.float32)
+    y, save_mean, save_invstd = batchnorm_forward(x, axis=axis)
+    y_true, mean_true, invstd_true = reference.batchnorm_forward(x.astype(np.float64), axis=axis)
+    errs = rel_err(y, y_true), rel_err(save_mean, mean_true), rel_err(save_invstd, invstd_true)
+    print(f"{isa} trend {trend:g} {shape} rel err y {errs[0]:.1e} mean {errs[1]:.1e} invstd {errs[2]:.1e}")
+    assert max(errs) <= 1e-6
 
 
 def test_large_mean_float64(isa):

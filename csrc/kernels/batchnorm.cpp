@@ -5,24 +5,28 @@
 // [c * inner, (c + 1) * inner) of every row. Two layouts of the work:
 //   planar  (inner >= kPlanarMinInner, NCHW): a tile is one channel; each row of a block is a
 //           contiguous run of that channel, summed into register accumulators.
-//   columns (small inner: channels-last, (N, C)): a tile is up to kTileCols columns (whole
-//           channels); sums run down the rows into one double accumulator per column, then
-//           each channel adds up its columns.
+//   columns (small inner: channels-last, (N, C)): a tile is every channel (rows up to
+//           kWholeRowMaxCols long) or kTileCols columns (whole channels); sums run down the
+//           rows into one accumulator per column, then each channel adds up its columns.
 // A tile's rows are cut into blocks of about kBlockElems elements. Statistics are computed per
-// block with two passes while the block is in L1/L2 (mean, then the sum of squared deviations
-// from it) and merged across blocks with Chan's formula: no E[x^2] - E[x]^2 cancellation, and x
-// is read from memory once. With many tiles, one task does a whole tile (statistics, then the
+// block with two passes while the block is in L1/L2 (a shift near the mean, then the sums of
+// deviations from it) and merged across blocks with Chan's formula: no E[x^2] - E[x]^2
+// cancellation, and x is read from memory once. With many tiles, one task does a whole tile (statistics, then the
 // normalizing pass while the channel is still in L2); with few, a tile's blocks are cut into
 // groups that run in parallel and are merged in group order.
 //
-// Sums accumulate in double (float data is widened as it is loaded). Every block, group and
-// merge order depends only on the shape, never on the thread count, so results are bitwise
-// identical for any number of threads.
+// Sums are added in the data's type T over short runs (at most 16 terms per lane: a float sum
+// of 16 terms is within 16 ulp of their absolute sum, and the deviations from a block's mean
+// are what is summed for the variance) and accumulated in double from there. Widening every
+// element to double instead costs twice the vector instructions, which is what bounded the
+// statistics passes. Every block, group and merge order depends only on the shape, never on
+// the thread count, so results are bitwise identical for any number of threads.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -36,12 +40,18 @@ namespace {
 
 constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
 constexpr std::size_t kBlockElems = 8192;      // 32 KB of float: the second pass hits L1/L2
-constexpr std::size_t kTileCols = 256;         // columns: 2 KB of double accumulators per sum
+constexpr std::size_t kTileCols = 256;         // columns, long rows: 2 KB of double accumulators per sum
+// columns: rows up to this long are one tile, so every pass reads whole rows in order (tiles
+// of a row cut it into strided pieces, which the prefetchers and the streaming stores handle
+// at half the speed); longer rows make at least kMinTilesForFused tiles of kTileCols columns
+constexpr std::size_t kWholeRowMaxCols = 4096;
 constexpr std::size_t kMinColumnBlockRows = 32;  // columns: per-block work (merges) amortized over rows
 constexpr std::size_t kGroupElems = 1 << 16;   // split path: at least this much work per task
 constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: one task per tile
 constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
-constexpr std::size_t kColumnRowsPerPass = 4;  // columns: rows added in registers per accumulator update
+constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
+constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
+constexpr std::size_t kSumChunkVecs = 16;      // planar: vectors added in T per widening into double
 // Outputs at least this large are written with non-temporal stores: they would not stay in
 // cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic.
 constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
@@ -62,15 +72,6 @@ inline void prefetch(const void* p) {
 #else
     (void)p;
 #endif
-}
-
-// V::size elements at p as V's lane type: float data is widened when V holds doubles.
-template <class V, class T>
-V load_as(const T* p) {
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<typename V::value_type, double>)
-        return V::load_float(p);
-    else
-        return V::load(p);
 }
 
 // ---- the work decomposition (a function of the shape only) ----------------------------------
@@ -95,7 +96,8 @@ struct Plan {
             col_chunks = (inner + block_cols - 1) / block_cols;
             block_rows = std::max<std::size_t>(1, kBlockElems / inner);
         } else {
-            tile_channels = std::min(channels, std::max<std::size_t>(1, kTileCols / inner));
+            tile_channels = row_len <= kWholeRowMaxCols ? channels
+                                                        : std::min(channels, std::max<std::size_t>(1, kTileCols / inner));
             block_cols = tile_channels * inner;
             col_chunks = 1;
             block_rows = std::max(kMinColumnBlockRows, kBlockElems / block_cols);
@@ -145,62 +147,134 @@ void run_tasks(std::size_t ntasks, std::size_t total_elems, F&& task) {
     parallel_for(static_cast<int>(ntasks), [&](int i) { task(static_cast<std::size_t>(i)); });
 }
 
+// Adds the lanes of v, widened to double, into p[0 .. V::size).
+// (VD is a parameter so that the branches not taken are not compiled: the scalar ISA's
+// Vec<double> has no widen_low.)
+template <class V, class VD = Vec<double>>
+void add_widened(V v, double* p) {
+    using T = typename V::value_type;
+    if constexpr (V::size == 1) {
+        *p += static_cast<double>(v.v);
+    } else if constexpr (std::is_same_v<T, double>) {
+        (VD::load(p) + v).store(p);
+    } else {
+        (VD::load(p) + VD::widen_low(v)).store(p);
+        (VD::load(p + VD::size) + VD::widen_high(v)).store(p + VD::size);
+    }
+}
+
 // Sums NS terms over elements [0, n) of a contiguous run into sums[0 .. NS):
-// term(v, i, acc) adds element i's terms (vectors of V = decltype(v)) into acc[0 .. NS).
-// Four independent vector accumulators hide the add latency; the tail uses Scalar<double>.
-template <std::size_t NS, class Term>
+// term(v, i, acc) adds element i's terms (vectors V = decltype(v) of T) into acc[0 .. NS).
+// Terms are added in T by four independent accumulators (hiding the add latency) over chunks
+// of kSumChunkVecs vectors, so a lane of a chunk's sum adds at most kSumChunkVecs terms in T;
+// each chunk's sum is then widened into double lanes (see the file comment). The tail uses
+// Scalar<T>.
+template <class T, std::size_t NS, class Term>
 void sum_run(std::size_t n, Term&& term, double* sums) {
-    using VD = Vec<double>;
-    constexpr std::size_t W = VD::size, U = 4;
-    VD acc[U][NS];
-    for (auto& a : acc)
-        for (auto& s : a) s = VD(0.0);
-    std::size_t i = 0;
-    for (; i + U * W <= n; i += U * W)
-        for (std::size_t u = 0; u < U; ++u) term(VD{}, i + u * W, acc[u]);
-    for (; i + W <= n; i += W) term(VD{}, i, acc[0]);
-    Scalar<double> tail[NS];
-    for (auto& s : tail) s = Scalar<double>(0.0);
-    for (; i < n; ++i) term(Scalar<double>{}, i, tail);
-    for (std::size_t s = 0; s < NS; ++s) sums[s] += reduce_add((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s])) + tail[s].v;
+    using V = Vec<T>;
+    constexpr std::size_t W = V::size, U = 4, kChunk = kSumChunkVecs * W;
+    double lanes[NS][W] = {};
+    for (std::size_t begin = 0; begin < n; begin += kChunk) {
+        const std::size_t end = std::min(n, begin + kChunk);
+        V acc[U][NS];
+        for (auto& a : acc)
+            for (auto& s : a) s = V(T(0));
+        Scalar<T> tail[NS];
+        for (auto& s : tail) s = Scalar<T>(T(0));
+        std::size_t i = begin;
+        for (; i + U * W <= end; i += U * W)
+            for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
+        for (; i + W <= end; i += W) term(V{}, i, acc[0]);
+        for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+        for (std::size_t s = 0; s < NS; ++s) {
+            add_widened((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]), lanes[s]);
+            sums[s] += static_cast<double>(tail[s].v);
+        }
+    }
+    for (std::size_t s = 0; s < NS; ++s)
+        for (std::size_t k = 0; k < W; ++k) sums[s] += lanes[s][k];
+}
+
+// Stores go the other way through memory when out is a little ahead of an input modulo 4 KiB
+// (as arrays from the heap often are): going forward, every load of that input would follow a
+// pending store to the same page offset, which the CPU takes as a possible dependence and
+// stalls on (4K aliasing; measured 2.4x slower for out 16 bytes ahead of dy). Going backward,
+// those stores are to offsets already loaded. kAliasWindow: the store queue's reach, measured:
+// 64 bytes ahead is slow, 1 KiB is not.
+constexpr std::uintptr_t kPageBytes = 4096, kAliasWindow = 512;
+inline bool ahead_in_page(const void* a, const void* b) {
+    const std::uintptr_t d = (reinterpret_cast<std::uintptr_t>(a) - reinterpret_cast<std::uintptr_t>(b)) % kPageBytes;
+    return d != 0 && d < kAliasWindow;
+}
+inline bool store_backward(const void* out, std::initializer_list<const void*> inputs) {
+    bool out_ahead = false, input_ahead = false;
+    for (const void* in : inputs) {
+        if (!in) continue;
+        out_ahead = out_ahead || ahead_in_page(out, in);
+        input_ahead = input_ahead || ahead_in_page(in, out);
+    }
+    return out_ahead && !input_ahead;
 }
 
 // out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
-// is i's column within the tile, for per-column values), one row at a time. STREAM: whole
-// cache lines are written with non-temporal stores (aligned vectors), the partial lines at
-// either end of a run with ordinary ones: a line written both ways would flush the
-// write-combining buffer on every store, about ten times slower. So that short rows do not
-// leave partial lines everywhere, a streamed block of whole rows (contiguous) is done as one
-// run, its columns wrapping back to the first at the end of each row (a vector may straddle
-// two rows: per-column values are made with wrap = STREAM, see Columns::values). Scalar<T>
-// rounds as Vec<T> does, so the values are the same either way. (body is taken by value: a
-// local copy, which the stores cannot alias, stays in registers.)
+// is i's column within the tile, for per-column values), one row at a time, in increasing i or
+// (BACKWARD, see store_backward) decreasing i. STREAM: whole cache lines are written with
+// non-temporal stores (aligned vectors), the partial lines at either end of a run with
+// ordinary ones: a line written both ways would flush the write-combining buffer on every
+// store, about ten times slower. So that short rows do not leave partial lines everywhere, a
+// streamed block of whole rows (contiguous) is done as one run, its columns wrapping back to
+// the first at the end of each row (a vector may straddle two rows: per-column values are made
+// with wrap = STREAM, see Columns::values). Scalar<T> rounds as Vec<T> does, so the values are
+// the same either way. (body is taken by value: a local copy, which the stores cannot alias,
+// stays in registers.)
 template <class T, bool STREAM, class Body>
-void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, Body body) {
+void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool backward, Body body) {
     constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
     const bool whole_rows = STREAM && ncols == p.row_len;
     const std::size_t nruns = whole_rows ? 1 : rows, run_len = whole_rows ? rows * ncols : ncols;
     for (std::size_t r = 0; r < nruns; ++r) {
-        std::size_t i = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, col = b.col_begin;
-        const std::size_t end = i + run_len;
-        auto put = [&](auto v, auto stream) {
+        const std::size_t begin = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, end = begin + run_len;
+        // [begin, head) ordinary stores up to a line boundary, [head, lines) whole lines,
+        // [lines, vectors) vectors, [vectors, end) one element at a time
+        std::size_t head = begin, lines = begin;
+        if constexpr (STREAM) {
+            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + begin) / sizeof(T) % kLine;
+            head = std::min(end, begin + (misaligned ? kLine - misaligned : 0));
+            lines = head + (end - head) / kLine * kLine;
+        }
+        const std::size_t vectors = lines + (end - lines) / W * W;
+        auto put = [&](auto v, auto stream, std::size_t i, std::size_t col) {
             const auto value = body(v, i, col);
             if constexpr (decltype(stream)::value) value.stream(out + i); else value.store(out + i);
-            i += decltype(v)::size;
-            col += decltype(v)::size;
-            if (whole_rows)
-                while (col >= b.col_end) col -= ncols;  // rows shorter than a vector wrap more than once
         };
-        if constexpr (STREAM) {
-            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + i) / sizeof(T) % kLine;
-            const std::size_t head_end = std::min(end, i + (misaligned ? kLine - misaligned : 0));
-            while (i < head_end) put(Scalar<T>{}, std::false_type{});
-            while (i + kLine <= end)
-                for (std::size_t k = 0; k < kLine; k += W) put(Vec<T>{}, std::true_type{});
+        if (!backward) {
+            std::size_t i = begin, col = b.col_begin;
+            auto step = [&](auto v, auto stream) {
+                put(v, stream, i, col);
+                i += decltype(v)::size;
+                col += decltype(v)::size;
+                if (whole_rows)
+                    while (col >= b.col_end) col -= ncols;  // rows shorter than a vector wrap more than once
+            };
+            while (i < head) step(Scalar<T>{}, std::false_type{});
+            while (i < lines) step(Vec<T>{}, std::true_type{});
+            while (i < vectors) step(Vec<T>{}, std::false_type{});
+            while (i < end) step(Scalar<T>{}, std::false_type{});
+        } else {
+            std::size_t i = end, col = b.col_end;  // col: i's column (end wraps to col_begin)
+            auto step = [&](auto v, auto stream) {
+                constexpr std::size_t size = decltype(v)::size;
+                i -= size;
+                while (col < b.col_begin + size) col += ncols;  // only whole rows wrap
+                col -= size;
+                put(v, stream, i, col);
+            };
+            while (i > vectors) step(Scalar<T>{}, std::false_type{});
+            while (i > lines) step(Vec<T>{}, std::false_type{});
+            while (i > head) step(Vec<T>{}, std::true_type{});
+            while (i > begin) step(Scalar<T>{}, std::false_type{});
         }
-        while (i + W <= end) put(Vec<T>{}, std::false_type{});
-        while (i < end) put(Scalar<T>{}, std::false_type{});
     }
 }
 
@@ -219,12 +293,12 @@ struct Planar {
         return {per_channel[0]};
     }
 
-    template <std::size_t NS, class Term>
+    template <class T, std::size_t NS, class Term>
     static void reduce_block(const Plan& p, std::size_t t, const Block& b, Term&& term, double* sums,
                              std::vector<double>&) {
         for (std::size_t r = b.row_begin; r < b.row_end; ++r) {
             const std::size_t row = r * p.row_len + p.tile_offset(t) + b.col_begin;
-            sum_run<NS>(b.col_end - b.col_begin,
+            sum_run<T, NS>(b.col_end - b.col_begin,
                         [&](auto v, std::size_t i, auto* acc) { term(v, row + i, b.col_begin + i, acc); }, sums);
         }
     }
@@ -250,10 +324,14 @@ struct Columns {
         return {scratch.data()};
     }
 
-    // acc[s][col] += term s of x[r, col] for the rows r of the block, kColumnRowsPerPass rows
-    // at a time summed in registers first (each column's order of additions is the same in a
-    // vector lane or the scalar tail); then each channel adds up its inner columns.
-    template <std::size_t NS, class Term>
+    // acc[s][col] += term s of x[r, col] for the rows r of the block: kColumnRowsPerPass rows
+    // at a time are summed in T in registers, then widened into the double accumulators (each
+    // column's order of additions is the same in a vector lane or the scalar tail); then each
+    // channel adds up its inner columns. A pass takes kColumnVecsPerPass vectors of columns
+    // side by side: their independent sums hide the add latency, and the pass reads 128-byte
+    // pieces of kColumnRowsPerPass rows (measured from DRAM, 64 columns, two terms: 0.87 ns per
+    // element one vector and 8 rows at a time, 0.47 four vectors and 16 rows).
+    template <class T, std::size_t NS, class Term>
     static void reduce_block(const Plan& p, std::size_t t, const Block& b, Term&& term, double* sums,
                              std::vector<double>& scratch) {
         const std::size_t ncols = b.col_end - b.col_begin, row_len = p.row_len;
@@ -262,13 +340,25 @@ struct Columns {
         for (std::size_t r = b.row_begin; r < b.row_end; r += kColumnRowsPerPass) {
             const std::size_t rows = std::min(kColumnRowsPerPass, b.row_end - r);
             const std::size_t row = r * row_len + p.tile_offset(t) + b.col_begin;
-            for_each_lane<double>(ncols, [&](auto v, std::size_t j) {
+            // columns [j, j + Q * v.size)
+            auto pass = [&](auto v, auto q_vectors, std::size_t j) {
                 using V = decltype(v);
-                V a[NS];
-                for (std::size_t s = 0; s < NS; ++s) a[s] = V(0.0);
-                for (std::size_t k = 0; k < rows; ++k) term(v, row + k * row_len + j, b.col_begin + j, a);
-                for (std::size_t s = 0; s < NS; ++s) (V::load(acc + s * ncols + j) + a[s]).store(acc + s * ncols + j);
-            });
+                constexpr std::size_t Q = decltype(q_vectors)::value;
+                V a[Q][NS];
+                for (auto& aq : a)
+                    for (auto& as : aq) as = V(T(0));
+                for (std::size_t k = 0; k < rows; ++k)
+                    for (std::size_t q = 0; q < Q; ++q)
+                        term(v, row + k * row_len + j + q * V::size, b.col_begin + j + q * V::size, a[q]);
+                for (std::size_t q = 0; q < Q; ++q)
+                    for (std::size_t s = 0; s < NS; ++s) add_widened(a[q][s], acc + s * ncols + j + q * V::size);
+            };
+            constexpr std::size_t W = Vec<T>::size;
+            std::size_t j = 0;
+            for (; j + kColumnVecsPerPass * W <= ncols; j += kColumnVecsPerPass * W)
+                pass(Vec<T>{}, std::integral_constant<std::size_t, kColumnVecsPerPass>{}, j);
+            for (; j + W <= ncols; j += W) pass(Vec<T>{}, std::integral_constant<std::size_t, 1>{}, j);
+            for (; j < ncols; ++j) pass(Scalar<T>{}, std::integral_constant<std::size_t, 1>{}, j);
         }
         if (p.inner == 1) {  // a column is a channel
             for (std::size_t c = 0; c < ncols; ++c)
@@ -284,9 +374,11 @@ struct Columns {
     }
 };
 
-// Per-task buffers, allocated only by the columns layout.
+// Per-task buffers (the planar layout uses only sums and means).
+template <class T>
 struct Scratch {
-    std::vector<double> acc, sums, means, expanded;
+    std::vector<double> acc, sums;
+    std::vector<T> means, expanded;
 };
 
 // Runs the three stages over every tile:
@@ -295,12 +387,12 @@ struct Scratch {
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // One task per tile when there are many tiles (the tile stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
-template <class Partial, class Reduce, class Finish, class Apply>
+template <class Partial, class T, class Reduce, class Finish, class Apply>
 void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     if (p.groups == 1) {
         run_tasks(p.ntiles, p.total(), [&](std::size_t t) {
             std::vector<Partial> partial(p.tile_channels);
-            Scratch scratch;
+            Scratch<T> scratch;
             reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
             finish(t, partial.data());
             apply(t, 0, p.blocks_per_tile);
@@ -310,7 +402,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
     run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
-        Scratch scratch;
+        Scratch<T> scratch;
         const std::size_t t = task / p.groups, g = task % p.groups;
         reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
@@ -384,36 +476,68 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         save_invstd[c] = static_cast<T>(invstd);
     };
 
-    // Statistics of blocks [b0, b1) of tile t, merged block after block. Each block is read
-    // twice while it is in cache:
-    //   mean_b = sum(x) / n_b
-    //   m2_b   = sum((x - mean_b)^2)
+    // Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
+    // form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
+    //   d      = x - shift                     (exact in T for x near the shift)
+    //   mean_b = shift + sum(d) / n_b
+    //   m2_b   = sum(d^2) - sum(d)^2 / n_b
+    // The shift is the mean of the blocks merged so far (the first block of a group gets a
+    // pass of its own for it: shift = sum(x) / n_b), rounded to T. The subtraction cancels only
+    // when the shift is far from the block's mean; when sum(d)^2 / n_b exceeds half of sum(d^2)
+    // (the shift is more than ~0.7 standard deviations off) the block, still in cache, is read
+    // again with shift = mean_b. Then m2_b loses at most one bit, and the sums over d can run
+    // in T (see sum_run) without losing the deviations; usually x is read once.
     // (The per-element lambdas capture by value: the enclosing ones reach the thread pool,
     // and the compiler would otherwise reload every captured pointer after each store.)
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch& s) {
+    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
         const std::size_t nch = p.tile_nchannels(t);
+        s.means.resize(nch);  // the shift of each channel
         for (std::size_t bi = b0; bi < b1; ++bi) {
             const Block b = p.block(t, bi);
             const double count = p.channel_count(b);
-            s.sums.assign(nch, 0.0);
-            Layout::template reduce_block<1>(p, t, b, [x](auto v, std::size_t i, std::size_t, auto* acc) {
-                using V = decltype(v);
-                acc[0] = acc[0] + load_as<V>(x + i);
-            }, s.sums.data(), s.acc);
-            s.means.resize(nch);
-            for (std::size_t c = 0; c < nch; ++c) s.means[c] = s.sums[c] / count;
-            const auto block_mean = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
-            s.sums.assign(nch, 0.0);
-            const std::ptrdiff_t ahead = p.next_block_distance(t, bi);
-            Layout::template reduce_block<1>(p, t, b, [x, block_mean, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
-                using V = decltype(v);
-                prefetch(x + i + ahead);
-                V d = load_as<V>(x + i) - block_mean.at(v, col);
-                acc[0] = fmadd(d, d, acc[0]);
-            }, s.sums.data(), s.acc);
+            if (bi == b0) {
+                s.sums.assign(nch, 0.0);
+                Layout::template reduce_block<T, 1>(p, t, b, [x](auto v, std::size_t i, std::size_t, auto* acc) {
+                    using V = decltype(v);
+                    acc[0] = acc[0] + V::load(x + i);
+                }, s.sums.data(), s.acc);
+                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / count);
+            } else {
+                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
+            }
+            // Planar blocks are rows of one channel far apart: the pass prefetches the next
+            // block. Columns blocks follow each other in memory, which the hardware prefetches
+            // better alone (software prefetches measured 20% slower there).
+            const std::ptrdiff_t ahead = std::is_same_v<Layout, Planar> ? p.next_block_distance(t, bi) : 0;
+            auto deviation_sums = [&] {
+                const auto shift = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
+                s.sums.assign(2 * nch, 0.0);
+                Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
+                    using V = decltype(v);
+                    if constexpr (std::is_same_v<Layout, Planar>) prefetch(x + i + ahead);
+                    V d = V::load(x + i) - shift.at(v, col);
+                    acc[0] = acc[0] + d;
+                    acc[1] = fmadd(d, d, acc[1]);
+                }, s.sums.data(), s.acc);
+            };
+            deviation_sums();
+            bool reshift = false;
+            for (std::size_t c = 0; c < nch; ++c) {
+                const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
+                if (sum_d * (sum_d / count) > 0.5 * sum_d2) {
+                    reshift = true;
+                    s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d / count);
+                }
+            }
+            if (reshift) deviation_sums();
             // every channel of the tile has seen the same blocks: one count for all
             const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
-            for (std::size_t c = 0; c < nch; ++c) moments[c] = merge(moments[c], Moments{count, s.means[c], s.sums[c]}, ratio, cross);
+            for (std::size_t c = 0; c < nch; ++c) {
+                const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
+                const Moments block{count, static_cast<double>(s.means[c]) + sum_d / count,
+                                    std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
+                moments[c] = merge(moments[c], block, ratio, cross);
+            }
         }
     };
 
@@ -449,8 +573,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0, STREAM);
         const auto sc = Layout::values(&scale[c0], p.inner, nch, s1, STREAM);
         const auto sh = Layout::values(&shift[c0], p.inner, nch, s2, STREAM);
+        const bool backward = store_backward(y, {x});
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), y, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), y, backward, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if constexpr (RELU) out = max(V(T(0)), out);  // max(0, NaN) is NaN, as torch.relu
@@ -461,9 +586,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     };
 
     if (args.training)
-        run_tiles<Moments>(p, reduce, finish_training, apply);
+        run_tiles<Moments, T>(p, reduce, finish_training, apply);
     else
-        run_tiles<Moments>(p, [](std::size_t, std::size_t, std::size_t, Moments*, Scratch&) {}, finish_eval, apply);
+        run_tiles<Moments, T>(p, [](std::size_t, std::size_t, std::size_t, Moments*, Scratch<T>&) {}, finish_eval, apply);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -471,9 +596,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
 // dy with the ReLU gradient applied: dy where relu_output > 0, else 0.
 template <ReluMask MASK, class V, class T>
 V masked_grad(const T* dy, const void* relu_output, std::size_t i) {
-    V g = load_as<V>(dy + i);
+    V g = V::load(dy + i);
     if constexpr (MASK == ReluMask::kValues)
-        g = where_positive(load_as<V>(static_cast<const T*>(relu_output) + i), g);
+        g = where_positive(V::load(static_cast<const T*>(relu_output) + i), g);
     else if constexpr (MASK == ReluMask::kBool)
         g = where_positive(V::load_u8(static_cast<const std::uint8_t*>(relu_output) + i), g);
     return g;
@@ -496,19 +621,17 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     // Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
     //   sum_dy     = sum(g)
     //   sum_dy_xmu = sum(g * (x - mean))
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch& s) {
+    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
         if (!need_sums) return;
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        s.means.resize(nch);
-        for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<double>(save_mean[c0 + c]);
-        const auto mean = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, false);
         for (std::size_t bi = b0; bi < b1; ++bi) {
             s.sums.assign(2 * nch, 0.0);
-            Layout::template reduce_block<2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+            Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
                 using V = decltype(v);
                 V g = masked_grad<MASK, V>(dy, relu_output, i);
                 acc[0] = acc[0] + g;
-                acc[1] = fmadd(g, load_as<V>(x + i) - mean.at(v, col), acc[1]);
+                acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
             }, s.sums.data(), s.acc);
             for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
         }
@@ -546,8 +669,9 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, STREAM);
         const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, STREAM);
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, STREAM);
+        const bool backward = store_backward(dx, {dy, TRAINING ? x : nullptr, MASK == ReluMask::kValues ? relu_output : nullptr});
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, backward, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V g = masked_grad<MASK, V>(dy, relu_output, i);
                 if constexpr (TRAINING)
@@ -559,7 +683,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         if (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    run_tiles<GradSums>(p, reduce, finish, apply);
+    run_tiles<GradSums, T>(p, reduce, finish, apply);
 }
 
 // ---- entry points -------------------------------------------------------------------------------

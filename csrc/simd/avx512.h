@@ -70,6 +70,11 @@ struct Vec<double> {
     Vec(double x) : v(_mm512_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm512_loadu_pd(p); }
     static Vec load_float(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    // the low and the high half of a float vector, widened
+    static Vec widen_low(Vec<float> f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f.v)); }
+    static Vec widen_high(Vec<float> f) {
+        return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f.v), 1)));
+    }
     // 8 bytes widened to doubles (0 .. 255)
     static Vec load_u8(const std::uint8_t* p) {
         return _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

@@ -68,6 +68,9 @@ struct Vec<double> {
     Vec(double x) : v(vdupq_n_f64(x)) {}
     static Vec load(const double* p) { return vld1q_f64(p); }
     static Vec load_float(const float* p) { return vcvt_f64_f32(vld1_f32(p)); }
+    // the low and the high half of a float vector, widened
+    static Vec widen_low(Vec<float> f) { return vcvt_f64_f32(vget_low_f32(f.v)); }
+    static Vec widen_high(Vec<float> f) { return vcvt_high_f64_f32(f.v); }
     // 2 bytes widened to doubles (0 .. 255)
     static Vec load_u8(const std::uint8_t* p) {
         std::uint16_t bytes;

@@ -73,6 +73,9 @@ struct Vec<double> {
         // two floats through an unaligned 64-bit load (p is only 4-byte aligned)
         return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
+    // the low and the high half of a float vector, widened
+    static Vec widen_low(Vec<float> f) { return _mm_cvtps_pd(f.v); }
+    static Vec widen_high(Vec<float> f) { return _mm_cvtps_pd(_mm_movehl_ps(f.v, f.v)); }
     // 2 bytes widened to doubles (0 .. 255)
     static Vec load_u8(const std::uint8_t* p) {
         std::uint16_t bytes;

@@ -10,8 +10,10 @@ statistics, save_mean, save_invstd) have shape (C,) and x's dtype. All arguments
 before anything is written: a call that raises leaves every array byte-identical. Arrays that
 are written (out, running statistics) are never copied and must not overlap any other argument.
 
-Precision: statistics accumulate in float64 for both dtypes; the mean and variance come from
-per-block two-pass sums merged with Chan's formula, never from E[x^2] - E[x]^2.
+Precision: per block of rows, deviations from a shift near the channel's mean are summed in
+x's dtype over runs of at most 16 terms per vector lane, and those sums accumulate in float64;
+blocks merge with Chan's formula. Never E[x^2] - E[x]^2: a block whose shift is more than ~0.7
+standard deviations from its mean is summed again about its own mean (it is still in cache).
 """
 from . import _core
 
