@@ -15,12 +15,13 @@
 // normalizing pass while the channel is still in L2); with few, a tile's blocks are cut into
 // groups that run in parallel and are merged in group order.
 //
-// Sums are added in the data's type T over short runs (at most 16 terms per lane: a float sum
-// of 16 terms is within 16 ulp of their absolute sum, and the deviations from a block's mean
-// are what is summed for the variance) and accumulated in double from there. Widening every
-// element to double instead costs twice the vector instructions, which is what bounded the
-// statistics passes. Every block, group and merge order depends only on the shape, never on
-// the thread count, so results are bitwise identical for any number of threads.
+// Sums are added in the data's type T over short runs (at most 16 terms per lane in the planar
+// layout, 16 rows in the columns one: a float sum of k terms is within about k ulp of their
+// absolute sum, and the deviations from a shift near the mean are what is summed for the
+// variance) and accumulated in double from there. Widening every element to double instead
+// costs twice the vector instructions, which is what bounded the statistics passes. Every
+// block, group and merge order depends only on the shape, never on the thread count, so
+// results are bitwise identical for any number of threads.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -51,7 +52,7 @@ constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: one 
 constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
 constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
-constexpr std::size_t kSumChunkVecs = 16;      // planar: vectors added in T per widening into double
+constexpr std::size_t kSumLaneTerms = 16;      // planar: terms a T lane adds up before widening into double
 // Outputs at least this large are written with non-temporal stores: they would not stay in
 // cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic.
 constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
@@ -163,37 +164,58 @@ void add_widened(V v, double* p) {
     }
 }
 
-// Sums NS terms over elements [0, n) of a contiguous run into sums[0 .. NS):
-// term(v, i, acc) adds element i's terms (vectors V = decltype(v) of T) into acc[0 .. NS).
-// Terms are added in T by four independent accumulators (hiding the add latency) over chunks
-// of kSumChunkVecs vectors, so a lane of a chunk's sum adds at most kSumChunkVecs terms in T;
-// each chunk's sum is then widened into double lanes (see the file comment). The tail uses
-// Scalar<T>.
-template <class T, std::size_t NS, class Term>
-void sum_run(std::size_t n, Term&& term, double* sums) {
+// Sums of NS terms over the contiguous runs of a block. add_run(n, term): term(v, i, acc) adds
+// element i's terms (vectors V = decltype(v) of T) into acc[0 .. NS), for i in [0, n). Terms
+// are added in T by four independent accumulators (hiding the add latency), which are added
+// together and widened into double lanes (see the file comment) before a lane of their sum
+// would hold more than kSumLaneTerms terms. Short runs (a 7x7 channel's rows) share the T accumulators, so the
+// widening is paid every few runs, not for each. The tail of a run goes to a Scalar<T> per
+// term, counted the same way. add_to(sums) widens what is left and adds every lane to sums.
+template <class T, std::size_t NS>
+struct RunSums {
     using V = Vec<T>;
-    constexpr std::size_t W = V::size, U = 4, kChunk = kSumChunkVecs * W;
+    static constexpr std::size_t W = V::size, U = 4;
+    V acc[U][NS];
+    Scalar<T> tail[NS];
     double lanes[NS][W] = {};
-    for (std::size_t begin = 0; begin < n; begin += kChunk) {
-        const std::size_t end = std::min(n, begin + kChunk);
-        V acc[U][NS];
+    std::size_t vector_terms = 0, tail_terms = 0;  // terms in a lane of acc's sum, in tail
+
+    RunSums() { clear(); }
+    void clear() {
         for (auto& a : acc)
             for (auto& s : a) s = V(T(0));
-        Scalar<T> tail[NS];
         for (auto& s : tail) s = Scalar<T>(T(0));
-        std::size_t i = begin;
-        for (; i + U * W <= end; i += U * W)
-            for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
-        for (; i + W <= end; i += W) term(V{}, i, acc[0]);
-        for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+        vector_terms = tail_terms = 0;
+    }
+    void widen() {
         for (std::size_t s = 0; s < NS; ++s) {
             add_widened((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]), lanes[s]);
-            sums[s] += static_cast<double>(tail[s].v);
+            lanes[s][0] += static_cast<double>(tail[s].v);
+        }
+        clear();
+    }
+    template <class Term>
+    void add_run(std::size_t n, Term&& term) {
+        constexpr std::size_t kChunk = kSumLaneTerms * W;
+        for (std::size_t begin = 0; begin < n; begin += kChunk) {
+            const std::size_t end = std::min(n, begin + kChunk), len = end - begin;
+            const std::size_t vectors = len / W, tails = len % W;
+            if (vector_terms + vectors > kSumLaneTerms || tail_terms + tails > kSumLaneTerms) widen();
+            vector_terms += vectors;
+            tail_terms += tails;
+            std::size_t i = begin;
+            for (; i + U * W <= end; i += U * W)
+                for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
+            for (; i + W <= end; i += W) term(V{}, i, acc[0]);
+            for (; i < end; ++i) term(Scalar<T>{}, i, tail);
         }
     }
-    for (std::size_t s = 0; s < NS; ++s)
-        for (std::size_t k = 0; k < W; ++k) sums[s] += lanes[s][k];
-}
+    void add_to(double* sums) {
+        widen();
+        for (std::size_t s = 0; s < NS; ++s)
+            for (double lane : lanes[s]) sums[s] += lane;
+    }
+};
 
 // Stores go the other way through memory when out is a little ahead of an input modulo 4 KiB
 // (as arrays from the heap often are): going forward, every load of that input would follow a
@@ -296,11 +318,13 @@ struct Planar {
     template <class T, std::size_t NS, class Term>
     static void reduce_block(const Plan& p, std::size_t t, const Block& b, Term&& term, double* sums,
                              std::vector<double>&) {
+        RunSums<T, NS> run_sums;
         for (std::size_t r = b.row_begin; r < b.row_end; ++r) {
             const std::size_t row = r * p.row_len + p.tile_offset(t) + b.col_begin;
-            sum_run<T, NS>(b.col_end - b.col_begin,
-                        [&](auto v, std::size_t i, auto* acc) { term(v, row + i, b.col_begin + i, acc); }, sums);
+            run_sums.add_run(b.col_end - b.col_begin,
+                             [&](auto v, std::size_t i, auto* acc) { term(v, row + i, b.col_begin + i, acc); });
         }
+        run_sums.add_to(sums);
     }
 };
 
@@ -389,10 +413,13 @@ struct Scratch {
 // otherwise groups of blocks in parallel, their partials merged in group order.
 template <class Partial, class T, class Reduce, class Finish, class Apply>
 void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+    // per thread, kept from task to task and call to call: small tiles cost a few microseconds
+    // or less, which allocating them for each would double
+    thread_local Scratch<T> scratch;
     if (p.groups == 1) {
         run_tasks(p.ntiles, p.total(), [&](std::size_t t) {
-            std::vector<Partial> partial(p.tile_channels);
-            Scratch<T> scratch;
+            thread_local std::vector<Partial> partial;
+            partial.assign(p.tile_channels, Partial{});
             reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
             finish(t, partial.data());
             apply(t, 0, p.blocks_per_tile);
@@ -402,7 +429,6 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
     run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
-        Scratch<T> scratch;
         const std::size_t t = task / p.groups, g = task % p.groups;
         reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
@@ -486,7 +512,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     // when the shift is far from the block's mean; when sum(d)^2 / n_b exceeds half of sum(d^2)
     // (the shift is more than ~0.7 standard deviations off) the block, still in cache, is read
     // again with shift = mean_b. Then m2_b loses at most one bit, and the sums over d can run
-    // in T (see sum_run) without losing the deviations; usually x is read once.
+    // in T (see RunSums) without losing the deviations; usually x is read once.
     // (The per-element lambdas capture by value: the enclosing ones reach the thread pool,
     // and the compiler would otherwise reload every captured pointer after each store.)
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
