@@ -9,11 +9,11 @@
 //           kWholeRowMaxCols long) or kTileCols columns (whole channels); sums run down the
 //           rows into one accumulator per column, then each channel adds up its columns.
 // A tile's rows are cut into blocks of about kBlockElems elements. Statistics are computed per
-// block with two passes while the block is in L1/L2 (a shift near the mean, then the sums of
-// deviations from it) and merged across blocks with Chan's formula: no E[x^2] - E[x]^2
-// cancellation, and x is read from memory once. With many tiles, one task does a whole tile (statistics, then the
-// normalizing pass while the channel is still in L2); with few, a tile's blocks are cut into
-// groups that run in parallel and are merged in group order.
+// block, while it is in L1/L2, from sums of deviations from a shift near the mean (see
+// forward's reduce), and merged across blocks with Chan's formula: no E[x^2] - E[x]^2
+// cancellation, and x is read from memory once. With many tiles, one task does a whole tile
+// (statistics, then the normalizing pass while the channel is still in L2); with few, a
+// tile's blocks are cut into groups that run in parallel and are merged in group order.
 //
 // Sums are added in the data's type T over short runs (at most 16 terms per lane in the planar
 // layout, 16 rows in the columns one: a float sum of k terms is within about k ulp of their
@@ -173,9 +173,10 @@ void add_widened(V v, double* p) {
 // element i's terms (vectors V = decltype(v) of T) into acc[0 .. NS), for i in [0, n). Terms
 // are added in T by four independent accumulators (hiding the add latency), which are added
 // together and widened into double lanes (see the file comment) before a lane of their sum
-// would hold more than kSumLaneTerms terms. Short runs (a 7x7 channel's rows) share the T accumulators, so the
-// widening is paid every few runs, not for each. The tail of a run goes to a Scalar<T> per
-// term, counted the same way. add_to(sums) widens what is left and adds every lane to sums.
+// would hold more than kSumLaneTerms terms. Short runs (a 7x7 channel's rows) share the T
+// accumulators, so the widening is paid every few runs, not for each. The tail of a run goes
+// to a Scalar<T> per term, counted the same way. add_to(sums) widens what is left and adds
+// every lane to sums.
 template <class T, std::size_t NS>
 struct RunSums {
     using V = Vec<T>;
