@@ -259,16 +259,23 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
 }
 
 // The benchmark's bandwidth probe over the same arrays an optimizer call would touch.
-void stream_probe(py::handle read_write, py::handle read_only) {
+void stream_probe(py::handle read_write, py::handle read_only, py::handle write_only) {
     StreamConfig c;
     c.n_read_write = static_cast<int>(py::len(read_write));
     c.n_read_only = static_cast<int>(py::len(read_only));
-    require(c.n_read_write >= 1 && c.n_read_write <= 4 && c.n_read_only <= 2,
-            "stream_probe takes 1 to 4 read-write and 0 to 2 read-only arrays");
+    c.n_write_only = static_cast<int>(py::len(write_only));
+    require(c.n_read_write <= 4 && c.n_read_only <= 2 && c.n_write_only <= 1 &&
+                c.n_read_write + c.n_read_only + c.n_write_only >= 1,
+            "stream_probe takes 0 to 4 read-write, 0 to 2 read-only and 0 or 1 write-only arrays, at least one");
     std::vector<Role> roles;
-    for (int k = 0; k < c.n_read_write; ++k) roles.push_back({k == 0 ? "params" : "read_write", read_write[py::int_(k)], true});
+    for (int k = 0; k < c.n_read_write; ++k) roles.push_back({"read_write", read_write[py::int_(k)], true});
     for (int k = 0; k < c.n_read_only; ++k) roles.push_back({"read_only", read_only[py::int_(k)], false});
-    run(kernels().stream, c, check_arrays(roles));
+    if (c.n_write_only) roles.push_back({"write_only", write_only[py::int_(0)], true});
+    Checked checked = check_arrays(roles);
+    std::size_t elements = 0;
+    for (std::size_t n : checked.batch.sizes) elements += n;
+    c.stream_writes = elements * checked.batch.elem_size >= kStreamMinBytes;
+    run(kernels().stream, c, checked);
 }
 
 // ---- gradient norms and clipping -------------------------------------------------------------
@@ -373,7 +380,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("grad_norm", &grad_norm);
     m.def("clip_grad_norm_", &clip_grad_norm_);
     m.def("clip_grad_value_", &clip_grad_value_);
-    m.def("stream_probe", &stream_probe, "a = a + sum(read_only) over each read_write array: the bandwidth probe");
+    m.def("stream_probe", &stream_probe, py::arg("read_write"), py::arg("read_only"), py::arg("write_only") = py::tuple(),
+          "the bandwidth probe: s = sum(read_only); a = a + s for each read_write array; w = s for the write_only one");
 
     bind_batchnorm(m);
 }

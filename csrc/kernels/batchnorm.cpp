@@ -58,9 +58,6 @@ constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers cos
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
 constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
 constexpr std::size_t kSumLaneTerms = 16;      // planar: terms a T lane adds up before widening into double
-// Outputs at least this large are written with non-temporal stores: they would not stay in
-// cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic.
-constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
 constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 
 template <class F>
@@ -444,7 +441,13 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
             for (std::size_t c = 0; c < p.tile_nchannels(t); ++c) first[c] = merge(first[c], group_partial(t, g)[c]);
         finish(t, first);
     }
-    run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
+    // The elementwise pass takes the groups last to first: the reduction read them first to last,
+    // so the last ones are still in L2/L3 (measured, 1 thread: (32, 56, 56, 64) channels-last
+    // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
+    // depend on the order.
+    const std::size_t ntasks = p.ntiles * p.groups;
+    run_tasks(ntasks, p.total(), [&](std::size_t i) {
+        const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
         apply(t, p.group_begin(g), p.group_end(g));
     });

@@ -5,6 +5,11 @@
 
 namespace fusedopt {
 
+// Outputs at least this large are written with non-temporal stores: they would not stay in
+// cache anyway, and skipping the read-for-ownership saves a third of the DRAM traffic. (The
+// bandwidth probe streams its write-only array above the same size.)
+constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
+
 // x viewed as (outer, channels, inner), C-contiguous: channel axis 1 gives outer = N and
 // inner = the product of the spatial sizes; channels-last (axis -1) gives inner = 1.
 struct BatchNormShape {

@@ -54,9 +54,11 @@ struct ClampConfig {
     double lo = 0.0, hi = 0.0;
 };
 
-// The bandwidth probe (stream.cpp). Arrays: the read-write ones, then the read-only ones.
+// The bandwidth probe (stream.cpp). Arrays: the read-write ones, the read-only ones, then the
+// write-only one.
 struct StreamConfig {
-    int n_read_write = 0, n_read_only = 0;  // 1..4 and 0..2
+    int n_read_write = 0, n_read_only = 0, n_write_only = 0;  // 0..4, 0..2, 0..1; at least one array
+    bool stream_writes = false;  // write-only array by non-temporal stores (as batch norm writes large outputs)
 };
 
 }  // namespace fusedopt

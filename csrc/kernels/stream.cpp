@@ -1,8 +1,14 @@
-// The bandwidth probe: the simplest loop that moves the same bytes as an optimizer step, so
-// the benchmark can show each kernel's time as a fraction of what memory allows in this run.
-//   s = sum of the read-only arrays;  each read-write array: a = a + s
-// (an optimizer that reads R arrays and writes W of them: R - W read-only, W read-write).
+// The bandwidth probe: the simplest loop that moves the same bytes as an optimizer step or a
+// batch-norm pass, so the benchmark can show each kernel's time as a fraction of what memory
+// allows in this run.
+//   s = sum of the read-only arrays;  each read-write array: a = a + s;  the write-only one: w = s
+// (an optimizer that reads R arrays and writes W of them: R - W read-only, W read-write; the
+// batch-norm forward: x read-only, y write-only; its backward: x and dy read-only, dx write-only).
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
 
 #include "../dispatch.h"
 #include "../simd/vec.h"
@@ -11,30 +17,57 @@ namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 namespace {
 
-// The array counts are template parameters so the inner loops unroll as an optimizer's do.
-template <class T, int RW, int RO>
+// The array counts are template parameters so the inner loops unroll as the kernels' do.
+// STREAM: the write-only array's whole cache lines by non-temporal stores, as batchnorm.cpp's
+// apply_block writes large outputs (aligned vectors; ordinary stores up to the first line).
+template <class T, int RW, int RO, int WO, bool STREAM>
 void stream_loop(void* const* a, std::size_t n) {
-    for_each_lane<T>(n, [&](auto vec, std::size_t i) {
+    auto body = [a](auto vec, std::size_t i, auto stream) {
         using V = decltype(vec);
         V s(T(0));
         for (int k = RW; k < RW + RO; ++k) s = s + V::load(static_cast<const T*>(a[k]) + i);
         for (int k = 0; k < RW; ++k) (V::load(static_cast<T*>(a[k]) + i) + s).store(static_cast<T*>(a[k]) + i);
-    });
+        if constexpr (WO == 1) {
+            T* w = static_cast<T*>(a[RW + RO]) + i;
+            if constexpr (decltype(stream)::value) s.stream(w); else s.store(w);
+        }
+    };
+    constexpr std::size_t W = Vec<T>::size, kLine = 64 / sizeof(T);
+    std::size_t head = 0, lines = 0;
+    if constexpr (STREAM) {
+        const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(a[RW + RO]) / sizeof(T) % kLine;
+        head = std::min(n, misaligned ? kLine - misaligned : 0);
+        lines = head + (n - head) / kLine * kLine;
+    }
+    std::size_t i = 0;
+    for (; i < head; ++i) body(Scalar<T>{}, i, std::false_type{});
+    for (; i < lines; i += W) body(Vec<T>{}, i, std::true_type{});
+    for (; i + W <= n; i += W) body(Vec<T>{}, i, std::false_type{});
+    for (; i < n; ++i) body(Scalar<T>{}, i, std::false_type{});
+    if constexpr (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
+}
+
+template <class T, int RW, int RO>
+void stream_ro(const StreamConfig& c, void* const* a, std::size_t n) {
+    if (c.n_write_only == 0) stream_loop<T, RW, RO, 0, false>(a, n);
+    if (c.n_write_only == 1 && !c.stream_writes) stream_loop<T, RW, RO, 1, false>(a, n);
+    if (c.n_write_only == 1 && c.stream_writes) stream_loop<T, RW, RO, 1, true>(a, n);
 }
 
 template <class T, int RW>
-void stream_rw(int n_read_only, void* const* a, std::size_t n) {
-    if (n_read_only == 0) stream_loop<T, RW, 0>(a, n);
-    if (n_read_only == 1) stream_loop<T, RW, 1>(a, n);
-    if (n_read_only == 2) stream_loop<T, RW, 2>(a, n);
+void stream_rw(const StreamConfig& c, void* const* a, std::size_t n) {
+    if (c.n_read_only == 0) stream_ro<T, RW, 0>(c, a, n);
+    if (c.n_read_only == 1) stream_ro<T, RW, 1>(c, a, n);
+    if (c.n_read_only == 2) stream_ro<T, RW, 2>(c, a, n);
 }
 
 template <class T>
 void stream(const StreamConfig& c, void* const* a, std::size_t n) {
-    if (c.n_read_write == 1) stream_rw<T, 1>(c.n_read_only, a, n);
-    if (c.n_read_write == 2) stream_rw<T, 2>(c.n_read_only, a, n);
-    if (c.n_read_write == 3) stream_rw<T, 3>(c.n_read_only, a, n);
-    if (c.n_read_write == 4) stream_rw<T, 4>(c.n_read_only, a, n);
+    if (c.n_read_write == 0) stream_rw<T, 0>(c, a, n);
+    if (c.n_read_write == 1) stream_rw<T, 1>(c, a, n);
+    if (c.n_read_write == 2) stream_rw<T, 2>(c, a, n);
+    if (c.n_read_write == 3) stream_rw<T, 3>(c, a, n);
+    if (c.n_read_write == 4) stream_rw<T, 4>(c, a, n);
 }
 
 }  // namespace

@@ -197,6 +197,14 @@ class BatchNormProblem:
         fusedopt.batchnorm_backward(self.dy, self.x, self.weight, self.save_mean, self.save_invstd,
                                     axis=self.axis, out=self.dx)
 
+    # The memory floor of each pass, moved by the bandwidth probe through the same arrays: the
+    # forward reads x and writes y, the backward reads dy and x and writes dx, each once.
+    def probe_forward(self):
+        _core.stream_probe([], [self.x], [self.y])
+
+    def probe_backward(self):
+        _core.stream_probe([], [self.x, self.dy], [self.dx])
+
     def numpy_forward(self):
         return reference.batchnorm_forward(self.x, self.weight, self.bias, self.running_mean.copy(),
                                            self.running_var.copy(), axis=self.axis)
@@ -282,6 +290,8 @@ def run(args):
             row = {"case": name, "elements": problem.n, "threads": threads}
             row["fusedopt_fwd_s"] = best_time(problem.fused_forward, min_batch, repeats)
             row["fusedopt_bwd_s"] = best_time(problem.fused_backward, min_batch, repeats)
+            row["probe_fwd_s"] = best_time(problem.probe_forward, min_batch, repeats)
+            row["probe_bwd_s"] = best_time(problem.probe_backward, min_batch, repeats)
             if threads == thread_counts[0]:  # NumPy is single-threaded: once is enough
                 row["numpy_fwd_s"] = best_time(problem.numpy_forward, min_batch, 2)
                 row["numpy_bwd_s"] = best_time(problem.numpy_backward, min_batch, 2)
@@ -322,7 +332,8 @@ def table(rows):
 
 
 def batchnorm_table(rows):
-    head = ["case", "thr", "fusedopt fwd + bwd", "NumPy ref", "torch", "vs NumPy", "vs torch"]
+    head = ["case", "thr", "fusedopt fwd + bwd", "NumPy ref", "torch", "vs NumPy", "vs torch", "probe fwd + bwd",
+            "% roofline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(fwd, bwd):
@@ -334,7 +345,8 @@ def batchnorm_table(rows):
         tt = r["torch_fwd_s"] + r["torch_bwd_s"] if r["torch_fwd_s"] is not None else None
         cells = [r["case"], str(r["threads"]), ms(r["fusedopt_fwd_s"], r["fusedopt_bwd_s"]),
                  ms(r["numpy_fwd_s"], r["numpy_bwd_s"]), ms(r["torch_fwd_s"], r["torch_bwd_s"]),
-                 ratio(fo, npy), ratio(fo, tt)]
+                 ratio(fo, npy), ratio(fo, tt), ms(r["probe_fwd_s"], r["probe_bwd_s"]),
+                 f"{100 * (r['probe_fwd_s'] + r['probe_bwd_s']) / fo:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
