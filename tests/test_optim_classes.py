@@ -686,6 +686,24 @@ STEP_ERRORS = [
 ]
 
 
+def test_hyperparameters_changed_in_place_are_checked_again():
+    """A step reuses the hyperparameters checked by the last one only while the group is unchanged:
+    a list changed in place, or a value that does not compare with the last one, is checked again."""
+    p, g = np.zeros(3, np.float32), np.ones(3, np.float32)
+    opt = optim.Adam([p])
+    opt.param_groups[0]["betas"] = betas = [0.9, 0.999]
+    opt.step([g])
+    betas[1] = 1.5
+    with pytest.raises(ValueError, match="beta2"):
+        opt.step([g])
+    betas[1] = 0.999
+    opt.param_groups[0]["lr"] = np.array([1e-3, 1e-3])
+    with pytest.raises(TypeError, match="lr must be a number"):
+        opt.step([g])
+    opt.param_groups[0]["lr"] = 1e-3
+    assert opt.step([g]) and opt.state[0]["step"] == 2
+
+
 @pytest.mark.parametrize("desc,change,exc,match", STEP_ERRORS, ids=[c[0] for c in STEP_ERRORS])
 def test_step_errors_change_nothing(desc, change, exc, match):
     opt = used_adam()
