@@ -401,18 +401,17 @@ struct Columns {
     }
 };
 
-// Per-task buffers (the planar layout uses only sums and means). columns: per-column values
-// (Columns::values) of up to four per-channel arrays at once.
+// Per-task buffers (the planar layout uses only sums and means).
 template <class T>
 struct Scratch {
     std::vector<double> acc, sums;
-    std::vector<T> means, columns[4];
+    std::vector<T> means, expanded;
 };
 
 // Runs the three stages over every tile:
 //   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
 //   finish(t, partial): per-channel results from the merged partials
-//   apply(t, b0, b1, scratch): the elementwise pass over blocks [b0, b1)
+//   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // One task per tile when there are many tiles (the tile stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
 template <class Partial, class T, class Reduce, class Finish, class Apply>
@@ -426,7 +425,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
             partial.assign(p.tile_channels, Partial{});
             reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
             finish(t, partial.data());
-            apply(t, 0, p.blocks_per_tile, scratch);
+            apply(t, 0, p.blocks_per_tile);
         });
         return;
     }
@@ -450,7 +449,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     run_tasks(ntasks, p.total(), [&](std::size_t i) {
         const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
-        apply(t, p.group_begin(g), p.group_end(g), scratch);
+        apply(t, p.group_begin(g), p.group_end(g));
     });
 }
 
@@ -546,7 +545,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             // better alone (software prefetches measured 20% slower there).
             const std::ptrdiff_t ahead = std::is_same_v<Layout, Planar> ? p.next_block_distance(t, bi) : 0;
             auto deviation_sums = [&] {
-                const auto shift = Layout::values(s.means.data(), p.inner, nch, s.columns[0], false);
+                const auto shift = Layout::values(s.means.data(), p.inner, nch, s.expanded, false);
                 s.sums.assign(2 * nch, 0.0);
                 Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
                     using V = decltype(v);
@@ -603,11 +602,12 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     };
 
     //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1, Scratch<T>& s) {
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s.columns[0], STREAM);
-        const auto sc = Layout::values(&scale[c0], p.inner, nch, s.columns[1], STREAM);
-        const auto sh = Layout::values(&shift[c0], p.inner, nch, s.columns[2], STREAM);
+        std::vector<T> s0, s1, s2;
+        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0, STREAM);
+        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1, STREAM);
+        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2, STREAM);
         const bool backward = store_backward(y, {x});
         for (std::size_t bi = b0; bi < b1; ++bi) {
             apply_block<T, STREAM>(p, t, p.block(t, bi), y, backward, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
@@ -659,7 +659,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
         if (!need_sums) return;
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.columns[0], false);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, false);
         for (std::size_t bi = b0; bi < b1; ++bi) {
             s.sums.assign(2 * nch, 0.0);
             Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
@@ -697,12 +697,13 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         }
     };
 
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1, Scratch<T>& s) {
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        const auto a_v = Layout::values(&a[c0], p.inner, nch, s.columns[0], STREAM);
-        const auto k_v = Layout::values(&k[c0], p.inner, nch, s.columns[1], STREAM);
-        const auto c_v = Layout::values(&c[c0], p.inner, nch, s.columns[2], STREAM);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.columns[3], STREAM);
+        std::vector<T> s0, s1, s2, s3;
+        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, STREAM);
+        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, STREAM);
+        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, STREAM);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, STREAM);
         const bool backward = store_backward(dx, {dy, TRAINING ? x : nullptr, MASK == ReluMask::kValues ? relu_output : nullptr});
         for (std::size_t bi = b0; bi < b1; ++bi) {
             apply_block<T, STREAM>(p, t, p.block(t, bi), dx, backward, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
