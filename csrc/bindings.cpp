@@ -258,7 +258,7 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
     return run(kernels().adam, c, arrays, skip_if_nonfinite);
 }
 
-// The benchmark's bandwidth probe over the same arrays an optimizer call would touch.
+// The benchmark's bandwidth probe over the arrays an optimizer call or a batch-norm pass touches.
 void stream_probe(py::handle read_write, py::handle read_only, py::handle write_only) {
     StreamConfig c;
     c.n_read_write = static_cast<int>(py::len(read_write));

@@ -53,7 +53,7 @@ constexpr std::size_t kTileCols = 256;         // columns, long rows: 2 KB of do
 constexpr std::size_t kWholeRowMaxCols = 4096;
 constexpr std::size_t kMinColumnBlockRows = 32;  // columns: per-block work (merges) amortized over rows
 constexpr std::size_t kGroupElems = 1 << 16;   // split path: at least this much work per task
-constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: one task per tile
+constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: each tile whole in one task
 constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
 constexpr std::size_t kTileRunsPerThread = 8;  // fused path: tasks per thread (runs of neighbouring tiles)
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
@@ -413,7 +413,7 @@ struct Scratch {
 //   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
 //   finish(t, partial): per-channel results from the merged partials
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
-// One task per tile when there are many tiles (the tile stays in cache from reduce to apply);
+// Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
 template <class Partial, class T, class Reduce, class Finish, class Apply>
 void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
