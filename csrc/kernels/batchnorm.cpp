@@ -89,7 +89,7 @@ struct Plan {
     bool planar;
     std::size_t tile_channels, ntiles;
     std::size_t block_rows, block_cols, col_chunks, blocks_per_tile;
-    std::size_t groups, blocks_per_group;  // groups == 1: one task per tile (the fused path)
+    std::size_t groups, blocks_per_group;  // groups == 1: each tile whole in one task (the fused path)
 
     explicit Plan(const BatchNormShape& s)
         : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner) {
