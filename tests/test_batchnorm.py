@@ -45,8 +45,8 @@ LAYOUTS = [
     ((40, 300), 1),  # columns, several tiles of channels
     ((70, 3, 33), 1),  # planar, several row blocks per channel
     ((2, 2, 90, 100), 1),  # planar, inner 9000 > 8192: column chunks
-    ((16, 2, 64, 72), 1),  # planar, few channels: groups of blocks (the split path)
-    ((8, 32, 16, 20), -1),  # channels-last, groups of blocks
+    ((64, 2, 64, 72), 1),  # planar, few channels: 2 groups of blocks (the split path: >= 2^18 per channel)
+    ((8, 64, 32, 20), -1),  # channels-last, 2 groups of blocks
 ]
 
 
@@ -365,10 +365,10 @@ def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
 
 
 @pytest.mark.parametrize("shape,axis", [
-    ((8, 32, 16, 16), 1),  # planar, 32 tiles: one task per channel
-    ((16, 3, 48, 48), 1),  # planar, 3 channels: groups of blocks
-    ((4096, 32), 1),  # columns, groups of row blocks
-    ((16, 32, 32, 8), -1),  # channels-last
+    ((8, 32, 16, 16), 1),  # planar, 32 tiles: each channel whole in one task
+    ((96, 3, 64, 72), 1),  # planar, 3 channels: 3 groups of blocks
+    ((12288, 32), 1),  # columns, 3 groups of row blocks
+    ((48, 32, 32, 8), -1),  # channels-last, 3 groups
     ((64, 600), 1),  # columns, several tiles
 ])
 @pytest.mark.parametrize("dtype", DTYPES)
