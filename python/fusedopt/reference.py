@@ -34,7 +34,8 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
                constant lr with v = -lr * buf, and Nesterov's look-ahead gradient is rewritten
                at the current point)
     """
-    for p, grad, buf in _zip(params, grads, momentum_buffers):
+    # without momentum the buffers are not used (nor is their list's length), as in the kernel
+    for p, grad, buf in _zip(params, grads, momentum_buffers if momentum != 0 else None):
         t = p.dtype.type
         g = _grad(grad, p, weight_decay, maximize)
         if momentum != 0:
