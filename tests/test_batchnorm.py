@@ -174,8 +174,9 @@ def page_view(shape, byte_offset, dtype=np.float32):
                                         ((17, 32, 64, 64), 1), ((17, 64, 64, 32), -1)],
                          ids=["NCHW", "NHWC", "NC", "NCHW-streamed", "NHWC-streamed"])
 def test_store_order_does_not_change_results(isa, shape, axis):
-    """An output a few bytes ahead of an input modulo 4 KiB is written from the end backward
-    (4K aliasing, see store_backward): the values must be bitwise those of the forward order."""
+    """A streamed output a few bytes ahead of an input modulo 4 KiB is written from the end
+    backward (4K aliasing, see store_backward): the values must be bitwise those of the forward
+    order. (The shapes below 8 MB check that the offsets change nothing there either.)"""
     x0, weight, bias, _, _, dy0 = make_case(shape, axis, np.float32)
     results = []
     for out_offset in (64, 80, 64 + 4096 - 16):  # out 16 bytes ahead of x and dy, level, 16 behind
