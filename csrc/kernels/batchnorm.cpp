@@ -55,10 +55,11 @@ constexpr std::size_t kWholeRowMaxCols = 4096;
 // (measured 1 thread, 32 -> 128 rows: (256, 1024) forward 0.198 -> 0.168 ms, (1024, 4096)
 // 6.1 -> 4.0 ms, (6272, 256) 1.80 -> 1.45 ms; 256 rows leave (256, 1024) one group, one thread)
 constexpr std::size_t kMinColumnBlockRows = 128;
-// split path: at least this much work per task (each group's first block gets an extra sum
-// pass: 2^17 over 2^16 measured (32, 56, 56, 64) channels-last forward -4%, (256, 1024) -12%
+// split path: at least this much work per task (when each group's first block took an extra
+// sum pass, 2^17 over 2^16 measured (32, 56, 56, 64) channels-last forward -4%, (256, 1024) -12%
 // on 1 thread and -15% on 2; 2^18 leaves (256, 1024) a single group, one thread)
 constexpr std::size_t kGroupElems = 1 << 17;
+constexpr std::size_t kShiftSample = 32;  // forward: elements per channel that set a group's first shift
 constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: each tile whole in one task
 constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
 constexpr std::size_t kTileRunsPerThread = 8;  // fused path: tasks per thread (runs of neighbouring tiles)
@@ -533,12 +534,15 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     //   d      = x - shift                     (exact in T for x near the shift)
     //   mean_b = shift + sum(d) / n_b
     //   m2_b   = sum(d^2) - sum(d)^2 / n_b
-    // The shift is the mean of the blocks merged so far (the first block of a group gets a
-    // pass of its own for it: shift = sum(x) / n_b), rounded to T. The subtraction cancels only
-    // when the shift is far from the block's mean; when sum(d)^2 / n_b exceeds half of sum(d^2)
-    // (the shift is more than ~0.7 standard deviations off) the block, still in cache, is read
-    // again with shift = mean_b. Then m2_b loses at most one bit, and the sums over d can run
-    // in T (see RunSums) without losing the deviations; usually x is read once.
+    // The shift is the mean of the blocks merged so far, rounded to T; a group's first block
+    // takes the mean of its first rows, at least kShiftSample elements of each channel (off by
+    // ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
+    // over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
+    // subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
+    // exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
+    // still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
+    // the sums over d can run in T (see RunSums) without losing the deviations; usually x is
+    // read once.
     // (The per-element lambdas capture by value: the enclosing ones reach the thread pool,
     // and the compiler would otherwise reload every captured pointer after each store.)
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
@@ -548,12 +552,16 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             const Block b = p.block(t, bi);
             const double count = p.channel_count(b);
             if (bi == b0) {
+                Block sample = b;
+                const std::size_t row_elems = p.planar ? b.col_end - b.col_begin : p.inner;  // per channel
+                sample.row_end = std::min(b.row_end, b.row_begin + (kShiftSample + row_elems - 1) / row_elems);
                 s.sums.assign(nch, 0.0);
-                Layout::template reduce_block<T, 1>(p, t, b, [x](auto v, std::size_t i, std::size_t, auto* acc) {
+                Layout::template reduce_block<T, 1>(p, t, sample, [x](auto v, std::size_t i, std::size_t, auto* acc) {
                     using V = decltype(v);
                     acc[0] = acc[0] + V::load(x + i);
                 }, s.sums.data(), s.acc);
-                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / count);
+                const double sample_count = p.channel_count(sample);
+                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / sample_count);
             } else {
                 for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
             }
