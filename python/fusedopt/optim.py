@@ -81,7 +81,7 @@ class Optimizer:
         self.param_groups = []
         self.state = {}
         self.skipped_steps = 0
-        self._checked_groups = {}  # group index -> (_snapshot of the group, its checked hyperparameters)
+        self._checked_groups = {}  # group index -> (_snapshot of the group, _group_hyperparameters' result)
         unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
@@ -161,14 +161,17 @@ class Optimizer:
                 raise TypeError(f"{where}: {key} must be {kind}, got {value!r}")
             checked[key] = _plain(value)
         try:
-            self._call(checked, [], [], {name: [] for name in self.state_arrays}, self._step_argument({}, {}))
+            self._call(self._update_kwargs(checked), [], [],
+                       {spec.argument: [] for spec in self.state_arrays.values() if spec.needed(checked)},
+                       self._step_argument({}, {}))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         return checked
 
     def _group_hyperparameters(self, k):
-        """param_groups[k]'s checked hyperparameters; checked again only when the group has changed
-        since the last step (checking costs ~40 us, the whole step of a small model ~100 us)."""
+        """(param_groups[k]'s checked hyperparameters, the update function's keyword arguments for
+        them); checked again only when the group has changed since the last step (checking costs
+        ~40 us, the whole step of a small model ~100 us)."""
         group = self.param_groups[k]
         snapshot = _snapshot(group)
         cached = self._checked_groups.get(k)
@@ -178,8 +181,8 @@ class Optimizer:
         except (ValueError, TypeError):  # a value that does not compare (an array where a number was): recheck
             pass
         checked = self._checked_hyperparameters(group, f"param_groups[{k}]")
-        self._checked_groups[k] = (snapshot, checked)
-        return checked
+        self._checked_groups[k] = (snapshot, (checked, self._update_kwargs(checked)))
+        return self._checked_groups[k][1]
 
     def _update_kwargs(self, hyperparameters):
         """The update function's keyword arguments for these hyperparameters (same names by default)."""
@@ -190,15 +193,11 @@ class Optimizer:
         allocated state arrays; None: pass no step."""
         return state.get("step", 0) + 1
 
-    def _call(self, hyperparameters, params, grads, arrays, step, **options):
-        """One update-function call over lists of params, grads and state arrays (arrays: name -> list)."""
-        kwargs = self._update_kwargs(hyperparameters)
-        for name, spec in self.state_arrays.items():
-            if spec.needed(hyperparameters):
-                kwargs[spec.argument] = arrays[name]
+    def _call(self, kwargs, params, grads, arrays, step, **options):
+        """One update-function call: kwargs from _update_kwargs, arrays {state argument: [arrays]}."""
         if step is not None:
-            kwargs["step"] = step
-        return self.update(params, grads, **kwargs, **options)
+            options["step"] = step
+        return self.update(params, grads, **kwargs, **arrays, **options)
 
     # ---- the step --------------------------------------------------------------------------------
 
@@ -236,7 +235,8 @@ class Optimizer:
                 raise TypeError(f"grads[{i}] has dtype {g.dtype} but its param has dtype {p.dtype}")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{i}] has shape {g.shape} but its param has shape {p.shape}")
-            if not (g.flags.c_contiguous and g.flags.aligned):
+            flags = g.flags
+            if not (flags.c_contiguous and flags.aligned):
                 raise ValueError(f"grads[{i}] is not C-contiguous")
         return grads
 
@@ -252,20 +252,28 @@ class Optimizer:
         params = [p for group in self.param_groups for p in group["params"]]
         # Plan every update-function call (checking all groups' hyperparameters) before making any,
         # and allocate new state arrays on the side: they are kept only if the step is taken.
-        calls = []       # (hyperparameters, param indices, step) of each call
+        calls = []       # (update keyword arguments, param indices, step, {state argument: [arrays]}) of each call
         new_arrays = {}  # param index -> state arrays allocated by this step
         for k, (group, indices) in enumerate(self._groups_with_indices()):
-            hyperparameters = self._group_hyperparameters(k)
+            hyperparameters, kwargs = self._group_hyperparameters(k)
+            needed = [(name, spec) for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)]
             # A kernel call takes one step number and one dtype. The params of a group share both,
             # unless the group mixes dtypes or a checkpoint gave them different step counts: then
             # one call per (step, dtype).
-            by_call = {}
+            by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]})
             for i in indices:
                 state = self.state.get(i, {})
-                new_arrays[i] = {name: spec.init(params[i], hyperparameters) for name, spec in self.state_arrays.items()
-                                 if spec.needed(hyperparameters) and name not in state}
-                by_call.setdefault((self._step_argument(state, new_arrays[i]), params[i].dtype), []).append(i)
-            calls += [(hyperparameters, call_indices, step) for (step, _), call_indices in by_call.items()]
+                new = {name: spec.init(params[i], hyperparameters) for name, spec in needed if name not in state}
+                if new:
+                    new_arrays[i] = new
+                key = (self._step_argument(state, new), params[i].dtype)
+                if key not in by_call:
+                    by_call[key] = ([], {spec.argument: [] for _, spec in needed})
+                call_indices, arrays = by_call[key]
+                call_indices.append(i)
+                for name, spec in needed:
+                    arrays[spec.argument].append(new[name] if name in new else state[name])
+            calls += [(kwargs, call_indices, step, arrays) for (step, _), (call_indices, arrays) in by_call.items()]
 
         # One call checks its grads before writing anything; over several calls, check all grads
         # first (one C++ pass per dtype) so that the step is taken or skipped as a whole.
@@ -274,21 +282,19 @@ class Optimizer:
                 functional.all_finite([g for g in grads if g.dtype == dtype]) for dtype in {g.dtype for g in grads}):
             self.skipped_steps += 1
             return False
-        for hyperparameters, indices, step in calls:
-            arrays = {name: [new_arrays[i][name] if name in new_arrays[i] else self.state[i][name] for i in indices]
-                      for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
-            applied = self._call(hyperparameters, [params[i] for i in indices], [grads[i] for i in indices],
-                                 arrays, step, grad_scale=grad_scale, skip_if_nonfinite=kernel_checks)
+        for kwargs, indices, step, arrays in calls:
+            applied = self._call(kwargs, [params[i] for i in indices], [grads[i] for i in indices], arrays, step,
+                                 grad_scale=grad_scale, skip_if_nonfinite=kernel_checks)
             if not applied:  # only a skipping kernel_checks call returns False, and it wrote nothing
                 self.skipped_steps += 1
                 return False
 
-        for i, arrays in new_arrays.items():
-            if self.counts_steps or arrays:  # torch's SGD without momentum keeps no state
+        if self.counts_steps:
+            for i in range(len(params)):
                 state = self.state.setdefault(i, {})
-                if self.counts_steps:
-                    state["step"] = state.get("step", 0) + 1
-                state.update(arrays)
+                state["step"] = state.get("step", 0) + 1
+        for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
+            self.state.setdefault(i, {}).update(arrays)
         return True
 
     # ---- checkpoints -----------------------------------------------------------------------------
