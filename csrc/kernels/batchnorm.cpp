@@ -385,7 +385,7 @@ struct Columns {
     // vector k of every K has the same columns and goes to accumulator k; kColumnRowsPerPass
     // rounds of K vectors are summed in T, then widened into double lanes, which are added to
     // their columns at the end. (measured, 1 thread, float (262144 / C, C), fwd + bwd: C = 3
-    // 912 -> 383 us, 6 832 -> 368, 12 510 -> 331; whole vectors, C = 8, 16, 32: even or
+    // 910 -> 381 us, 6 840 -> 305, 12 498 -> 276; whole vectors, C = 8, 16, 32: even or
     // slower this way.)
     template <class T, std::size_t NS, std::size_t K, class Term>
     static void short_row_sums(const Plan& p, const Block& b, Term&& term, double* acc) {
