@@ -550,6 +550,81 @@ GradSums merge(const GradSums& a, const GradSums& b) { return {a.dy + b.dy, a.dy
 
 // ---- forward ----------------------------------------------------------------------------------
 
+// Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
+// form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
+//   d      = x - shift                     (exact in T for x near the shift)
+//   mean_b = shift + sum(d) / n_b
+//   m2_b   = sum(d^2) - sum(d)^2 / n_b
+// The shift is the mean of the blocks merged so far, rounded to T; a group's first block
+// takes the mean of its first rows, at least kShiftSample elements of each channel (off by
+// ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
+// over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
+// subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
+// exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
+// still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
+// the sums over d can run in T (see RunSums) without losing the deviations; usually x is
+// read once.
+// (A function of T and Layout only: forward's ReLU and streaming variants share one copy.
+// The per-element lambdas capture by value: the compiler would otherwise reload every
+// captured pointer after each store.)
+template <class T, class Layout>
+void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0, std::size_t b1, Moments* moments,
+                        Scratch<T>& s) {
+    const std::size_t nch = p.tile_nchannels(t);
+    s.means.resize(nch);  // the shift of each channel
+    for (std::size_t bi = b0; bi < b1; ++bi) {
+        const Block b = p.block(t, bi);
+        const double count = p.channel_count(b);
+        if (bi == b0) {
+            Block sample = b;
+            const std::size_t row_elems = p.planar ? b.col_end - b.col_begin : p.inner;  // per channel
+            sample.row_end = std::min(b.row_end, b.row_begin + (kShiftSample + row_elems - 1) / row_elems);
+            s.sums.assign(nch, 0.0);
+            Layout::template reduce_block<T, 1>(p, t, sample, [x](auto v, std::size_t i, std::size_t, auto* acc) {
+                using V = decltype(v);
+                acc[0] = acc[0] + V::load(x + i);
+            }, s.sums.data(), s.acc);
+            const double sample_count = p.channel_count(sample);
+            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / sample_count);
+        } else {
+            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
+        }
+        // Planar blocks are rows of one channel far apart: the pass prefetches the next
+        // block. Columns blocks follow each other in memory, which the hardware prefetches
+        // better alone (software prefetches measured 20% slower there).
+        const std::ptrdiff_t ahead = std::is_same_v<Layout, Planar> ? p.next_block_distance(t, bi) : 0;
+        auto deviation_sums = [&] {
+            const auto shift = Layout::values(s.means.data(), p.inner, nch, s.expanded, wraps_rows<T, false>(p));
+            s.sums.assign(2 * nch, 0.0);
+            Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
+                using V = decltype(v);
+                if constexpr (std::is_same_v<Layout, Planar>) prefetch(x + i + ahead);
+                V d = V::load(x + i) - shift.at(v, col);
+                acc[0] = acc[0] + d;
+                acc[1] = fmadd(d, d, acc[1]);
+            }, s.sums.data(), s.acc);
+        };
+        deviation_sums();
+        bool reshift = false;
+        for (std::size_t c = 0; c < nch; ++c) {
+            const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
+            if (sum_d * (sum_d / count) > 0.5 * sum_d2) {
+                reshift = true;
+                s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d / count);
+            }
+        }
+        if (reshift) deviation_sums();
+        // every channel of the tile has seen the same blocks: one count for all
+        const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
+        for (std::size_t c = 0; c < nch; ++c) {
+            const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
+            const Moments block{count, static_cast<double>(s.means[c]) + sum_d / count,
+                                std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
+            moments[c] = merge(moments[c], block, ratio, cross);
+        }
+    }
+}
+
 template <class T, class Layout, bool RELU, bool STREAM>
 void forward(const BatchNormForwardArgs& args, const Plan& p) {
     const T* x = static_cast<const T*>(args.x);
@@ -581,76 +656,8 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         save_invstd[c] = static_cast<T>(invstd);
     };
 
-    // Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
-    // form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
-    //   d      = x - shift                     (exact in T for x near the shift)
-    //   mean_b = shift + sum(d) / n_b
-    //   m2_b   = sum(d^2) - sum(d)^2 / n_b
-    // The shift is the mean of the blocks merged so far, rounded to T; a group's first block
-    // takes the mean of its first rows, at least kShiftSample elements of each channel (off by
-    // ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
-    // over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
-    // subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
-    // exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
-    // still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
-    // the sums over d can run in T (see RunSums) without losing the deviations; usually x is
-    // read once.
-    // (The per-element lambdas capture by value: the enclosing ones reach the thread pool,
-    // and the compiler would otherwise reload every captured pointer after each store.)
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
-        const std::size_t nch = p.tile_nchannels(t);
-        s.means.resize(nch);  // the shift of each channel
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            const Block b = p.block(t, bi);
-            const double count = p.channel_count(b);
-            if (bi == b0) {
-                Block sample = b;
-                const std::size_t row_elems = p.planar ? b.col_end - b.col_begin : p.inner;  // per channel
-                sample.row_end = std::min(b.row_end, b.row_begin + (kShiftSample + row_elems - 1) / row_elems);
-                s.sums.assign(nch, 0.0);
-                Layout::template reduce_block<T, 1>(p, t, sample, [x](auto v, std::size_t i, std::size_t, auto* acc) {
-                    using V = decltype(v);
-                    acc[0] = acc[0] + V::load(x + i);
-                }, s.sums.data(), s.acc);
-                const double sample_count = p.channel_count(sample);
-                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / sample_count);
-            } else {
-                for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
-            }
-            // Planar blocks are rows of one channel far apart: the pass prefetches the next
-            // block. Columns blocks follow each other in memory, which the hardware prefetches
-            // better alone (software prefetches measured 20% slower there).
-            const std::ptrdiff_t ahead = std::is_same_v<Layout, Planar> ? p.next_block_distance(t, bi) : 0;
-            auto deviation_sums = [&] {
-                const auto shift = Layout::values(s.means.data(), p.inner, nch, s.expanded, wraps_rows<T, false>(p));
-                s.sums.assign(2 * nch, 0.0);
-                Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
-                    using V = decltype(v);
-                    if constexpr (std::is_same_v<Layout, Planar>) prefetch(x + i + ahead);
-                    V d = V::load(x + i) - shift.at(v, col);
-                    acc[0] = acc[0] + d;
-                    acc[1] = fmadd(d, d, acc[1]);
-                }, s.sums.data(), s.acc);
-            };
-            deviation_sums();
-            bool reshift = false;
-            for (std::size_t c = 0; c < nch; ++c) {
-                const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-                if (sum_d * (sum_d / count) > 0.5 * sum_d2) {
-                    reshift = true;
-                    s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d / count);
-                }
-            }
-            if (reshift) deviation_sums();
-            // every channel of the tile has seen the same blocks: one count for all
-            const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
-            for (std::size_t c = 0; c < nch; ++c) {
-                const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-                const Moments block{count, static_cast<double>(s.means[c]) + sum_d / count,
-                                    std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
-                moments[c] = merge(moments[c], block, ratio, cross);
-            }
-        }
+        forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
     };
 
     // Training: normalize with the batch statistics and update the running ones
@@ -717,6 +724,27 @@ V masked_grad(const T* dy, const void* relu_output, std::size_t i) {
     return g;
 }
 
+// Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
+//   sum_dy     = sum(g)
+//   sum_dy_xmu = sum(g * (x - mean))
+// (A function of T, Layout and MASK only: shared by training and eval, streamed or not.)
+template <class T, class Layout, ReluMask MASK>
+void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_output, const T* save_mean, std::size_t t,
+                   std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
+    const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+    const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T, false>(p));
+    for (std::size_t bi = b0; bi < b1; ++bi) {
+        s.sums.assign(2 * nch, 0.0);
+        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+            using V = decltype(v);
+            V g = masked_grad<MASK, V>(dy, relu_output, i);
+            acc[0] = acc[0] + g;
+            acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
+        }, s.sums.data(), s.acc);
+        for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
+    }
+}
+
 template <class T, class Layout, ReluMask MASK, bool TRAINING, bool STREAM>
 void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     const T* dy = static_cast<const T*>(args.dy);
@@ -731,23 +759,8 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     const double n = static_cast<double>(p.outer * p.inner);
     const bool need_sums = TRAINING || dweight != nullptr;
 
-    // Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
-    //   sum_dy     = sum(g)
-    //   sum_dy_xmu = sum(g * (x - mean))
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
-        if (!need_sums) return;
-        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T, false>(p));
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            s.sums.assign(2 * nch, 0.0);
-            Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
-                using V = decltype(v);
-                V g = masked_grad<MASK, V>(dy, relu_output, i);
-                acc[0] = acc[0] + g;
-                acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
-            }, s.sums.data(), s.acc);
-            for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
-        }
+        if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, save_mean, t, b0, b1, sums, s);
     };
 
     // With xhat = (x - mean) * invstd:
