@@ -47,6 +47,7 @@ LAYOUTS = [
     ((2, 2, 90, 100), 1),  # planar, inner 9000 > 8192: column chunks
     ((64, 2, 64, 72), 1),  # planar, few channels: 2 groups of blocks (the split path: >= 2^18 per channel)
     ((8, 64, 32, 20), -1),  # channels-last, 2 groups of blocks
+    ((3000, 6), 1),  # columns, rows shorter than 256 bytes and not whole vectors: several blocks
 ]
 
 
@@ -370,6 +371,7 @@ def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
     ((96, 3, 64, 72), 1),  # planar, 3 channels: 3 groups of blocks
     ((12288, 32), 1),  # columns, 3 groups of row blocks
     ((48, 32, 32, 8), -1),  # channels-last, 3 groups
+    ((16, 64, 64, 6), -1),  # channels-last, short rows that are not whole vectors, 3 groups
     ((64, 600), 1),  # columns, several tiles
 ])
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -269,8 +269,10 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 // otherwise cost more than their vectors. Scalar<T> rounds as Vec<T> does, so the values are
 // the same either way. (body is taken by value: a local copy, which the stores cannot alias,
 // stays in registers.)
+// Whether a pass may run across row ends (apply_block's runs of whole rows; with STREAM false,
+// also Columns::short_row_sums): per-column values must then wrap (see Columns::values).
 template <class T, bool STREAM>
-bool wraps_rows(const Plan& p) {  // whether apply_block may run over whole rows (its columns wrap)
+bool wraps_rows(const Plan& p) {
     return STREAM || (!p.planar && p.row_len * sizeof(T) < kShortRowBytes);
 }
 template <class T, bool STREAM, class Body>
