@@ -688,7 +688,8 @@ STEP_ERRORS = [
 
 def test_hyperparameters_changed_in_place_are_checked_again():
     """A step reuses the hyperparameters checked by the last one only while the group is unchanged:
-    a list changed in place, or a value that does not compare with the last one, is checked again."""
+    a list changed in place, a value that does not compare with the last one, or an equal value of
+    another type, is checked again; so is a group given new params."""
     p, g = np.zeros(3, np.float32), np.ones(3, np.float32)
     opt = optim.Adam([p])
     opt.param_groups[0]["betas"] = betas = [0.9, 0.999]
@@ -702,6 +703,15 @@ def test_hyperparameters_changed_in_place_are_checked_again():
         opt.step([g])
     opt.param_groups[0]["lr"] = 1e-3
     assert opt.step([g]) and opt.state[0]["step"] == 2
+    opt.param_groups[0]["amsgrad"] = 0  # == False
+    with pytest.raises(TypeError, match="amsgrad must be a bool"):
+        opt.step([g])
+    opt.param_groups[0]["amsgrad"] = True  # newly needs max_exp_avg_sq
+    q, p_before = np.zeros(3, np.float32), p.copy()
+    opt.param_groups[0]["params"] = [q]  # q takes p's index, and its state
+    assert opt.step([g]) and opt.state[0]["step"] == 3
+    assert set(opt.state[0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert np.all(q != 0) and np.array_equal(p, p_before)
 
 
 @pytest.mark.parametrize("desc,change,exc,match", STEP_ERRORS, ids=[c[0] for c in STEP_ERRORS])
@@ -713,3 +723,20 @@ def test_step_errors_change_nothing(desc, change, exc, match):
     with pytest.raises(exc, match=match):
         opt.step(grads, **options)
     assert fingerprint(opt)[1:] == before[1:]  # state, params, skipped_steps (groups: changed by the test)
+
+
+ONE_GROUP_STEP_ERRORS = [c for c in STEP_ERRORS if "group" not in c[0]]
+
+
+@pytest.mark.parametrize("desc,change,exc,match", ONE_GROUP_STEP_ERRORS, ids=[c[0] for c in ONE_GROUP_STEP_ERRORS])
+def test_one_group_step_errors_change_nothing(desc, change, exc, match):
+    """One group makes one kernel call, whose own checks of the grads are the step's (same messages)."""
+    opt = make_optimizer("Adam", [flat(make_params(np.float32))])
+    for g in make_grads(np.float32, steps=2):
+        opt.step(flat(g))
+    grads = change(opt, flat(make_grads(np.float32, steps=1, seed=3)[0]))
+    grads, options = grads if isinstance(grads, tuple) else (grads, {})
+    before = fingerprint(opt)
+    with pytest.raises(exc, match=match):
+        opt.step(grads, **options)
+    assert fingerprint(opt) == before

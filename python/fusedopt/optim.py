@@ -53,11 +53,21 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+_NO_STATE = {}  # the state of a param before its first step (never written)
+
+
 def _snapshot(group):
-    """A group's hyperparameters as they are now, to compare with a later step's: (name, type, value),
-    sequences copied, so that a value changed in place (betas[0] = ...) is seen."""
-    return tuple((key, type(value), tuple(value) if isinstance(value, (list, tuple)) else value)
-                 for key, value in group.items() if key != "params")
+    """A group as it is now, to tell at a later step whether its hyperparameters have changed: a
+    copy (lists copied too, so that a value changed in place, betas[0] = ..., is seen) and the
+    types of its values (an equal value of another type, 1 for True, is checked again)."""
+    return ({key: list(value) if isinstance(value, list) else value for key, value in group.items()},
+            list(map(type, group.values())))
+
+
+def _unchanged(group, snapshot):
+    copy, types = snapshot
+    copy["params"] = group.get("params")  # not a hyperparameter; the same object compares without its arrays
+    return group == copy and list(map(type, group.values())) == types
 
 
 class Optimizer:
@@ -170,18 +180,19 @@ class Optimizer:
 
     def _group_hyperparameters(self, k):
         """(param_groups[k]'s checked hyperparameters, the update function's keyword arguments for
-        them); checked again only when the group has changed since the last step (checking costs
-        ~40 us, the whole step of a small model ~100 us)."""
+        them, {state name: StateArray} of the state arrays they need); checked again only when the
+        group has changed since the last step (checking costs ~40 us, the whole step of a small
+        model ~100 us)."""
         group = self.param_groups[k]
-        snapshot = _snapshot(group)
         cached = self._checked_groups.get(k)
         try:
-            if cached is not None and cached[0] == snapshot:
+            if cached is not None and _unchanged(group, cached[0]):
                 return cached[1]
         except (ValueError, TypeError):  # a value that does not compare (an array where a number was): recheck
             pass
         checked = self._checked_hyperparameters(group, f"param_groups[{k}]")
-        self._checked_groups[k] = (snapshot, (checked, self._update_kwargs(checked)))
+        needed = {name: spec for name, spec in self.state_arrays.items() if spec.needed(checked)}
+        self._checked_groups[k] = (_snapshot(group), (checked, self._update_kwargs(checked), needed))
         return self._checked_groups[k][1]
 
     def _update_kwargs(self, hyperparameters):
@@ -208,14 +219,13 @@ class Optimizer:
             yield group, range(start, start + len(group["params"]))
             start += len(group["params"])
 
-    def _flat_grads(self, grads):
-        """grads (one list over all params, or one list per group) as one list, checked against the params."""
-        params = [p for group in self.param_groups for p in group["params"]]
+    def _flat_grads(self, grads, nparams):
+        """grads (one list over all params, or one list per group) as one list of nparams."""
         usage = ("grads must be a list of numpy arrays in the order of the params, or a list of such lists, "
                  "one per param group")
         if not isinstance(grads, (list, tuple)):
             raise TypeError(f"{usage}; got {type(grads).__name__}")
-        if grads and all(isinstance(g, (list, tuple)) for g in grads):
+        if grads and isinstance(grads[0], (list, tuple)) and all(isinstance(g, (list, tuple)) for g in grads):
             if len(grads) != len(self.param_groups):
                 raise ValueError(f"got {len(grads)} lists of grads but the optimizer has "
                                  f"{len(self.param_groups)} param groups")
@@ -224,10 +234,13 @@ class Optimizer:
                     raise ValueError(f"grads[{k}] has {len(group_grads)} arrays but param_groups[{k}] has "
                                      f"{len(group['params'])} params")
             grads = [g for group_grads in grads for g in group_grads]
-        if len(grads) != len(params):
-            raise ValueError(f"got {len(grads)} grads but the optimizer has {len(params)} params; {usage}")
-        # The kernels check their arguments too, but one group at a time: checking here first keeps
-        # a bad gradient in a later group from leaving the earlier groups updated.
+        if len(grads) != nparams:
+            raise ValueError(f"got {len(grads)} grads but the optimizer has {nparams} params; {usage}")
+        return grads
+
+    @staticmethod
+    def _check_grads(grads, params):
+        """The update functions' own checks of grads against params, for all params at once."""
         for i, (g, p) in enumerate(zip(grads, params)):
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
@@ -238,7 +251,42 @@ class Optimizer:
             flags = g.flags
             if not (flags.c_contiguous and flags.aligned):
                 raise ValueError(f"grads[{i}] is not C-contiguous")
-        return grads
+
+    def _plan(self, params):
+        """The update-function calls of a step, checking every group's hyperparameters before any
+        call is made: ([(update keyword arguments, param indices, step, {state argument: [arrays]})],
+        {param index: state arrays allocated for it}). New state arrays are allocated on the side:
+        they are kept only if the step is taken.
+
+        A kernel call takes one step number and one dtype. The params of a group share both, unless
+        the group mixes dtypes or a checkpoint gave them different step counts: then one call per
+        (step, dtype)."""
+        calls, new_arrays = [], {}
+        step_argument, get_state = self._step_argument, self.state.get
+        for k, (group, indices) in enumerate(self._groups_with_indices()):
+            hyperparameters, kwargs, needed = self._group_hyperparameters(k)
+            by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]}, [(state name, its list)])
+            # Loops, not comprehensions: on this code's path each comprehension costs ~0.5 us.
+            for i in indices:
+                state, new = get_state(i, _NO_STATE), None
+                for name, spec in needed.items():
+                    if name not in state:
+                        if new is None:
+                            new = new_arrays[i] = {}
+                        new[name] = spec.init(params[i], hyperparameters)
+                if new:
+                    state = {**state, **new}
+                key = (step_argument(state, new), params[i].dtype)
+                call = by_call.get(key)
+                if call is None:
+                    arrays = {spec.argument: [] for spec in needed.values()}
+                    call = by_call[key] = ([], arrays, [(name, arrays[spec.argument]) for name, spec in needed.items()])
+                call[0].append(i)
+                for name, arrays in call[2]:
+                    arrays.append(state[name])
+            for (step, _), (call_indices, arrays, _) in by_call.items():
+                calls.append((kwargs, call_indices, step, arrays))
+        return calls, new_arrays
 
     def step(self, grads, *, grad_scale=None, skip_if_nonfinite=False):
         """Update every param in place from its gradient; returns True, or False if the step was skipped.
@@ -248,53 +296,35 @@ class Optimizer:
         skip_if_nonfinite: if any gradient holds an inf or NaN, change nothing (params, state,
         step counts), count the step in self.skipped_steps and return False.
         """
-        grads = self._flat_grads(grads)
         params = [p for group in self.param_groups for p in group["params"]]
-        # Plan every update-function call (checking all groups' hyperparameters) before making any,
-        # and allocate new state arrays on the side: they are kept only if the step is taken.
-        calls = []       # (update keyword arguments, param indices, step, {state argument: [arrays]}) of each call
-        new_arrays = {}  # param index -> state arrays allocated by this step
-        for k, (group, indices) in enumerate(self._groups_with_indices()):
-            hyperparameters, kwargs = self._group_hyperparameters(k)
-            needed = [(name, spec) for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)]
-            # A kernel call takes one step number and one dtype. The params of a group share both,
-            # unless the group mixes dtypes or a checkpoint gave them different step counts: then
-            # one call per (step, dtype).
-            by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]})
-            for i in indices:
-                state = self.state.get(i, {})
-                new = {name: spec.init(params[i], hyperparameters) for name, spec in needed if name not in state}
-                if new:
-                    new_arrays[i] = new
-                key = (self._step_argument(state, new), params[i].dtype)
-                if key not in by_call:
-                    by_call[key] = ([], {spec.argument: [] for _, spec in needed})
-                call_indices, arrays = by_call[key]
-                call_indices.append(i)
-                for name, spec in needed:
-                    arrays[spec.argument].append(new[name] if name in new else state[name])
-            calls += [(kwargs, call_indices, step, arrays) for (step, _), (call_indices, arrays) in by_call.items()]
-
-        # One call checks its grads before writing anything; over several calls, check all grads
-        # first (one C++ pass per dtype) so that the step is taken or skipped as a whole.
-        kernel_checks = skip_if_nonfinite and len(calls) == 1
-        if skip_if_nonfinite and not kernel_checks and not all(
-                functional.all_finite([g for g in grads if g.dtype == dtype]) for dtype in {g.dtype for g in grads}):
-            self.skipped_steps += 1
-            return False
-        for kwargs, indices, step, arrays in calls:
-            applied = self._call(kwargs, [params[i] for i in indices], [grads[i] for i in indices], arrays, step,
-                                 grad_scale=grad_scale, skip_if_nonfinite=kernel_checks)
-            if not applied:  # only a skipping kernel_checks call returns False, and it wrote nothing
+        grads = self._flat_grads(grads, len(params))
+        calls, new_arrays = self._plan(params)
+        # A call checks its arguments, and over all grads whether to skip, before writing
+        # anything. A single call (the common case) covers all params in order, so its checks
+        # (and its messages' indices) are the step's; over several calls, check all grads first
+        # so that a bad one in a later call leaves the earlier ones unwritten, and the step is
+        # taken or skipped as a whole.
+        single = len(calls) == 1
+        if not single:
+            self._check_grads(grads, params)
+            if skip_if_nonfinite and not all(functional.all_finite([g for g in grads if g.dtype == dtype])
+                                             for dtype in {g.dtype for g in grads}):
                 self.skipped_steps += 1
                 return False
+        for kwargs, indices, step, arrays in calls:
+            call_params, call_grads = (params, grads) if single else ([params[i] for i in indices],
+                                                                      [grads[i] for i in indices])
+            if not self._call(kwargs, call_params, call_grads, arrays, step, grad_scale=grad_scale,
+                              skip_if_nonfinite=skip_if_nonfinite and single):
+                self.skipped_steps += 1  # only a single skipping call returns False, and it wrote nothing
+                return False
 
+        for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
+            self.state.setdefault(i, {}).update(arrays)
         if self.counts_steps:
             for i in range(len(params)):
                 state = self.state.setdefault(i, {})
                 state["step"] = state.get("step", 0) + 1
-        for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
-            self.state.setdefault(i, {}).update(arrays)
         return True
 
     # ---- checkpoints -----------------------------------------------------------------------------
