@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -14,6 +15,15 @@
 
 namespace fusedopt {
 namespace {
+
+inline void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+constexpr std::chrono::microseconds kJoinSpin{50};
 
 int default_num_threads() {
     if (const char* env = std::getenv("FUSEDOPT_NUM_THREADS")) {
@@ -49,14 +59,19 @@ class ThreadPool {
             task_ = &task;
             ntasks_ = ntasks;
             next_.store(0);
-            pending_ = nthreads - 1;
+            pending_.store(nthreads - 1);
             wanted_ = nthreads - 1;
             ++generation_;
         }
         wake_.notify_all();
         work();
+        // The workers' last tasks end at most a task's time after the caller's: wait for them
+        // awake for a while (a sleeping caller would add its own wake-up, ~5-10 us, to the
+        // call), then asleep.
+        const auto spin_until = std::chrono::steady_clock::now() + kJoinSpin;
+        while (pending_.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < spin_until) pause();
         std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [&] { return pending_ == 0; });
+        done_.wait(lock, [&] { return pending_.load() == 0; });
         task_ = nullptr;
     }
 
@@ -74,8 +89,10 @@ class ThreadPool {
                 seen = generation_;
             }
             work();
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (--pending_ == 0) done_.notify_one();
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> lock(mutex_);  // the caller tests pending_ under it before sleeping
+                done_.notify_one();
+            }
         }
     }
 
@@ -103,7 +120,7 @@ class ThreadPool {
     const std::function<void(int)>* task_ = nullptr;
     int ntasks_ = 0;
     std::atomic<int> next_{0};
-    int pending_ = 0;
+    std::atomic<int> pending_{0};
     int wanted_ = 0;
     unsigned long generation_ = 0;
 #if defined(__linux__)
