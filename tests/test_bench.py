@@ -58,7 +58,7 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, threads):
     data = json.loads(path.read_text())
     assert data["machine"]["isa"] == fusedopt.isa()
     (opt_row,), (bn_row,) = data["optimizer_rows"], data["batchnorm_rows"]
-    for key in ("fusedopt_s", "numpy_s", "probe_s"):
+    for key in ("fusedopt_s", "optim_s", "numpy_s", "probe_s"):
         assert opt_row[key] > 0
     for key in ("fusedopt_fwd_s", "fusedopt_bwd_s", "probe_fwd_s", "probe_bwd_s", "numpy_fwd_s", "numpy_bwd_s"):
         assert bn_row[key] > 0

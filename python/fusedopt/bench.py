@@ -2,6 +2,7 @@
 
 Times each fused kernel against the NumPy reference and, when torch is importable, against
 torch.optim (fused=True; foreach for RMSprop, which has no fused CPU kernel), in one run, and
+the same step through fusedopt.optim's class (as a torch.optim user calls it: opt.step), and
 shows large sizes as a percentage of an in-run bandwidth probe: the simplest loop that moves the
 same bytes (fusedopt._core.stream_probe). Params and grads are plain NumPy arrays for everyone;
 each implementation allocates its own state (fusedopt.zeros_like, np.full_like, torch). Each figure is the best of several repeats: the
@@ -18,7 +19,7 @@ import time
 import numpy as np
 
 import fusedopt
-from fusedopt import _core, reference
+from fusedopt import _core, optim, reference
 
 try:
     import torch
@@ -27,8 +28,8 @@ except ImportError:  # torch is optional ([bench] extra)
 
 SIZES = {"4K": 4096, "64K": 65536, "1M": 1 << 20, "16M": 1 << 24}
 
-# name -> (fusedopt function, state arrays, hyperparameters, torch class, torch kwargs,
-#          arrays read-write / read-only by one step, for the bandwidth probe)
+# name -> (fusedopt function, state arrays, hyperparameters, class (fusedopt.optim's and torch.optim's),
+#          torch kwargs, arrays read-write / read-only by one step, for the bandwidth probe)
 OPTIMIZERS = {
     "adam": ("adam_", ["exp_avgs", "exp_avg_sqs"], dict(lr=1e-3), "Adam", dict(fused=True), 3, 1),
     "adamw": ("adamw_", ["exp_avgs", "exp_avg_sqs"], dict(lr=1e-3), "AdamW", dict(fused=True), 3, 1),
@@ -88,7 +89,7 @@ class Problem:
     """One optimizer over a list of fp32 tensors, set up for every implementation."""
 
     def __init__(self, optimizer, shapes):
-        self.fn_name, self.state_names, self.hyper, self.torch_class, self.torch_kwargs, rw, ro = OPTIMIZERS[optimizer]
+        self.fn_name, self.state_names, self.hyper, self.class_name, self.torch_kwargs, rw, ro = OPTIMIZERS[optimizer]
         rng = np.random.default_rng(0)
         self.shapes = shapes
         self.n = sum(int(np.prod(s)) for s in shapes)
@@ -110,16 +111,21 @@ class Problem:
         self.bytes_per_element = 4 * (2 * rw + ro)
         self.step = 10  # any step > 1: bias corrections are per-call scalars
         self.extra = {"step": self.step} if self.fn_name in TAKES_STEP else {}
+        self.optim = getattr(optim, self.class_name)([p.copy() for p in self.params], **self.hyper)
+        self.optim.step(self.grads)  # allocate state
         self.torch_opt = None
         if torch is not None:
             tparams = [torch.from_numpy(p.copy()) for p in self.params]
             for tp, g in zip(tparams, self.grads):
                 tp.grad = torch.from_numpy(g.copy())
-            self.torch_opt = getattr(torch.optim, self.torch_class)(tparams, **self.hyper, **self.torch_kwargs)
+            self.torch_opt = getattr(torch.optim, self.class_name)(tparams, **self.hyper, **self.torch_kwargs)
             self.torch_opt.step()  # allocate state
 
     def fused(self):
         getattr(fusedopt, self.fn_name)(self.params, self.grads, **self.state, **self.hyper, **self.extra)
+
+    def optim_step(self):
+        self.optim.step(self.grads)
 
     def numpy(self):
         getattr(reference, self.fn_name)(self.ref_params, self.grads, **self.ref_state, **self.hyper, **self.extra)
@@ -276,6 +282,7 @@ def run(args):
             row = {"case": name, "optimizer": opt, "tensors": len(problem.shapes), "elements": problem.n,
                    "threads": threads, "bytes_per_element": problem.bytes_per_element}
             row["fusedopt_s"] = best_time(problem.fused, min_batch, repeats)
+            row["optim_s"] = best_time(problem.optim_step, min_batch, repeats)
             row["numpy_s"] = best_time(problem.numpy, min_batch, repeats) if threads == 1 or not args.quick else None
             row["torch_s"] = best_time(problem.torch_step, min_batch, repeats) if problem.torch_opt else None
             row["probe_s"] = best_time(problem.probe, min_batch, repeats)
@@ -318,7 +325,8 @@ def ratio(a, b):
 
 
 def table(rows):
-    head = ["case", "thr", "fusedopt", "NumPy ref", "torch", "vs NumPy", "vs torch", "probe", "% roofline"]
+    head = ["case", "thr", "fusedopt", "NumPy ref", "torch", "vs NumPy", "vs torch", "optim.step", "vs torch",
+            "probe", "% roofline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         n = r["elements"]
@@ -326,6 +334,7 @@ def table(rows):
                  fmt_time(r["numpy_s"], n) if r["numpy_s"] else "-",
                  fmt_time(r["torch_s"], n) if r["torch_s"] else "-",
                  ratio(r["fusedopt_s"], r["numpy_s"]), ratio(r["fusedopt_s"], r["torch_s"]),
+                 fmt_time(r["optim_s"], n), ratio(r["optim_s"], r["torch_s"]),
                  f"{r['probe_s'] * 1e9 / n:.3f} ns/el", f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
