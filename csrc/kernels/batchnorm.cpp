@@ -81,15 +81,6 @@ void with_flag(bool b, F&& f) {
         f(std::false_type{});
 }
 
-// Asks for the cache line holding p (never faults, so p may point past the data).
-inline void prefetch(const void* p) {
-#if defined(__GNUC__)
-    __builtin_prefetch(p);
-#else
-    (void)p;
-#endif
-}
-
 // ---- the work decomposition (a function of the shape only) ----------------------------------
 
 struct Block {

@@ -6,6 +6,8 @@
 // (a*b + c below is one fused multiply-add on ISAs that have it); docs/algorithms.md maps them
 // to the textbook forms (Goodfellow et al., Deep Learning, ch. 8).
 //
+// The loops with a square root and a division prefetch their arrays (see prefetch_ahead).
+//
 // Option flags that add or skip work (weight decay, momentum, amsgrad, ...) are template
 // parameters, so each loop is compiled without branches; with_flags() turns the runtime bools
 // into the matching instantiation.
@@ -29,6 +31,19 @@ void with_flags(F&& f, bool b, Bools... rest) {
         with_flags([&](auto... t) { f(std::true_type{}, t...); }, rest...);
     else
         with_flags([&](auto... t) { f(std::false_type{}, t...); }, rest...);
+}
+
+// Asks for the cache lines kPrefetchBytes past element i of each array, from the vector loop
+// only. The square roots and divisions of Adam, Adagrad and RMSprop fill the core's reorder
+// window, so fewer loads are in flight than DRAM needs; measured, 1 thread, ns/element at 1M
+// and 16M floats: Adam 1.24-1.44 / 1.23-1.24 -> 1.18-1.19 / 1.15-1.16, Adagrad 1.14-1.15 /
+// 1.14 -> 1.06 / 1.05, RMSprop 1.15-1.17 / 1.11-1.16 -> 1.06 / 1.05; ResNet-50's Adam step
+// 31-32 -> 28-30 ms (2 threads, at the memory's speed already: 26 -> 25). SGD, which the
+// hardware prefetcher keeps up with, was 5-14% slower with it and has none.
+constexpr std::size_t kPrefetchBytes = 1024;
+template <class V, class... Arrays>
+inline void prefetch_ahead(std::size_t i, const Arrays*... arrays) {
+    if constexpr (V::size > 1) (prefetch(arrays + i + kPrefetchBytes / sizeof(Arrays)), ...);
 }
 
 // g = grad * grad_mult (+ weight_decay * param): the gradient every optimizer starts from.
@@ -82,6 +97,7 @@ void adagrad_loop(const AdagradConfig& c, void* const* a, std::size_t n) {
     const T neg_clr = T(-c.clr), eps = T(c.eps);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
+        prefetch_ahead<V>(i, param, grad, state_sum);
         V p = V::load(param + i);
         V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
         V sum = fmadd(g, g, V::load(state_sum + i));
@@ -116,6 +132,9 @@ void rmsprop_loop(const RmspropConfig& c, void* const* a, std::size_t n) {
     const T eps_inside = c.eps_inside_sqrt ? T(c.eps) : T(0), eps_outside = c.eps_inside_sqrt ? T(0) : T(c.eps);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
+        prefetch_ahead<V>(i, param, grad, square_avg);
+        if constexpr (CENTERED) prefetch_ahead<V>(i, grad_avg);
+        if constexpr (MOMENTUM) prefetch_ahead<V>(i, momentum_buffer);
         V p = V::load(param + i);
         V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
         V sq = fmadd(V(one_minus_alpha), g * g, V(alpha) * V::load(square_avg + i));
@@ -165,6 +184,8 @@ void adam_loop(const AdamConfig& c, void* const* a, std::size_t n) {
     const T inv_bc2_sqrt = T(c.inv_bias_correction2_sqrt);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
+        prefetch_ahead<V>(i, param, grad, exp_avg, exp_avg_sq);
+        if constexpr (AMSGRAD) prefetch_ahead<V>(i, max_exp_avg_sq);
         V p = V::load(param + i);
         V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
         V m = V::load(exp_avg + i);

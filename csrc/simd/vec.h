@@ -30,6 +30,15 @@ template <class T> using Vec = Scalar<T>;
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 
+// Asks for the cache line holding p (never faults, so p may point past the data).
+inline void prefetch(const void* p) {
+#if defined(__GNUC__)
+    __builtin_prefetch(p);
+#else
+    (void)p;
+#endif
+}
+
 // Run body(V{}, i) over [0, n): full vectors first, then the tail one element at a time with
 // Scalar<T>. Because Scalar<T> rounds like Vec<T>, element i gets the same bits whichever of
 // the two handles it, so the way an array is cut into chunks (threads) never changes a result.
