@@ -123,6 +123,8 @@ def test_fuzz_public_functions(c):
         getattr(reference, name)(*ref_call_args, **ref_kw)
     for got, want in zip(args, ref_args):
         for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+            if g is None and w is None:  # an unused state list may hold Nones, as torch's momentum_buffer_list
+                continue
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
