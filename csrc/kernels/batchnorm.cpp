@@ -8,12 +8,13 @@
 //   columns (small inner: channels-last, (N, C)): a tile is every channel (rows up to
 //           kWholeRowMaxCols long) or kTileCols columns (whole channels); sums run down the
 //           rows into one accumulator per column, then each channel adds up its columns.
-// A tile's rows are cut into blocks of about kBlockElems elements. Statistics are computed per
-// block, while it is in L1/L2, from sums of deviations from a shift near the mean (see
-// forward's reduce), and merged across blocks with Chan's formula: no E[x^2] - E[x]^2
-// cancellation, and x is read from memory once. With many tiles, one task does a whole tile
-// (statistics, then the normalizing pass while the channel is still in L2); with few, a
-// tile's blocks are cut into groups that run in parallel and are merged in group order.
+// A tile's rows are cut into blocks (about kBlockElems elements planar, kColumnBlockElems in
+// columns). Statistics are computed per block, while it is in L1/L2, from sums of deviations
+// from a shift near the mean (see forward_statistics), and merged across blocks with Chan's
+// formula: no E[x^2] - E[x]^2 cancellation, and x is read from memory once. With many tiles,
+// one task does a whole tile (statistics, then the normalizing pass while the channel is
+// still in L2); with few, a tile's blocks are cut into groups that run in parallel and are
+// merged in group order.
 //
 // Sums are added in the data's type T over short runs (at most 16 terms per lane in the planar
 // layout, 16 rows in the columns one: a float sum of k terms is within about k ulp of their
@@ -41,7 +42,7 @@ namespace FUSEDOPT_ISA_NS {
 namespace {
 
 constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
-constexpr std::size_t kBlockElems = 8192;      // 32 KB of float: the second pass hits L1/L2
+constexpr std::size_t kBlockElems = 8192;      // planar: 32 KB of float: the second pass hits L1/L2
 // planar: a block's rows are a whole row length apart, often a multiple of 4 KiB (256 channels
 // of 14x14 floats: 49 pages), so they share L1 sets; more rows than the L1's 8 ways evict each
 // other between the two passes (measured (48, 256, 14, 14) forward: 10.6 ms with 41-row blocks,
@@ -52,10 +53,15 @@ constexpr std::size_t kTileCols = 256;         // columns, long rows: 2 KB of do
 // of a row cut it into strided pieces, which the prefetchers and the streaming stores handle
 // at half the speed); longer rows make at least kMinTilesForFused tiles of kTileCols columns
 constexpr std::size_t kWholeRowMaxCols = 4096;
-// columns: per-block work (clearing the accumulators, a merge per channel) amortized over rows
-// (measured 1 thread, 32 -> 128 rows: (256, 1024) forward 0.198 -> 0.168 ms, (1024, 4096)
-// 6.1 -> 4.0 ms, (6272, 256) 1.80 -> 1.45 ms; 256 rows leave (256, 1024) one group, one thread)
+// columns: per-block work (clearing the accumulators, a merge per channel) amortized over rows:
+// blocks of at least kMinColumnBlockRows rows and kColumnBlockElems elements (128 KB of float:
+// a block read again for a reshift still comes from L2). Measured 1 thread, 32 -> 128 rows:
+// (256, 1024) forward 0.198 -> 0.168 ms, (1024, 4096) 6.1 -> 4.0 ms, (6272, 256) 1.80 -> 1.45
+// ms (256 rows leave (256, 1024) one group, one thread); 8192 -> 32768 elements (128 -> 512
+// rows of 64 channels): (32, 56, 56, 64) forward 6.1-6.2 -> 5.2-5.3 ms, backward 8.2-8.3 ->
+// 7.4; (65536 * 4 / C, C) for C = 3 .. 64 even or up to 10% faster.
 constexpr std::size_t kMinColumnBlockRows = 128;
+constexpr std::size_t kColumnBlockElems = 32768;
 // split path: at least this much work per task (when each group's first block took an extra
 // sum pass, 2^17 over 2^16 measured (32, 56, 56, 64) channels-last forward -4%, (256, 1024) -12%
 // on 1 thread and -15% on 2; 2^18 leaves (256, 1024) a single group, one thread)
@@ -107,7 +113,7 @@ struct Plan {
                                                         : std::min(channels, std::max<std::size_t>(1, kTileCols / inner));
             block_cols = tile_channels * inner;
             col_chunks = 1;
-            block_rows = std::max(kMinColumnBlockRows, kBlockElems / block_cols);
+            block_rows = std::max(kMinColumnBlockRows, kColumnBlockElems / block_cols);
         }
         ntiles = (channels + tile_channels - 1) / tile_channels;
         blocks_per_tile = (outer + block_rows - 1) / block_rows * col_chunks;
