@@ -1,12 +1,13 @@
 """The benchmark suite: python -m fusedopt.bench [--quick] [--filter RE] [--json PATH] [--plot PATH]
 
-Times each fused kernel against the NumPy reference and, when torch is importable, against
-torch.optim (fused=True; foreach for RMSprop, which has no fused CPU kernel), in one run, and
-the same step through fusedopt.optim's class (as a torch.optim user calls it: opt.step), and
-shows large sizes as a percentage of an in-run bandwidth probe: the simplest loop that moves the
-same bytes (fusedopt._core.stream_probe). Params and grads are plain NumPy arrays for everyone;
-each implementation allocates its own state (fusedopt.zeros_like, np.full_like, torch). Each figure is the best of several repeats: the
-machine may be shared, so compare ratios from one run rather than absolutes across runs.
+Times each fused kernel, and each optimizer step also through fusedopt.optim's class (opt.step,
+as a torch.optim user calls it), against the NumPy reference and, when torch is importable,
+against torch.optim (fused=True; foreach for RMSprop, which has no fused CPU kernel), in one run,
+and shows large sizes as a percentage of an in-run bandwidth probe: the simplest loop that moves
+the same bytes (fusedopt._core.stream_probe). Params and grads are plain NumPy arrays for
+everyone; each implementation allocates its own state (fusedopt.zeros_like, np.full_like,
+torch). Each figure is the best of several repeats: the machine may be shared, so compare
+ratios from one run rather than absolutes across runs.
 """
 import argparse
 import json
