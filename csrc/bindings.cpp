@@ -9,6 +9,7 @@
 #include <functional>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -39,17 +40,41 @@ GradTransform grad_transform(bool maximize, double weight_decay, std::optional<d
 // One argument holding an array per tensor: "params", "grads", "exp_avgs", ...
 struct Role {
     const char* name;
-    py::handle obj;   // an ndarray, or a list/tuple of them; None: not used by this call
+    py::handle obj;  // an ndarray, or a list/tuple of them
     bool written;
+    bool used = true;  // false: the call does not use this argument (obj is not looked at)
 };
 
 bool is_sequence(py::handle h) { return py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h); }
 
-// Checks every array of every role and returns the batch for the kernels. Roles whose obj is
-// None get null pointers. Throws TypeError / ValueError naming the argument.
+// A byte range of an array, and which array it is.
+struct Span {
+    std::uintptr_t lo, hi;
+    std::size_t id;
+};
+
+// The ids of two spans that share a byte (the first such pair by address), if any. Any two
+// arrays of an update sharing a byte would make the result depend on the order of writes.
+std::optional<std::pair<std::size_t, std::size_t>> overlapping(std::vector<Span> spans) {
+    std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
+    for (std::size_t i = 1; i < spans.size(); ++i)
+        if (spans[i].lo < spans[i - 1].hi) return std::make_pair(spans[i - 1].id, spans[i].id);
+    return std::nullopt;
+}
+
+Span span_of(const py::array& a, std::size_t id) {
+    const auto lo = reinterpret_cast<std::uintptr_t>(a.data());
+    return {lo, lo + static_cast<std::uintptr_t>(a.nbytes()), id};
+}
+
+// Checks every array of every role and returns the batch for the kernels. Roles not used get
+// null pointers. Throws TypeError / ValueError naming the argument. Holds a reference to every
+// array: the kernels run without the GIL, while another thread may drop an array from its list
+// (and a list subclass may return a new array for each item it is asked for).
 struct Checked {
     TensorBatch batch;
     DType dtype = kFloat32;
+    std::vector<py::object> arrays;
 };
 
 Checked check_arrays(const std::vector<Role>& roles) {
@@ -65,18 +90,13 @@ Checked check_arrays(const std::vector<Role>& roles) {
     out.batch.ptrs.assign(ntensors * roles.size(), nullptr);
     out.batch.sizes.assign(ntensors, 0);
 
-    struct Span {
-        std::uintptr_t lo, hi;
-        const char* role;
-        std::size_t index;
-    };
-    std::vector<Span> spans;
+    std::vector<Span> spans;  // id: r * ntensors + t
     spans.reserve(ntensors * roles.size());
     py::dtype dtype;
 
     for (std::size_t r = 0; r < roles.size(); ++r) {
         const Role& role = roles[r];
-        if (role.obj.is_none()) continue;
+        if (!role.used) continue;
         if (single) {
             if (!py::isinstance<py::array>(role.obj))
                 throw py::type_error(std::string(role.name) + " must be a numpy.ndarray, as params is, got " +
@@ -90,7 +110,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
                                       " arrays but " + params.name + " has " + std::to_string(ntensors));
         }
         for (std::size_t t = 0; t < ntensors; ++t) {
-            py::handle h = single ? role.obj : role.obj[py::int_(t)].ptr();  // borrowed from the list
+            py::object h = single ? py::reinterpret_borrow<py::object>(role.obj) : py::object(role.obj[py::int_(t)]);
             auto where = [&] { return std::string(role.name) + (single ? "" : "[" + std::to_string(t) + "]"); };
             if (!py::isinstance<py::array>(h))
                 throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(h));
@@ -104,32 +124,28 @@ Checked check_arrays(const std::vector<Role>& roles) {
                                      "; all arrays of one call must share one dtype");
             }
             if (r > 0) {
-                py::array p = py::reinterpret_borrow<py::array>(single ? params.obj : params.obj[py::int_(t)].ptr());
+                py::array p = py::reinterpret_borrow<py::array>(out.arrays[t]);  // params[t]
                 if (!same_shape(a, p))
                     throw py::value_error(where() + " has shape " + shape_str(a) + " but " + params.name +
                                           (single ? "" : "[" + std::to_string(t) + "]") + " has shape " + shape_str(p));
             }
             check_memory(a, where, role.written);
+            out.arrays.push_back(std::move(h));
             void* ptr = const_cast<void*>(a.data());
             const std::size_t n = static_cast<std::size_t>(a.size());
             out.batch.ptrs[t * roles.size() + r] = ptr;
             if (r == 0) out.batch.sizes[t] = n;
-            if (n > 0) {
-                auto lo = reinterpret_cast<std::uintptr_t>(ptr);
-                spans.push_back({lo, lo + static_cast<std::uintptr_t>(a.nbytes()), role.name, t});
-            }
+            if (n > 0) spans.push_back(span_of(a, r * ntensors + t));
         }
     }
     out.batch.elem_size = out.dtype == kFloat32 ? sizeof(float) : sizeof(double);
 
-    // Any two arrays sharing a byte would make the result depend on the order of writes.
-    std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
-    for (std::size_t i = 1; i < spans.size(); ++i) {
-        if (spans[i].lo < spans[i - 1].hi) {
-            auto name = [&](const Span& s) { return std::string(s.role) + (single ? "" : "[" + std::to_string(s.index) + "]"); };
-            throw py::value_error(name(spans[i - 1]) + " and " + name(spans[i]) +
-                                  " overlap in memory; every array of a call must be distinct");
-        }
+    if (auto pair = overlapping(std::move(spans))) {
+        auto name = [&](std::size_t id) {
+            return std::string(roles[id / ntensors].name) + (single ? "" : "[" + std::to_string(id % ntensors) + "]");
+        };
+        throw py::value_error(name(pair->first) + " and " + name(pair->second) +
+                              " overlap in memory; every array of a call must be distinct");
     }
     return out;
 }
@@ -178,7 +194,7 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
     require_state(uses_buffers, momentum_buffers, "momentum_buffers", "when momentum > 0");
     Checked arrays = check_arrays({{"params", params, true},
                                    {"grads", grads, false},
-                                   {"momentum_buffers", uses_buffers ? momentum_buffers : py::none(), true}});
+                                   {"momentum_buffers", momentum_buffers, true, uses_buffers}});
     return run(kernels().sgd, c, arrays, skip_if_nonfinite);
 }
 
@@ -218,8 +234,8 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
     Checked arrays = check_arrays({{"params", params, true},
                                    {"grads", grads, false},
                                    {"square_avgs", square_avgs, true},
-                                   {"momentum_buffers", uses_buffers ? momentum_buffers : py::none(), true},
-                                   {"grad_avgs", centered ? grad_avgs : py::none(), true}});
+                                   {"momentum_buffers", momentum_buffers, true, uses_buffers},
+                                   {"grad_avgs", grad_avgs, true, centered}});
     return run(kernels().rmsprop, c, arrays, skip_if_nonfinite);
 }
 
@@ -254,7 +270,7 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
                                    {"grads", grads, false},
                                    {"exp_avgs", exp_avgs, true},
                                    {"exp_avg_sqs", exp_avg_sqs, true},
-                                   {"max_exp_avg_sqs", amsgrad ? max_exp_avg_sqs : py::none(), true}});
+                                   {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad}});
     return run(kernels().adam, c, arrays, skip_if_nonfinite);
 }
 
@@ -377,6 +393,15 @@ PYBIND11_MODULE(_core, m) {
     m.def("rmsprop", &rmsprop_);
     m.def("adam", &adam_);
     m.def("all_finite", &all_finite_);
+    m.def("overlapping", [](const py::list& arrays) {
+        std::vector<Span> spans;
+        for (std::size_t i = 0; i < arrays.size(); ++i) {
+            if (!py::isinstance<py::array>(arrays[i])) throw py::type_error("overlapping takes a list of numpy.ndarray");
+            const auto a = py::reinterpret_borrow<py::array>(arrays[i]);
+            if (a.size() > 0) spans.push_back(span_of(a, i));
+        }
+        return overlapping(std::move(spans));
+    }, "(i, j): the indices of two of the arrays that share memory, or None (optim.py's checks across calls)");
     m.def("grad_norm", &grad_norm);
     m.def("clip_grad_norm_", &clip_grad_norm_);
     m.def("clip_grad_value_", &clip_grad_value_);

@@ -173,6 +173,50 @@ def test_rmsprop_bad_input(opts, match):
     assert snapshot([p, g, s]) == before
 
 
+def four_arrays():
+    rng = np.random.default_rng(2)
+    return [np.abs(rng.standard_normal(8)).astype(np.float32) for _ in range(4)]
+
+
+# None where a call uses an array (these crashed the interpreter before the bindings told None
+# meaning "not used" apart from None given for an array the call needs)
+NONE_CASES = [
+    ("sgd_ grads", lambda p, g, a, b: fusedopt.sgd_(p, None, lr=0.1), "grads"),
+    ("sgd_ a momentum buffer", lambda p, g, a, b: fusedopt.sgd_([p], [g], [None], lr=0.1, momentum=0.9),
+     r"momentum_buffers\[0\]"),
+    ("adagrad_ state_sums", lambda p, g, a, b: fusedopt.adagrad_(p, g, None, step=1), "state_sums"),
+    ("rmsprop_ square_avgs", lambda p, g, a, b: fusedopt.rmsprop_(p, g, None), "square_avgs"),
+    ("rmsprop_ a grad_avg", lambda p, g, a, b: fusedopt.rmsprop_([p], [g], [a], centered=True, grad_avgs=[None]),
+     r"grad_avgs\[0\]"),
+    ("adam_ grads", lambda p, g, a, b: fusedopt.adam_(p, None, a, b, step=1), "grads"),
+    ("adam_ exp_avgs", lambda p, g, a, b: fusedopt.adam_(p, g, None, b, step=1), "exp_avgs"),
+    ("adam_ an exp_avg_sq", lambda p, g, a, b: fusedopt.adam_([p], [g], [a], [None], step=1), r"exp_avg_sqs\[0\]"),
+    ("clip_grad_norm_ grads", lambda p, g, a, b: fusedopt.clip_grad_norm_([g, None], 1.0), r"grads\[1\]"),
+]
+
+
+@pytest.mark.parametrize("desc,call,match", NONE_CASES, ids=[c[0] for c in NONE_CASES])
+def test_none_for_an_array_the_call_uses(desc, call, match):
+    arrays = four_arrays()
+    before = snapshot(arrays)
+    with pytest.raises(TypeError, match=match):
+        call(*arrays)
+    assert snapshot(arrays) == before
+
+
+def test_the_call_holds_its_arrays():
+    """The kernels run without the GIL on arrays taken from the lists: the call holds a reference
+    to each, so none is freed under it (here a list that makes a new array each time it is
+    indexed, which would be freed at once; the sanitizer build reports a use after free)."""
+    class Copies(list):
+        def __getitem__(self, i):
+            return super().__getitem__(i).copy()
+    p, g, a, b = arrays = four_arrays()
+    before = snapshot(arrays)
+    assert fusedopt.adam_(Copies([p]), Copies([g]), Copies([a]), Copies([b]), step=1)
+    assert snapshot(arrays) == before  # the copies were updated
+
+
 def test_rmsprop_overlapping_optional_state():
     p, g, s = sgd_args()
     before = snapshot([p, g, s])

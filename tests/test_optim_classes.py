@@ -165,8 +165,11 @@ def test_matches_reference(name, dtype):
         assert_close(got, want, ulps=ULPS)
 
 
+@pytest.mark.parametrize("without_grads", [False, True], ids=["all grads", "some grads None"])
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_torch(name, dtype):
+def test_matches_torch(name, dtype, without_grads):
+    """without_grads: at step t, params (t + k) % 5 for k < t % 3 have no grad (None), which
+    torch and fusedopt both leave out of that step (their step counts then differ)."""
     torch = pytest.importorskip("torch")
     kwargs, group_opts = CONFIGS[name]
     # torch has no eps_inside_sqrt, and its Adagrad starts every group's sum at the constructor's
@@ -181,14 +184,43 @@ def test_matches_torch(name, dtype):
     for t in range(STEPS):
         for group, tgroup, h in zip(opt.param_groups, topt.param_groups, group_hyperparameters(name)):
             group["lr"] = tgroup["lr"] = h["lr"] * schedule(t)
-        for tp, g in zip(flat(tparams), flat(grads[t])):
-            tp.grad = torch.tensor(g)
+        missing = {(t + k) % 5 for k in range(t % 3)} if without_grads else set()
+        step_grads = [None if i in missing else g for i, g in enumerate(flat(grads[t]))]
+        for tp, g in zip(flat(tparams), step_grads):
+            tp.grad = None if g is None else torch.tensor(g)
         topt.step()
-        opt.step(flat(grads[t]))
+        opt.step(step_grads)
     print(f"{name} {dtype.__name__}: max diff vs torch "
           f"{max(max_ulps(p, tp.numpy()) for p, tp in zip(flat(params), flat(tparams))):.1f} ulps")
     for p, tp in zip(flat(params), flat(tparams)):
         assert_close(p, tp.numpy(), ulps=ULPS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_param_without_grad_sits_the_step_out(name):
+    """A grad of None leaves its param out of the step, as torch leaves out a param whose .grad is
+    None: each param ends bitwise as an optimizer of that param alone, given only the steps it had
+    a grad in, and a param never given one has no state."""
+    params, grads = make_params(np.float32), make_grads(np.float32, steps=12)
+    hyperparameters = group_hyperparameters(name)
+    group_of = [k for k, ps in enumerate(params) for _ in ps]
+    alone = [getattr(optim, name)([{"params": [p.copy()], **hyperparameters[k]}])
+             for p, k in zip(flat(params), group_of)]
+    opt = make_optimizer(name, params)
+    for t in range(12):
+        missing = {(t + k) % 4 for k in range(t % 3)} | {4}  # param 4 never has a grad
+        step_grads = [None if i in missing else g for i, g in enumerate(flat(grads[t]))]
+        for group, h in zip(opt.param_groups, hyperparameters):
+            group["lr"] = h["lr"] * schedule(t)
+        assert opt.step(step_grads)
+        for i, (one, g) in enumerate(zip(alone, step_grads)):
+            if g is not None:
+                one.param_groups[0]["lr"] = hyperparameters[group_of[i]]["lr"] * schedule(t)
+                one.step([g])
+    for i, (p, one) in enumerate(zip(flat(params), alone)):
+        assert p.tobytes() == one.param_groups[0]["params"][0].tobytes(), f"param {i}"
+        assert fingerprint(opt)[1].get(i) == fingerprint(one)[1].get(0), f"state of param {i}"
+    assert 4 not in opt.state
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -670,6 +702,11 @@ def replace_grad(i, make):
     return change
 
 
+def grad_in_param_memory(opt, grads):
+    grads[4] = opt.param_groups[0]["params"][1].reshape(-1)[:17]
+    return grads
+
+
 STEP_ERRORS = [
     ("too few grads", lambda opt, g: g[:-1], ValueError, "got 4 grads but the optimizer has 5 params"),
     ("grads not a list", lambda opt, g: g[0], TypeError, "grads must be a list"),
@@ -683,6 +720,12 @@ STEP_ERRORS = [
     ("typo key set in a group", set_last_group("learning_rate", 0.1), ValueError, "unknown hyperparameter"),
     ("amsgrad set to None", set_last_group("amsgrad", None), TypeError, "amsgrad must be a bool"),
     ("bad grad_scale", lambda opt, g: (g, {"grad_scale": 0.0}), ValueError, "grad_scale"),
+    ("read-only param", lambda opt, g: (setattr(opt.param_groups[-1]["params"][-1].flags, "writeable", False), g)[1],
+     ValueError, r"params\[4\] is read-only"),
+    # grads[4] (the last group's) a view of params[1] (the first group's): the first call would
+    # change what the last one reads (before the step checked across its calls, it did)
+    ("a grad in a param's memory", grad_in_param_memory, ValueError,
+     r"(params\[1\] and grads\[4\]|grads\[4\] and params\[1\]) overlap"),
 ]
 
 

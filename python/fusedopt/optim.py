@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import functional
+from . import _core, functional
 
 CHECKPOINT_FORMAT = "fusedopt.optim checkpoint 1"
 
@@ -242,6 +242,8 @@ class Optimizer:
     def _check_grads(grads, params):
         """The update functions' own checks of grads against params, for all params at once."""
         for i, (g, p) in enumerate(zip(grads, params)):
+            if g is None:
+                continue
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
             if g.dtype != p.dtype:
@@ -252,11 +254,39 @@ class Optimizer:
             if not (flags.c_contiguous and flags.aligned):
                 raise ValueError(f"grads[{i}] is not C-contiguous")
 
-    def _plan(self, params):
+    @staticmethod
+    def _check_across_calls(params, grads, calls):
+        """The checks a call makes of its arrays, over all the calls of a step: every grad, every
+        param writable (state arrays are the optimizer's own), no two arrays of the step sharing
+        memory. (Names are made only for an error: this runs on every step of a model with
+        several param groups.)"""
+        Optimizer._check_grads(grads, params)
+        arrays = []
+        for _, indices, _, state_arrays in calls:
+            arrays += [params[i] for i in indices]
+            arrays += [grads[i] for i in indices]
+            for state_list in state_arrays.values():
+                arrays += state_list
+        for _, indices, _, _ in calls:
+            for i in indices:
+                if not params[i].flags.writeable:
+                    raise ValueError(f"params[{i}] is read-only but is updated in place")
+        pair = _core.overlapping(arrays)
+        if pair is not None:
+            names = []
+            for _, indices, _, state_arrays in calls:
+                names += [f"params[{i}]" for i in indices]
+                names += [f"grads[{i}]" for i in indices]
+                for argument in state_arrays:
+                    names += [f"{argument}[{i}] (the state of params[{i}])" for i in indices]
+            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
+                             "must be distinct")
+
+    def _plan(self, params, grads):
         """The update-function calls of a step, checking every group's hyperparameters before any
         call is made: ([(update keyword arguments, param indices, step, {state argument: [arrays]})],
         {param index: state arrays allocated for it}). New state arrays are allocated on the side:
-        they are kept only if the step is taken.
+        they are kept only if the step is taken. A param whose grad is None takes no part.
 
         A kernel call takes one step number and one dtype. The params of a group share both, unless
         the group mixes dtypes or a checkpoint gave them different step counts: then one call per
@@ -268,6 +298,8 @@ class Optimizer:
             by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]}, [(state name, its list)])
             # Loops, not comprehensions: on this code's path each comprehension costs ~0.5 us.
             for i in indices:
+                if grads[i] is None:
+                    continue
                 state, new = get_state(i, _NO_STATE), None
                 for name, spec in needed.items():
                     if name not in state:
@@ -291,24 +323,27 @@ class Optimizer:
     def step(self, grads, *, grad_scale=None, skip_if_nonfinite=False):
         """Update every param in place from its gradient; returns True, or False if the step was skipped.
 
-        grads: in the order of the params, one list over all groups or one list per group.
+        grads: in the order of the params, one list over all groups or one list per group. A grad
+        of None leaves its param out of the step (no update, no state, no step count), as torch
+        leaves out a param whose .grad is None.
         grad_scale: grads are divided by it inside the update (mixed-precision loss scaling).
         skip_if_nonfinite: if any gradient holds an inf or NaN, change nothing (params, state,
         step counts), count the step in self.skipped_steps and return False.
         """
         params = [p for group in self.param_groups for p in group["params"]]
         grads = self._flat_grads(grads, len(params))
-        calls, new_arrays = self._plan(params)
+        calls, new_arrays = self._plan(params, grads)
         # A call checks its arguments, and over all grads whether to skip, before writing
-        # anything. A single call (the common case) covers all params in order, so its checks
-        # (and its messages' indices) are the step's; over several calls, check all grads first
-        # so that a bad one in a later call leaves the earlier ones unwritten, and the step is
-        # taken or skipped as a whole.
-        single = len(calls) == 1
+        # anything. A single call over all params in order (the common case) makes its checks
+        # (and its messages' indices) the step's; otherwise the step makes them across all its
+        # calls first, so that a bad argument of a later call leaves the earlier ones unwritten,
+        # and the step is taken or skipped as a whole.
+        single = len(calls) == 1 and len(calls[0][1]) == len(params)
         if not single:
-            self._check_grads(grads, params)
-            if skip_if_nonfinite and not all(functional.all_finite([g for g in grads if g.dtype == dtype])
-                                             for dtype in {g.dtype for g in grads}):
+            self._check_across_calls(params, grads, calls)
+            stepped = [g for g in grads if g is not None]
+            if skip_if_nonfinite and not all(functional.all_finite([g for g in stepped if g.dtype == dtype])
+                                             for dtype in {g.dtype for g in stepped}):
                 self.skipped_steps += 1
                 return False
         for kwargs, indices, step, arrays in calls:
@@ -322,9 +357,10 @@ class Optimizer:
         for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
             self.state.setdefault(i, {}).update(arrays)
         if self.counts_steps:
-            for i in range(len(params)):
-                state = self.state.setdefault(i, {})
-                state["step"] = state.get("step", 0) + 1
+            for _, indices, _, _ in calls:
+                for i in indices:
+                    state = self.state.setdefault(i, {})
+                    state["step"] = state.get("step", 0) + 1
         return True
 
     # ---- checkpoints -----------------------------------------------------------------------------
