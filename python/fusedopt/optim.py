@@ -263,14 +263,13 @@ class Optimizer:
         Optimizer._check_grads(grads, params)
         arrays = []
         for _, indices, _, state_arrays in calls:
+            for i in indices:
+                if not params[i].flags.writeable:
+                    raise ValueError(f"params[{i}] is read-only but is updated in place")
             arrays += [params[i] for i in indices]
             arrays += [grads[i] for i in indices]
             for state_list in state_arrays.values():
                 arrays += state_list
-        for _, indices, _, _ in calls:
-            for i in indices:
-                if not params[i].flags.writeable:
-                    raise ValueError(f"params[{i}] is read-only but is updated in place")
         pair = _core.overlapping(arrays)
         if pair is not None:
             names = []
