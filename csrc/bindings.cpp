@@ -79,10 +79,7 @@ struct Checked {
 
 Checked check_arrays(const std::vector<Role>& roles) {
     const Role& params = roles[0];
-    const bool single = py::isinstance<py::array>(params.obj);
-    if (!single && !is_sequence(params.obj))
-        throw py::type_error(std::string(params.name) + " must be a numpy.ndarray or a list of them, got " +
-                             type_name(params.obj));
+    const bool single = !is_sequence(params.obj);  // one array (or tensor) per argument, else lists of them
     const std::size_t ntensors = single ? 1 : py::len(params.obj);
 
     Checked out;
@@ -98,9 +95,9 @@ Checked check_arrays(const std::vector<Role>& roles) {
         const Role& role = roles[r];
         if (!role.used) continue;
         if (single) {
-            if (!py::isinstance<py::array>(role.obj))
-                throw py::type_error(std::string(role.name) + " must be a numpy.ndarray, as params is, got " +
-                                     type_name(role.obj));
+            if (is_sequence(role.obj))
+                throw py::type_error(std::string(role.name) + " must be a numpy.ndarray (or torch tensor), as " +
+                                     params.name + " is, got " + type_name(role.obj));
         } else {
             if (!is_sequence(role.obj))
                 throw py::type_error(std::string(role.name) + " must be a list of numpy.ndarray, as params is, got " +
@@ -110,10 +107,11 @@ Checked check_arrays(const std::vector<Role>& roles) {
                                       " arrays but " + params.name + " has " + std::to_string(ntensors));
         }
         for (std::size_t t = 0; t < ntensors; ++t) {
-            py::object h = single ? py::reinterpret_borrow<py::object>(role.obj) : py::object(role.obj[py::int_(t)]);
             auto where = [&] { return std::string(role.name) + (single ? "" : "[" + std::to_string(t) + "]"); };
+            py::object h = single ? py::reinterpret_borrow<py::object>(role.obj) : py::object(role.obj[py::int_(t)]);
+            if (!py::isinstance<py::array>(h)) h = to_ndarray(h, where());
             if (!py::isinstance<py::array>(h))
-                throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(h));
+                throw py::type_error(where() + " must be a numpy.ndarray or a torch CPU tensor, got " + type_name(h));
             py::array a = py::reinterpret_borrow<py::array>(h);
             if (r == 0 && t == 0) {
                 out.dtype = float_dtype(a, where);

@@ -21,9 +21,10 @@ namespace {
 namespace py = pybind11;
 
 py::array as_ndarray(py::handle h, const char* name) {
-    if (!py::isinstance<py::array>(h))
-        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " + type_name(h));
-    return py::reinterpret_borrow<py::array>(h);
+    py::object a = to_ndarray(h, name);
+    if (!py::isinstance<py::array>(a))
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray or a torch CPU tensor, got " + type_name(h));
+    return py::reinterpret_steal<py::array>(a.release());
 }
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()); }

@@ -68,6 +68,17 @@ DType float_dtype(const py::array& a, const Name& name) {
                          "; fusedopt takes float32 or float64 (native byte order)");
 }
 
+// An array argument as a NumPy array. ndarrays pass as they are (no Python call); anything else
+// goes through fusedopt._tensors.to_ndarray, the one place where other libraries' arrays (torch
+// CPU tensors) become zero-copy NumPy views, and which returns any other object unchanged for
+// the caller's TypeError.
+inline py::object to_ndarray(py::handle h, const std::string& name) {
+    if (py::isinstance<py::array>(h)) return py::reinterpret_borrow<py::object>(h);
+    // leaked on purpose, as float_dtype's dtypes: released after the interpreter otherwise
+    static const py::object& convert = *new py::object(py::module_::import("fusedopt._tensors").attr("to_ndarray"));
+    return convert(h, name);
+}
+
 inline bool same_shape(const py::array& a, const py::array& b) {
     if (a.ndim() != b.ndim()) return false;
     for (py::ssize_t d = 0; d < a.ndim(); ++d)

@@ -1,0 +1,54 @@
+"""The one place where arrays of other libraries become NumPy arrays for the kernels.
+
+fusedopt's C++ functions take NumPy arrays; any other argument in an array's place is passed
+to to_ndarray first (by the bindings, only for objects that are not ndarrays, so a NumPy call
+pays nothing). A torch CPU tensor becomes a NumPy view of its own memory: no copy in or out,
+so the kernel's in-place update is the tensor's. torch is never imported here: a tensor can
+only exist if the caller has imported torch already.
+
+dtype mapping (torch -> NumPy), written once:
+    float32 -> float32, float64 -> float64, float16 -> float16,
+    bfloat16 -> ml_dtypes.bfloat16 (the same 16 bits, viewed through int16)
+Other dtypes map to NumPy's own (int, bool, complex views), which the kernels' checks refuse
+with a message naming the argument.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _bfloat16() -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+        raise TypeError("bfloat16 arrays need the ml_dtypes package (pip install ml_dtypes)") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
+    """A NumPy view of a torch CPU tensor's memory (same strides, same bytes), or TypeError /
+    ValueError naming the argument for a tensor the kernels cannot use in place."""
+    torch = sys.modules["torch"]
+    if tensor.device.type != "cpu":
+        raise TypeError(f"{name}: fusedopt runs on CPU tensors; got a tensor on {tensor.device}")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{name}: fusedopt takes dense tensors; got layout {tensor.layout}")
+    if tensor.is_complex():
+        raise TypeError(f"{name} has dtype {tensor.dtype}; fusedopt takes real floating-point tensors")
+    if tensor.is_conj() or tensor.is_neg():
+        raise ValueError(f"{name} is a lazily conjugated/negated view; call .resolve_conj()/.resolve_neg() first")
+    data = tensor.detach()  # shares memory; .numpy() refuses tensors that require grad
+    if data.dtype == torch.bfloat16:
+        return data.view(torch.int16).numpy().view(_bfloat16())
+    return data.numpy()
+
+
+def to_ndarray(obj: Any, name: str) -> Any:
+    """obj as a NumPy array when it is a torch tensor; any other object unchanged."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return tensor_to_ndarray(obj, name)
+    return obj
