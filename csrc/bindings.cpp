@@ -152,21 +152,28 @@ void require_state(bool needed, py::handle obj, const char* name, const char* be
     if (needed && obj.is_none()) throw py::value_error(std::string(name) + " is required " + because);
 }
 
-// True when every element of array `role` of every tensor is finite: one read-only pass.
-bool all_finite(const Checked& checked, std::size_t role) {
+// True when every element of array `role` of every tensor, times scale (in the array's dtype),
+// is finite: one read-only pass.
+bool all_finite(const Checked& checked, std::size_t role, double scale = 1.0) {
     auto probe = kernels().nonfinite_probe[checked.dtype];
     double sum = 0.0;
-    for (double partial : reduce_blocks(checked.batch, role, probe)) sum += partial;
+    for (double partial : reduce_blocks(checked.batch, role, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
+        sum += partial;
     return sum == 0.0;
 }
 
-// Runs the update unless skip_if_nonfinite finds an inf/NaN gradient (role 1): then nothing is
-// written and the call returns false, as torch's GradScaler skips optimizer.step().
+// What an update multiplies its grads by (the benchmark's probe takes none).
+template <class Config>
+double grad_mult(const Config& config) { return config.g.grad_mult; }
+double grad_mult(const StreamConfig&) { return 1.0; }
+
+// Runs the update unless skip_if_nonfinite finds an inf/NaN gradient (role 1) once unscaled:
+// then nothing is written and the call returns false, as torch's GradScaler skips optimizer.step().
 template <class Config>
 bool run(ElementwiseKernel<Config> const* kernels, const Config& config, const Checked& checked,
          bool skip_if_nonfinite = false) {
     py::gil_scoped_release nogil;
-    if (skip_if_nonfinite && !all_finite(checked, 1)) return false;
+    if (skip_if_nonfinite && !all_finite(checked, 1, grad_mult(config))) return false;
     run_elementwise(kernels[checked.dtype], config, checked.batch);
     return true;
 }
@@ -354,10 +361,12 @@ void clip_grad_value_(py::handle grads, double clip_value) {
     run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
 }
 
-bool all_finite_(py::handle grads) {
+// True when every grad times 1 / grad_scale (in the grads' dtype, as an update unscales them) is finite.
+bool all_finite_(py::handle grads, std::optional<double> grad_scale) {
+    const double mult = grad_transform(false, 0.0, grad_scale).grad_mult;
     Checked checked = check_grads(grads, false);
     py::gil_scoped_release nogil;
-    return all_finite(checked, 0);
+    return all_finite(checked, 0, mult);
 }
 
 }  // namespace
@@ -379,10 +388,19 @@ PYBIND11_MODULE(_core, m) {
         }
     }, py::arg("name"), "Use the kernels compiled for `name` from now on (process-wide).");
     m.def("get_num_threads", &get_num_threads);
-    m.def("set_num_threads", [](int n) {
-        require(n >= 1, "Invalid num_threads: " + std::to_string(n) + " (must be >= 1)");
-        set_num_threads(n);
-    }, py::arg("n"));
+    m.def("set_num_threads", [](py::handle n) {
+        // any int-like (not bool, not float) in [1, kMaxThreads], said so by name
+        if (!PyIndex_Check(n.ptr()) || PyBool_Check(n.ptr()))
+            throw py::type_error("set_num_threads: n must be an int, got " + type_name(n));
+        auto index = py::reinterpret_steal<py::object>(PyNumber_Index(n.ptr()));
+        if (!index) throw py::error_already_set();
+        const long long v = PyLong_AsLongLong(index.ptr());
+        if (v == -1 && PyErr_Occurred()) PyErr_Clear();  // beyond long long: out of range, said below
+        if (!(v >= 1 && v <= kMaxThreads))
+            throw py::value_error("set_num_threads: n must be in [1, " + std::to_string(kMaxThreads) + "], got " +
+                                  std::string(py::repr(n)));
+        set_num_threads(static_cast<int>(v));
+    }, py::arg("n"), "Run kernels on up to n threads (1 <= n <= 1024; the CPU count by default).");
 
     // Positional only and without defaults: fusedopt/functional.py holds the keyword-only
     // signatures, defaults and docstrings (pybind11's keyword matching costs ~3 us a call).

@@ -36,7 +36,7 @@ struct KernelTable {
     // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks
     double (*sum_squares[2])(const void* x, std::size_t n);
     double (*sum_abs[2])(const void* x, std::size_t n);
-    double (*nonfinite_probe[2])(const void* x, std::size_t n);  // NaN iff an element is inf/NaN
+    double (*nonfinite_probe[2])(const void* x, std::size_t n, double scale);  // NaN iff an x*scale is inf/NaN
     double (*max_abs[2])(const void* x, std::size_t n);
     double (*sum_abs_pow[2])(const void* x, std::size_t n, double p);
     ElementwiseKernel<ScaleConfig> scale[2];

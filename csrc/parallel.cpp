@@ -8,9 +8,11 @@
 #include <mutex>
 #include <thread>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 #if defined(__linux__)
 #include <sched.h>
-#include <unistd.h>
 #endif
 
 namespace fusedopt {
@@ -25,29 +27,26 @@ inline void pause() {
 }
 constexpr std::chrono::microseconds kJoinSpin{50};
 
+// The thread count before any set_num_threads: the CPUs this process may run on. (The package
+// applies FUSEDOPT_NUM_THREADS at import, checked there: see fusedopt/__init__.py.)
 int default_num_threads() {
-    if (const char* env = std::getenv("FUSEDOPT_NUM_THREADS")) {
-        int n = std::atoi(env);
-        if (n >= 1) return n;
-    }
 #if defined(__linux__)
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::clamp(CPU_COUNT(&set), 1, kMaxThreads);
 #endif
-    return std::max(1u, std::thread::hardware_concurrency());
+    return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, static_cast<unsigned>(kMaxThreads)));
 }
+
+// The thread count is not the pool's: a forked child's new pool keeps it (see pool()).
+std::atomic<int> g_num_threads{default_num_threads()};
 
 class ThreadPool {
   public:
-    ThreadPool() : num_threads_(default_num_threads()) {}
     // Workers are left running at exit: joining them from a static destructor can deadlock
     // with the interpreter's shutdown, and the OS reclaims them.
 
-    int num_threads() const { return num_threads_.load(); }
-    void set_num_threads(int n) { num_threads_.store(n); }
-
     void run(int ntasks, const std::function<void(int)>& task) {
-        int nthreads = std::min(ntasks, num_threads());
+        int nthreads = std::min(ntasks, get_num_threads());
         std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
         if (nthreads <= 1 || !busy.owns_lock()) {
             for (int i = 0; i < ntasks; ++i) task(i);
@@ -97,14 +96,6 @@ class ThreadPool {
     }
 
     void ensure_workers(int n) {
-#if defined(__linux__)
-        // A forked child has none of the parent's threads: start afresh (the old handles are
-        // dropped, not joined).
-        if (pid_ != getpid()) {
-            workers_.clear();
-            pid_ = getpid();
-        }
-#endif
         while (static_cast<int>(workers_.size()) < n) {
             int index = static_cast<int>(workers_.size());
             workers_.push_back(new std::thread([this, index] { worker_loop(index); }));
@@ -112,7 +103,6 @@ class ThreadPool {
         }
     }
 
-    std::atomic<int> num_threads_;
     std::mutex run_mutex_;  // one parallel region at a time
     std::mutex mutex_;
     std::condition_variable wake_, done_;
@@ -123,20 +113,31 @@ class ThreadPool {
     std::atomic<int> pending_{0};
     int wanted_ = 0;
     unsigned long generation_ = 0;
-#if defined(__linux__)
-    pid_t pid_ = getpid();
-#endif
 };
 
-ThreadPool& pool() {
-    static ThreadPool* p = new ThreadPool();  // never destroyed, see ~ThreadPool note
-    return *p;
-}
+// The process's pool, never destroyed (see the note on workers above).
+//
+// A forked child has only the thread that called fork, and a byte copy of the pool: its
+// condition variables count waiters (the parent's sleeping workers) that do not exist in the
+// child, so the first notify_all can wait forever inside glibc, and its mutexes may be held by
+// threads that are gone. The child therefore gets a new pool, made by a pthread_atfork handler
+// before any of the child's code runs; the parent's pool is leaked untouched (destroying it
+// would operate on those same copied objects). Its workers start on the child's first
+// multi-threaded call, at the parent's thread count. The first pool is made when the module
+// loads, so that no thread can be inside a first-use initialization when the process forks.
+std::atomic<ThreadPool*> g_pool{new ThreadPool()};
+
+#if defined(__unix__) || defined(__APPLE__)
+void new_pool_in_child() { g_pool.store(new ThreadPool(), std::memory_order_release); }
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, new_pool_in_child);
+#endif
+
+ThreadPool& pool() { return *g_pool.load(std::memory_order_acquire); }
 
 }  // namespace
 
-int get_num_threads() { return pool().num_threads(); }
-void set_num_threads(int n) { pool().set_num_threads(n); }
+int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
+void set_num_threads(int n) { g_num_threads.store(std::clamp(n, 1, kMaxThreads)); }
 void parallel_for(int ntasks, const std::function<void(int)>& task) { pool().run(ntasks, task); }
 
 void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*, std::size_t)>& chunk) {

@@ -14,8 +14,15 @@
 
 namespace fusedopt {
 
+// At most this many threads: the most CPUs a Linux cpu_set_t (CPU_SETSIZE) describes, i.e. the
+// most that sched_getaffinity reports here. More threads than CPUs only take turns on them, and
+// each pool thread, once started, keeps its stack (8 MiB of address space) for the process's
+// life.
+constexpr int kMaxThreads = 1024;
+
 int get_num_threads();
-// n >= 1. Workers beyond n sleep; they never spin between calls.
+// 1 <= n <= kMaxThreads (the bindings check; clamped here). Workers beyond n sleep; they never
+// spin between calls. A forked child keeps the count and gets a pool of its own.
 void set_num_threads(int n);
 
 // Runs task(i) for i in [0, ntasks) on up to get_num_threads() threads, the caller among them,

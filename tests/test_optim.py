@@ -275,3 +275,44 @@ def test_matches_torch(torch_name, name, opts):
     for p, tp in zip(params, tparams):
         print(f"{torch_name}: max diff vs torch {np.max(np.abs(p - tp.numpy())):.3g}")
         np.testing.assert_allclose(p, tp.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---- skip_if_nonfinite looks at the unscaled gradient --------------------------------------------
+
+def one_step(name, p, g, state, **kw):
+    extra = {"step": 1} if name in TAKES_STEP else {}
+    return getattr(fusedopt, name + "_")(p, g, **state, lr=0.1, **extra, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(STATE))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_skip_if_nonfinite_checks_the_unscaled_grads(isa, dtype, name, maximize):
+    """A grad finite as given but inf once divided by grad_scale (0.5): the update would write
+    NaN/inf, so the step is skipped (torch's GradScaler checks the unscaled grads). Checked at
+    every position of a vector and of the tail, in a list of two arrays."""
+    big = np.finfo(dtype).max * dtype(0.75)  # finite; twice it is not
+    for n, where in [(40, 0), (40, 17), (40, 39), (3, 2)]:
+        rng = np.random.default_rng(n + where)
+        params = [rng.standard_normal(n).astype(dtype) for _ in range(2)]
+        grads = [rng.standard_normal(n).astype(dtype) for _ in range(2)]
+        grads[1][where] = -big if where % 2 else big
+        state = {k: [np.zeros_like(p) for p in params] for k in STATE[name]}
+        before = [a.tobytes() for a in params + [a for v in state.values() for a in v]]
+        assert fusedopt.all_finite(grads) and not fusedopt.all_finite(grads, grad_scale=0.5)
+        assert one_step(name, params, grads, state, grad_scale=0.5, skip_if_nonfinite=True,
+                        maximize=maximize) is False
+        assert [a.tobytes() for a in params + [a for v in state.values() for a in v]] == before
+        # scaled by 1 / 0.75 instead, it stays finite: the step is taken, and writes finite numbers
+        assert one_step(name, params, grads, state, grad_scale=0.75, skip_if_nonfinite=True,
+                        maximize=maximize) is True
+        assert all(np.isfinite(p).all() for p in params)
+
+
+def test_all_finite_grad_scale_is_checked():
+    g = np.ones(4, np.float32)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="grad_scale"):
+            fusedopt.all_finite(g, grad_scale=bad)
+    # a grad_scale so small that 1 / grad_scale is inf in float32: every unscaled grad is inf or NaN
+    assert not fusedopt.all_finite(g, grad_scale=1e-39)
+    assert fusedopt.all_finite(g.astype(np.float64), grad_scale=1e-39)

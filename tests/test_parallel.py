@@ -1,9 +1,13 @@
 """The thread pool: any thread count gives the same bits, Python threads may call kernels at
 once, and idle workers sleep."""
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import fusedopt
 from fusedopt import reference
@@ -63,3 +67,38 @@ def test_idle_workers_sleep(threads):
     time.sleep(0.3)
     cpu = time.process_time() - cpu0
     assert cpu < 0.05 * (time.perf_counter() - wall0), f"{cpu:.3f} s of CPU while idle"
+
+
+def run_import(env_value):
+    """Import fusedopt in a new interpreter with FUSEDOPT_NUM_THREADS=env_value; (exit code, output)."""
+    env = dict(os.environ, FUSEDOPT_NUM_THREADS=env_value, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", "import fusedopt; print(fusedopt.get_num_threads())"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5", "2x", "99999999999", "1025"])
+def test_bad_num_threads_variable_is_an_import_error(value):
+    """Was ignored (abc, 0, -3) or overflowed to 1,215,752,191 threads (99999999999)."""
+    code, out = run_import(value)
+    assert code != 0 and "ImportError" in out and f"FUSEDOPT_NUM_THREADS={value!r}" in out, out
+
+
+@pytest.mark.parametrize("value,threads", [("3", 3), (" 2 ", 2), ("1024", 1024)])
+def test_num_threads_variable(value, threads):
+    code, out = run_import(value)
+    assert code == 0 and out.split() == [str(threads)], out
+
+
+@pytest.mark.parametrize("n,exc", [(0, ValueError), (-1, ValueError), (1025, ValueError), (2**70, ValueError),
+                                   (1.0, TypeError), ("2", TypeError), (True, TypeError), (None, TypeError)])
+def test_set_num_threads_checks_its_argument(threads, n, exc):
+    before = fusedopt.get_num_threads()
+    with pytest.raises(exc, match="set_num_threads: n must be"):
+        fusedopt.set_num_threads(n)
+    assert fusedopt.get_num_threads() == before
+
+
+def test_set_num_threads_takes_numpy_ints(threads):
+    fusedopt.set_num_threads(np.int64(3))
+    assert fusedopt.get_num_threads() == 3

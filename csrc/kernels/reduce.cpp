@@ -51,10 +51,28 @@ double sum_abs(const void* x, std::size_t n) {
     return sum_as_double(static_cast<const T*>(x), n, [](auto v) { return abs(v); });
 }
 
-// sum of x*0: 0 when every element is finite, NaN when one is inf or NaN
+// sum of (x * scale) * 0 in x's dtype: 0 when every x * scale is finite, NaN when one is inf or
+// NaN. scale is the update's grad_mult (1 / grad_scale, negated to maximize), rounded to x's
+// dtype and applied as the update kernels apply it, so what is checked is the gradient the
+// update uses (a finite float32 grad of 3e38 with grad_scale 0.5 is inf there), as torch's
+// GradScaler checks the unscaled grads; still one read-only pass.
 template <class T>
-double nonfinite_probe(const void* x, std::size_t n) {
-    return sum_as_double(static_cast<const T*>(x), n, [](auto v) { return v * decltype(v)(0.0); });
+double nonfinite_probe(const void* px, std::size_t n, double scale) {
+    const T* x = static_cast<const T*>(px);
+    using V = Vec<T>;
+    constexpr std::size_t W = V::size;
+    const V s{T(scale)}, zero{T(0)};
+    V acc0(zero), acc1(zero), acc2(zero), acc3(zero);
+    std::size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        acc0 = acc0 + V::load(x + i) * s * zero;
+        acc1 = acc1 + V::load(x + i + W) * s * zero;
+        acc2 = acc2 + V::load(x + i + 2 * W) * s * zero;
+        acc3 = acc3 + V::load(x + i + 3 * W) * s * zero;
+    }
+    double sum = static_cast<double>(reduce_add((acc0 + acc1) + (acc2 + acc3)));
+    for (; i < n; ++i) sum += static_cast<double>((Scalar<T>::load(x + i) * Scalar<T>(T(scale)) * Scalar<T>(T(0))).v);
+    return sum;
 }
 
 // max |x|, NaN if any element is NaN (as torch's inf-norm)
@@ -67,7 +85,7 @@ double max_abs(const void* px, std::size_t n) {
     for (; i + Vec<T>::size <= n; i += Vec<T>::size) acc = max(abs(Vec<T>::load(x + i)), acc);
     T m = reduce_max(acc);
     for (; i < n; ++i) m = max(abs(Scalar<T>::load(x + i)), Scalar<T>(m)).v;
-    if (std::isnan(nonfinite_probe<T>(px, n)) && !std::isinf(m)) return std::nan("");
+    if (std::isnan(nonfinite_probe<T>(px, n, 1.0)) && !std::isinf(m)) return std::nan("");
     if (std::isinf(m))  // inf and NaN both present: NaN wins, as in torch
         for (std::size_t j = 0; j < n; ++j)
             if (std::isnan(x[j])) return std::nan("");

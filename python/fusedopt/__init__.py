@@ -37,6 +37,17 @@ if _os.environ.get("FUSEDOPT_ISA"):
     except ValueError as e:
         raise ImportError(f"FUSEDOPT_ISA={_os.environ['FUSEDOPT_ISA']!r}: {e}") from None
 
+# The thread count from the environment: digits, checked by set_num_threads itself (1 to 1024,
+# see csrc/parallel.h: kMaxThreads); anything else is an error here rather than being ignored.
+if _os.environ.get("FUSEDOPT_NUM_THREADS", "").strip():
+    _value = _os.environ["FUSEDOPT_NUM_THREADS"]
+    try:
+        if not (_value.strip().isascii() and _value.strip().isdigit()):
+            raise ValueError("not a whole number")
+        _core.set_num_threads(int(_value))
+    except ValueError as e:
+        raise ImportError(f"FUSEDOPT_NUM_THREADS={_value!r} is not a thread count from 1 to 1024: {e}") from None
+
 __all__ = [
     "adagrad_",
     "adam_",

@@ -101,9 +101,13 @@ def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, be
                       amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
 
 
-def all_finite(grads):
-    """True when no element of grads (an array or a list of them) is inf or NaN: one SIMD pass."""
-    return _core.all_finite(grads)
+def all_finite(grads, grad_scale=None):
+    """True when no element of grads (an array or a list of them) is inf or NaN: one SIMD pass.
+
+    With grad_scale, the elements checked are grad * (1 / grad_scale) in the grads' dtype, the
+    gradients an update with that grad_scale uses (a finite float32 3e38 is inf once divided by 0.5).
+    """
+    return _core.all_finite(grads, grad_scale)
 
 
 def grad_norm(grads, norm_type=2.0):

@@ -1,0 +1,147 @@
+"""A process forked after multi-threaded calls gets a working thread pool of its own.
+
+Each case runs a script in a new session (its own process group) with a timeout: a child that
+hangs in the thread pool fails the test and is killed with all its processes, instead of
+hanging the test run.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TIMEOUT = 60  # seconds for a whole script; each takes ~1 s when nothing hangs
+
+# Shared by every script: a 2-thread SGD call on 1M floats (8 tasks of 131072 elements, so both
+# threads take part), its result as a digest, and the number of threads the process has.
+COMMON = """
+import hashlib, os, sys, time
+import numpy as np
+import fusedopt
+
+N = 1 << 20
+
+def sgd_digest(seed):
+    rng = np.random.default_rng(seed)
+    p, g, buf = (rng.standard_normal(N).astype(np.float32) for _ in range(3))
+    for _ in range(3):
+        fusedopt.sgd_(p, g, buf, lr=0.1, momentum=0.9)
+    return hashlib.sha256(p.tobytes() + buf.tobytes()).hexdigest()
+
+def threads_in_process():
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+
+def one_thread_digest(seed):
+    before = fusedopt.get_num_threads()
+    fusedopt.set_num_threads(1)
+    try:
+        return sgd_digest(seed)
+    finally:
+        fusedopt.set_num_threads(before)
+"""
+
+
+def run_script(tmp_path, body):
+    """Run COMMON + body as a file (spawn and forkserver re-import the main module by its path);
+    returns its stdout. Fails on a non-zero exit or on the timeout, killing its process group."""
+    script = tmp_path / "script.py"
+    script.write_text(COMMON + textwrap.dedent(body))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.pop("FUSEDOPT_NUM_THREADS", None)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and any child it forked
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {TIMEOUT} s (a forked child hung?)\nstdout: {out}\nstderr: {err}")
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout: {out}\nstderr: {err}"
+    return out
+
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def test_forked_child_runs_multithreaded_calls(tmp_path):
+    """The parent's worker is asleep on the pool's condition variable when the process forks; the
+    child's calls (several, each waking its workers) return, give the 1-thread result, and run on
+    2 threads."""
+    out = run_script(tmp_path, """
+        fusedopt.set_num_threads(2)
+        want = one_thread_digest(1)
+        assert sgd_digest(1) == want
+        time.sleep(0.2)  # the worker goes back to sleep
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ok = fusedopt.get_num_threads() == 2 and all(sgd_digest(1) == want for _ in range(5))
+                ok = ok and threads_in_process() in (None, 2)  # the caller and one new worker
+                code = 0 if ok else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert sgd_digest(1) == want  # the parent's pool still works
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_fork_of_a_fork(tmp_path):
+    """A child's own pool survives the next fork too (the handler is registered once, runs in every child)."""
+    out = run_script(tmp_path, """
+        fusedopt.set_num_threads(2)
+        want = one_thread_digest(2)
+        assert sgd_digest(2) == want
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                assert sgd_digest(2) == want
+                time.sleep(0.1)
+                pid2 = os.fork()
+                if pid2 == 0:
+                    os._exit(0 if sgd_digest(2) == want and sgd_digest(2) == want else 3)
+                _, status = os.waitpid(pid2, 0)
+                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 4
+                code = code or (0 if sgd_digest(2) == want else 5)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_multiprocessing_pool(tmp_path, method):
+    """multiprocessing.Pool workers (what DataLoader workers and ProcessPoolExecutor do) make
+    multi-threaded calls after the parent made some, with every start method."""
+    out = run_script(tmp_path, f"""
+        import multiprocessing as mp
+
+        def work(seed):
+            inherited = fusedopt.get_num_threads()
+            fusedopt.set_num_threads(2)
+            return [sgd_digest(seed) for _ in range(3)], inherited
+
+        if __name__ == "__main__":
+            fusedopt.set_num_threads(2)
+            seeds = [3, 4, 5, 6]
+            want = [one_thread_digest(s) for s in seeds]
+            assert [sgd_digest(s) for s in seeds] == want
+            time.sleep(0.1)
+            with mp.get_context({method!r}).Pool(2) as pool:
+                got = pool.map(work, seeds)
+            assert [digests for digests, _ in got] == [[w] * 3 for w in want], got
+            if {method!r} == "fork":  # a forked worker keeps the parent's thread count
+                assert all(n == 2 for _, n in got), got
+            print("ok")
+    """)
+    assert out.strip() == "ok"
