@@ -250,3 +250,83 @@ def test_unknown_isa_is_a_clear_error():
         if name not in fusedopt.available_isas():
             with pytest.raises(ValueError, match="usable here"):
                 fusedopt.set_isa(name)
+
+
+# ---- every scalar argument of every public function: a wrong type or an out-of-range number is
+# an error naming it (pybind11's own TypeError names none: "incompatible function arguments")
+
+def valid_calls():
+    """function name -> (positional arrays, keyword arguments) of a call that runs."""
+    p, g, a, b = four_arrays()
+    x = np.random.default_rng(3).standard_normal((4, 3))
+    mean, invstd = x.mean(axis=0), 1 / x.std(axis=0)
+    return {
+        "sgd_": ([p, g, a], dict(lr=0.1, momentum=0.9)),
+        "adagrad_": ([p, g, a], dict(step=1)),
+        "rmsprop_": ([p, g, a], {}),
+        "adam_": ([p, g, a, b], dict(step=1)),
+        "adamw_": ([p, g, a, b], dict(step=1)),
+        "all_finite": ([g], {}),
+        "grad_norm": ([g], {}),
+        "clip_grad_norm_": ([g], dict(max_norm=1.0)),
+        "clip_grad_value_": ([g], dict(clip_value=1.0)),
+        "batchnorm_forward": ([x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3)], {}),
+        "batchnorm_backward": ([np.ones_like(x), x, np.ones(3), mean, invstd], {}),
+    }
+
+
+INT_ARGUMENTS = {"step", "axis"}
+OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("adam_", "grad_scale"), ("adamw_", "grad_scale"), ("sgd_", "grad_scale"),
+                      ("adagrad_", "grad_scale"), ("rmsprop_", "grad_scale"), ("all_finite", "grad_scale")}
+BAD_VALUES = {  # kind -> [(value, exception)]
+    "float": [("0.001", TypeError), (10**400, ValueError), ([0.1], TypeError), (None, TypeError)],
+    "int": [(1.5, TypeError), ("1", TypeError), (2**63, ValueError), (-2**63 - 1, ValueError), (None, TypeError),
+            (np.float64(2.0), TypeError)],
+    "bool": [("yes", TypeError), ([1], TypeError)],
+}
+
+
+def scalar_arguments():
+    """(function name, argument, kind) for every scalar argument of every public function."""
+    import inspect
+    out = []
+    for name in valid_calls():
+        for arg, param in inspect.signature(getattr(fusedopt, name)).parameters.items():
+            if arg in ("lr", "max_norm", "clip_value", "step") or isinstance(param.default, (bool, int, float)) \
+                    or arg == "grad_scale":
+                kind = ("bool" if isinstance(param.default, bool) else "int" if arg in INT_ARGUMENTS else "float")
+                out.append((name, arg, kind))
+    return out
+
+
+@pytest.mark.parametrize("name,arg,kind", scalar_arguments(), ids=[f"{n}-{a}" for n, a, _ in scalar_arguments()])
+def test_a_bad_scalar_argument_is_named(name, arg, kind):
+    arrays, kwargs = valid_calls()[name]
+    function = getattr(fusedopt, name)
+    for value, exc in BAD_VALUES[kind]:
+        if value is None and (name, arg) in OPTIONAL_ARGUMENTS:
+            continue
+        before = snapshot(arrays)
+        with pytest.raises(exc, match=rf"^{name}: {arg} (must be|is out of range|is too large)") as info:
+            function(*arrays, **{**kwargs, arg: value})
+        assert "incompatible function arguments" not in str(info.value)
+        assert snapshot(arrays) == before, f"{arg}={value!r} wrote"
+    function(*arrays, **kwargs)  # and the call itself is valid
+
+
+def test_the_issue_examples():
+    args = adam_args()
+    for kw, exc, match in [(dict(step=1.5), TypeError, "step must be an int"),
+                           (dict(step=1, lr="0.001"), TypeError, "lr must be a real number"),
+                           (dict(step=1, lr=10**400), ValueError, "lr is too large for a float"),
+                           (dict(step=2**63), ValueError, r"step is out of range \(must be less than 2\*\*63\)"),
+                           (dict(step=1, beta1=None), TypeError, "beta1 must be a real number")]:
+        with pytest.raises(exc, match=match):
+            fusedopt.adam_(**args, **kw)
+
+
+def test_other_type_errors_pass_through():
+    """A TypeError that is not pybind11's refusal of an argument keeps its own message."""
+    args = adam_args()
+    with pytest.raises(TypeError, match="grads must be a numpy.ndarray"):
+        fusedopt.adam_(**with_(args, grads=[args["grads"]]), step=1)

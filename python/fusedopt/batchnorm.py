@@ -16,6 +16,7 @@ blocks merge with Chan's formula. Never E[x^2] - E[x]^2: a block whose shift is 
 standard deviations from its mean is summed again about its own mean (it is still in cache).
 """
 from . import _core
+from .functional import _argument_error
 
 
 def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
@@ -42,8 +43,11 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     eps=0) gets invstd = inf and y = nan, as torch computes it. momentum=None (torch's
     cumulative average) is not supported: pass 1 / (number of batches seen) yourself.
     """
-    return _core.batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
-                                   relu, out)
+    try:
+        return _core.batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
+                                       relu, out)
+    except TypeError as e:
+        raise _argument_error(e, batchnorm_forward, locals()) from None
 
 
 def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, relu_output=None, out=None):
@@ -63,4 +67,7 @@ def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, trainin
     writable, overlapping none of the inputs) and returned. dy and relu_output have x's shape;
     save_mean and save_invstd are the ones batchnorm_forward returned.
     """
-    return _core.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out)
+    try:
+        return _core.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out)
+    except TypeError as e:
+        raise _argument_error(e, batchnorm_backward, locals()) from None

@@ -12,15 +12,103 @@ The formulas are torch.optim's (see each docstring and docs/algorithms.md); `ste
 Mixed precision and overflow, for every update function:
 - grad_scale: the grads were computed from a loss multiplied by grad_scale; the kernel
   multiplies them by 1 / grad_scale as it reads them (torch's GradScaler.unscale_, fused).
-- skip_if_nonfinite: one read-only pass over the grads first; if any is inf or NaN, nothing
-  is written and the function returns False (torch's GradScaler skipping optimizer.step()).
+- skip_if_nonfinite: one read-only pass over the grads first; if any is inf or NaN once
+  multiplied by 1 / grad_scale (as the update would use it), nothing is written and the
+  function returns False (torch's GradScaler skipping optimizer.step()).
+
+A wrongly typed or out-of-range scalar argument (step=1.5, lr="0.001", lr=10**400, step=2**63)
+is a TypeError / ValueError naming it.
 The update functions return True when the step was applied.
 """
+import ast
+import functools
+import inspect
 import itertools
+import operator
+import re
+import textwrap
 
 import numpy as np
 
 from . import _core
+
+
+# ---- errors that name the argument ----------------------------------------------------------------
+#
+# The _core functions take their scalars as C++ double / long long / bool, and pybind11 refuses a
+# value it cannot convert (1.5 for an int, "0.001" or 10**400 for a float, None for a bool) with
+# a TypeError that lists the argument types but names no argument. Each public function catches
+# that TypeError, and only then (the normal call pays nothing for a try block) this works out
+# which of its arguments pybind11 refused, from the types in pybind11's message and the names
+# the function passes at each position of its _core call.
+
+_INT64_MAX = 2**63 - 1
+
+
+def _refusal(kind, value):
+    """Why pybind11 refuses value for a parameter of type `kind` (as its message spells it), or None."""
+    optional = kind.endswith("| None")
+    kind = kind.removesuffix("| None").strip()
+    if kind not in ("bool",) and "Supports" not in kind or value is None and optional:
+        return None  # object (arrays, lists, ...): the C++ checks name it; or an accepted None
+    accepts = {"bool": "a bool", "int": "an int", "float": "a real number (int or float)"}[
+        "bool" if kind == "bool" else "float" if "SupportsFloat" in kind else "int"]
+    accepts += " or None" if optional else ""
+    if value is None:
+        return f"must be {accepts}"
+    if kind == "bool":
+        return None if hasattr(type(value), "__bool__") else f"must be {accepts}"
+    if isinstance(value, (str, bytes)) or not any(hasattr(type(value), m) for m in ("__float__", "__index__", "__int__")):
+        return f"must be {accepts}"
+    if "SupportsFloat" in kind:
+        try:
+            float(value)
+        except OverflowError:
+            return "is too large for a float (at most ~1.8e308)"
+        except (TypeError, ValueError):
+            return f"must be {accepts}"
+        return None
+    if isinstance(value, (float, np.floating)):
+        return f"must be {accepts}"
+    if not -_INT64_MAX - 1 <= int(value) <= _INT64_MAX:
+        return "is out of range (must be less than 2**63)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _call_argument_names(function):
+    """The names function passes at each position of its _core call (None for a constant), read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "_core"):
+            return tuple(arg.id if isinstance(arg, ast.Name) else None for arg in node.args)
+    raise LookupError(f"no _core call in {function.__name__}")
+
+
+def _argument_error(error, function, arguments):
+    """error (pybind11's TypeError) as a TypeError / ValueError naming the argument of `function`
+    (called with `arguments`, its locals) that pybind11 refused, and saying what is accepted; the
+    original error when it is not pybind11's refusal or no argument is found to blame."""
+    message = str(error)
+    if "incompatible function arguments" not in message:
+        return error
+    try:
+        names = _call_argument_names(function)
+    except (OSError, TypeError, LookupError, SyntaxError):  # no source: keep pybind11's message
+        return error
+    kinds = re.findall(r"arg(\d+): (.*?)(?=, arg\d+: |\) -> )", message.split("\n")[1])
+    for position, kind in kinds:
+        name = names[int(position)] if int(position) < len(names) else None
+        if name is None or name not in arguments:
+            continue
+        value = arguments[name]
+        reason = _refusal(kind, value)
+        if reason is not None:
+            exception = ValueError if "out of range" in reason or "too large" in reason else TypeError
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+            return exception(f"{function.__name__}: {name} {reason}, got {shown} ({type(value).__name__})")
+    return error
 
 
 def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
@@ -36,8 +124,11 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     momentum_buffers is required when momentum > 0; with step=1 their contents are ignored
     and overwritten with g, as torch initializes its buffers.
     """
-    return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step,
-                     grad_scale, skip_if_nonfinite)
+    try:
+        return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step,
+                         grad_scale, skip_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, sgd_, locals()) from None
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -49,8 +140,11 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
         state_sum += g * g
         param -= clr * g / (sqrt(state_sum) + eps)
     """
-    return _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale,
-                         skip_if_nonfinite)
+    try:
+        return _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale,
+                             skip_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, adagrad_, locals()) from None
 
 
 def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
@@ -69,8 +163,11 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
     momentum_buffers (zeros at the start) are required when momentum > 0, grad_avgs (zeros at
     the start) when centered.
     """
-    return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
-                         centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite)
+    try:
+        return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
+                             centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, rmsprop_, locals()) from None
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
@@ -89,16 +186,22 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, bet
 
     max_exp_avg_sqs (zeros at the start) are required when amsgrad=True.
     """
-    return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-                      decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+    try:
+        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+                          decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, adam_, locals()) from None
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, grad_scale=None,
            skip_if_nonfinite=False):
     """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
-    return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
-                      amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+    try:
+        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
+                          amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, adamw_, locals()) from None
 
 
 def all_finite(grads, grad_scale=None):
@@ -107,12 +210,18 @@ def all_finite(grads, grad_scale=None):
     With grad_scale, the elements checked are grad * (1 / grad_scale) in the grads' dtype, the
     gradients an update with that grad_scale uses (a finite float32 3e38 is inf once divided by 0.5).
     """
-    return _core.all_finite(grads, grad_scale)
+    try:
+        return _core.all_finite(grads, grad_scale)
+    except TypeError as e:
+        raise _argument_error(e, all_finite, locals()) from None
 
 
 def grad_norm(grads, norm_type=2.0):
     """The norm of all grads taken together, (sum |g|**p)**(1/p) or max |g| for inf, summed in float64."""
-    return _core.grad_norm(grads, float(norm_type))
+    try:
+        return _core.grad_norm(grads, norm_type)
+    except TypeError as e:
+        raise _argument_error(e, grad_norm, locals()) from None
 
 
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
@@ -125,12 +234,18 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     A non-finite total norm raises RuntimeError with error_if_nonfinite=True (grads unchanged);
     otherwise grads are scaled by the resulting NaN/0 factor, as torch does.
     """
-    return _core.clip_grad_norm_(grads, float(max_norm), float(norm_type), error_if_nonfinite)
+    try:
+        return _core.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite)
+    except TypeError as e:
+        raise _argument_error(e, clip_grad_norm_, locals()) from None
 
 
 def clip_grad_value_(grads, clip_value):
     """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]."""
-    _core.clip_grad_value_(grads, float(clip_value))
+    try:
+        _core.clip_grad_value_(grads, clip_value)
+    except TypeError as e:
+        raise _argument_error(e, clip_grad_value_, locals()) from None
 
 
 # Where big state arrays go. NumPy gives consecutive large arrays addresses 4 KiB apart modulo
