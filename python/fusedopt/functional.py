@@ -24,7 +24,6 @@ import ast
 import functools
 import inspect
 import itertools
-import operator
 import re
 import textwrap
 
@@ -75,7 +74,7 @@ def _refusal(kind, value):
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _call_argument_names(function):
     """The names function passes at each position of its _core call (None for a constant), read from its source."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
