@@ -12,10 +12,14 @@ param: we measure at most 2 ulps of max(1, |param|) on avx2, sse2 and scalar (pr
 test). ULPS = 16 leaves room for other ISAs and compilers while still catching a wrong formula,
 which is off by far more after 100 steps.
 """
+import copy
 import json
 import math
 import os
+import pickle
 import zipfile
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -145,8 +149,8 @@ def max_ulps(actual, expected):
 def fingerprint(opt):
     """Everything an optimizer holds, comparable with ==: hyperparameters, state and params as bytes."""
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    state = {i: {k: (v.dtype.str, v.tobytes()) if isinstance(v, np.ndarray) else v for k, v in s.items()}
-             for i, s in opt.state.items()}
+    state = {i: {k: (v.dtype.str, v.tobytes()) if isinstance(v, np.ndarray) else v for k, v in opt.state[p].items()}
+             for i, p in enumerate(p for g in opt.param_groups for p in g["params"]) if p in opt.state}
     params = [p.tobytes() for g in opt.param_groups for p in g["params"]]
     return groups, state, params, opt.skipped_steps
 
@@ -220,7 +224,7 @@ def test_a_param_without_grad_sits_the_step_out(name):
     for i, (p, one) in enumerate(zip(flat(params), alone)):
         assert p.tobytes() == one.param_groups[0]["params"][0].tobytes(), f"param {i}"
         assert fingerprint(opt)[1].get(i) == fingerprint(one)[1].get(0), f"state of param {i}"
-    assert 4 not in opt.state
+    assert flat(params)[4] not in opt.state
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -264,11 +268,11 @@ def test_sgd_first_step_sets_buffer_to_gradient():
     g1, g2 = np.arange(8, dtype=np.float32), np.full(8, 0.5, np.float32)
     opt = optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.5)
     opt.step([g1])
-    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], g1)
-    assert "step" not in opt.state[0]  # torch's SGD counts no steps
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], g1)
+    assert "step" not in opt.state[p]  # torch's SGD counts no steps
     assert_close(p, 1 - np.float32(0.1) * g1, ulps=2)
     opt.step([g2])
-    assert_close(opt.state[0]["momentum_buffer"], np.float32(0.9) * g1 + np.float32(0.5) * g2, ulps=2)
+    assert_close(opt.state[p]["momentum_buffer"], np.float32(0.9) * g1 + np.float32(0.5) * g2, ulps=2)
 
 
 def test_sgd_momentum_switched_on_later_starts_from_that_gradient():
@@ -279,7 +283,7 @@ def test_sgd_momentum_switched_on_later_starts_from_that_gradient():
     opt.param_groups[0]["momentum"] = 0.9
     g = np.linspace(-1, 1, 8)
     opt.step([g])
-    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], g)
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], g)
 
 
 def test_adagrad_initial_accumulator_value():
@@ -289,9 +293,9 @@ def test_adagrad_initial_accumulator_value():
     assert opt.state == {}  # allocated at the first step
     g = np.float32(3.0)
     opt.step([np.full(5, g), np.full(3, g)])
-    assert_close(opt.state[0]["sum"], np.full(5, 0.5 + g * g, np.float32), ulps=1)
-    assert_close(opt.state[1]["sum"], np.full(3, 2.0 + g * g, np.float32), ulps=1)
-    assert opt.state[0]["step"] == opt.state[1]["step"] == 1
+    assert_close(opt.state[a]["sum"], np.full(5, 0.5 + g * g, np.float32), ulps=1)
+    assert_close(opt.state[b]["sum"], np.full(3, 2.0 + g * g, np.float32), ulps=1)
+    assert opt.state[a]["step"] == opt.state[b]["step"] == 1
 
 
 def test_params_with_different_step_counts_each_get_their_own():
@@ -311,7 +315,7 @@ def test_params_with_different_step_counts_each_get_their_own():
     opt.step(grads)
     for got, want in zip(params, expected):
         assert got.tobytes() == want.tobytes()
-    assert [opt.state[i]["step"] for i in range(3)] == [6, 3, 6]
+    assert [opt.state[p]["step"] for p in params] == [6, 3, 6]
 
 
 def test_group_may_mix_dtypes():
@@ -389,7 +393,7 @@ def test_skip_with_different_step_counts_in_one_group():
     params = [np.zeros(4, np.float32), np.zeros(4, np.float32)]
     opt = optim.Adam(params)
     opt.step([np.ones(4, np.float32), np.ones(4, np.float32)])
-    opt.state[1]["step"] = 7
+    opt.state[params[1]]["step"] = 7
     before = fingerprint(opt)
     assert opt.step([np.ones(4, np.float32), np.full(4, np.inf, np.float32)], skip_if_nonfinite=True) is False
     assert fingerprint(opt)[:3] == before[:3] and opt.skipped_steps == 1
@@ -421,13 +425,14 @@ def test_resume_is_bitwise_identical(name, via, into, tmp_path):
         train(opt, name, make_grads(np.float32, steps=3, seed=7), range(3))
         for p, saved in zip(flat(resumed), flat(first)):  # params are not in a checkpoint: restore them
             np.copyto(p, saved)
-        arrays_before = {(i, k): id(v) for i, s in opt.state.items() for k, v in s.items() if isinstance(v, np.ndarray)}
+        arrays_before = {(id(p), k): id(v) for p, s in opt.state.items() for k, v in s.items()
+                         if isinstance(v, np.ndarray)}
     if via == "file":
         optim.load(tmp_path / "ckpt.npz", opt)
     else:
         opt.load_state_dict(checkpoint)
     if into == "used":  # copied into the existing arrays
-        assert {(i, k): id(v) for i, s in opt.state.items() for k, v in s.items()
+        assert {(id(p), k): id(v) for p, s in opt.state.items() for k, v in s.items()
                 if isinstance(v, np.ndarray)} == arrays_before
     train(opt, name, grads, range(STEPS // 2, STEPS))
     for a, b in zip(flat(straight), flat(resumed)):
@@ -513,6 +518,12 @@ BAD_STATE_DICTS = [
      ValueError, "allows"),
     ("step 0", lambda sd: edit(sd, ["state", 0, "step"], 0), ValueError, "step"),
     ("step float", lambda sd: edit(sd, ["state", 0, "step"], 2.0), ValueError, "step"),
+    # a step the kernels cannot take (a C++ long long, and the next step is step + 1): these loaded,
+    # then every step failed
+    ("step 2**63", lambda sd: edit(sd, ["state", 0, "step"], 2**63), ValueError, r"step'\] must be an int from 1"),
+    ("step 10**30", lambda sd: edit(sd, ["state", 0, "step"], 10**30), ValueError, r"step'\] must be an int from 1"),
+    ("step 2**63 - 1", lambda sd: edit(sd, ["state", 2, "step"], 2**63 - 1), ValueError, "2\\*\\*63 - 2"),
+    ("step True", lambda sd: edit(sd, ["state", 0, "step"], True), ValueError, "step"),
     ("wrong dtype", lambda sd: edit(sd, ["state", 4, "exp_avg"], np.zeros(17)), ValueError, "dtype float64"),
     ("wrong shape", lambda sd: edit(sd, ["state", 1, "exp_avg"], np.zeros((7, 3), np.float32)), ValueError, "shape"),
     ("list, not array", lambda sd: edit(sd, ["state", 0, "exp_avg"], [0.0] * 5), TypeError, "numpy.ndarray"),
@@ -707,25 +718,32 @@ def grad_in_param_memory(opt, grads):
     return grads
 
 
+# the params of used_adam() (groups of 2, 1 and 2 params) by group and index, as a step's errors name them
+THREE_GROUP_NAMES = [rf"param_groups\[{k}\]\['params'\]\[{j}\]" for k, j in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]]
+
 STEP_ERRORS = [
     ("too few grads", lambda opt, g: g[:-1], ValueError, "got 4 grads but the optimizer has 5 params"),
     ("grads not a list", lambda opt, g: g[0], TypeError, "grads must be a list"),
     ("group lists mismatch", lambda opt, g: [g[:2], g[2:3]], ValueError, "2 lists of grads"),
     ("group list too short", lambda opt, g: [g[:2], g[2:3], g[3:4]], ValueError, r"grads\[2\] has 1 arrays"),
-    ("wrong shape in the last group", replace_grad(4, lambda x: x[:5].copy()), ValueError, r"grads\[4\] has shape"),
-    ("wrong dtype", replace_grad(3, lambda x: x.astype(np.float64)), TypeError, r"grads\[3\] has dtype float64"),
-    ("list, not array", replace_grad(4, lambda x: x.tolist()), TypeError, r"grads\[4\] must be a numpy.ndarray"),
-    ("non-contiguous", replace_grad(1, lambda x: np.asfortranarray(x)), ValueError, r"grads\[1\] is not C-contiguous"),
+    ("wrong shape in the last group", replace_grad(4, lambda x: x[:5].copy()), ValueError,
+     r"grads\[4\] \(the grad of {p[4]}\) has shape \(5,\) but its param has shape \(17,\)"),
+    ("wrong dtype", replace_grad(3, lambda x: x.astype(np.float64)), TypeError,
+     r"grads\[3\] \(the grad of {p[3]}\) has dtype float64"),
+    ("list, not array", replace_grad(4, lambda x: x.tolist()), TypeError,
+     r"grads\[4\] \(the grad of {p[4]}\) must be a numpy.ndarray"),
+    ("non-contiguous", replace_grad(1, lambda x: np.asfortranarray(x)), ValueError,
+     r"grads\[1\] \(the grad of {p[1]}\) is not C-contiguous"),
     ("lr set negative in the last group", set_last_group("lr", -0.1), ValueError, r"param_groups\[2\]: Invalid lr"),
     ("typo key set in a group", set_last_group("learning_rate", 0.1), ValueError, "unknown hyperparameter"),
     ("amsgrad set to None", set_last_group("amsgrad", None), TypeError, "amsgrad must be a bool"),
     ("bad grad_scale", lambda opt, g: (g, {"grad_scale": 0.0}), ValueError, "grad_scale"),
     ("read-only param", lambda opt, g: (setattr(opt.param_groups[-1]["params"][-1].flags, "writeable", False), g)[1],
-     ValueError, r"params\[4\] is read-only"),
+     ValueError, r"{p[4]} is read-only"),
     # grads[4] (the last group's) a view of params[1] (the first group's): the first call would
     # change what the last one reads (before the step checked across its calls, it did)
     ("a grad in a param's memory", grad_in_param_memory, ValueError,
-     r"(params\[1\] and grads\[4\]|grads\[4\] and params\[1\]) overlap"),
+     r"({p[1]} and grads\[4\] \(the grad of {p[4]}\)|grads\[4\] \(the grad of {p[4]}\) and {p[1]}) overlap"),
 ]
 
 
@@ -745,16 +763,17 @@ def test_hyperparameters_changed_in_place_are_checked_again():
     with pytest.raises(TypeError, match="lr must be a number"):
         opt.step([g])
     opt.param_groups[0]["lr"] = 1e-3
-    assert opt.step([g]) and opt.state[0]["step"] == 2
+    assert opt.step([g]) and opt.state[p]["step"] == 2
     opt.param_groups[0]["amsgrad"] = 0  # == False
     with pytest.raises(TypeError, match="amsgrad must be a bool"):
         opt.step([g])
     opt.param_groups[0]["amsgrad"] = True  # newly needs max_exp_avg_sq
-    q, p_before = np.zeros(3, np.float32), p.copy()
-    opt.param_groups[0]["params"] = [q]  # q takes p's index, and its state
-    assert opt.step([g]) and opt.state[0]["step"] == 3
-    assert set(opt.state[0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    q, p_before, p_step = np.zeros(3, np.float32), p.copy(), opt.state[p]["step"]
+    opt.param_groups[0]["params"] = [q]  # q takes p's index, not its state: it starts fresh
+    assert opt.step([g]) and opt.state[q]["step"] == 1
+    assert set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert np.all(q != 0) and np.array_equal(p, p_before)
+    assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"} and opt.state[p]["step"] == p_step
 
 
 @pytest.mark.parametrize("desc,change,exc,match", STEP_ERRORS, ids=[c[0] for c in STEP_ERRORS])
@@ -763,7 +782,7 @@ def test_step_errors_change_nothing(desc, change, exc, match):
     grads = change(opt, flat(make_grads(np.float32, steps=1, seed=3)[0]))
     grads, options = grads if isinstance(grads, tuple) else (grads, {})
     before = fingerprint(opt)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match.replace("{p[", "{p0[").format(p0=THREE_GROUP_NAMES)):
         opt.step(grads, **options)
     assert fingerprint(opt)[1:] == before[1:]  # state, params, skipped_steps (groups: changed by the test)
 
@@ -780,6 +799,234 @@ def test_one_group_step_errors_change_nothing(desc, change, exc, match):
     grads = change(opt, flat(make_grads(np.float32, steps=1, seed=3)[0]))
     grads, options = grads if isinstance(grads, tuple) else (grads, {})
     before = fingerprint(opt)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match.format(p=[rf"param_groups\[0\]\['params'\]\[{j}\]" for j in range(5)])):
         opt.step(grads, **options)
     assert fingerprint(opt) == before
+
+
+def test_the_largest_step_loads_and_steps():
+    opt = used_adam()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = 2**63 - 2
+    opt.load_state_dict(sd)
+    assert opt.step(flat(make_grads(np.float32, steps=1)[0]))
+    assert opt.state[opt.param_groups[0]["params"][0]]["step"] == 2**63 - 1
+
+
+# ---- a step that raises writes nothing, across groups ----------------------------------------
+
+
+def set_param(k, j, make):
+    def change(opt):
+        opt.param_groups[k]["params"][j] = make(opt.param_groups[k]["params"][j])
+    return change
+
+
+def set_state(k, j, name, make):
+    def change(opt):
+        state = opt.state[opt.param_groups[k]["params"][j]]
+        state[name] = make(state[name])
+    return change
+
+
+def readonly_copy(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+# changes to the last groups of used_adam() (groups of 2, 1, 2 params) that make the step raise; each
+# used to leave group 0 updated (with its step count not) or was not caught at all
+MULTI_GROUP_ERRORS = [
+    ("param of another shape", set_param(1, 0, lambda p: np.zeros(65, p.dtype)), ValueError,
+     r"grads\[2\] \(the grad of param_groups\[1\]\['params'\]\[0\]\) has shape \(64,\) but its param has shape \(65,\)"),
+    ("param of another dtype", set_param(2, 1, lambda p: p.astype(np.float64)), TypeError,
+     r"grads\[4\] \(the grad of param_groups\[2\]\['params'\]\[1\]\) has dtype float32"),
+    ("param of an integer dtype", set_param(2, 0, lambda p: p.astype(np.int32)), TypeError,
+     r"param_groups\[2\]\['params'\]\[0\] has dtype int32"),
+    ("param big-endian", set_param(2, 0, lambda p: p.astype(">f4")), TypeError,
+     r"param_groups\[2\]\['params'\]\[0\] has dtype >f4"),
+    ("param non-contiguous", set_param(2, 1, lambda p: np.zeros(34, p.dtype)[::2]), ValueError,
+     r"param_groups\[2\]\['params'\]\[1\] is not C-contiguous"),
+    ("param read-only", set_param(1, 0, readonly_copy), ValueError, r"param_groups\[1\]\['params'\]\[0\] is read-only"),
+    ("param not an array", set_param(2, 1, lambda p: p.tolist()), TypeError,
+     r"param_groups\[2\]\['params'\]\[1\] must be a numpy.ndarray, got list"),
+    ("param a view of another group's", lambda opt: opt.param_groups[2]["params"].__setitem__(
+        1, opt.param_groups[1]["params"][0][10:27]), ValueError, r"param_groups\[1\]\['params'\]\[0\].* overlap"),
+    ("state of another shape", set_state(2, 1, "exp_avg", lambda a: np.zeros(18, a.dtype)), ValueError,
+     r"state\['exp_avg'\] of param_groups\[2\]\['params'\]\[1\] has shape \(18,\) but its param has shape \(17,\)"),
+    ("state of another dtype", set_state(1, 0, "exp_avg_sq", lambda a: a.astype(np.float64)), TypeError,
+     r"state\['exp_avg_sq'\] of param_groups\[1\]\['params'\]\[0\] has dtype float64"),
+    ("state read-only", set_state(2, 0, "exp_avg", readonly_copy), ValueError,
+     r"state\['exp_avg'\] of param_groups\[2\]\['params'\]\[0\] is read-only"),
+    ("state shared with another param's", lambda opt: opt.state[opt.param_groups[2]["params"][1]].__setitem__(
+        "exp_avg_sq", opt.state[opt.param_groups[0]["params"][0]]["exp_avg_sq"][:1]), ValueError,
+     r"state\['exp_avg_sq'\] of param_groups\[2\]\['params'\]\[1\] has shape|overlap"),
+    ("state a view of another state", lambda opt: opt.state[opt.param_groups[2]["params"][1]].__setitem__(
+        "exp_avg", opt.state[opt.param_groups[1]["params"][0]]["exp_avg"][:17]), ValueError,
+     r"the exp_avg of param_groups\[2\]\['params'\]\[1\].* overlap|overlap.*the exp_avg of param_groups\[2\]"),
+]
+
+
+@pytest.mark.parametrize("desc,change,exc,match", MULTI_GROUP_ERRORS, ids=[c[0] for c in MULTI_GROUP_ERRORS])
+def test_multi_group_step_that_raises_writes_nothing(desc, change, exc, match):
+    """Every check of every call runs before the first call writes; the error names the param by its
+    group and its index there. Undone, the optimizer goes on bitwise as one that never raised."""
+    opt, straight = used_adam(), used_adam()
+    saved = [list(group["params"]) for group in opt.param_groups]
+    saved_state = {id(p): dict(s) for p, s in opt.state.items()}
+    grads = flat(make_grads(np.float32, steps=1, seed=3)[0])
+    before = [p.tobytes() for p in flat(saved)], fingerprint(opt)[1]
+    change(opt)
+    with pytest.raises(exc, match=match):
+        opt.step(grads)
+    assert [p.tobytes() for p in flat(saved)] == before[0]
+    for group, params in zip(opt.param_groups, saved):  # undo the change
+        group["params"] = params
+    for p in flat(saved):
+        opt.state[p].clear()
+        opt.state[p].update(saved_state[id(p)])
+    assert fingerprint(opt)[1] == before[1]  # no state written, no step counted
+    for optimizer in (opt, straight):
+        optimizer.step(grads)
+    assert fingerprint(opt) == fingerprint(straight)
+
+
+# ---- state follows its param ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_follows_its_param(name):
+    """Params appended to, inserted into and removed from a group between steps: each keeps its
+    state (it ends bitwise as an optimizer of that param alone, given the steps it took part in)
+    and a new param starts fresh. Positional state gave an inserted param its neighbour's state."""
+    rng = np.random.default_rng(0)
+    kwargs = {**CONFIGS[name][0], **CONFIGS[name][1][0]}
+    a, b, c, d = (rng.standard_normal(n).astype(np.float32) for n in (5, 8, 8, 3))
+    alone = {id(x): getattr(optim, name)([x.copy()], **kwargs) for x in (a, b, c, d)}
+    opt = getattr(optim, name)([a, b], **kwargs)
+    layouts = [[a, b], [a, b], [c, a, b], [c, a, b, d], [c, b, d], [c, b, d, a], [d, a]]
+    for layout in layouts:
+        opt.param_groups[0]["params"] = list(layout)
+        grads = [rng.standard_normal(x.shape).astype(np.float32) for x in layout]
+        opt.step(grads)
+        for x, g in zip(layout, grads):
+            alone[id(x)].step([g])
+    for x in (a, b, c, d):
+        one = alone[id(x)]
+        assert x.tobytes() == one.param_groups[0]["params"][0].tobytes()
+        mine, its = opt.state.get(x, {}), one.state.get(one.param_groups[0]["params"][0], {})
+        assert mine.keys() == its.keys()
+        for key in mine:
+            assert np.asarray(mine[key]).tobytes() == np.asarray(its[key]).tobytes(), key
+    # state_dict stays in torch's layout: indices of the current params
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["params"] == [0, 1]
+    assert set(sd["state"]) <= {0, 1}
+    copies = [x.copy() for x in (d, a)]
+    other = getattr(optim, name)(copies, **kwargs)
+    other.load_state_dict(sd)
+    g = [rng.standard_normal(x.shape).astype(np.float32) for x in (d, a)]
+    opt.step(g)
+    other.step(g)
+    assert [x.tobytes() for x in (d, a)] == [x.tobytes() for x in copies]
+
+
+def test_param_state_mapping():
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)  # equal arrays, different params
+    opt = optim.Adam([a, b])
+    assert len(opt.state) == 0 and opt.state == {} and a not in opt.state
+    opt.step([np.ones(3, np.float32), None])
+    assert a in opt.state and b not in opt.state and list(opt.state) == [a]
+    assert opt.state[a]["step"] == 1
+    with pytest.raises(KeyError):
+        opt.state[b]
+    del opt.state[a]
+    assert len(opt.state) == 0
+
+
+# ---- hyperparameters of other number types -----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [Fraction(1, 10), Decimal("0.1"), np.float32(0.1), np.float64(0.1), np.int64(1)])
+def test_hyperparameters_of_other_number_types_are_stored_as_python_numbers(value, tmp_path):
+    """Fraction(1, 10) was accepted, then optim.save failed (JSON); Decimal was refused."""
+    p = np.zeros(4, np.float32)
+    opt = optim.Adam([p], lr=value, betas=(value * 0 + Fraction(9, 10) if isinstance(value, Fraction) else 0.9, 0.999))
+    opt.add_param_group({"params": [np.zeros(2, np.float32)], "eps": value})
+    assert type(opt.defaults["lr"]) is (int if isinstance(value, np.integer) else float)
+    assert type(opt.param_groups[1]["eps"]) is type(opt.defaults["lr"])
+    assert all(type(b) is float for b in opt.param_groups[0]["betas"])
+    opt.step([np.ones(4, np.float32), np.ones(2, np.float32)])
+    optim.save(tmp_path / "ckpt.npz", opt)
+    other = optim.Adam([np.zeros(4, np.float32)])
+    other.add_param_group({"params": [np.zeros(2, np.float32)]})
+    optim.load(tmp_path / "ckpt.npz", other)
+    assert other.param_groups[0]["lr"] == float(value)
+
+
+@pytest.mark.parametrize("value,exc,match", [(10**400, ValueError, "lr must be a number a float can hold"),
+                                             (Decimal("sNaN"), ValueError, "lr must be a number"),
+                                             ("0.001", TypeError, "lr must be a number"),
+                                             (None, TypeError, "lr must be a number"),
+                                             (float("nan"), ValueError, "lr")])
+def test_hyperparameters_that_are_refused(value, exc, match):
+    p = np.zeros(4, np.float32)
+    with pytest.raises(exc, match=match):
+        optim.Adam([p], lr=value)
+    opt = optim.Adam([p])
+    opt.step([np.ones(4, np.float32)])
+    before = fingerprint(opt)
+    opt.param_groups[0]["lr"] = value
+    with pytest.raises(exc, match=match):
+        opt.step([np.ones(4, np.float32)])
+    assert fingerprint(opt)[1:] == before[1:]
+
+
+# ---- pickling, copying, printing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+@pytest.mark.parametrize("after", [0, 1, 7])
+def test_pickled_or_copied_optimizer_continues_bitwise(name, how, after):
+    """Failed after the first step (the step's cache held lambdas)."""
+    opt = make_optimizer(name, make_params(np.float32))
+    grads = make_grads(np.float32, steps=after + 5)
+    train(opt, name, grads, range(after))
+    copy_ = pickle.loads(pickle.dumps(opt)) if how == "pickle" else copy.deepcopy(opt)
+    copied_params = flat([g["params"] for g in copy_.param_groups])
+    assert all(x is not y for x, y in zip(copied_params, flat([g["params"] for g in opt.param_groups])))
+    assert all(p in copy_.state for p in copied_params) == bool(after) or name == "SGD"
+    assert fingerprint(copy_) == fingerprint(opt)
+    train(opt, name, grads, range(after, after + 5))
+    train(copy_, name, grads, range(after, after + 5))
+    assert fingerprint(copy_) == fingerprint(opt)
+
+
+def test_repr_shows_class_groups_and_hyperparameters():
+    opt = optim.AdamW([{"params": [np.zeros((10, 5), np.float32)]},
+                       {"params": [np.zeros(5, np.float32), np.zeros(3, np.float32)], "weight_decay": 0.0}], lr=3e-4)
+    text = repr(opt)
+    assert text.startswith("AdamW (\nParameter Group 0\n") and text.endswith("\n)")
+    group1 = text[text.index("Parameter Group 1"):]
+    for line in ["params: 2 arrays, 8 elements", "lr: 0.0003", "weight_decay: 0.0", "betas: (0.9, 0.999)",
+                 "amsgrad: False"]:
+        assert f"\n    {line}\n" in group1, line
+    assert "params: 1 arrays, 50 elements" in text and "weight_decay: 0.01" in text
+
+
+@pytest.mark.parametrize("groups", ["one", "three"])
+def test_skip_checks_the_unscaled_grads(groups):
+    """A finite float32 grad of 3e38 with grad_scale=0.5 is inf once unscaled: skipped, nothing written
+    (it passed the check, and the step wrote NaN into the param)."""
+    params = make_params(np.float32)
+    opt = make_optimizer("Adam", params) if groups == "three" else optim.Adam(flat(params), lr=0.01)
+    grads = flat(make_grads(np.float32, steps=1)[0])
+    opt.step(grads)
+    before = fingerprint(opt)
+    grads[4][2] = np.float32(3e38)
+    assert opt.step(grads, grad_scale=0.5, skip_if_nonfinite=True) is False
+    assert opt.skipped_steps == 1 and fingerprint(opt)[:3] == before[:3]
+    assert opt.step(grads, grad_scale=4.0, skip_if_nonfinite=True) is True
+    assert all(np.isfinite(p).all() for p in flat(params))

@@ -13,15 +13,20 @@ Every class is the shared Optimizer plus data: torch's hyperparameters and defau
 arrays it keeps per param (and how each starts), and the fusedopt update function that advances
 them. A step makes one update-function call, i.e. one C++ call, per param group.
 
-Params are identified by their index in the order of all groups' params, as in torch's
-state_dict(): {"state": {index: {"step": n, name: ndarray}}, "param_groups": [{..., "params": [indices]}]}.
+Live state follows its param, as torch's: opt.state[param] (keyed by the array itself, its
+identity), so params may be appended to, inserted into or removed from a group between steps and
+each keeps its state (a new param starts fresh). state_dict() and checkpoints identify params by
+their index in the order of all groups' params, as torch's do:
+{"state": {index: {"step": n, name: ndarray}}, "param_groups": [{..., "params": [indices]}]}.
 """
+import decimal
 import json
 import math
 import numbers
 import os
 import secrets
 import zipfile
+from collections.abc import Mapping, MutableMapping
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -43,14 +48,76 @@ def _zeros(param, hyperparameters):
 
 
 def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return (isinstance(value, (numbers.Real, decimal.Decimal))
+            and not isinstance(value, (bool, np.bool_)))
 
 
 def _plain(value):
-    """value with NumPy scalars turned into Python numbers (and sequences into tuples)."""
+    """A hyperparameter as a plain Python value, as accepted: NumPy scalars, Fraction and Decimal
+    become float (NumPy integers int), so that a group holds what the kernels and a checkpoint's
+    JSON take; a number too large for a float raises ValueError; sequences become tuples."""
     if isinstance(value, (tuple, list)):
         return tuple(_plain(v) for v in value)
-    return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        value = int(value)
+        float(value)  # OverflowError for an int beyond float's range, which no kernel takes
+        return value
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        return float(value)
+    return value
+
+
+# A step number the kernels take: a C++ long long, after the step being taken is counted.
+_MAX_STEP = 2**63 - 1
+
+
+class ParamState(MutableMapping):
+    """opt.state: {param: {state name: value}}, keyed by the param array itself (its identity, as
+    torch keys by the tensor; arrays are not hashable, so this is not a dict). A param's entry
+    holds the param, so no other array can take its id while it is here."""
+
+    def __init__(self, items=()):
+        self._by_id = {}  # id(param) -> (param, its state)
+        for param, state in items:
+            self[param] = state
+
+    def __getitem__(self, param):
+        return self._by_id[id(param)][1]
+
+    def __setitem__(self, param, state):
+        self._by_id[id(param)] = (param, state)
+
+    def __delitem__(self, param):
+        del self._by_id[id(param)]
+
+    def __contains__(self, param):
+        return id(param) in self._by_id
+
+    def __iter__(self):
+        return (param for param, _ in self._by_id.values())
+
+    def __len__(self):
+        return len(self._by_id)
+
+    def __repr__(self):
+        return f"ParamState({len(self)} params)"
+
+    def __eq__(self, other):
+        """The same params (by identity) with the same state objects; a dict (whose keys cannot be
+        arrays) is equal only when both are empty."""
+        if isinstance(other, ParamState):
+            return self._by_id.keys() == other._by_id.keys() and all(
+                other._by_id[key][1] is state for key, (_, state) in self._by_id.items())
+        return len(self) == 0 and len(other) == 0 if isinstance(other, Mapping) else NotImplemented
+
+    __hash__ = None
+
+    # ids are not kept across pickling or copying: the pairs are, and the memo keeps each param the
+    # same object as in param_groups
+    def __reduce__(self):
+        return ParamState, (list(self._by_id.values()),)
 
 
 _NO_STATE = {}  # the state of a param before its first step (never written)
@@ -70,6 +137,34 @@ def _unchanged(group, snapshot):
     return group == copy and list(map(type, group.values())) == types
 
 
+def _array_problem(a, written):
+    """What an update function would refuse about one of its arrays, or None."""
+    if not isinstance(a, np.ndarray):
+        return TypeError, f"must be a numpy.ndarray, got {type(a).__name__}"
+    if a.dtype not in (np.float32, np.float64) or not a.dtype.isnative:
+        return TypeError, f"has dtype {a.dtype}; fusedopt updates float32 or float64 arrays"
+    flags = a.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return ValueError, "is not C-contiguous; fusedopt updates arrays in place and never copies them"
+    if written and not flags.writeable:
+        return ValueError, "is read-only but is updated in place"
+    return None
+
+
+def _mismatch(a, param):
+    """What an update function would refuse about a (a grad or a state array) against its param, or None."""
+    if a.dtype != param.dtype:
+        return TypeError, f"has dtype {a.dtype} but its param has dtype {param.dtype}"
+    if a.shape != param.shape:
+        return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
+    return None
+
+
+def _step_error(problem, name):
+    exception, message = problem
+    return exception(f"{name} {message}")
+
+
 class Optimizer:
     """The shared machinery: a subclass is the class attributes below.
 
@@ -78,9 +173,14 @@ class Optimizer:
     keyword arguments replace default_hyperparameters, and the result (self.defaults) fills in
     what each group leaves out.
 
-    param_groups: list of dicts {"params": [arrays], hyperparameter: value, ...}, changeable between steps.
-    state: {param index: {"step": steps taken, state array name: ndarray}}, filled at a param's first step.
+    param_groups: list of dicts {"params": [arrays], hyperparameter: value, ...}, changeable between
+    steps (hyperparameters, and params added, removed or replaced: the state follows each param).
+    state: {param: {"step": steps taken, state array name: ndarray}} (a ParamState, keyed by the
+    param array itself), filled at a param's first step.
     skipped_steps: how many step(..., skip_if_nonfinite=True) calls found a non-finite gradient.
+
+    Optimizers can be pickled and copied (copy.deepcopy) at any time; the copy continues bitwise
+    as the original would.
     """
     default_hyperparameters = {}  # torch's names and defaults; each value's type is the one required
     update = None                 # the fusedopt.functional update function, as a staticmethod
@@ -89,7 +189,7 @@ class Optimizer:
 
     def __init__(self, params, **hyperparameters):
         self.param_groups = []
-        self.state = {}
+        self.state = ParamState()
         self.skipped_steps = 0
         self._checked_groups = {}  # group index -> (_snapshot of the group, _group_hyperparameters' result)
         unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters))
@@ -169,7 +269,10 @@ class Optimizer:
                 ok, kind = _is_number(value), "a number"
             if not ok:
                 raise TypeError(f"{where}: {key} must be {kind}, got {value!r}")
-            checked[key] = _plain(value)
+            try:
+                checked[key] = _plain(value)
+            except (OverflowError, ValueError):  # 10**400, Decimal("sNaN")
+                raise ValueError(f"{where}: {key} must be a number a float can hold, got {value!r}") from None
         try:
             self._call(self._update_kwargs(checked), [], [],
                        {spec.argument: [] for spec in self.state_arrays.values() if spec.needed(checked)},
@@ -188,7 +291,8 @@ class Optimizer:
         try:
             if cached is not None and _unchanged(group, cached[0]):
                 return cached[1]
-        except (ValueError, TypeError):  # a value that does not compare (an array where a number was): recheck
+        except (ValueError, TypeError, ArithmeticError):  # a value that does not compare (an array, a
+            # signaling Decimal NaN where a number was): recheck
             pass
         checked = self._checked_hyperparameters(group, f"param_groups[{k}]")
         needed = {name: spec for name, spec in self.state_arrays.items() if spec.needed(checked)}
@@ -209,6 +313,23 @@ class Optimizer:
         if step is not None:
             options["step"] = step
         return self.update(params, grads, **kwargs, **arrays, **options)
+
+    # ---- pickling, copying, printing ------------------------------------------------------------
+
+    def __getstate__(self):
+        # the cache of checked groups holds the StateArray specs (lambdas); a copy rebuilds it
+        return {**self.__dict__, "_checked_groups": {}}
+
+    def __repr__(self):
+        """As torch's: the class, then each group's hyperparameters (and here a summary of its params)."""
+        lines = [f"{type(self).__name__} ("]
+        for k, group in enumerate(self.param_groups):
+            params = group.get("params", [])
+            sizes = sum(getattr(p, "size", 0) for p in params)
+            lines.append(f"Parameter Group {k}")
+            lines.append(f"    params: {len(params)} arrays, {sizes} elements")
+            lines += [f"    {key}: {group[key]!r}" for key in sorted(group) if key != "params"]
+        return "\n".join(lines + [")"])
 
     # ---- the step --------------------------------------------------------------------------------
 
@@ -238,60 +359,58 @@ class Optimizer:
             raise ValueError(f"got {len(grads)} grads but the optimizer has {nparams} params; {usage}")
         return grads
 
-    @staticmethod
-    def _check_grads(grads, params):
-        """The update functions' own checks of grads against params, for all params at once."""
-        for i, (g, p) in enumerate(zip(grads, params)):
-            if g is None:
-                continue
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"grads[{i}] must be a numpy.ndarray, got {type(g).__name__}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"grads[{i}] has dtype {g.dtype} but its param has dtype {p.dtype}")
-            if g.shape != p.shape:
-                raise ValueError(f"grads[{i}] has shape {g.shape} but its param has shape {p.shape}")
-            flags = g.flags
-            if not (flags.c_contiguous and flags.aligned):
-                raise ValueError(f"grads[{i}] is not C-contiguous")
+    def _param_name(self, i):
+        """The name of the param at flat index i, by its group and its index in that group."""
+        for k, (group, indices) in enumerate(self._groups_with_indices()):
+            if i in indices:
+                return f"param_groups[{k}]['params'][{i - indices.start}]"
+        return f"params[{i}]"
 
-    @staticmethod
-    def _check_across_calls(params, grads, calls):
-        """The checks a call makes of its arrays, over all the calls of a step: every grad, every
-        param writable (state arrays are the optimizer's own), no two arrays of the step sharing
-        memory. (Names are made only for an error: this runs on every step of a model with
-        several param groups.)"""
-        Optimizer._check_grads(grads, params)
+    def _check_step(self, params, grads, calls):
+        """Every check the update functions make of their arrays, over all the calls of a step,
+        with errors naming a param by its group and its index there: each param, grad and state
+        array a float32/float64 C-contiguous ndarray, params and state writable, grads and state
+        of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
+        made only for an error: this runs on every step of a model with several param groups.)"""
         arrays = []
-        for _, indices, _, state_arrays in calls:
-            for i in indices:
-                if not params[i].flags.writeable:
-                    raise ValueError(f"params[{i}] is read-only but is updated in place")
-            arrays += [params[i] for i in indices]
-            arrays += [grads[i] for i in indices]
-            for state_list in state_arrays.values():
-                arrays += state_list
+        for _, _, indices, _, state_arrays in calls:
+            for position, i in enumerate(indices):
+                p, g = params[i], grads[i]
+                problem = _array_problem(p, written=True)
+                if problem:
+                    raise _step_error(problem, f"{self._param_name(i)}")
+                problem = _array_problem(g, written=False) or _mismatch(g, p)
+                if problem:
+                    raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
+                arrays += (p, g)
+                for argument, state_list in state_arrays.items():
+                    a = state_list[position]
+                    problem = _array_problem(a, written=True) or _mismatch(a, p)
+                    if problem:
+                        name = next(n for n, spec in self.state_arrays.items() if spec.argument == argument)
+                        raise _step_error(problem, f"state[{name!r}] of {self._param_name(i)}")
+                    arrays.append(a)
         pair = _core.overlapping(arrays)
         if pair is not None:
             names = []
-            for _, indices, _, state_arrays in calls:
-                names += [f"params[{i}]" for i in indices]
-                names += [f"grads[{i}]" for i in indices]
-                for argument in state_arrays:
-                    names += [f"{argument}[{i}] (the state of params[{i}])" for i in indices]
+            for _, _, indices, _, state_arrays in calls:
+                for position, i in enumerate(indices):
+                    names += [self._param_name(i), f"grads[{i}] (the grad of {self._param_name(i)})"]
+                    names += [f"the {argument[:-1]} of {self._param_name(i)}" for argument in state_arrays]
             raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
                              "must be distinct")
 
     def _plan(self, params, grads):
         """The update-function calls of a step, checking every group's hyperparameters before any
-        call is made: ([(update keyword arguments, param indices, step, {state argument: [arrays]})],
-        {param index: state arrays allocated for it}). New state arrays are allocated on the side:
-        they are kept only if the step is taken. A param whose grad is None takes no part.
+        call is made: ([(group index, update keyword arguments, param indices, step, {state argument:
+        [arrays]})], {param index: state arrays allocated for it}). New state arrays are allocated
+        on the side: they are kept only if the step is taken. A param whose grad is None takes no part.
 
         A kernel call takes one step number and one dtype. The params of a group share both, unless
         the group mixes dtypes or a checkpoint gave them different step counts: then one call per
         (step, dtype)."""
         calls, new_arrays = [], {}
-        step_argument, get_state = self._step_argument, self.state.get
+        step_argument, get_state = self._step_argument, self.state._by_id.get
         for k, (group, indices) in enumerate(self._groups_with_indices()):
             hyperparameters, kwargs, needed = self._group_hyperparameters(k)
             by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]}, [(state name, its list)])
@@ -299,15 +418,19 @@ class Optimizer:
             for i in indices:
                 if grads[i] is None:
                     continue
-                state, new = get_state(i, _NO_STATE), None
+                param = params[i]
+                if not isinstance(param, np.ndarray):  # the rest is checked with the grads, below
+                    raise TypeError(f"{self._param_name(i)} must be a numpy.ndarray, got {type(param).__name__}")
+                entry, new = get_state(id(param)), None
+                state = _NO_STATE if entry is None else entry[1]
                 for name, spec in needed.items():
                     if name not in state:
                         if new is None:
                             new = new_arrays[i] = {}
-                        new[name] = spec.init(params[i], hyperparameters)
+                        new[name] = spec.init(param, hyperparameters)
                 if new:
                     state = {**state, **new}
-                key = (step_argument(state, new), params[i].dtype)
+                key = (step_argument(state, new), param.dtype)
                 call = by_call.get(key)
                 if call is None:
                     arrays = {spec.argument: [] for spec in needed.values()}
@@ -316,7 +439,7 @@ class Optimizer:
                 for name, arrays in call[2]:
                     arrays.append(state[name])
             for (step, _), (call_indices, arrays, _) in by_call.items():
-                calls.append((kwargs, call_indices, step, arrays))
+                calls.append((k, kwargs, call_indices, step, arrays))
         return calls, new_arrays
 
     def step(self, grads, *, grad_scale=None, skip_if_nonfinite=False):
@@ -326,39 +449,52 @@ class Optimizer:
         of None leaves its param out of the step (no update, no state, no step count), as torch
         leaves out a param whose .grad is None.
         grad_scale: grads are divided by it inside the update (mixed-precision loss scaling).
-        skip_if_nonfinite: if any gradient holds an inf or NaN, change nothing (params, state,
-        step counts), count the step in self.skipped_steps and return False.
+        skip_if_nonfinite: if any gradient, divided by grad_scale, holds an inf or NaN, change
+        nothing (params, state, step counts), count the step in self.skipped_steps and return False.
+
+        A step that raises changes nothing: every check of every call is made before the first
+        call writes.
         """
         params = [p for group in self.param_groups for p in group["params"]]
         grads = self._flat_grads(grads, len(params))
         calls, new_arrays = self._plan(params, grads)
         # A call checks its arguments, and over all grads whether to skip, before writing
         # anything. A single call over all params in order (the common case) makes its checks
-        # (and its messages' indices) the step's; otherwise the step makes them across all its
-        # calls first, so that a bad argument of a later call leaves the earlier ones unwritten,
-        # and the step is taken or skipped as a whole.
-        single = len(calls) == 1 and len(calls[0][1]) == len(params)
+        # the step's (if it refuses an array, the step's own checks then name it); otherwise the
+        # step makes them across all its calls first, so that a bad argument of a later call
+        # leaves the earlier ones unwritten, and the step is taken or skipped as a whole.
+        single = len(calls) == 1 and len(calls[0][2]) == len(params)
         if not single:
-            self._check_across_calls(params, grads, calls)
+            self._check_step(params, grads, calls)
             stepped = [g for g in grads if g is not None]
-            if skip_if_nonfinite and not all(functional.all_finite([g for g in stepped if g.dtype == dtype])
+            if skip_if_nonfinite and not all(functional.all_finite([g for g in stepped if g.dtype == dtype],
+                                                                   grad_scale=grad_scale)
                                              for dtype in {g.dtype for g in stepped}):
                 self.skipped_steps += 1
                 return False
-        for kwargs, indices, step, arrays in calls:
+        for k, kwargs, indices, step, arrays in calls:
             call_params, call_grads = (params, grads) if single else ([params[i] for i in indices],
                                                                       [grads[i] for i in indices])
-            if not self._call(kwargs, call_params, call_grads, arrays, step, grad_scale=grad_scale,
-                              skip_if_nonfinite=skip_if_nonfinite and single):
+            try:
+                taken = self._call(kwargs, call_params, call_grads, arrays, step, grad_scale=grad_scale,
+                                   skip_if_nonfinite=skip_if_nonfinite and single)
+                refused = None
+            except (TypeError, ValueError) as e:
+                refused = e
+            if refused is not None:  # nothing written
+                if single:  # name the array by its group, if an array was refused
+                    self._check_step(params, grads, calls)
+                raise type(refused)(f"param_groups[{k}]: {refused}") from None
+            if not taken:
                 self.skipped_steps += 1  # only a single skipping call returns False, and it wrote nothing
                 return False
 
         for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
-            self.state.setdefault(i, {}).update(arrays)
+            self.state.setdefault(params[i], {}).update(arrays)
         if self.counts_steps:
-            for _, indices, _, _ in calls:
+            for _, _, indices, _, _ in calls:
                 for i in indices:
-                    state = self.state.setdefault(i, {})
+                    state = self.state.setdefault(params[i], {})
                     state["step"] = state.get("step", 0) + 1
         return True
 
@@ -368,33 +504,37 @@ class Optimizer:
         """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}."""
         groups = [{**{key: _plain(value) for key, value in group.items() if key != "params"}, "params": list(indices)}
                   for group, indices in self._groups_with_indices()]
-        state = {i: {name: value.copy() if isinstance(value, np.ndarray) else value for name, value in s.items()}
-                 for i, s in sorted(self.state.items())}
+        params = [p for group in self.param_groups for p in group["params"]]
+        state = {i: {name: value.copy() if isinstance(value, np.ndarray) else value
+                     for name, value in self.state[p].items()}
+                 for i, p in enumerate(params) if p in self.state}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Replace the hyperparameters and state by those of state_dict (from state_dict() of an
-        optimizer of this class over params of the same shapes and dtypes).
+        optimizer of this class over params of the same shapes and dtypes): state i goes to the
+        param now at index i of all groups' params.
 
         Every key, index, shape, dtype and hyperparameter is checked before anything changes: a bad
         state_dict raises ValueError or TypeError and leaves the optimizer as it was. Arrays are
         copied, into the existing state arrays where there are some.
         """
         groups, state = self._checked_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
         for group, hyperparameters in zip(self.param_groups, groups):
             group.update(hyperparameters)
-        new_state = {}
+        new_state = ParamState()
         for i, loaded in state.items():
-            old = self.state.get(i, {})
-            new_state[i] = {}
+            old = self.state.get(params[i], {})
+            new = new_state[params[i]] = {}
             for name, value in loaded.items():
                 if name == "step":
-                    new_state[i][name] = int(value)
+                    new[name] = int(value)
                 elif name in old:  # same shape and dtype: both match the param
                     np.copyto(old[name], value)
-                    new_state[i][name] = old[name]
+                    new[name] = old[name]
                 else:
-                    new_state[i][name] = np.array(value, order="C", copy=True)
+                    new[name] = np.array(value, order="C", copy=True)
         self.state = new_state
 
     def _checked_state_dict(self, state_dict):
@@ -436,10 +576,10 @@ class Optimizer:
                 raise ValueError(f"{where} has the keys {sorted(map(str, state))}; {type(self).__name__} with "
                                  f"these hyperparameters needs {sorted(needed)} (and allows {sorted(known)})")
             for name, value in state.items():
-                if name == "step":
+                if name == "step":  # the next step's number, step + 1, must fit the kernels' long long
                     if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-                            and value >= 1):
-                        raise ValueError(f"{where}['step'] must be an int >= 1, got {value!r}")
+                            and 1 <= value < _MAX_STEP):
+                        raise ValueError(f"{where}['step'] must be an int from 1 to 2**63 - 2, got {value!r}")
                 elif not isinstance(value, np.ndarray):
                     raise TypeError(f"{where}[{name!r}] must be a numpy.ndarray, got {type(value).__name__}")
                 elif value.dtype != param.dtype or value.shape != param.shape:
