@@ -137,26 +137,28 @@ def _unchanged(group, snapshot):
     return group == copy and list(map(type, group.values())) == types
 
 
-def _array_problem(a, written):
-    """What an update function would refuse about one of its arrays, or None."""
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order only, as the kernels
+
+
+def _array_problem(a, written, param=None):
+    """(exception class, message) for what an update function would refuse about one of its
+    arrays (against its param, for a grad or a state array), or None. On every step of a model with
+    several param groups: the common case is the first test of each kind."""
     if not isinstance(a, np.ndarray):
         return TypeError, f"must be a numpy.ndarray, got {type(a).__name__}"
-    if a.dtype not in (np.float32, np.float64) or not a.dtype.isnative:
-        return TypeError, f"has dtype {a.dtype}; fusedopt updates float32 or float64 arrays"
+    dtype = a.dtype
+    if dtype not in _FLOAT_DTYPES:
+        return TypeError, f"has dtype {dtype}; fusedopt updates float32 or float64 arrays"
     flags = a.flags
-    if not (flags.c_contiguous and flags.aligned):
-        return ValueError, "is not C-contiguous; fusedopt updates arrays in place and never copies them"
-    if written and not flags.writeable:
+    if not (flags.carray if written else flags.c_contiguous and flags.aligned):  # carray: also writable
+        if not (flags.c_contiguous and flags.aligned):
+            return ValueError, "is not C-contiguous; fusedopt updates arrays in place and never copies them"
         return ValueError, "is read-only but is updated in place"
-    return None
-
-
-def _mismatch(a, param):
-    """What an update function would refuse about a (a grad or a state array) against its param, or None."""
-    if a.dtype != param.dtype:
-        return TypeError, f"has dtype {a.dtype} but its param has dtype {param.dtype}"
-    if a.shape != param.shape:
-        return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
+    if param is not None:
+        if dtype is not param.dtype and dtype != param.dtype:
+            return TypeError, f"has dtype {dtype} but its param has dtype {param.dtype}"
+        if a.shape != param.shape:
+            return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
     return None
 
 
@@ -374,18 +376,20 @@ class Optimizer:
         made only for an error: this runs on every step of a model with several param groups.)"""
         arrays = []
         for _, _, indices, _, state_arrays in calls:
+            state_lists = list(state_arrays.items())
             for position, i in enumerate(indices):
                 p, g = params[i], grads[i]
-                problem = _array_problem(p, written=True)
+                problem = _array_problem(p, True)
                 if problem:
-                    raise _step_error(problem, f"{self._param_name(i)}")
-                problem = _array_problem(g, written=False) or _mismatch(g, p)
+                    raise _step_error(problem, self._param_name(i))
+                problem = _array_problem(g, False, p)
                 if problem:
                     raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
-                arrays += (p, g)
-                for argument, state_list in state_arrays.items():
+                arrays.append(p)
+                arrays.append(g)
+                for argument, state_list in state_lists:
                     a = state_list[position]
-                    problem = _array_problem(a, written=True) or _mismatch(a, p)
+                    problem = _array_problem(a, True, p)
                     if problem:
                         name = next(n for n, spec in self.state_arrays.items() if spec.argument == argument)
                         raise _step_error(problem, f"state[{name!r}] of {self._param_name(i)}")
@@ -489,12 +493,20 @@ class Optimizer:
                 self.skipped_steps += 1  # only a single skipping call returns False, and it wrote nothing
                 return False
 
+        by_id = self.state._by_id  # (ParamState's own dict: this runs for every param of every step)
         for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
-            self.state.setdefault(params[i], {}).update(arrays)
+            entry = by_id.get(id(params[i]))
+            if entry is None:
+                by_id[id(params[i])] = (params[i], arrays)
+            else:
+                entry[1].update(arrays)
         if self.counts_steps:
             for _, _, indices, _, _ in calls:
                 for i in indices:
-                    state = self.state.setdefault(params[i], {})
+                    entry = by_id.get(id(params[i]))
+                    if entry is None:
+                        entry = by_id[id(params[i])] = (params[i], {})
+                    state = entry[1]
                     state["step"] = state.get("step", 0) + 1
         return True
 
