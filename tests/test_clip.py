@@ -58,7 +58,7 @@ def test_clip_grad_norm(isa, dtype, max_norm):
         np.testing.assert_array_equal(g, w)  # one multiply by the same factor: exact
 
 
-def test_clip_grad_norm_matches_torch():
+def test_clip_grad_norm_matches_torch(isa):
     torch = pytest.importorskip("torch")
     grads = grads_list(np.float32)
     tgrads = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]

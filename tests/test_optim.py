@@ -257,7 +257,7 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize("torch_name,name,opts", TORCH_CASES, ids=[c[0] + str(i) for i, c in enumerate(TORCH_CASES)])
-def test_matches_torch(torch_name, name, opts):
+def test_matches_torch(isa, torch_name, name, opts):
     torch = pytest.importorskip("torch")
     torch_opts = dict(opts)
     if "beta1" in opts or name.startswith("adam"):

@@ -171,7 +171,7 @@ def test_matches_reference(name, dtype):
 
 @pytest.mark.parametrize("without_grads", [False, True], ids=["all grads", "some grads None"])
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_torch(name, dtype, without_grads):
+def test_matches_torch(isa, name, dtype, without_grads):
     """without_grads: at step t, params (t + k) % 5 for k < t % 3 have no grad (None), which
     torch and fusedopt both leave out of that step (their step counts then differ)."""
     torch = pytest.importorskip("torch")

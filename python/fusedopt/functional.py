@@ -26,6 +26,7 @@ import inspect
 import itertools
 import re
 import textwrap
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from . import _core
 _INT64_MAX = 2**63 - 1
 
 
-def _refusal(kind, value):
+def _refusal(kind: str, value: Any) -> str | None:
     """Why pybind11 refuses value for a parameter of type `kind` (as its message spells it), or None."""
     optional = kind.endswith("| None")
     kind = kind.removesuffix("| None").strip()
@@ -75,7 +76,7 @@ def _refusal(kind, value):
 
 
 @functools.cache
-def _call_argument_names(function):
+def _call_argument_names(function: Callable[..., Any]) -> tuple[str | None, ...]:
     """The names function passes at each position of its _core call (None for a constant), read from its source."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     for node in ast.walk(tree):
@@ -85,7 +86,7 @@ def _call_argument_names(function):
     raise LookupError(f"no _core call in {function.__name__}")
 
 
-def _argument_error(error, function, arguments):
+def _argument_error(error: TypeError, function: Callable[..., Any], arguments: dict[str, Any]) -> Exception:
     """error (pybind11's TypeError) as a TypeError / ValueError naming the argument of `function`
     (called with `arguments`, its locals) that pybind11 refused, and saying what is accepted; the
     original error when it is not pybind11's refusal or no argument is found to blame."""

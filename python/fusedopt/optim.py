@@ -27,7 +27,7 @@ import os
 import secrets
 import zipfile
 from collections.abc import Mapping, MutableMapping
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def _is_number(value):
             and not isinstance(value, (bool, np.bool_)))
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """A hyperparameter as a plain Python value, as accepted: NumPy scalars, Fraction and Decimal
     become float (NumPy integers int), so that a group holds what the kernels and a checkpoint's
     JSON take; a number too large for a float raises ValueError; sequences become tuples."""
@@ -69,42 +69,51 @@ def _plain(value):
     return value
 
 
+def _plain_if_possible(value: Any) -> Any:
+    """_plain(value), or value itself when it is no number a float can hold (a group's value set
+    since the last step, which that step will refuse)."""
+    try:
+        return _plain(value)
+    except (OverflowError, ValueError):
+        return value
+
+
 # A step number the kernels take: a C++ long long, after the step being taken is counted.
 _MAX_STEP = 2**63 - 1
 
 
-class ParamState(MutableMapping):
+class ParamState(MutableMapping[np.ndarray, dict[str, Any]]):
     """opt.state: {param: {state name: value}}, keyed by the param array itself (its identity, as
     torch keys by the tensor; arrays are not hashable, so this is not a dict). A param's entry
     holds the param, so no other array can take its id while it is here."""
 
-    def __init__(self, items=()):
-        self._by_id = {}  # id(param) -> (param, its state)
+    def __init__(self, items: Iterable[tuple[np.ndarray, dict[str, Any]]] = ()) -> None:
+        self._by_id: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}  # id(param) -> (param, its state)
         for param, state in items:
             self[param] = state
 
-    def __getitem__(self, param):
+    def __getitem__(self, param: np.ndarray) -> dict[str, Any]:
         return self._by_id[id(param)][1]
 
-    def __setitem__(self, param, state):
+    def __setitem__(self, param: np.ndarray, state: dict[str, Any]) -> None:
         self._by_id[id(param)] = (param, state)
 
-    def __delitem__(self, param):
+    def __delitem__(self, param: np.ndarray) -> None:
         del self._by_id[id(param)]
 
-    def __contains__(self, param):
+    def __contains__(self, param: object) -> bool:
         return id(param) in self._by_id
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return (param for param, _ in self._by_id.values())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._by_id)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"ParamState({len(self)} params)"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         """The same params (by identity) with the same state objects; a dict (whose keys cannot be
         arrays) is equal only when both are empty."""
         if isinstance(other, ParamState):
@@ -112,11 +121,11 @@ class ParamState(MutableMapping):
                 other._by_id[key][1] is state for key, (_, state) in self._by_id.items())
         return len(self) == 0 and len(other) == 0 if isinstance(other, Mapping) else NotImplemented
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dict
 
     # ids are not kept across pickling or copying: the pairs are, and the memo keeps each param the
     # same object as in param_groups
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[list[tuple[np.ndarray, dict[str, Any]]]]]:
         return ParamState, (list(self._by_id.values()),)
 
 
@@ -140,7 +149,7 @@ def _unchanged(group, snapshot):
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order only, as the kernels
 
 
-def _array_problem(a, written, param=None):
+def _array_problem(a: object, written: bool, param: np.ndarray | None = None) -> tuple[type[Exception], str] | None:
     """(exception class, message) for what an update function would refuse about one of its
     arrays (against its param, for a grad or a state array), or None. On every step of a model with
     several param groups: the common case is the first test of each kind."""
@@ -162,7 +171,7 @@ def _array_problem(a, written, param=None):
     return None
 
 
-def _step_error(problem, name):
+def _step_error(problem: tuple[type[Exception], str], name: str) -> Exception:
     exception, message = problem
     return exception(f"{name} {message}")
 
@@ -318,11 +327,11 @@ class Optimizer:
 
     # ---- pickling, copying, printing ------------------------------------------------------------
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # the cache of checked groups holds the StateArray specs (lambdas); a copy rebuilds it
         return {**self.__dict__, "_checked_groups": {}}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         """As torch's: the class, then each group's hyperparameters (and here a summary of its params)."""
         lines = [f"{type(self).__name__} ("]
         for k, group in enumerate(self.param_groups):
@@ -361,7 +370,7 @@ class Optimizer:
             raise ValueError(f"got {len(grads)} grads but the optimizer has {nparams} params; {usage}")
         return grads
 
-    def _param_name(self, i):
+    def _param_name(self, i: int) -> str:
         """The name of the param at flat index i, by its group and its index in that group."""
         for k, (group, indices) in enumerate(self._groups_with_indices()):
             if i in indices:
@@ -514,7 +523,8 @@ class Optimizer:
 
     def state_dict(self):
         """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}."""
-        groups = [{**{key: _plain(value) for key, value in group.items() if key != "params"}, "params": list(indices)}
+        groups = [{**{key: _plain_if_possible(value) for key, value in group.items() if key != "params"},
+                   "params": list(indices)}
                   for group, indices in self._groups_with_indices()]
         params = [p for group in self.param_groups for p in group["params"]]
         state = {i: {name: value.copy() if isinstance(value, np.ndarray) else value
