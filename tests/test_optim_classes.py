@@ -864,7 +864,9 @@ MULTI_GROUP_ERRORS = [
      r"state\['exp_avg_sq'\] of param_groups\[2\]\['params'\]\[1\] has shape|overlap"),
     ("state a view of another state", lambda opt: opt.state[opt.param_groups[2]["params"][1]].__setitem__(
         "exp_avg", opt.state[opt.param_groups[1]["params"][0]]["exp_avg"][:17]), ValueError,
-     r"the exp_avg of param_groups\[2\]\['params'\]\[1\].* overlap|overlap.*the exp_avg of param_groups\[2\]"),
+     r"state\['exp_avg'\] of param_groups\[2\]\['params'\]\[1\] and state\['exp_avg'\] of param_groups\[1\]"
+     r"\['params'\]\[0\] overlap|state\['exp_avg'\] of param_groups\[1\]\['params'\]\[0\] and state\['exp_avg'\] of "
+     r"param_groups\[2\]\['params'\]\[1\] overlap"),
 ]
 
 

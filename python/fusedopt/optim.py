@@ -377,6 +377,10 @@ class Optimizer:
                 return f"param_groups[{k}]['params'][{i - indices.start}]"
         return f"params[{i}]"
 
+    def _state_name(self, argument: str) -> str:
+        """The state name (torch's, "exp_avg") of an update function's state argument ("exp_avgs")."""
+        return next(name for name, spec in self.state_arrays.items() if spec.argument == argument)
+
     def _check_step(self, params, grads, calls):
         """Every check the update functions make of their arrays, over all the calls of a step,
         with errors naming a param by its group and its index there: each param, grad and state
@@ -400,8 +404,7 @@ class Optimizer:
                     a = state_list[position]
                     problem = _array_problem(a, True, p)
                     if problem:
-                        name = next(n for n, spec in self.state_arrays.items() if spec.argument == argument)
-                        raise _step_error(problem, f"state[{name!r}] of {self._param_name(i)}")
+                        raise _step_error(problem, f"state[{self._state_name(argument)!r}] of {self._param_name(i)}")
                     arrays.append(a)
         pair = _core.overlapping(arrays)
         if pair is not None:
@@ -409,7 +412,8 @@ class Optimizer:
             for _, _, indices, _, state_arrays in calls:
                 for position, i in enumerate(indices):
                     names += [self._param_name(i), f"grads[{i}] (the grad of {self._param_name(i)})"]
-                    names += [f"the {argument[:-1]} of {self._param_name(i)}" for argument in state_arrays]
+                    names += [f"state[{self._state_name(argument)!r}] of {self._param_name(i)}"
+                              for argument in state_arrays]
             raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
                              "must be distinct")
 
