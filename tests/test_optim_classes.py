@@ -862,6 +862,10 @@ MULTI_GROUP_ERRORS = [
     ("state shared with another param's", lambda opt: opt.state[opt.param_groups[2]["params"][1]].__setitem__(
         "exp_avg_sq", opt.state[opt.param_groups[0]["params"][0]]["exp_avg_sq"][:1]), ValueError,
      r"state\['exp_avg_sq'\] of param_groups\[2\]\['params'\]\[1\] has shape|overlap"),
+    ("step count too large", set_state(2, 0, "step", lambda step: 2**63 - 1), ValueError,
+     r"state\['step'\] of param_groups\[2\]\['params'\]\[0\] is 9223372036854775807; a step count is an int"),
+    ("step count not an int", set_state(1, 0, "step", lambda step: step + 0.5), ValueError,
+     r"state\['step'\] of param_groups\[1\]\['params'\]\[0\] is 2.5"),
     ("state a view of another state", lambda opt: opt.state[opt.param_groups[2]["params"][1]].__setitem__(
         "exp_avg", opt.state[opt.param_groups[1]["params"][0]]["exp_avg"][:17]), ValueError,
      r"state\['exp_avg'\] of param_groups\[2\]\['params'\]\[1\] and state\['exp_avg'\] of param_groups\[1\]"

@@ -388,7 +388,10 @@ class Optimizer:
         of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
         made only for an error: this runs on every step of a model with several param groups.)"""
         arrays = []
-        for _, _, indices, _, state_arrays in calls:
+        for _, _, indices, step, state_arrays in calls:
+            if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):  # a state["step"] set by hand
+                raise ValueError(f"state['step'] of {self._param_name(indices[0])} is {step - 1!r}; a step count is an "
+                                 "int from 0 to 2**63 - 2")
             state_lists = list(state_arrays.items())
             for position, i in enumerate(indices):
                 p, g = params[i], grads[i]
