@@ -66,6 +66,17 @@ def rel_err(got: Any, want: Any, scale: Any = None) -> float:
     return float(diff / max(1.0, scale.detach().double().abs().max().item()))
 
 
+@pytest.fixture(autouse=True)
+def torch_single_thread() -> Any:
+    """torch's own modules (the references) on one thread: on a shared, loaded machine its
+    OpenMP workers spinning against fusedopt's pool made these tests 5-10x slower. fusedopt
+    keeps its thread count (its results do not depend on it: test_batchnorm.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def spy(monkeypatch: Any) -> list[dict[str, Any]]:
     """Records each kernel call the modules make: which function, axis, and the data pointers of
@@ -116,14 +127,14 @@ def test_gradcheck_float64(isa: str, spy: list[dict[str, Any]], shape: tuple[int
 # ---- against torch's modules, float32 ---------------------------------------------------------
 
 MODULE_CASES = [
-    ((64, 300), "contiguous"),
-    ((8, 5, 70), "contiguous"),
-    ((8, 5, 70), "channels_last"),
-    ((16, 8, 30, 30), "contiguous"),
-    ((16, 8, 30, 30), "channels_last"),
-    ((32, 64, 14, 14), "channels_last"),
-    ((4, 6, 5, 7, 8), "contiguous"),
-    ((4, 6, 5, 7, 8), "channels_last"),
+    ((64, 300), "contiguous", False),
+    ((8, 5, 70), "contiguous", False),
+    ((8, 5, 70), "channels_last", False),
+    ((16, 8, 30, 30), "contiguous", False),
+    ((16, 8, 30, 30), "channels_last", False),
+    ((16, 64, 14, 14), "channels_last", False),
+    ((4, 6, 5, 7, 8), "contiguous", False),
+    ((4, 6, 5, 7, 8), "channels_last", False),
 ]
 
 
@@ -135,15 +146,25 @@ def set_affine(*modules: Any) -> None:
             m.bias.copy_(torch.linspace(-1.0, 1.0, C))
 
 
-def run_step(module: Any, x: Any, dy: Any, relu: bool, dtype: Any) -> dict[str, Any]:
-    """One forward + backward of module (with a ReLU after it when relu and it is torch's)."""
+def forward(module: Any, x: Any, relu: bool, dtype: Any) -> dict[str, Any]:
+    """module(x) in dtype, with a ReLU after it when relu and module is not BatchNormReLU2d;
+    z is the output before that ReLU (torch's modules only)."""
     x = x.to(dtype).detach().requires_grad_()
     module.zero_grad(set_to_none=True)
-    y = module(x)
+    y = z = module(x)
     if relu and not isinstance(module, BatchNormReLU2d):
-        y = torch.relu(y)
-    y.backward(dy.to(dtype))
-    return dict(y=y, dx=x.grad, dweight=module.weight.grad, dbias=module.bias.grad)
+        y = torch.relu(z)
+    return dict(x=x, z=z, y=y)
+
+
+def backward(module: Any, out: dict[str, Any], dy: Any) -> dict[str, Any]:
+    out["y"].backward(dy.to(out["y"].dtype))
+    return dict(y=out["y"], dx=out["x"].grad, dweight=module.weight.grad, dbias=module.bias.grad)
+
+
+def run_step(module: Any, x: Any, dy: Any, relu: bool, dtype: Any) -> dict[str, Any]:
+    """One forward + backward (see forward)."""
+    return backward(module, forward(module, x, relu, dtype), dy)
 
 
 def abs_scales(x: Any, dy: Any, mask: Any = None) -> dict[str, Any]:
@@ -156,15 +177,21 @@ def abs_scales(x: Any, dy: Any, mask: Any = None) -> dict[str, Any]:
     return dict(dweight=(g.abs() * xhat.abs()).sum(dims), dbias=g.abs().sum(dims))
 
 
-@pytest.mark.parametrize("shape,layout", MODULE_CASES, ids=[f"{'x'.join(map(str, s))}-{m}" for s, m in MODULE_CASES])
+# BatchNormReLU2d (relu) against torch's BatchNorm2d followed by torch.relu
+MODULE_CASES += [(shape, layout, True) for shape, layout, _ in MODULE_CASES if len(shape) == 4]
+
+
+@pytest.mark.parametrize("shape,layout,relu", MODULE_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{m}{'-relu' * r}" for s, m, r in MODULE_CASES])
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
-@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
-def test_module_matches_torch_float32(isa: str, shape: tuple[int, ...], layout: str, momentum: float | None,
-                                      relu: bool) -> None:
+def test_module_matches_torch_float32(isa: str, shape: tuple[int, ...], layout: str, relu: bool,
+                                      momentum: float | None) -> None:
     """Four training steps and an eval step: outputs, gradients, running statistics and
-    num_batches_tracked against torch's module (float32) and the float64 truth."""
-    if relu and len(shape) != 4:
-        pytest.skip("BatchNormReLU2d is 2d only")
+    num_batches_tracked against torch's module (float32) and the float64 truth. With the ReLU,
+    dy is zeroed where the float64 output before the ReLU is within 1e-4 of 0: float32 rounding
+    (~1e-6 here) may put such a value on either side of the kink, in torch's module as in ours,
+    and the gradient there is then dy or 0 for both legitimately (seen: torch's float32 module
+    flipped one of 200704 elements of one step)."""
     C, nd = shape[1], len(shape)
     ours = BatchNormReLU2d(C, momentum=momentum) if relu else OURS[nd](C, momentum=momentum)
     theirs, truth = THEIRS[nd](C, momentum=momentum), THEIRS[nd](C, momentum=momentum).double()
@@ -176,9 +203,11 @@ def test_module_matches_torch_float32(isa: str, shape: tuple[int, ...], layout: 
                 m.eval()
         x = in_layout(torch.randn(shape, generator=gen) * (1 + step) + step, layout)
         dy = torch.randn(shape, generator=gen)
-        got = run_step(ours, x, dy, relu, torch.float32)
-        ref = run_step(theirs, x, dy, relu, torch.float32)
-        exact = run_step(truth, x, dy, relu, torch.float64)
+        outs = [forward(m, x, relu, dtype) for m, dtype in ((ours, torch.float32), (theirs, torch.float32),
+                                                              (truth, torch.float64))]
+        if relu:  # no gradient where float32 rounding may put y on either side of ReLU's kink
+            dy = dy.masked_fill(outs[2]["z"].detach().abs() <= 1e-4, 0.0)
+        got, ref, exact = (backward(m, out, dy) for m, out in zip((ours, theirs, truth), outs))
         scales = abs_scales(x, dy, exact["y"] > 0 if relu else None)
         # the output keeps x's layout; torch's too where it has a memory format (4d, 5d; its 3d
         # output is contiguous whatever the input's layout)
