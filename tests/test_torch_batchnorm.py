@@ -19,8 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import fusedopt.torch.batchnorm as fbn  # noqa: E402
-from fusedopt.torch.batchnorm import (  # noqa: E402
+import fusedopt.torch.batchnorm as fbn
+from fusedopt.torch.batchnorm import (
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,
@@ -86,7 +86,7 @@ def spy(monkeypatch: Any) -> list[dict[str, Any]]:
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def spied(*args: Any, **kwargs: Any) -> Any:
             x = args[1] if name == "backward" else args[0]
-            calls.append(dict(fn=name, axis=kwargs["axis"], x_ptr=x.data_ptr(), out_ptr=kwargs["out"].data_ptr()))
+            calls.append({"fn": name, "axis": kwargs["axis"], "x_ptr": x.data_ptr(), "out_ptr": kwargs["out"].data_ptr()})
             return fn(*args, **kwargs)
         return spied
 
@@ -154,12 +154,12 @@ def forward(module: Any, x: Any, relu: bool, dtype: Any) -> dict[str, Any]:
     y = z = module(x)
     if relu and not isinstance(module, BatchNormReLU2d):
         y = torch.relu(z)
-    return dict(x=x, z=z, y=y)
+    return {"x": x, "z": z, "y": y}
 
 
 def backward(module: Any, out: dict[str, Any], dy: Any) -> dict[str, Any]:
     out["y"].backward(dy.to(out["y"].dtype))
-    return dict(y=out["y"], dx=out["x"].grad, dweight=module.weight.grad, dbias=module.bias.grad)
+    return {"y": out["y"], "dx": out["x"].grad, "dweight": module.weight.grad, "dbias": module.bias.grad}
 
 
 def run_step(module: Any, x: Any, dy: Any, relu: bool, dtype: Any) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def abs_scales(x: Any, dy: Any, mask: Any = None) -> dict[str, Any]:
     x = x.double()
     xhat = (x - x.mean(dims, keepdim=True)) / x.var(dims, unbiased=False, keepdim=True).sqrt()
     g = dy.double() if mask is None else dy.double() * mask
-    return dict(dweight=(g.abs() * xhat.abs()).sum(dims), dbias=g.abs().sum(dims))
+    return {"dweight": (g.abs() * xhat.abs()).sum(dims), "dbias": g.abs().sum(dims)}
 
 
 # BatchNormReLU2d (relu) against torch's BatchNorm2d followed by torch.relu
@@ -304,7 +304,7 @@ def test_train_eval_and_buffers_as_torch(spy: list[dict[str, Any]], affine: bool
     """track_running_stats=False: no buffers, batch statistics in eval too; eval with running
     statistics; all through the kernels, with torch's numbers."""
     gen = torch.Generator().manual_seed(4)
-    kwargs = dict(affine=affine, track_running_stats=track_running_stats)
+    kwargs = {"affine": affine, "track_running_stats": track_running_stats}
     ours, theirs = BatchNorm2d(3, **kwargs), torch.nn.BatchNorm2d(3, **kwargs)
     for mode in ("train", "train", "eval"):
         ours.train(mode == "train")
@@ -488,3 +488,23 @@ def test_module_in_a_model_trains_like_torch(isa: str) -> None:
             opt.step()
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert rel_err(a, b) <= 1e-5, name  # 5 steps of a network: 2x the one-layer tolerance
+
+
+def test_bench_rows_and_table(monkeypatch: Any) -> None:
+    """The bench's rows on two small shapes (NCHW and NHWC): every implementation timed, and
+    the bench's kernel calls computing what the module computes."""
+    import fusedopt.torch.bench_batchnorm as bench
+
+    cases = [("batchnorm 4x3x5x6 NCHW", (4, 3, 5, 6), 1), ("batchnorm 4x5x6x3 NHWC", (4, 5, 6, 3), -1)]
+    monkeypatch.setattr(bench, "batchnorm_cases", lambda quick: iter(cases))
+    rows = bench.rows(True, [1])
+    assert [r["case"] for r in rows] == [c[0] for c in cases]
+    for r in rows:
+        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in bench.IMPLEMENTATIONS)
+    assert bench.table(rows).count("\n") == 1 + len(rows)
+    case = bench.Case((4, 5, 6, 3), -1)
+    case.step("bare")()
+    case.step("module")()
+    x = case.x["module"]
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.grad is not None
+    assert rel_err(case.dx, x.grad) <= TOL_TORCH

@@ -134,14 +134,15 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    y = _BatchNormFunction.apply(input, weight, bias, running_mean, running_var, training, momentum, eps, relu)
+    y = _BatchNormFunction.apply(  # type: ignore[no-untyped-call]
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu)
     assert isinstance(y, Tensor)
     return y
 
 
 def _module_forward(module: _NormBase, input: Tensor, relu: bool) -> Tensor:
     """torch.nn.modules.batchnorm._BatchNorm.forward, calling batch_norm above."""
-    module._check_input_dim(input)
+    module._check_input_dim(input)  # type: ignore[no-untyped-call]
     # momentum=None: the cumulative average, 1 / (batches seen, this one included)
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:
