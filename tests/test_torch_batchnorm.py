@@ -470,6 +470,29 @@ def test_other_cases_behave_as_torch(case: str) -> None:
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
 
 
+@pytest.mark.parametrize("training,stats", [(True, "mean_only"), (True, "var_only"), (False, "mean_only"),
+                                            (False, "var_only"), (False, "neither")])
+def test_functional_running_statistics_as_torch(training: bool, stats: str) -> None:
+    """One running statistic without the other, or none in eval: torch's errors (or results)."""
+    x = torch.randn(4, 3, 5, 6)
+    def call(fn: Any) -> Any:
+        running_mean = torch.zeros(3) if stats == "mean_only" else None
+        running_var = torch.ones(3) if stats == "var_only" else None
+        return fn(x, running_mean, running_var, None, None, training)
+    same_behaviour(lambda: call(batch_norm), lambda: call(torch.nn.functional.batch_norm))
+
+
+def test_inference_mode(spy: list[dict[str, Any]]) -> None:
+    x = torch.randn(4, 3, 5, 6)
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.inference_mode():
+        for mode in (True, False):
+            ours.train(mode)
+            theirs.train(mode)
+            assert rel_err(ours(x), theirs(x)) <= TOL_TORCH
+    assert rel_err(ours.running_var, theirs.running_var) <= TOL_TORCH and len(spy) == 2
+
+
 def test_module_in_a_model_trains_like_torch(isa: str) -> None:
     """Conv -> BN(+ReLU) -> pool -> linear, a few SGD steps: the same parameters as torch's."""
     def model(bn: Any) -> Any:

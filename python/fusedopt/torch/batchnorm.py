@@ -135,7 +135,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """torch.nn.functional.batch_norm on fusedopt's kernels (see the module docstring for which
     calls they take; the others run torch's). relu=True applies ReLU to the output in the same
     pass (and its gradient in the backward's)."""
-    if not _kernels_take(input, (running_mean, running_var, weight, bias)):
+    # the kernels want both running statistics or neither, and them in eval: else torch's error
+    stats_taken = (running_mean is None) == (running_var is None) and (training or running_mean is not None)
+    if not stats_taken or not _kernels_take(input, (running_mean, running_var, weight, bias)):
         y = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch.relu(y) if relu else y
     # torch's own checks and messages (F.batch_norm's), before the kernel's
