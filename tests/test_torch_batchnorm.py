@@ -342,6 +342,21 @@ def test_channels_last_runs_in_place_and_stays_channels_last(spy: list[dict[str,
         assert forward["out_ptr"] == y.data_ptr() and backward["out_ptr"] == x.grad.data_ptr()
 
 
+@pytest.mark.parametrize("shape", [(4, 1, 5, 6), (4, 3, 1, 1), (1, 3, 2, 1)])
+def test_layouts_both_contiguous_and_channels_last(shape: tuple[int, ...]) -> None:
+    """Size-1 dimensions make a tensor both contiguous and channels_last: the NCHW path, torch's
+    numbers and output strides."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(shape, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
+    x2 = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    y, y_ref = BatchNorm2d(shape[1])(x), torch.nn.BatchNorm2d(shape[1])(x2)
+    dy = torch.randn(shape, generator=gen)
+    y.backward(dy)
+    y_ref.backward(dy)
+    assert y.stride() == y_ref.stride()
+    assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
+
+
 @pytest.mark.parametrize("dy_layout", ["contiguous", "channels_last", "expanded"])
 def test_gradient_in_another_layout(spy: list[dict[str, Any]], dy_layout: str) -> None:
     """autograd may hand the backward a gradient in a layout other than the output's."""

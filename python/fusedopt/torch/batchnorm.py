@@ -24,13 +24,14 @@ torch.nn.functional.batch_norm, which computes it or raises its own error, so th
 behave as torch's wherever the kernels do not apply.
 
 Differences from torch: the backward is once-differentiable (no double backward: torch raises
-a clear RuntimeError if it is attempted), and it computes the input's gradient even when only
+a clear RuntimeError if it is attempted); it computes the input's gradient even when only
 weight and bias need theirs (one pass of the kernel writes all three; None is returned for what
-was not asked for).
+was not asked for); and a 3-d (N, C, L) input whose memory is (N, L, C) gives an output in that
+layout too (torch has no memory format for 3-d tensors and returns a contiguous one).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -147,10 +148,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    y = _BatchNormFunction.apply(  # type: ignore[no-untyped-call]
-        input, weight, bias, running_mean, running_var, training, momentum, eps, relu)
-    assert isinstance(y, Tensor)
-    return y
+    return cast(Tensor, _BatchNormFunction.apply(  # type: ignore[no-untyped-call]
+        input, weight, bias, running_mean, running_var, training, momentum, eps, relu))
 
 
 def _module_forward(module: _NormBase, input: Tensor, relu: bool) -> Tensor:
