@@ -59,6 +59,13 @@ def _kernel_layout(x: Tensor) -> tuple[Tensor, tuple[int, ...] | None]:
     return x.contiguous(), None
 
 
+def _empty_like(x: Tensor, perm: tuple[int, ...] | None) -> Tensor:
+    """An output in x's layout: contiguous (also for a tensor that is both contiguous and
+    channels-last through size-1 dimensions, as torch's batch_norm returns it), or x's own
+    channels-last strides (empty_like keeps a dense tensor's strides)."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format) if perm is None else torch.empty_like(x)
+
+
 def _array(t: Tensor, perm: tuple[int, ...] | None = None) -> np.ndarray:
     """The NumPy view of a tensor _kernels_take has vetted (CPU, strided, float32/float64), in the
     kernels' order. This is what fusedopt._tensors.to_ndarray makes of such a tensor, without its
@@ -84,8 +91,7 @@ class _BatchNormFunction(torch.autograd.Function):
                 running_var: Tensor | None, training: bool, momentum: float, eps: float,
                 relu: bool) -> Tensor:
         x_used, perm = _kernel_layout(x)
-        # empty_like keeps x_used's strides exactly (it is dense), so y is in x's layout
-        y = torch.empty_like(x_used)
+        y = _empty_like(x_used, perm)
         _, save_mean, save_invstd = batchnorm_forward(
             _array(x_used, perm), _optional_array(weight), _optional_array(bias), _optional_array(running_mean),
             _optional_array(running_var), training=training, momentum=momentum, eps=eps,
@@ -105,7 +111,7 @@ class _BatchNormFunction(torch.autograd.Function):
             weight = torch.ones(x.shape[1], dtype=x.dtype)
         # autograd may hand a gradient in another layout than y's, or expanded: then a copy
         dy_array = np.ascontiguousarray(_array(dy, perm))
-        dx = torch.empty_like(x_used)
+        dx = _empty_like(x_used, perm)
         _, dweight, dbias = batchnorm_backward(
             dy_array, _array(x_used, perm), _optional_array(weight), ctx.save_mean, ctx.save_invstd,
             axis=1 if perm is None else -1, training=ctx.training,
