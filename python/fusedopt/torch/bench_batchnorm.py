@@ -1,0 +1,193 @@
+"""Batch-norm modules, forward + backward: python -m fusedopt.torch.bench_batchnorm [--quick]
+
+One training step of a module, y = module(x); y.backward(dy) (the autograd round trip of
+loss.backward() with dL/dy = dy, without timing the loss's own ops), on the BN shapes of
+fusedopt.bench (batchnorm_cases), x requiring grad, weight and bias trained, running statistics
+updated:
+  torch    torch.nn.BatchNorm2d (BatchNorm1d for (N, C) shapes)
+  module   fusedopt.torch.batchnorm.BatchNorm2d / BatchNorm1d on the same data
+  bare     fusedopt.batchnorm_forward + batchnorm_backward on the module's own tensors, writing
+           into outputs allocated once: the kernels' time through the tensor API
+  alloc    bare, with y and dx allocated by torch.empty_like on every call, dx kept until the
+           next call: the module's allocations (torch's module makes the same ones)
+module / bare is the module's whole overhead (allocation, autograd, Python); module / alloc the
+part that is not allocation. channels-last cases (NHWC) run on torch.channels_last tensors.
+
+Each implementation is timed in batches of calls long enough to time (min_batch seconds), the
+implementations interleaved in each repeat (in a rotating order), and each one's best and median
+per-call time over the repeats reported: the machine may be shared, so compare ratios in a run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import fusedopt
+
+from ..bench import batchnorm_cases, machine_info, set_threads
+from .batchnorm import BatchNorm1d, BatchNorm2d
+
+IMPLEMENTATIONS = ("torch", "module", "bare", "alloc")
+
+
+class Case:
+    """One BN shape set up for every implementation, all on the same data."""
+
+    def __init__(self, shape: tuple[int, ...], axis: int) -> None:
+        rng = np.random.default_rng(0)
+        x, dy = (torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) for _ in range(2))
+        self.perm: tuple[int, ...] | None = None
+        if axis == -1:  # channels-last data: torch's (N, C, ...) view of it, in channels_last memory format
+            inverse = (0, x.dim() - 1, *range(1, x.dim() - 1))
+            x, dy = x.permute(inverse), dy.permute(inverse)
+            self.perm = (0, *range(2, x.dim()), 1)
+        self.axis, self.n = axis, x.numel()
+        C = x.shape[1]
+        self.modules = {"torch": (torch.nn.BatchNorm1d if x.dim() == 2 else torch.nn.BatchNorm2d)(C),
+                        "module": (BatchNorm1d if x.dim() == 2 else BatchNorm2d)(C)}
+        self.x = {name: x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+                  for name in self.modules}
+        self.dy = dy
+        self.y, self.dx = torch.empty_like(x), torch.empty_like(x)
+        self.held_dx: torch.Tensor | None = None
+        self.kernel_x = self._view(self.x["module"])
+        self.kernel_dy = self._view(dy)
+        _, self.save_mean, self.save_invstd = self._forward(self.y)
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.perm is None else t.permute(self.perm)
+
+    def _forward(self, y: torch.Tensor) -> Any:
+        m = self.modules["module"]
+        return fusedopt.batchnorm_forward(self.kernel_x, m.weight, m.bias, m.running_mean, m.running_var,
+                                          momentum=0.1, eps=m.eps, axis=self.axis, out=self._view(y))
+
+    def _backward(self, dx: torch.Tensor) -> Any:
+        return fusedopt.batchnorm_backward(self.kernel_dy, self.kernel_x, self.modules["module"].weight,
+                                           self.save_mean, self.save_invstd, axis=self.axis, out=self._view(dx))
+
+    def step(self, name: str) -> Callable[[], None]:
+        """One training step of implementation `name`."""
+        if name in self.modules:
+            module, x, dy = self.modules[name], self.x[name], self.dy
+
+            def module_step() -> None:
+                x.grad = None
+                module.zero_grad(set_to_none=True)
+                module(x).backward(dy)
+            return module_step
+        if name == "bare":
+            def bare() -> None:
+                self._forward(self.y)
+                self._backward(self.dx)
+            return bare
+
+        def alloc() -> None:  # the module's allocations and their lifetimes
+            self.held_dx = None  # the previous step's dx, freed as the module step's x.grad = None
+            y = torch.empty_like(self.x["module"])
+            self._forward(y)
+            dx = torch.empty_like(self.x["module"])
+            self._backward(dx)
+            self.held_dx = dx  # kept until the next step, as x.grad
+        return alloc
+
+
+def calls_per_batch(fn: Callable[[], None], min_batch: float) -> int:
+    """How many calls of fn take at least min_batch seconds (after a warm-up call)."""
+    fn()
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_batch:
+            return calls
+        calls *= 2 if elapsed == 0 else max(2, min(16, int(min_batch / elapsed) + 1))
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], min_batch: float, repeats: int) -> dict[str, list[float]]:
+    """Per-call seconds of each step, one batch of each per repeat, in a rotating order."""
+    calls = {name: calls_per_batch(fn, min_batch) for name, fn in steps.items()}
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = steps[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
+    """One row per BN shape and thread count: best and median seconds per step of each
+    implementation (keys f"{name}_best_s", f"{name}_median_s")."""
+    # short batches, many repeats: on a shared machine the best of many short batches is the
+    # likeliest to have run without being preempted
+    min_batch, repeats = (0.01, 5) if quick else (0.02, 21)
+    before = (fusedopt.get_num_threads(), torch.get_num_threads())
+    out = []
+    try:
+        for label, shape, axis in batchnorm_cases(quick):
+            case = Case(shape, axis)
+            for n in threads:
+                set_threads(n)
+                times = time_interleaved({name: case.step(name) for name in IMPLEMENTATIONS}, min_batch, repeats)
+                row: dict[str, Any] = {"case": label, "elements": case.n, "threads": n, "repeats": repeats}
+                for name, t in times.items():
+                    row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
+                out.append(row)
+    finally:
+        fusedopt.set_num_threads(before[0])
+        torch.set_num_threads(before[1])
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: ms per step (best / median); torch / module as the ratio of the best
+    times and of the medians (> 1: the module is faster); the overheads from the best times."""
+    head = ["case", "thr", "torch.nn", "fusedopt module", "torch / module", "bare kernels", "bare + alloc",
+            "module / bare", "module / (bare + alloc)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ms(r: dict[str, Any], name: str) -> str:
+        return f"{r[name + '_best_s'] * 1e3:.3f} / {r[name + '_median_s'] * 1e3:.3f}"
+
+    for r in rows:
+        best = {name: r[f"{name}_best_s"] for name in IMPLEMENTATIONS}
+        cells = [r["case"], str(r["threads"]), ms(r, "torch"), ms(r, "module"),
+                 f"{best['torch'] / best['module']:.2f} / {r['torch_median_s'] / r['module_median_s']:.2f}",
+                 ms(r, "bare"), ms(r, "alloc"),
+                 f"{best['module'] / best['bare']:.3f}", f"{best['module'] / best['alloc']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.torch.bench_batchnorm",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two shapes, short timings")
+    parser.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
+                        help="comma-separated thread counts (default: 1,2)")
+    parser.add_argument("--json", help="also write the rows and the machine description to this file")
+    args = parser.parse_args(argv)
+    info = machine_info()
+    print(f"# fusedopt.torch batch norm, forward + backward (ms per step, best / median): {info['cpu']} "
+          f"({info['cpus']} CPUs), ISA {info['isa']}, torch {info['torch']}")
+    result = rows(args.quick, args.threads)
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": result}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,549 @@
+"""fusedopt.torch.batchnorm: the modules against torch.nn's batch norm, gradcheck, state_dict.
+
+Tolerances, float32 (err = max|got - want| / max(1, max|want|); for dweight and dbias relative
+to the sums of absolute values behind them, as in test_batchnorm.py):
+  vs the float64 truth (torch's module in float64 on the same data): 1e-6, fusedopt's documented
+      float32 bound (test_batchnorm.py); measured here <= 1.4e-7 on every ISA.
+  vs torch's float32 module: 5e-6. The two differ by the sum of their errors, and torch's float32
+      CPU kernel is the less accurate one: measured up to 2.3e-6 of the largest value from the
+      float64 truth (running_var; 1.5e-6 for dx, 1.2e-6 for y) on these shapes, where fusedopt's
+      error is <= 1.4e-7; 5e-6 is that sum with a 2x margin.
+  gradcheck runs in float64 with its default tolerances (finite differences, eps=1e-6).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusedopt.torch.batchnorm as fbn
+from fusedopt.torch.batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormReLU2d,
+    batch_norm,
+)
+
+TOL_TRUTH = 1e-6
+TOL_TORCH = 5e-6
+
+OURS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
+THEIRS = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}
+
+# (shape (N, C, ...), memory layout, the kernel axis it must run with)
+LAYOUTS = [
+    ((5, 3), "contiguous", 1),
+    ((4, 3, 5), "contiguous", 1),
+    ((4, 3, 5), "channels_last", -1),  # (N, C, L) whose memory is (N, L, C)
+    ((3, 2, 4, 5), "contiguous", 1),
+    ((3, 2, 4, 5), "channels_last", -1),
+    ((2, 3, 2, 3, 4), "contiguous", 1),
+    ((2, 3, 2, 3, 4), "channels_last", -1),
+]
+LAYOUT_IDS = [f"{'x'.join(map(str, s))}-{layout}" for s, layout, _ in LAYOUTS]
+
+
+def in_layout(t: Any, layout: str) -> Any:
+    """t (N, C, ...) with its memory in the given order; channels_last keeps C innermost."""
+    if layout == "contiguous":
+        return t.contiguous()
+    perm = (0, *range(2, t.dim()), 1)
+    inverse = (0, t.dim() - 1, *range(1, t.dim() - 1))
+    return t.permute(perm).contiguous().permute(inverse)
+
+
+def is_channels_last(t: Any) -> bool:
+    return bool(t.permute(0, *range(2, t.dim()), 1).is_contiguous())
+
+
+def rel_err(got: Any, want: Any, scale: Any = None) -> float:
+    scale = want if scale is None else scale
+    diff = (got.detach().double() - want.detach().double()).abs().max().item()
+    return float(diff / max(1.0, scale.detach().double().abs().max().item()))
+
+
+@pytest.fixture(autouse=True)
+def torch_single_thread() -> Any:
+    """torch's own modules (the references) on one thread: on a shared, loaded machine its
+    OpenMP workers spinning against fusedopt's pool made these tests 5-10x slower. fusedopt
+    keeps its thread count (its results do not depend on it: test_batchnorm.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def spy(monkeypatch: Any) -> list[dict[str, Any]]:
+    """Records each kernel call the modules make: which function, axis, and the data pointers of
+    x and out (NumPy views: to show that no copy of the input was made)."""
+    calls: list[dict[str, Any]] = []
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def spied(*args: Any, **kwargs: Any) -> Any:
+            x = args[1] if name == "backward" else args[0]
+            calls.append({"fn": name, "axis": kwargs["axis"], "x_ptr": x.ctypes.data,
+                          "out_ptr": kwargs["out"].ctypes.data})
+            return fn(*args, **kwargs)
+        return spied
+
+    monkeypatch.setattr(fbn, "batchnorm_forward", wrap("forward", fbn.batchnorm_forward))
+    monkeypatch.setattr(fbn, "batchnorm_backward", wrap("backward", fbn.batchnorm_backward))
+    return calls
+
+
+# ---- gradcheck ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,layout,axis", LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("relu", [False, True], ids=["", "relu"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_float64(isa: str, spy: list[dict[str, Any]], shape: tuple[int, ...], layout: str, axis: int,
+                           affine: bool, relu: bool, training: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    C = shape[1]
+    x = in_layout(torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5, layout).requires_grad_()
+    running_mean = torch.randn(C, generator=gen, dtype=torch.float64)
+    running_var = torch.rand(C, generator=gen, dtype=torch.float64) + 0.5
+    inputs = [x]
+    if affine:
+        inputs += [(torch.rand(C, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(),
+                   torch.randn(C, generator=gen, dtype=torch.float64).requires_grad_()]
+
+    def f(x: Any, weight: Any = None, bias: Any = None) -> Any:
+        return batch_norm(x, running_mean, running_var, weight, bias, training, 0.1, 1e-3, relu=relu)
+
+    assert torch.autograd.gradcheck(f, tuple(inputs))
+    # the kernels ran, on x's own memory in its own layout
+    forward = [c for c in spy if c["fn"] == "forward"]
+    assert forward and all(c["axis"] == axis for c in spy)
+    assert forward[0]["x_ptr"] == x.data_ptr()
+
+
+# ---- against torch's modules, float32 ---------------------------------------------------------
+
+MODULE_CASES = [
+    ((64, 300), "contiguous", False),
+    ((8, 5, 70), "contiguous", False),
+    ((8, 5, 70), "channels_last", False),
+    ((16, 8, 30, 30), "contiguous", False),
+    ((16, 8, 30, 30), "channels_last", False),
+    ((16, 64, 14, 14), "channels_last", False),
+    ((4, 6, 5, 7, 8), "contiguous", False),
+    ((4, 6, 5, 7, 8), "channels_last", False),
+]
+
+
+def set_affine(*modules: Any) -> None:
+    for m in modules:
+        C = m.num_features
+        with torch.no_grad():
+            m.weight.copy_(torch.linspace(0.5, 1.5, C))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, C))
+
+
+def forward(module: Any, x: Any, relu: bool, dtype: Any) -> dict[str, Any]:
+    """module(x) in dtype, with a ReLU after it when relu and module is not BatchNormReLU2d;
+    z is the output before that ReLU (torch's modules only)."""
+    x = x.to(dtype).detach().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    y = z = module(x)
+    if relu and not isinstance(module, BatchNormReLU2d):
+        y = torch.relu(z)
+    return {"x": x, "z": z, "y": y}
+
+
+def backward(module: Any, out: dict[str, Any], dy: Any) -> dict[str, Any]:
+    out["y"].backward(dy.to(out["y"].dtype))
+    return {"y": out["y"], "dx": out["x"].grad, "dweight": module.weight.grad, "dbias": module.bias.grad}
+
+
+def run_step(module: Any, x: Any, dy: Any, relu: bool, dtype: Any) -> dict[str, Any]:
+    """One forward + backward (see forward)."""
+    return backward(module, forward(module, x, relu, dtype), dy)
+
+
+def abs_scales(x: Any, dy: Any, mask: Any = None) -> dict[str, Any]:
+    """The sums of absolute values behind dweight and dbias, the scale of their rounding errors
+    (float64; xhat from x's batch statistics; mask: where the ReLU passed the gradient)."""
+    dims = [0, *range(2, x.dim())]
+    x = x.double()
+    xhat = (x - x.mean(dims, keepdim=True)) / x.var(dims, unbiased=False, keepdim=True).sqrt()
+    g = dy.double() if mask is None else dy.double() * mask
+    return {"dweight": (g.abs() * xhat.abs()).sum(dims), "dbias": g.abs().sum(dims)}
+
+
+# BatchNormReLU2d (relu) against torch's BatchNorm2d followed by torch.relu
+MODULE_CASES += [(shape, layout, True) for shape, layout, _ in MODULE_CASES if len(shape) == 4]
+
+
+@pytest.mark.parametrize("shape,layout,relu", MODULE_CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{m}{'-relu' * r}" for s, m, r in MODULE_CASES])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
+def test_module_matches_torch_float32(isa: str, shape: tuple[int, ...], layout: str, relu: bool,
+                                      momentum: float | None) -> None:
+    """Four training steps and an eval step: outputs, gradients, running statistics and
+    num_batches_tracked against torch's module (float32) and the float64 truth. With the ReLU,
+    dy is zeroed where the float64 output before the ReLU is within 1e-4 of 0: float32 rounding
+    (~1e-6 here) may put such a value on either side of the kink, in torch's module as in ours,
+    and the gradient there is then dy or 0 for both legitimately (seen: torch's float32 module
+    flipped one of 200704 elements of one step)."""
+    C, nd = shape[1], len(shape)
+    ours = BatchNormReLU2d(C, momentum=momentum) if relu else OURS[nd](C, momentum=momentum)
+    theirs, truth = THEIRS[nd](C, momentum=momentum), THEIRS[nd](C, momentum=momentum).double()
+    set_affine(ours, theirs, truth)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        if step == 4:
+            for m in (ours, theirs, truth):
+                m.eval()
+        x = in_layout(torch.randn(shape, generator=gen) * (1 + step) + step, layout)
+        dy = torch.randn(shape, generator=gen)
+        outs = [forward(m, x, relu, dtype) for m, dtype in ((ours, torch.float32), (theirs, torch.float32),
+                                                              (truth, torch.float64))]
+        if relu:  # no gradient where float32 rounding may put y on either side of ReLU's kink
+            dy = dy.masked_fill(outs[2]["z"].detach().abs() <= 1e-4, 0.0)
+        got, ref, exact = (backward(m, out, dy) for m, out in zip((ours, theirs, truth), outs))
+        scales = abs_scales(x, dy, exact["y"] > 0 if relu else None)
+        # the output keeps x's layout; torch's too where it has a memory format (4d, 5d; its 3d
+        # output is contiguous whatever the input's layout)
+        assert got["y"].stride() == x.stride() and (nd < 4 or got["y"].stride() == ref["y"].stride())
+        for name in ("y", "dx", "dweight", "dbias"):
+            scale = scales.get(name)
+            assert rel_err(got[name], exact[name], scale) <= TOL_TRUTH, (step, name)
+            assert rel_err(got[name], ref[name], scale) <= TOL_TORCH, (step, name)
+    for name in ("running_mean", "running_var"):
+        assert rel_err(getattr(ours, name), getattr(truth, name)) <= TOL_TRUTH, name
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) <= TOL_TORCH, name
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 4
+
+
+# ---- state_dict --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,shape", [
+    (BatchNorm1d, torch.nn.BatchNorm1d, (6, 4, 3)),
+    (BatchNorm2d, torch.nn.BatchNorm2d, (6, 4, 3, 5)),
+    (BatchNorm3d, torch.nn.BatchNorm3d, (6, 4, 3, 2, 2)),
+    (BatchNormReLU2d, torch.nn.BatchNorm2d, (6, 4, 3, 5)),
+], ids=["1d", "2d", "3d", "relu2d"])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
+def test_state_dict_interchange(ours_cls: Any, theirs_cls: Any, shape: tuple[int, ...], momentum: float | None) -> None:
+    """A torch module's state_dict (after training) loads into ours and back, through
+    torch.save/torch.load; training continues with the same numbers either way."""
+    relu = ours_cls is BatchNormReLU2d
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(shape, generator=gen) + i, torch.randn(shape, generator=gen)) for i in range(4)]
+    for source_cls, dest_cls in ((theirs_cls, ours_cls), (ours_cls, theirs_cls)):
+        source = source_cls(shape[1], momentum=momentum)
+        for x, dy in batches[:2]:
+            run_step(source, x, dy, relu, torch.float32)
+        with torch.no_grad():
+            source.weight.mul_(1.5)
+        buffer = io.BytesIO()
+        torch.save(source.state_dict(), buffer)
+        buffer.seek(0)
+        dest = dest_cls(shape[1], momentum=momentum)
+        dest.load_state_dict(torch.load(buffer), strict=True)
+        assert list(dest.state_dict()) == list(source.state_dict())
+        for name, value in source.state_dict().items():
+            assert torch.equal(dest.state_dict()[name], value), name
+        for x, dy in batches[2:]:  # training continues alike
+            a = run_step(source, x, dy, relu, torch.float32)
+            b = run_step(dest, x, dy, relu, torch.float32)
+            assert rel_err(a["y"], b["y"]) <= TOL_TORCH and rel_err(a["dx"], b["dx"]) <= TOL_TORCH
+        assert source.num_batches_tracked.item() == dest.num_batches_tracked.item() == 4
+        assert rel_err(source.running_var, dest.running_var) <= TOL_TORCH
+        source.eval()
+        dest.eval()
+        x = batches[0][0]
+        y_source, y_dest = source(x), dest(x)
+        if relu:
+            y_source, y_dest = torch.relu(y_source), torch.relu(y_dest)
+        assert rel_err(y_source, y_dest) <= TOL_TORCH
+
+
+def test_old_checkpoint_without_num_batches_tracked() -> None:
+    """torch's version-1 state_dicts (no num_batches_tracked) load as into torch's module."""
+    state = torch.nn.BatchNorm2d(3).state_dict()
+    del state["num_batches_tracked"]
+    state._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
+    loaded = []
+    for cls in (torch.nn.BatchNorm2d, BatchNorm2d, BatchNormReLU2d):
+        m = cls(3)
+        m.num_batches_tracked.fill_(7)
+        m.load_state_dict(state)
+        loaded.append(m.num_batches_tracked.item())
+    assert loaded == [loaded[0]] * 3
+
+
+def test_modules_are_what_torch_code_expects() -> None:
+    for cls, base in ((BatchNorm1d, torch.nn.BatchNorm1d), (BatchNorm2d, torch.nn.BatchNorm2d),
+                      (BatchNorm3d, torch.nn.BatchNorm3d)):
+        assert isinstance(cls(3), base)
+    # BatchNormReLU2d is not a BatchNorm2d: code that folds or converts BatchNorm2d would lose the ReLU
+    assert not isinstance(BatchNormReLU2d(3), torch.nn.modules.batchnorm._BatchNorm)
+    m = BatchNorm2d(4, eps=1e-3, momentum=None, affine=True, track_running_stats=True, dtype=torch.float64,
+                    bias=False)
+    assert m.bias is None and m.weight.dtype == torch.float64 and repr(m) == repr(
+        torch.nn.BatchNorm2d(4, eps=1e-3, momentum=None, dtype=torch.float64, bias=False))
+
+
+# ---- modes and buffers as torch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track_running_stats", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_train_eval_and_buffers_as_torch(spy: list[dict[str, Any]], affine: bool, track_running_stats: bool,
+                                         layout: str) -> None:
+    """track_running_stats=False: no buffers, batch statistics in eval too; eval with running
+    statistics; all through the kernels, with torch's numbers."""
+    gen = torch.Generator().manual_seed(4)
+    kwargs = {"affine": affine, "track_running_stats": track_running_stats}
+    ours, theirs = BatchNorm2d(3, **kwargs), torch.nn.BatchNorm2d(3, **kwargs)
+    for mode in ("train", "train", "eval"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        x = in_layout(torch.randn(4, 3, 5, 6, generator=gen) * 3 + 1, layout).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        y, y_ref = ours(x), theirs(x2)
+        dy = torch.randn(y.shape, generator=gen)
+        y.backward(dy)
+        y_ref.backward(dy)
+        assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
+        if affine:
+            assert rel_err(ours.weight.grad, theirs.weight.grad, abs_scales(x, dy)["dweight"]) <= TOL_TORCH
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        assert (a is None) == (b is None) == (not track_running_stats)
+        if a is not None:
+            assert rel_err(a, b) <= TOL_TORCH
+    assert len([c for c in spy if c["fn"] == "forward"]) == 3 and len([c for c in spy if c["fn"] == "backward"]) == 3
+
+
+def test_channels_last_runs_in_place_and_stays_channels_last(spy: list[dict[str, Any]]) -> None:
+    for shape, fmt, cls in (((4, 3, 5, 6), torch.channels_last, BatchNorm2d),
+                            ((2, 3, 4, 5, 6), torch.channels_last_3d, BatchNorm3d)):
+        spy.clear()
+        x = torch.randn(shape).to(memory_format=fmt).requires_grad_()
+        y = cls(3)(x)
+        assert y.is_contiguous(memory_format=fmt) and not y.is_contiguous()
+        y.backward(torch.randn(shape).to(memory_format=fmt))
+        assert x.grad is not None and x.grad.is_contiguous(memory_format=fmt)
+        forward, backward = spy
+        assert forward["axis"] == backward["axis"] == -1
+        assert forward["x_ptr"] == backward["x_ptr"] == x.data_ptr()  # x itself, not a copy
+        assert forward["out_ptr"] == y.data_ptr() and backward["out_ptr"] == x.grad.data_ptr()
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 5, 6), (4, 3, 1, 1), (1, 3, 2, 1)])
+def test_layouts_both_contiguous_and_channels_last(shape: tuple[int, ...]) -> None:
+    """Size-1 dimensions make a tensor both contiguous and channels_last: the NCHW path, torch's
+    numbers and output strides."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(shape, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
+    x2 = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    y, y_ref = BatchNorm2d(shape[1])(x), torch.nn.BatchNorm2d(shape[1])(x2)
+    dy = torch.randn(shape, generator=gen)
+    y.backward(dy)
+    y_ref.backward(dy)
+    assert y.stride() == y_ref.stride()
+    assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
+
+
+@pytest.mark.parametrize("dy_layout", ["contiguous", "channels_last", "expanded"])
+def test_gradient_in_another_layout(spy: list[dict[str, Any]], dy_layout: str) -> None:
+    """autograd may hand the backward a gradient in a layout other than the output's."""
+    gen = torch.Generator().manual_seed(5)
+    x = in_layout(torch.randn(4, 3, 5, 6, generator=gen), "channels_last").requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    if dy_layout == "expanded":
+        dy = torch.randn(1, 3, 1, 1, generator=gen).expand(4, 3, 5, 6)
+    else:
+        dy = in_layout(torch.randn(4, 3, 5, 6, generator=gen), dy_layout)
+    BatchNorm2d(3)(x).backward(dy)
+    torch.nn.BatchNorm2d(3)(x2).backward(dy)
+    assert rel_err(x.grad, x2.grad) <= TOL_TORCH
+    assert [c["axis"] for c in spy] == [-1, -1]
+
+
+def test_noncontiguous_input_is_copied_and_matches_torch(spy: list[dict[str, Any]]) -> None:
+    x = torch.randn(4, 3, 5, 12)[..., ::2].requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y, y_ref = BatchNorm2d(3)(x), torch.nn.BatchNorm2d(3)(x2)
+    dy = torch.randn(y.shape)
+    y.backward(dy)
+    y_ref.backward(dy)
+    assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
+    assert [c["axis"] for c in spy] == [1, 1]
+
+
+# ---- gradients asked for -----------------------------------------------------------------------
+
+
+def test_only_the_gradients_asked_for() -> None:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, 5, 6, generator=gen)
+    dy = torch.randn(4, 3, 5, 6, generator=gen)
+    # frozen weight: bias and x still get theirs
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    for m in (ours, theirs):
+        m.weight.requires_grad_(False)
+    a, b = run_step(ours, x, dy, False, torch.float32), run_step(theirs, x, dy, False, torch.float32)
+    assert a["dweight"] is None and rel_err(a["dbias"], b["dbias"], abs_scales(x, dy)["dbias"]) <= TOL_TORCH
+    assert rel_err(a["dx"], b["dx"]) <= TOL_TORCH
+    # input without grad (a first layer): weight and bias get theirs, x none
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    ours(x).backward(dy)
+    theirs(x).backward(dy)
+    assert x.grad is None
+    scales = abs_scales(x, dy)
+    assert rel_err(ours.weight.grad, theirs.weight.grad, scales["dweight"]) <= TOL_TORCH
+    assert rel_err(ours.bias.grad, theirs.bias.grad, scales["dbias"]) <= TOL_TORCH
+    # functional: bias without weight gets dbias = sum(dy)
+    for fn in (batch_norm, torch.nn.functional.batch_norm):
+        bias = torch.zeros(3, requires_grad=True)
+        fn(x, None, None, None, bias, True).backward(dy)
+        assert rel_err(bias.grad, dy.sum((0, 2, 3)), abs_scales(x, dy)["dbias"]) <= TOL_TORCH
+
+
+def test_no_double_backward() -> None:
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    y = BatchNorm1d(3).double()(x)
+    (dx,) = torch.autograd.grad((y ** 3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
+
+
+# ---- what the kernels do not take: as torch ----------------------------------------------------
+
+
+def same_behaviour(ours: Callable[[], Any], theirs: Callable[[], Any]) -> None:
+    """Both raise the same exception type and message, or both return equal results."""
+    try:
+        want = theirs()
+    except Exception as e:  # noqa: BLE001 - whatever torch raises, ours must raise alike
+        with pytest.raises(type(e)) as info:
+            ours()
+        assert str(info.value) == str(e)
+        return
+    got = ours()
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_one_value_per_channel_in_training_raises_as_torch() -> None:
+    for shape, ours, theirs in (((1, 3), BatchNorm1d, torch.nn.BatchNorm1d),
+                                ((1, 3, 1), BatchNorm1d, torch.nn.BatchNorm1d),
+                                ((1, 3, 1, 1), BatchNorm2d, torch.nn.BatchNorm2d),
+                                ((1, 3, 1, 1), BatchNormReLU2d, torch.nn.BatchNorm2d),
+                                ((1, 3, 1, 1, 1), BatchNorm3d, torch.nn.BatchNorm3d)):
+        x = torch.randn(shape)
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as info:
+            ours(3)(x)
+        with pytest.raises(ValueError) as info_torch:
+            theirs(3)(x)
+        assert str(info.value) == str(info_torch.value)
+        # eval normalizes one value with the running statistics, as torch does
+        a, b = ours(3).eval(), theirs(3).eval()
+        a(x)  # the kernel takes it
+        assert rel_err(a(x), torch.relu(b(x)) if ours is BatchNormReLU2d else b(x)) <= TOL_TORCH
+
+
+@pytest.mark.parametrize("case", ["dims", "eps0_train", "eps_negative_eval", "channels", "bfloat16", "float16",
+                                  "mixed_dtype", "empty", "float64_weight"])
+def test_other_cases_behave_as_torch(case: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 5, 6, generator=gen)
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    if case == "dims":
+        x = x[0]
+    elif case == "eps0_train":
+        ours.eps = theirs.eps = 0.0
+    elif case == "eps_negative_eval":
+        ours.eps = theirs.eps = -1e-5
+        ours.eval()
+        theirs.eval()
+    elif case == "channels":
+        x = torch.randn(4, 5, 2, 2, generator=gen)
+    elif case in ("bfloat16", "float16"):
+        dtype = getattr(torch, case)
+        x, ours, theirs = x.to(dtype), ours.to(dtype), theirs.to(dtype)
+    elif case == "mixed_dtype":
+        x = x.double()
+    elif case == "empty":
+        x = torch.randn(0, 3, 5, 6)
+    elif case == "float64_weight":
+        ours.weight.data, theirs.weight.data = ours.weight.data.double(), theirs.weight.data.double()
+    same_behaviour(lambda: ours(x), lambda: theirs(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+
+@pytest.mark.parametrize("training,stats", [(True, "mean_only"), (True, "var_only"), (False, "mean_only"),
+                                            (False, "var_only"), (False, "neither")])
+def test_functional_running_statistics_as_torch(training: bool, stats: str) -> None:
+    """One running statistic without the other, or none in eval: torch's errors (or results)."""
+    x = torch.randn(4, 3, 5, 6)
+    def call(fn: Any) -> Any:
+        running_mean = torch.zeros(3) if stats == "mean_only" else None
+        running_var = torch.ones(3) if stats == "var_only" else None
+        return fn(x, running_mean, running_var, None, None, training)
+    same_behaviour(lambda: call(batch_norm), lambda: call(torch.nn.functional.batch_norm))
+
+
+def test_inference_mode(spy: list[dict[str, Any]]) -> None:
+    x = torch.randn(4, 3, 5, 6)
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.inference_mode():
+        for mode in (True, False):
+            ours.train(mode)
+            theirs.train(mode)
+            assert rel_err(ours(x), theirs(x)) <= TOL_TORCH
+    assert rel_err(ours.running_var, theirs.running_var) <= TOL_TORCH and len(spy) == 2
+
+
+def test_module_in_a_model_trains_like_torch(isa: str) -> None:
+    """Conv -> BN(+ReLU) -> pool -> linear, a few SGD steps: the same parameters as torch's."""
+    def model(bn: Any) -> Any:
+        torch.manual_seed(8)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), bn, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(8, 4))
+    ours = model(BatchNormReLU2d(8)).to(memory_format=torch.channels_last)
+    theirs = model(torch.nn.Sequential(torch.nn.BatchNorm2d(8), torch.nn.ReLU())).to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(9)
+    data = [(torch.randn(16, 3, 10, 10, generator=gen).to(memory_format=torch.channels_last),
+             torch.randint(0, 4, (16,), generator=gen)) for _ in range(5)]
+    for m in (ours, theirs):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for x, target in data:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), target).backward()
+            opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert rel_err(a, b) <= 1e-5, name  # 5 steps of a network: 2x the one-layer tolerance
+
+
+def test_bench_rows_and_table(monkeypatch: Any) -> None:
+    """The bench's rows on two small shapes (NCHW and NHWC): every implementation timed, and
+    the bench's kernel calls computing what the module computes."""
+    import fusedopt.torch.bench_batchnorm as bench
+
+    cases = [("batchnorm 4x3x5x6 NCHW", (4, 3, 5, 6), 1), ("batchnorm 4x5x6x3 NHWC", (4, 5, 6, 3), -1)]
+    monkeypatch.setattr(bench, "batchnorm_cases", lambda quick: iter(cases))
+    rows = bench.rows(True, [1])
+    assert [r["case"] for r in rows] == [c[0] for c in cases]
+    for r in rows:
+        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in bench.IMPLEMENTATIONS)
+    assert bench.table(rows).count("\n") == 1 + len(rows)
+    case = bench.Case((4, 5, 6, 3), -1)
+    case.step("bare")()
+    case.step("module")()
+    x = case.x["module"]
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.grad is not None
+    assert rel_err(case.dx, x.grad) <= TOL_TORCH
