@@ -27,7 +27,7 @@ def test_adam_on_parameters_updates_their_memory():
     (lambda g: torch.ones(20)[::2], ValueError, "grads is not C-contiguous"),
     (lambda g: torch.ones(10, device="meta"), TypeError, "grads: fusedopt runs on CPU tensors; got a tensor on meta"),
     (lambda g: torch.ones(10).to_sparse(), TypeError, "grads: fusedopt takes dense tensors"),
-    (lambda g: torch.ones(10, dtype=torch.complex64), TypeError, "grads has dtype torch.complex64"),
+    (lambda g: torch.ones(10, dtype=torch.complex64), TypeError, "grads has dtype (torch.)?complex64"),
 ])
 def test_bad_tensors_raise_and_write_nothing(bad, error, message):
     param, grad, buf = torch.ones(10), torch.ones(10), torch.zeros(10)

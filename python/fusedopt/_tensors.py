@@ -32,6 +32,14 @@ def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
     """A NumPy view of a torch CPU tensor's memory (same strides, same bytes), or TypeError /
     ValueError naming the argument for a tensor the kernels cannot use in place."""
     torch = sys.modules["torch"]
+    # The common case first (a dense CPU tensor; ~2 us instead of ~6 with every check below):
+    # .numpy() itself refuses what the kernels must not see in place (lazily conjugated or
+    # negated views); complex and integer views are refused by the kernels' dtype checks.
+    if tensor.is_cpu and tensor.layout is torch.strided and tensor.dtype is not torch.bfloat16:
+        try:
+            return tensor.detach().numpy()
+        except (RuntimeError, TypeError):
+            pass  # the checks below say why, naming the argument
     if tensor.device.type != "cpu":
         raise TypeError(f"{name}: fusedopt runs on CPU tensors; got a tensor on {tensor.device}")
     if tensor.layout != torch.strided:
