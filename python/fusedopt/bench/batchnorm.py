@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,8 @@ class BatchNormProblem:
         self.torch_state = self._torch_setup() if deps.torch is not None else None
 
     def fused_forward(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return fusedopt.batchnorm_forward(self.x, self.weight, self.bias, self.running_mean,  # type: ignore[no-any-return]
-                                          self.running_var, axis=self.axis, out=self.y)
+        return fusedopt.batchnorm_forward(self.x, self.weight, self.bias, self.running_mean, self.running_var,
+                                          axis=self.axis, out=self.y)
 
     def fused_backward(self) -> None:
         fusedopt.batchnorm_backward(self.dy, self.x, self.weight, self.save_mean, self.save_invstd,
@@ -119,8 +120,7 @@ def _setup(shape: tuple[int, ...], axis: int, layout: str) -> Measure:
 
 
 def cases(quick: bool) -> list[Case]:
-    return [Case(f"batchnorm {'x'.join(map(str, shape))} {layout}",
-                 lambda shape=shape, axis=axis, layout=layout: _setup(shape, axis, layout))
+    return [Case(f"batchnorm {'x'.join(map(str, shape))} {layout}", partial(_setup, shape, axis, layout))
             for shape, axis, layout in (CASES[:2] if quick else CASES)]
 
 

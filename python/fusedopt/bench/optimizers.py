@@ -4,6 +4,7 @@ against the NumPy reference, torch.optim and the bandwidth probe."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,19 @@ import fusedopt
 from fusedopt import _core, optim, reference
 
 from . import deps
-from .section import SPREAD_NOTE, Case, Measure, Row, Section, duration, markdown, ns_per_element, percent, ratio, spread
+from .section import (
+    SPREAD_NOTE,
+    Case,
+    Measure,
+    Row,
+    Section,
+    duration,
+    markdown,
+    ns_per_element,
+    percent,
+    ratio,
+    spread,
+)
 from .timing import Timer, Timing, put
 
 Shape = tuple[int, ...]
@@ -131,10 +144,9 @@ def _setup(optimizer: str, shapes: Sequence[Shape]) -> Measure:
 def cases(quick: bool) -> list[Case]:
     sizes = ["4K", "1M"] if quick else list(SIZES)
     optimizers = ["adam", "sgd_momentum"] if quick else list(OPTIMIZERS)
-    out = [Case(f"{opt} {size}", lambda opt=opt, size=size: _setup(opt, [(SIZES[size],)]))
-           for opt in optimizers for size in sizes]
+    out = [Case(f"{opt} {size}", partial(_setup, opt, [(SIZES[size],)])) for opt in optimizers for size in sizes]
     for model in ["mlp"] if quick else list(MODELS):
-        out += [Case(f"{opt} {model}", lambda opt=opt, model=model: _setup(opt, MODELS[model]()))
+        out += [Case(f"{opt} {model}", partial(_setup, opt, MODELS[model]()))
                 for opt in (["adam"] if quick else optimizers)]
     return out
 

@@ -83,7 +83,8 @@ def plot(rows: dict[str, list[Row]], thread_counts: Sequence[int], path: str) ->
         optimizers = list(dict.fromkeys(r["optimizer"] for r in single))
         for i, opt in enumerate(optimizers):
             for t in thread_counts:
-                rs = sorted((r for r in single if r["optimizer"] == opt and r["threads"] == t), key=lambda r: r["elements"])
+                rs = sorted((r for r in single if r["optimizer"] == opt and r["threads"] == t),
+                            key=lambda r: int(r["elements"]))
                 xs = [r["elements"] for r in rs]
                 label = f"fusedopt {opt}" if t == thread_counts[0] else None
                 panel.line(xs, [_per_element(r, "fusedopt") for r in rs], True, marker="o", linestyle=style[t],
