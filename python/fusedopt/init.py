@@ -11,10 +11,20 @@ undoes what the nonlinearity does to E[x^2], the signal grows or shrinks geometr
 with depth (Goodfellow et al., Deep Learning, sec. 8.4).
 """
 
+from __future__ import annotations
+
 import math
 import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+# a shape as NumPy takes one: an int or a sequence of ints
+ShapeLike = int | Sequence[int]
+# a Generator, an int seed, or None for fresh OS entropy
+RngLike = np.random.Generator | int | None
 
 __all__ = [
     "fan_in_and_fan_out",
@@ -26,7 +36,7 @@ __all__ = [
 ]
 
 
-def fan_in_and_fan_out(shape):
+def fan_in_and_fan_out(shape: ShapeLike) -> tuple[int, int]:
     """Return (fan_in, fan_out) of a weight of this shape, by torch's rule.
 
     For shape (out, in, *kernel): receptive_field = prod(kernel) (1 for a linear layer),
@@ -42,7 +52,7 @@ def fan_in_and_fan_out(shape):
     return shape[1] * receptive_field, shape[0] * receptive_field
 
 
-def calculate_gain(nonlinearity, a=0.0):
+def calculate_gain(nonlinearity: str, a: float = 0.0) -> float:
     """Return the gain of torch.nn.init.calculate_gain for a nonlinearity.
 
     The gain g is chosen so that a layer with Var(w) = g^2 / fan keeps the second moment
@@ -68,7 +78,8 @@ def calculate_gain(nonlinearity, a=0.0):
     )
 
 
-def glorot_uniform(shape, rng=None, gain=1.0, dtype=np.float32):
+def glorot_uniform(shape: ShapeLike, rng: RngLike = None, gain: float = 1.0,
+                   dtype: DTypeLike = np.float32) -> NDArray[Any]:
     """Glorot/Xavier uniform: w ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)).
 
     Glorot & Bengio (2010) want Var(w) = 1/fan_in to keep forward activations and
@@ -82,7 +93,8 @@ def glorot_uniform(shape, rng=None, gain=1.0, dtype=np.float32):
     return _sample(lambda g, s: g.uniform(-bound, bound, size=s), shape, rng, dtype)
 
 
-def glorot_normal(shape, rng=None, gain=1.0, dtype=np.float32):
+def glorot_normal(shape: ShapeLike, rng: RngLike = None, gain: float = 1.0,
+                  dtype: DTypeLike = np.float32) -> NDArray[Any]:
     """Glorot/Xavier normal: w ~ N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)).
 
     Same variance as glorot_uniform (see there for why), drawn from a normal.
@@ -93,8 +105,9 @@ def glorot_normal(shape, rng=None, gain=1.0, dtype=np.float32):
 
 
 def kaiming_uniform(
-    shape, rng=None, nonlinearity="relu", a=0.0, mode="fan_in", dtype=np.float32
-):
+    shape: ShapeLike, rng: RngLike = None, nonlinearity: str = "relu", a: float = 0.0, mode: str = "fan_in",
+    dtype: DTypeLike = np.float32,
+) -> NDArray[Any]:
     """Kaiming/He uniform: w ~ U(-b, b), b = gain * sqrt(3 / fan).
 
     Same variance as kaiming_normal (see there for why); U(-b, b) has variance b^2 / 3.
@@ -105,8 +118,9 @@ def kaiming_uniform(
 
 
 def kaiming_normal(
-    shape, rng=None, nonlinearity="relu", a=0.0, mode="fan_in", dtype=np.float32
-):
+    shape: ShapeLike, rng: RngLike = None, nonlinearity: str = "relu", a: float = 0.0, mode: str = "fan_in",
+    dtype: DTypeLike = np.float32,
+) -> NDArray[Any]:
     """Kaiming/He normal: w ~ N(0, std^2), std = gain / sqrt(fan).
 
     He et al. (2015): a ReLU zeroes half of its symmetric input, so E[relu(z)^2] =
@@ -119,7 +133,7 @@ def kaiming_normal(
     return _sample(lambda g, s: g.normal(0.0, std, size=s), shape, rng, dtype)
 
 
-def _as_shape(shape):
+def _as_shape(shape: ShapeLike) -> tuple[int, ...]:
     # Accept an int like NumPy does, so a 1-D shape gets the "at least 2 dimensions" error;
     # operator.index rejects non-integer dimensions such as 3.5 instead of truncating them.
     dims = tuple(map(operator.index, shape)) if np.iterable(shape) else (operator.index(shape),)
@@ -128,19 +142,19 @@ def _as_shape(shape):
     return dims
 
 
-def _check_gain(gain):
+def _check_gain(gain: float) -> None:
     if not (math.isfinite(gain) and gain >= 0.0):
         raise ValueError(f"gain must be a finite number >= 0, got {gain}")
 
 
-def _glorot_std(fan_in, fan_out, gain):
+def _glorot_std(fan_in: int, fan_out: int, gain: float) -> float:
     _check_gain(gain)
     if fan_in + fan_out == 0:
         raise ValueError("glorot initialization needs fan_in + fan_out > 0")
     return gain * math.sqrt(2.0 / (fan_in + fan_out))
 
 
-def _kaiming_std(shape, nonlinearity, a, mode):
+def _kaiming_std(shape: ShapeLike, nonlinearity: str, a: float, mode: str) -> float:
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
     gain = calculate_gain(nonlinearity, a)
@@ -151,7 +165,8 @@ def _kaiming_std(shape, nonlinearity, a, mode):
     return gain / math.sqrt(fan)
 
 
-def _sample(draw, shape, rng, dtype):
+def _sample(draw: Callable[[np.random.Generator, tuple[int, ...]], NDArray[np.float64]], shape: ShapeLike,
+            rng: RngLike, dtype: DTypeLike) -> NDArray[Any]:
     # Draw in float64 and cast, so a seed gives the same weights (up to rounding) in any dtype.
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):

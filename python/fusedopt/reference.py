@@ -5,27 +5,38 @@ updated in place) and computes torch.optim's documented algorithm in the arrays'
 one NumPy operation at a time. Beside each formula is the textbook form (Goodfellow, Bengio,
 Courville, Deep Learning, ch. 8: eps = learning rate, g = gradient, theta = params).
 """
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[Any]
+Arrays = Array | Sequence[Array]  # one array, or one per tensor
+OptionalArrays = Arrays | Sequence[Array | None] | None
 
 
-def _as_list(x):
-    return x if isinstance(x, (list, tuple)) else [x]
+def _as_list(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _zip(*args):
+def _zip(*args: OptionalArrays) -> Iterator[tuple[Any, ...]]:
     n = len(_as_list(args[0]))
     return zip(*[_as_list(a) if a is not None else [None] * n for a in args])
 
 
-def _grad(grad, param, weight_decay, maximize):
+def _grad(grad: Array, param: Array, weight_decay: float, maximize: bool) -> Array:
     g = -grad if maximize else grad.copy()
     if weight_decay != 0:
         g = g + param.dtype.type(weight_decay) * param
     return g
 
 
-def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
-         weight_decay=0.0, maximize=False, step=None):
+def sgd_(params: Arrays, grads: Arrays, momentum_buffers: OptionalArrays = None, *, lr: float,
+         momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+         maximize: bool = False, step: int | None = None) -> None:
     """SGD (Alg. 8.1), momentum (Alg. 8.2), Nesterov (Alg. 8.3), as torch.optim.SGD computes them.
 
     torch:     buf = mu * buf + (1 - dampening) * g   (buf = g on the first step)
@@ -47,8 +58,8 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
         p -= t(lr) * g
 
 
-def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False):
+def adagrad_(params: Arrays, grads: Arrays, state_sums: Arrays, *, step: int, lr: float = 1e-2,
+             lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False) -> None:
     """AdaGrad (Alg. 8.4).
 
     torch:     r += g * g;  theta -= clr * g / (sqrt(r) + eps),  clr = lr / (1 + (step - 1) * lr_decay)
@@ -62,8 +73,10 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
         p -= t(clr) * (g / (np.sqrt(state_sum) + t(eps)))
 
 
-def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False):
+def rmsprop_(params: Arrays, grads: Arrays, square_avgs: Arrays, *, lr: float = 1e-2, alpha: float = 0.99,
+             eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+             momentum_buffers: OptionalArrays = None, centered: bool = False, grad_avgs: OptionalArrays = None,
+             maximize: bool = False, eps_inside_sqrt: bool = False) -> None:
     """RMSProp (Alg. 8.5; with momentum, close to Alg. 8.6).
 
     torch:     r = alpha * r + (1 - alpha) * g * g;  theta -= lr * g / (sqrt(r) + eps)
@@ -87,8 +100,10 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
             p -= t(lr) * (g / avg)
 
 
-def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+def adam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays, *, step: int, lr: float = 1e-3,
+          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          decoupled_weight_decay: bool = False, amsgrad: bool = False, max_exp_avg_sqs: OptionalArrays = None,
+          maximize: bool = False) -> None:
     """Adam (Alg. 8.7); AdamW with decoupled_weight_decay=True.
 
     torch:     m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
@@ -114,8 +129,9 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, bet
         p -= t(lr / bias_correction1) * (m / denom)
 
 
-def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False):
+def adamw_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays, *, step: int, lr: float = 1e-3,
+           beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2,
+           amsgrad: bool = False, max_exp_avg_sqs: OptionalArrays = None, maximize: bool = False) -> None:
     """AdamW: adam_ with decoupled weight decay (param *= 1 - lr * weight_decay first)."""
     adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
           weight_decay=weight_decay, decoupled_weight_decay=True, amsgrad=amsgrad,
@@ -125,7 +141,7 @@ def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, be
 # ---- batch normalization ----------------------------------------------------------------------
 
 
-def _channel_axis(x, axis):
+def _channel_axis(x: Array, axis: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """The channel axis as a non-negative index, the axes reduced over, and the shape that
     broadcasts a per-channel vector against x."""
     c_axis = axis % x.ndim
@@ -135,8 +151,10 @@ def _channel_axis(x, axis):
     return c_axis, reduce_axes, tuple(bshape)
 
 
-def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
-                      momentum=0.1, eps=1e-5, axis=1, relu=False, out=None):
+def batchnorm_forward(x: Array, weight: Array | None = None, bias: Array | None = None,
+                      running_mean: Array | None = None, running_var: Array | None = None, *, training: bool = True,
+                      momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, relu: bool = False,
+                      out: Array | None = None) -> tuple[Array, Array, Array]:
     """torch.nn.functional.batch_norm in float64 (Ioffe & Szegedy 2015, Alg. 1; Goodfellow
     et al., Deep Learning, 8.7.1). Returns (y, save_mean, save_invstd) in x's dtype and updates
     running_mean / running_var in place in training mode, as fusedopt.batchnorm_forward does.
@@ -153,10 +171,12 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     if training:
         mean = x64.mean(axis=reduce_axes)
         var = ((x64 - mean.reshape(bshape)) ** 2).mean(axis=reduce_axes)
-        if running_mean is not None:
+        if running_mean is not None and running_var is not None:  # both or neither, as fusedopt checks
             running_mean[...] = momentum * mean + (1 - momentum) * running_mean.astype(np.float64)
             running_var[...] = momentum * var * n / (n - 1) + (1 - momentum) * running_var.astype(np.float64)
     else:
+        if running_mean is None or running_var is None:
+            raise ValueError("eval mode normalizes with running_mean and running_var: both are needed")
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
     with np.errstate(divide="ignore"):  # var + eps == 0 gives inf, as torch
@@ -173,7 +193,9 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
     return y.astype(x.dtype, copy=False), mean.astype(x.dtype), invstd.astype(x.dtype)
 
 
-def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, relu_output=None, out=None):
+def batchnorm_backward(dy: Array, x: Array, weight: Array | None, save_mean: Array, save_invstd: Array, *,
+                       axis: int = 1, training: bool = True, relu_output: Array | None = None,
+                       out: Array | None = None) -> tuple[Array, Array | None, Array | None]:
     """The gradients of batchnorm_forward in float64: (dx, dweight, dbias) in x's dtype;
     dweight and dbias are None when weight is None.
 

@@ -11,62 +11,75 @@ scale parameters such as learning rates with loguniform, since what matters is t
 of magnitude.
 """
 
+from __future__ import annotations
+
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeGuard, cast
 
 import numpy as np
 
 __all__ = ["loguniform", "uniform", "choice", "Trial", "grid_search", "random_search"]
 
 
+class Distribution(Protocol):
+    """Anything random_search can draw a value from."""
+
+    def sample(self, rng: np.random.Generator) -> Any: ...
+
+
+# objective(**params) -> loss, or {"loss": loss, ...other outputs}
+Objective = Callable[..., float | Mapping[str, Any]]
+
+
 class loguniform:
     """log(x) uniform on [log(low), log(high)]: every decade is equally likely."""
 
-    def __init__(self, low, high):
+    def __init__(self, low: float, high: float) -> None:
         low, high = float(low), float(high)
         if not (0.0 < low < high < math.inf):
             raise ValueError(f"loguniform needs 0 < low < high < inf, got ({low}, {high})")
         self.low, self.high = low, high
 
-    def sample(self, rng):
+    def sample(self, rng: np.random.Generator) -> float:
         return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"loguniform({self.low!r}, {self.high!r})"
 
 
 class uniform:
     """x uniform on [low, high)."""
 
-    def __init__(self, low, high):
+    def __init__(self, low: float, high: float) -> None:
         low, high = float(low), float(high)
         if not (-math.inf < low < high < math.inf):
             raise ValueError(f"uniform needs finite low < high, got ({low}, {high})")
         self.low, self.high = low, high
 
-    def sample(self, rng):
+    def sample(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(self.low, self.high))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"uniform({self.low!r}, {self.high!r})"
 
 
 class choice:
     """One of `options`, each equally likely."""
 
-    def __init__(self, options):
+    def __init__(self, options: Sequence[Any]) -> None:
         if isinstance(options, (str, bytes)) or not np.iterable(options):
             raise ValueError(f"choice needs a list of options, got {options!r}")
         self.options = list(options)
         if not self.options:
             raise ValueError("choice needs at least one option")
 
-    def sample(self, rng):
+    def sample(self, rng: np.random.Generator) -> Any:
         return self.options[rng.integers(len(self.options))]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"choice({self.options!r})"
 
 
@@ -75,13 +88,13 @@ class Trial:
     """One evaluation: the parameters, the loss, the objective's other outputs, and its
     position in evaluation order."""
 
-    params: dict
+    params: dict[str, Any]
     loss: float
-    extra: dict
+    extra: dict[str, Any]
     index: int
 
 
-def grid_search(objective, space):
+def grid_search(objective: Objective, space: Mapping[str, Sequence[Any]]) -> list[Trial]:
     """Evaluate objective at every point of the Cartesian product of the value lists.
 
     space maps each parameter name to a list of values, e.g.
@@ -107,7 +120,8 @@ def grid_search(objective, space):
     return _best_first(trials)
 
 
-def random_search(objective, space, n_trials, seed=0):
+def random_search(objective: Objective, space: Mapping[str, Distribution | Sequence[Any]], n_trials: int,
+                  seed: int | None = 0) -> list[Trial]:
     """Evaluate objective at n_trials independent random points of `space`.
 
     space maps each parameter name to a distribution (anything with .sample(rng), such as
@@ -115,15 +129,16 @@ def random_search(objective, space, n_trials, seed=0):
     drawn from numpy.random.default_rng(seed), so a seed always gives the same trials.
     """
     _check_space(space)
-    distributions = {}
+    distributions: dict[str, Distribution] = {}
     for name, dist in space.items():
         if _is_value_list(dist):
-            dist = choice(dist)  # raises ValueError for an empty list
-        elif not callable(getattr(dist, "sample", None)):
+            distributions[name] = choice(dist)  # raises ValueError for an empty list
+        elif callable(getattr(dist, "sample", None)):
+            distributions[name] = cast(Distribution, dist)
+        else:
             raise ValueError(
                 f"random_search needs a distribution or a list for {name!r}, got {dist!r}"
             )
-        distributions[name] = dist
     is_int = isinstance(n_trials, (int, np.integer)) and not isinstance(n_trials, bool)
     if not (is_int and n_trials >= 1):
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
@@ -138,18 +153,18 @@ def random_search(objective, space, n_trials, seed=0):
     return _best_first(trials)
 
 
-def _check_space(space):
+def _check_space(space: object) -> None:
     if not isinstance(space, Mapping):
         raise ValueError(f"space must be a dict of parameter name -> values, got {space!r}")
     if not space:
         raise ValueError("space must name at least one parameter")
 
 
-def _is_value_list(values):
+def _is_value_list(values: object) -> TypeGuard[Sequence[Any]]:
     return isinstance(values, (list, tuple, range, np.ndarray))
 
 
-def _evaluate(objective, params, index):
+def _evaluate(objective: Objective, params: dict[str, Any], index: int) -> Trial:
     result = objective(**params)
     if isinstance(result, Mapping):
         if "loss" not in result:
@@ -161,10 +176,10 @@ def _evaluate(objective, params, index):
     return Trial(params, float(result), {}, index)
 
 
-def _best_first(trials):
+def _best_first(trials: list[Trial]) -> list[Trial]:
     # NaN compares false with everything, so sort on (is_nan, loss) with NaN's loss
     # replaced; ties keep evaluation order.
-    def key(trial):
+    def key(trial: Trial) -> tuple[bool, float, int]:
         is_nan = math.isnan(trial.loss)
         return (is_nan, 0.0 if is_nan else trial.loss, trial.index)
 
