@@ -23,6 +23,13 @@ if [[ "$common" != *-ffp-contract=off* ]]; then
     exit 1
 fi
 
+# The sources CMakeLists.txt compiles once per ISA.
+kernel_sources="$(sed -n '/^set(FUSEDOPT_KERNEL_SOURCES/,/)/s/^ *\(csrc\/kernels\/[a-z_]*\.cpp\)$/\1/p' CMakeLists.txt)"
+if [[ "$kernel_sources" != *csrc/kernels/table.cpp* ]]; then
+    echo "build.sh: could not read FUSEDOPT_KERNEL_SOURCES from CMakeLists.txt (got '$kernel_sources')" >&2
+    exit 1
+fi
+
 # The ISAs CMakeLists.txt compiles for the target's architecture.
 machine="$("$cxx" -dumpmachine)"
 case "$machine" in
@@ -49,7 +56,7 @@ for isa in $isas scalar_fma; do
         *) flags="$(cmake_flags "FUSEDOPT_FLAGS_$isa") -DFUSEDOPT_ISA_${isa^^}=1"
            have="$have -DFUSEDOPT_HAVE_${isa^^}=1" ;;
     esac
-    for src in csrc/kernels/*.cpp; do
+    for src in $kernel_sources; do
         echo "$obj/${isa}_$(basename "$src" .cpp).o $common $flags -DFUSEDOPT_ISA_NS=$isa -c $src"
     done
 done > "$jobs_file"
