@@ -51,8 +51,11 @@ struct Vec<float> {
         float32x2_t s = vadd_f32(vget_low_f32(a.v), vget_high_f32(a.v));
         return vget_lane_f32(s, 0) + vget_lane_f32(s, 1);
     }
+    // max's (a > b) ? a : b in the x86 types' pairing (lanes 0, 1 against 2, 3, then 0 against
+    // 1), not vmax's rules for NaN and signed zeros
     friend float reduce_max(Vec a) {
-        float32x2_t s = vmax_f32(vget_low_f32(a.v), vget_high_f32(a.v));
+        float32x2_t lo = vget_low_f32(a.v), hi = vget_high_f32(a.v);
+        float32x2_t s = vbsl_f32(vcgt_f32(lo, hi), lo, hi);
         return vget_lane_f32(s, 0) > vget_lane_f32(s, 1) ? vget_lane_f32(s, 0) : vget_lane_f32(s, 1);
     }
 };
