@@ -19,14 +19,13 @@ import socket
 import sys
 import tempfile
 
+import fusedopt
+import fusedopt.torch
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
-
-import fusedopt
-import fusedopt.torch
 
 
 def make_model() -> torch.nn.Module:

@@ -28,7 +28,7 @@ def test_two_ranks_match_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLE.parents[1] / "python"),
                                                                      os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "50", "--out", str(out)], env=env,
-                            capture_output=True, text=True, timeout=240)
+                            capture_output=True, text=True, timeout=240, check=False)
     print(result.stdout, result.stderr)
     assert result.returncode == 0
     diff = float(re.search(r"max param difference (\S+)", result.stdout).group(1))
