@@ -428,3 +428,44 @@ def test_fusedopt_runs_the_step(monkeypatch):
     opt = ft.Adam([{"params": weights}, {"params": biases}])
     train(model, opt, batches(2))
     assert [n for n in calls if n] == [3, 3, 3, 3]  # (the others: each call's checks, on empty lists, first)
+
+
+# ---- steps on torch's OpenMP threads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,opts", [CASES[i] for i in (1, 4, 6, 9, 12)], ids=[IDS[i] for i in (1, 4, 6, 9, 12)])
+def test_a_step_on_torchs_openmp_threads_is_bitwise_the_same(monkeypatch, threads, name, opts):
+    """A large step runs its pieces on torch's OpenMP threads (fusedopt.torch._omp): cut into flat
+    64-byte-aligned slices, the updates are bitwise those of fusedopt's own pool."""
+    import fusedopt.torch.optim as fo
+    if fo._omp.find() is None:
+        pytest.skip("torch's parallel backend is not OpenMP on libgomp")
+    fusedopt.set_num_threads(3)  # three pieces a call: cuts inside tensors and whole tensors between
+    data = batches(6)
+    model, ref_model = make_model(), make_model()
+    opt, ref_opt = make_optimizer(ft, name, model, opts), make_optimizer(ft, name, ref_model, opts)
+    pieces = []
+    real_run = fo._omp.TorchOpenMP.run
+    monkeypatch.setattr(fo._omp.TorchOpenMP, "run", lambda self, n, k, piece: pieces.append(k) or real_run(self, n, k, piece))
+    for x, y in data:
+        monkeypatch.setattr(fo, "ON_TORCH_THREADS_MIN_ELEMENTS", 1)
+        train(model, opt, [(x, y)])
+        monkeypatch.setattr(fo, "ON_TORCH_THREADS_MIN_ELEMENTS", 1 << 60)
+        train(ref_model, ref_opt, [(x, y)])
+    assert pieces == [6] * len(data)  # two calls (groups), three pieces each
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+        for key, value in ref_opt.state[q].items():
+            assert torch.equal(opt.state[p][key], value)
+
+
+def test_a_bad_grad_on_torchs_threads_writes_nothing(monkeypatch, threads):
+    import fusedopt.torch.optim as fo
+    monkeypatch.setattr(fo, "ON_TORCH_THREADS_MIN_ELEMENTS", 1)
+    fusedopt.set_num_threads(2)
+    a, b = torch.nn.Parameter(torch.ones(100)), torch.nn.Parameter(torch.ones(100))
+    opt = ft.SGD([a, b], lr=0.1, momentum=0.9)
+    a.grad, b.grad = torch.ones(100), torch.ones(200)[::2]
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(100)) and opt.state[a] == {}

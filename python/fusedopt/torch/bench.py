@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 import fusedopt
@@ -126,9 +125,9 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
                 after: dict[str, list[float]] = {"fusedopt.torch": [], "torch fused": []}
                 back_to_back: dict[str, list[float]] = {name: [] for name in after}
                 for _ in range(rounds):
-                    for name in after:
+                    for name, samples in after.items():
                         backward()
-                        after[name].append(timed(steps[name], 1))
+                        samples.append(timed(steps[name], 1))
                         back_to_back[name].append(timed(steps[name], calls[name]))
                 out.append({"model": model, "params": len(setup.params), "elements": setup.n, "threads": n,
                             "measure": "after backward",
@@ -147,8 +146,8 @@ def _ratio(row: dict[str, Any], a: str, b: str, key: str = "best_ms") -> str:
 def table(result_rows: list[dict[str, Any]]) -> str:
     """Markdown tables: the steps alone (best ms, median in brackets, and ratios of the bests),
     then the steps right after a backward pass against back to back (medians)."""
-    lines = ["| model | threads | fusedopt.torch | torch fused | functional (tensors) | kernel (views) | "
-             "fusedopt.torch / functional | fusedopt.torch / kernel | torch fused / fusedopt.torch |",
+    lines = [("| model | threads | fusedopt.torch | torch fused | functional (tensors) | kernel (views) | "
+              "fusedopt.torch / functional | fusedopt.torch / kernel | torch fused / fusedopt.torch |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result_rows:
         if row["measure"] != "alone":
@@ -158,8 +157,8 @@ def table(result_rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['model']} ({row['params']} tensors) | {row['threads']} | " + " | ".join(cells) +
                      f" | {_ratio(row, 'fusedopt.torch', 'functional')} | {_ratio(row, 'fusedopt.torch', 'kernel')}"
                      f" | {_ratio(row, 'torch fused', 'fusedopt.torch')} |")
-    lines += ["", "| model | threads | fusedopt.torch after backward | back to back | ratio | "
-              "torch fused after backward | back to back | ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", ("| model | threads | fusedopt.torch after backward | back to back | ratio | "
+                   "torch fused after backward | back to back | ratio |"), "|---|---|---|---|---|---|---|---|"]
     for row in result_rows:
         if row["measure"] != "after backward":
             continue
