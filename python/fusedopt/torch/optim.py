@@ -16,8 +16,6 @@ step for all of them.
 """
 from __future__ import annotations
 
-import bisect
-import itertools
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, NamedTuple, overload
@@ -26,17 +24,11 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core, functional
+from .. import functional
 from .._tensors import tensor_to_ndarray
 from ..optim import Optimizer as _NumPyOptimizer
-from . import _omp
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
-
-# Steps of at least this many elements per thread run on torch's OpenMP threads (see _omp and
-# _FusedStep.step); fusedopt's own pool splits no call finer than this either.
-ON_TORCH_THREADS_MIN_ELEMENTS = 131072
-_torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that could use it
 
 _get_grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -67,7 +59,7 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
+    __slots__ = ("calls", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
                  "state_dicts", "steps", "structure", "watched_dicts", "watched_keys", "watched_tensors")
 
     def __init__(self) -> None:
@@ -85,7 +77,6 @@ class _Plan:
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
-        self.elements = 0                              # in the params with a grad
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
@@ -175,36 +166,17 @@ class _FusedStep(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss
         scale = None if grad_scale is None else float(grad_scale)
-        calls = []  # (arrays: [params, grads, *states], state arguments, keyword arguments)
+        if sum(len(plan.calls) for plan, _, _ in steps) > 1:
+            self._check_calls(steps)
         for plan, grads, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = grads if call.positions is None else [grads[i] for i in call.positions]
                 step = {} if call.step is None else {"step": call.step}
-                calls.append(([call.params, call_grads, *call.states.values()], list(call.states),
-                              {**hyperparameters, **step, "grad_scale": scale}))
-        openmp = self._torch_openmp(steps)
-        if len(calls) > 1 or openmp is not None:
-            self._check_calls(steps)
-        update = type(self)._update
-        if openmp is None:
-            for (params, call_grads, *states), arguments, kwargs in calls:
-                update(params, call_grads, **dict(zip(arguments, states)), **kwargs)
-        else:
-            _run_on_torch_threads(openmp, update, calls)
+                type(self)._update(call.params, call_grads, **call.states, **hyperparameters, **step,
+                                   grad_scale=scale)
         for plan, _, _ in steps:
             self._taken(plan)
         return loss
-
-    @staticmethod
-    def _torch_openmp(steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> _omp.TorchOpenMP | None:
-        """torch's OpenMP runtime when this step runs on its threads: fusedopt has several
-        threads, torch's backend is OpenMP on libgomp, and the step is large enough."""
-        threads = fusedopt_threads()
-        if threads < 2 or sum(plan.elements for plan, _, _ in steps) < threads * ON_TORCH_THREADS_MIN_ELEMENTS:
-            return None
-        if not _torch_openmp:
-            _torch_openmp.append(_omp.find())
-        return _torch_openmp[0]
 
     # ---- the plan -------------------------------------------------------------------------------
 
@@ -231,7 +203,6 @@ class _FusedStep(torch.optim.Optimizer):
             new = {spec.name: self._new_state_tensor(spec.name, p) for spec in specs
                    if state is None or state.get(spec.name) is None}
             plan.params.append(p)
-            plan.elements += p.numel()
             plan.ptrs.append(p.data_ptr())
             plan.state_dicts.append(state)
             for spec in specs:
@@ -243,12 +214,6 @@ class _FusedStep(torch.optim.Optimizer):
             param_views.append(_view(p, f"param {i} of its group"))
             state_views.append({spec.argument: _view(tensors[spec.name], f"state[{spec.name!r}] of param {i}")
                                 for spec in specs})
-            for spec in specs:  # checked here, once a plan: a step cut into pieces cannot fail half-way
-                view = state_views[-1][spec.argument]
-                if view.shape != param_views[-1].shape or view.dtype != param_views[-1].dtype:
-                    raise ValueError(f"state[{spec.name!r}] of param {i} of its group has shape {view.shape} and "
-                                     f"dtype {view.dtype}, its param {param_views[-1].shape} and "
-                                     f"{param_views[-1].dtype}")
             step = None if state is None else state.get("step")
             if self._counts_steps:
                 steps_taken.append(0 if step is None else int(step))
@@ -321,58 +286,6 @@ class _FusedStep(torch.optim.Optimizer):
             for p, new in plan.new_state:
                 self.state[p].update(new)
             self.__dict__["_fusedopt_plans"].pop(id(plan.group), None)  # the next step plans with the kept state
-
-
-def fusedopt_threads() -> int:
-    return int(_core.get_num_threads())
-
-
-def _cuts(sizes: list[int], pieces: int, align: int) -> list[tuple[int, int]]:
-    """pieces + 1 cut points (tensor index, element offset) through tensors of these sizes taken
-    in order: near k / pieces of all elements, offsets a multiple of align (64 bytes)."""
-    starts = list(itertools.accumulate(sizes, initial=0))
-    cuts = [(0, 0)]
-    for k in range(1, pieces):
-        c = starts[-1] * k // pieces
-        t = bisect.bisect_right(starts, c) - 1
-        cuts.append(max(cuts[-1], (t, (c - starts[t]) // align * align)) if t < len(sizes) else (len(sizes), 0))
-    cuts.append((len(sizes), 0))
-    return cuts
-
-
-def _piece(arrays: list[np.ndarray], start: tuple[int, int], end: tuple[int, int]) -> list[np.ndarray]:
-    """The elements from cut `start` to cut `end` of arrays taken in order, as flat views."""
-    (t0, o0), (t1, o1) = start, end
-    if t0 == t1:
-        return [arrays[t0].reshape(-1)[o0:o1]] if o1 > o0 else []
-    out = []
-    if o0:
-        out.append(arrays[t0].reshape(-1)[o0:])
-        t0 += 1
-    out += arrays[t0:t1]
-    if o1:
-        out.append(arrays[t1].reshape(-1)[:o1])
-    return out
-
-
-def _run_on_torch_threads(openmp: _omp.TorchOpenMP, update: Callable[..., bool],
-                          calls: list[tuple[list[list[np.ndarray]], list[str], dict[str, Any]]]) -> None:
-    """The step's calls, each cut into one piece per thread, run by torch's OpenMP threads, each
-    piece a one-thread fusedopt call (the arrays were checked: no piece can fail half-way)."""
-    threads = fusedopt_threads()
-    pieces = []
-    for arrays, arguments, kwargs in calls:
-        cuts = _cuts([a.size for a in arrays[0]], threads, 64 // max(1, arrays[0][0].itemsize if arrays[0] else 1))
-        for k in range(threads):
-            params, grads, *states = (_piece(a, cuts[k], cuts[k + 1]) for a in arrays)
-            pieces.append((params, grads, dict(zip(arguments, states)), kwargs))
-    # thread k takes pieces k, k + threads, ...: its piece of every call
-    _core.set_num_threads(1)
-    try:
-        openmp.run(threads, len(pieces), lambda k: update(pieces[k][0], pieces[k][1], **pieces[k][2],
-                                                          **pieces[k][3]))
-    finally:
-        _core.set_num_threads(threads)
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
