@@ -24,11 +24,18 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import functional
+from .. import _core, functional
 from .._tensors import tensor_to_ndarray
 from ..optim import Optimizer as _NumPyOptimizer
+from . import _omp
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
+
+# A step of at least this many elements on 2+ threads first puts torch's idle OpenMP workers to
+# sleep (fusedopt.torch._omp): a few tens of us, against the milliseconds by which a spinning
+# worker slows the step right after backward.
+PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
+_torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
 _get_grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -59,7 +66,7 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
+    __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
                  "state_dicts", "steps", "structure", "watched_dicts", "watched_keys", "watched_tensors")
 
     def __init__(self) -> None:
@@ -77,6 +84,7 @@ class _Plan:
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
+        self.elements = 0                              # in the params with a grad
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
@@ -168,6 +176,11 @@ class _FusedStep(torch.optim.Optimizer):
         scale = None if grad_scale is None else float(grad_scale)
         if sum(len(plan.calls) for plan, _, _ in steps) > 1:
             self._check_calls(steps)
+        if sum(plan.elements for plan, _, _ in steps) >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _core.get_num_threads() > 1:
+            if not _torch_openmp:
+                _torch_openmp.append(_omp.find())
+            if _torch_openmp[0] is not None:
+                _torch_openmp[0].park_workers()
         for plan, grads, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = grads if call.positions is None else [grads[i] for i in call.positions]
@@ -203,6 +216,7 @@ class _FusedStep(torch.optim.Optimizer):
             new = {spec.name: self._new_state_tensor(spec.name, p) for spec in specs
                    if state is None or state.get(spec.name) is None}
             plan.params.append(p)
+            plan.elements += p.numel()
             plan.ptrs.append(p.data_ptr())
             plan.state_dicts.append(state)
             for spec in specs:
