@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import tempfile
+from typing import Any
 
 import fusedopt
 import fusedopt.torch
@@ -41,7 +42,7 @@ def global_batch(step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, :10] * torch.arange(1, 11)).argmax(dim=1)
 
 
-def optimizer_options(args: argparse.Namespace) -> dict[str, float]:
+def optimizer_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"lr": args.lr, "weight_decay": 0.01}
 
 
@@ -106,7 +107,7 @@ def spawn_and_check(args: argparse.Namespace) -> float:
         mp.spawn(train_rank, args=(args.nproc, args), nprocs=args.nproc, join=True)
         sharded = torch.load(args.out)
     single = train_single(args)
-    diff = max((sharded[name] - single[name]).abs().max().item() for name in single)
+    diff = float(max((sharded[name] - single[name]).abs().max().item() for name in single))
     print(f"{args.nproc} ranks vs 1 process, {args.steps} steps: max param difference {diff:.3g}")
     return diff
 

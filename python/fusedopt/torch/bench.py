@@ -35,12 +35,12 @@ class Setup:
     def __init__(self, shapes: list[tuple[int, ...]]) -> None:
         g = torch.Generator().manual_seed(0)
         self.params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in shapes]
-        for p in self.params:
-            p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        self.grads = [torch.randn(s, generator=g) * 1e-3 for s in shapes]
+        for p, grad in zip(self.params, self.grads):
+            p.grad = grad
         self.n = sum(p.numel() for p in self.params)
         self.opt = AdamW(self.params, lr=1e-4)
         self.torch_opt = torch.optim.AdamW(self.params, lr=1e-4, fused=True)
-        self.grads = [p.grad for p in self.params]
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
         self.views = [[t.detach().numpy() for t in ts] for ts in (self.params, self.grads, self.exp_avgs,

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import _core, functional
+from .. import functional
+from .. import get_num_threads as _fusedopt_threads
 from .._tensors import tensor_to_ndarray
 from ..optim import Optimizer as _NumPyOptimizer
 from . import _omp
@@ -71,13 +72,13 @@ class _Plan:
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
-        self.state: object = None                     # the optimizer's state dict at build time
+        self.state: Any = None                        # the optimizer's state dict at build time
         self.group_params: list[torch.Tensor] = []    # group["params"] as it was
         self.present: list[bool] = []                 # which of them had a grad
         self.structure: tuple[bool, ...] = ()         # which state tensors the group keeps
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
-        self.state_dicts: list[dict[str, Any]] = []   # their state dicts (a new one: not yet in the state)
+        self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
         self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of
         self.watched_keys: list[str] = []
         self.watched_tensors: list[torch.Tensor] = []
@@ -176,7 +177,7 @@ class _FusedStep(torch.optim.Optimizer):
         scale = None if grad_scale is None else float(grad_scale)
         if sum(len(plan.calls) for plan, _, _ in steps) > 1:
             self._check_calls(steps)
-        if sum(plan.elements for plan, _, _ in steps) >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _core.get_num_threads() > 1:
+        if sum(plan.elements for plan, _, _ in steps) >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
             if not _torch_openmp:
                 _torch_openmp.append(_omp.find())
             if _torch_openmp[0] is not None:
@@ -207,28 +208,27 @@ class _FusedStep(torch.optim.Optimizer):
         specs = [spec for spec, needed in zip(self._states, plan.structure) if needed]
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
         param_views, state_views, steps_taken = [], [], []
-        step_dtype = _get_scalar_dtype()
+        step_dtype = _get_scalar_dtype()  # type: ignore[no-untyped-call]  # torch.optim's step dtype
         for p, has_grad in zip(plan.group_params, present):
             if not has_grad:
                 continue
             i = len(plan.params)
-            state = self.state.get(p)
-            new = {spec.name: self._new_state_tensor(spec.name, p) for spec in specs
-                   if state is None or state.get(spec.name) is None}
+            plan.state_dicts.append(self.state.get(p))
+            state: dict[str, Any] = self.state.get(p) or {}
+            new = {spec.name: self._new_state_tensor(spec.name, p) for spec in specs if state.get(spec.name) is None}
             plan.params.append(p)
             plan.elements += p.numel()
             plan.ptrs.append(p.data_ptr())
-            plan.state_dicts.append(state)
             for spec in specs:
                 if spec.name not in new:
                     plan.watched_dicts.append(state)
                     plan.watched_keys.append(spec.name)
                     plan.watched_tensors.append(state[spec.name])
-            tensors = {spec.name: new.get(spec.name, None if state is None else state.get(spec.name)) for spec in specs}
+            tensors = {**{name: state[name] for name in state}, **new}
             param_views.append(_view(p, f"param {i} of its group"))
             state_views.append({spec.argument: _view(tensors[spec.name], f"state[{spec.name!r}] of param {i}")
                                 for spec in specs})
-            step = None if state is None else state.get("step")
+            step = state.get("step")
             if self._counts_steps:
                 steps_taken.append(0 if step is None else int(step))
                 if torch.is_tensor(step):
@@ -247,13 +247,13 @@ class _FusedStep(torch.optim.Optimizer):
             # one tensor of counters, torch's dtype: a step counts for all params with one add_
             plan.steps = torch.tensor(steps_taken, dtype=step_dtype)
             new_state = {id(p): new for p, new in plan.new_state}
-            for i, (p, state) in enumerate(zip(plan.params, plan.state_dicts)):
+            for i, (p, existing) in enumerate(zip(plan.params, plan.state_dicts)):
                 counter = plan.steps[i]
                 if id(p) in new_state:
                     new_state[id(p)]["step"] = counter
-                else:  # assert state is not None: only a param with a step has none to make
-                    state["step"] = counter
-                    plan.watched_dicts.append(state)
+                elif existing is not None:  # always: a param with no state to make has a step
+                    existing["step"] = counter
+                    plan.watched_dicts.append(existing)
                     plan.watched_keys.append("step")
                     plan.watched_tensors.append(counter)
         return plan
@@ -288,7 +288,7 @@ class _FusedStep(torch.optim.Optimizer):
                 params += call.params
                 grads += [plan_grads[i] for i in positions]
                 calls.append((hyperparameters, indices, call.step, call.states))
-        _NumPyOptimizer._check_across_calls(params, grads, calls)
+        _NumPyOptimizer._check_across_calls(params, grads, calls)  # type: ignore[no-untyped-call]
 
     def _taken(self, plan: _Plan) -> None:
         """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
