@@ -479,3 +479,17 @@ def test_a_large_step_puts_torchs_spinning_workers_to_sleep(monkeypatch, threads
     assert max(spent[1]) < 3e6  # measured <= 0.03 ms (not parked: up to 3.6 ms on a loaded machine)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_loading_a_state_dict_lets_the_old_state_go():
+    """The plans hold views of the state tensors: after load_state_dict the old ones are freed."""
+    import gc
+    import weakref
+    model = make_model()
+    opt = ft.Adam(model.parameters())
+    train(model, opt, batches(2))
+    old = weakref.ref(opt.state[model[0].weight]["exp_avg"])
+    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    train(model, opt, batches(1))
+    gc.collect()
+    assert old() is None

@@ -172,6 +172,10 @@ class _FusedStep(torch.optim.Optimizer):
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
             steps.append((plan, self._grad_views(grads), self._hyperparameters(group)))
+        if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
+            current = {id(group) for group in self.param_groups}
+            for key in [key for key in plans if key not in current]:
+                del plans[key]
         if found_inf is not None and float(found_inf) != 0:
             return loss
         scale = None if grad_scale is None else float(grad_scale)
