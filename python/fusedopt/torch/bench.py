@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 import fusedopt
-from fusedopt.bench import machine_info, mlp_shapes, resnet50_shapes
+from fusedopt.bench.cli import machine_info
+from fusedopt.bench.optimizers import mlp_shapes, resnet50_shapes
 
 from .optim import AdamW
 

@@ -2,7 +2,7 @@
 
 One training step of a module, y = module(x); y.backward(dy) (the autograd round trip of
 loss.backward() with dL/dy = dy, without timing the loss's own ops), on the BN shapes of
-fusedopt.bench (batchnorm_cases), x requiring grad, weight and bias trained, running statistics
+fusedopt.bench.batchnorm (CASES), x requiring grad, weight and bias trained, running statistics
 updated:
   torch    torch.nn.BatchNorm2d (BatchNorm1d for (N, C) shapes)
   module   fusedopt.torch.batchnorm.BatchNorm2d / BatchNorm1d on the same data
@@ -30,7 +30,8 @@ import torch
 
 import fusedopt
 
-from ..bench import batchnorm_cases, machine_info, set_threads
+from ..bench.batchnorm import CASES as _BATCHNORM_CASES
+from ..bench.cli import machine_info, set_threads
 from .batchnorm import BatchNorm1d, BatchNorm2d
 
 IMPLEMENTATIONS = ("torch", "module", "bare", "alloc")
@@ -136,7 +137,8 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
     before = (fusedopt.get_num_threads(), torch.get_num_threads())
     out = []
     try:
-        for label, shape, axis in batchnorm_cases(quick):
+        for shape, axis, layout in _BATCHNORM_CASES[:2] if quick else _BATCHNORM_CASES:
+            label = f"batchnorm {'x'.join(map(str, shape))} {layout}"
             case = Case(shape, axis)
             for n in threads:
                 set_threads(n)

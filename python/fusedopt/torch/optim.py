@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from .. import functional
+from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
 from .._tensors import tensor_to_ndarray
-from ..optim import Optimizer as _NumPyOptimizer
+from ..optim import _array_problem, _step_error
 from . import _omp
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
@@ -277,22 +277,31 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
-        lists) and, across all calls, the grads and memory (fusedopt.optim's check), before the
+        lists) and, across all calls, the checks each call makes of its arrays (fusedopt.optim's
+        _array_problem) and of their memory (no two arrays of the step sharing a byte), before the
         first call writes anything."""
         update = type(self)._update
-        params: list[np.ndarray] = []
-        grads: list[np.ndarray] = []
-        calls = []
-        for plan, plan_grads, hyperparameters in steps:
+        arrays: list[np.ndarray] = []
+        names: list[str] = []
+        for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
                 step = {} if call.step is None else {"step": call.step}
                 update([], [], **{argument: [] for argument in call.states}, **hyperparameters, **step)
                 positions = range(len(plan_grads)) if call.positions is None else call.positions
-                indices = list(range(len(params), len(params) + len(positions)))
-                params += call.params
-                grads += [plan_grads[i] for i in positions]
-                calls.append((hyperparameters, indices, call.step, call.states))
-        _NumPyOptimizer._check_across_calls(params, grads, calls)  # type: ignore[no-untyped-call]
+                for j, (p, position) in enumerate(zip(call.params, positions)):
+                    where = f"param {j} of a call for param group {k}"
+                    checks = [(p, True, None, where), (plan_grads[position], False, p, f"the grad of {where}")]
+                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}") for argument, states in call.states.items()]
+                    for array, written, param, name in checks:
+                        problem = _array_problem(array, written, param)
+                        if problem:
+                            raise _step_error(problem, name)
+                        arrays.append(array)
+                        names.append(name)
+        pair = _core.overlapping(arrays)
+        if pair is not None:
+            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
+                             "must be distinct")
 
     def _taken(self, plan: _Plan) -> None:
         """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
