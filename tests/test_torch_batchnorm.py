@@ -534,10 +534,10 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     the bench's kernel calls computing what the module computes."""
     import fusedopt.torch.bench_batchnorm as bench
 
-    cases = [("batchnorm 4x3x5x6 NCHW", (4, 3, 5, 6), 1), ("batchnorm 4x5x6x3 NHWC", (4, 5, 6, 3), -1)]
-    monkeypatch.setattr(bench, "batchnorm_cases", lambda quick: iter(cases))
+    cases = [((4, 3, 5, 6), 1, "NCHW"), ((4, 5, 6, 3), -1, "NHWC")]
+    monkeypatch.setattr(bench, "_BATCHNORM_CASES", cases)
     rows = bench.rows(True, [1])
-    assert [r["case"] for r in rows] == [c[0] for c in cases]
+    assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC"]
     for r in rows:
         assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in bench.IMPLEMENTATIONS)
     assert bench.table(rows).count("\n") == 1 + len(rows)
