@@ -543,6 +543,7 @@ bool all_finite_(py::handle grads) {
 
 namespace fusedopt {
 void bind_batchnorm(py::module_& m);  // bindings_batchnorm.cpp
+void bind_lowbit(py::module_& m);     // bindings_lowbit.cpp
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -594,4 +595,5 @@ PYBIND11_MODULE(_core, m) {
           "the bandwidth probe: s = sum(read_only); a = a + s for each read_write array; w = s for the write_only one");
 
     bind_batchnorm(m);
+    bind_lowbit(m);
 }

@@ -54,6 +54,9 @@ struct KernelTable {
     double (*sum_abs_pow[2])(const void* x, std::size_t n, double p);
     ElementwiseKernel<ScaleConfig> scale[2];
     ElementwiseKernel<ClampConfig> clamp[2];
+    // quantize.cpp: n float32 <-> 8-bit codes + one scale per kQuantBlock, from a block boundary
+    void (*quantize_blockwise)(const float* in, unsigned char* codes, float* scales, std::size_t n, bool is_signed);
+    void (*dequantize_blockwise)(const unsigned char* codes, const float* scales, float* out, std::size_t n, bool is_signed);
 };
 
 // ISAs compiled into this build that this CPU (and OS) can run, worst first.

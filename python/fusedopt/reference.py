@@ -206,6 +206,70 @@ def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, trainin
     return dx.astype(x.dtype, copy=False), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
+# ---- the 8-bit blockwise code of optimizer state (csrc/kernels/quantize.h) -----------------------
+
+QUANT_BLOCK = 256  # elements per block, one float32 scale (the block's absmax) per block
+
+
+def _quant_offset(signed: bool) -> int:
+    # k + offset is the float32's bits >> 20; the largest k (127 signed, 255 unsigned) is 1.0
+    return 1016 - (127 if signed else 255)
+
+
+def quantize_blockwise(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values -> (codes: uint8 of values' shape, scales: float32 (ceil(size / 256),)).
+
+    Per block of 256 (the last may be partial) scale = absmax, and each element's code is
+        signed:   sign bit | k,  k in 0..127;   unsigned: k in 0..255 (the magnitude)
+    where k is |x| / scale rounded to the nearest value of the code (ties to even k):
+        value(0) = 0,  value(k) = float32 with bits (k + offset) << 20   (3 mantissa bits)
+    so that the largest k is exactly 1.0. Computed as the kernel does: y = |x| * float32(1 / scale),
+    then the float's bits rounded at bit 20. Below the smallest code, signed rounds to the nearer of
+    0 and the smallest code, unsigned never rounds x != 0 to 0. Blocks with an inf or NaN: scale NaN,
+    codes 0 (signed: the sign bits); blocks whose absmax < FLT_MIN: scale 0, codes 0 (and signs).
+    """
+    x = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    nblocks = -(-x.size // QUANT_BLOCK)
+    padded = np.zeros(nblocks * QUANT_BLOCK, np.float32)
+    padded[: x.size] = x
+    bits = padded.view(np.uint32).reshape(nblocks, QUANT_BLOCK)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    absmax_bits = magnitude.max(axis=1, initial=0)
+    nonfinite = absmax_bits >= np.uint32(0x7F800000)
+    absmax = absmax_bits.view(np.float32)
+    usable = ~nonfinite & (absmax >= np.finfo(np.float32).tiny)
+    inv = np.zeros(nblocks, np.float32)
+    np.divide(np.float32(1), absmax, out=inv, where=usable)
+    y = np.where(usable[:, None], magnitude, np.uint32(0)).view(np.float32) * inv[:, None]
+    b = y.view(np.uint32)
+    k = ((b + np.uint32(0x7FFFF) + ((b >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)).astype(np.int32)
+    k -= _quant_offset(signed)
+    # signed: 0 or the smallest code, the nearer; unsigned: any x != 0 gets at least the smallest
+    # (y itself may underflow to 0)
+    if signed:
+        smallest = y > np.uint32((_quant_offset(True) + 1) << 20).view(np.float32) * np.float32(0.5)
+    else:
+        smallest = (magnitude != 0) & usable[:, None]
+    codes = np.maximum(k, smallest.astype(np.int32)).astype(np.uint32)
+    if signed:
+        codes |= (bits >> np.uint32(24)) & np.uint32(0x80)
+    codes = np.where(nonfinite[:, None], codes & np.uint32(0x80), codes)  # 0 (signed: the sign)
+    scales = np.where(nonfinite, np.float32(np.nan), np.where(usable, absmax, np.float32(0))).astype(np.float32)
+    return codes.astype(np.uint8).reshape(-1)[: x.size].reshape(np.shape(values)), scales
+
+
+def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, signed: bool) -> np.ndarray:
+    """(codes, scales) -> float32 of codes' shape: value(k) * scale with value() as in
+    quantize_blockwise (sign bit applied for signed codes)."""
+    c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1).astype(np.uint32)
+    k = c & np.uint32(0x7F) if signed else c
+    sign = (c & np.uint32(0x80)) << np.uint32(24) if signed else np.uint32(0)
+    magnitude = np.where(k != 0, (k + np.uint32(_quant_offset(signed))) << np.uint32(20), np.uint32(0))
+    per_element = np.repeat(np.asarray(scales, np.float32), QUANT_BLOCK)[: c.size]
+    out = (magnitude | sign).astype(np.uint32).view(np.float32) * per_element
+    return out.reshape(np.shape(codes))
+
+
 # ---- mixed precision: 16-bit storage, stochastic rounding, master weights --------------------
 
 def _bfloat16_dtype() -> np.dtype:
