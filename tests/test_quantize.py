@@ -288,3 +288,38 @@ def test_bad_arguments_change_nothing():
     with pytest.raises(ValueError, match="shape"):
         fusedopt.quantize(x[:10], False, out=q)
     assert q == before
+
+
+# ---- the low-bit bench section (python/fusedopt/bench_lowbit.py) ----------------------------------
+
+def test_bench_probe_moves_the_mode_bytes():
+    from fusedopt import bench_lowbit
+
+    n = 1 << 12
+    for mode in bench_lowbit.MODES:
+        for optimizer, (_, states, _) in bench_lowbit.OPTIMIZERS.items():
+            rw, ro, wo = mode.traffic(len(states))
+            passes = bench_lowbit._probe_passes(n, rw, ro, wo)
+            got = [sum(a.nbytes for p in passes for a in p[k]) for k in range(3)]
+            # read-only bytes are paired with a write-only array when no read-write one is left
+            assert got[0] == rw * n and got[1] == ro * n and got[2] >= wo * n, (mode, optimizer)
+            assert all(len(p[0]) <= 4 and len(p[1]) <= 2 and len(p[2]) <= 1 and (p[0] or p[2]) for p in passes)
+    adam8 = bench_lowbit.ModeProblem("adamw", bench_lowbit.MODES[3], [(300,)])
+    assert adam8.state_bytes == 2 * (1 + 4 / 256) and adam8.bytes_per_param == 2 * 6 + 4
+
+
+def test_bench_rows_and_table():
+    from fusedopt import bench_lowbit
+
+    rows = bench_lowbit._step_rows("sgd_momentum", "64K", [1], quick=True)
+    assert [r["mode"] for r in rows] == [m.name for m in bench_lowbit.MODES]
+    fp32 = rows[0]
+    assert fp32["fusedopt_s"] > 0 and fp32["probe_s"] > 0 and fp32["bytes_per_param"] == 20
+    for r in rows:
+        assert ("unavailable" in r) != ("fusedopt_s" in r)
+        if "unavailable" in r:
+            assert r["unavailable"].startswith("not available: ")
+    text = bench_lowbit.table(rows)
+    assert text.count("| sgd_momentum | 64K | 1 |") == len(bench_lowbit.MODES)
+    with pytest.raises(ValueError, match="threads"):
+        bench_lowbit.rows(True, [0])

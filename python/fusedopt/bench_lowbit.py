@@ -25,6 +25,8 @@ probe of its bytes (quantize reads 4 and writes ~1.016 bytes per element).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import math
 import statistics
 import sys
@@ -54,9 +56,9 @@ LR, WEIGHT_DECAY, MOMENTUM, STEP, SEED = 1e-3, 1e-2, 0.9, 10, 0
 
 
 def _bfloat16() -> np.dtype[Any]:
-    import ml_dtypes
-
-    return np.dtype(ml_dtypes.bfloat16)
+    ml_dtypes: Any = importlib.import_module("ml_dtypes")
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
 
 
 @dataclass(frozen=True)
@@ -178,14 +180,11 @@ def _torch_step(optimizer: str, shapes: Sequence[tuple[int, ...]], dtype: str, l
     for p in params:
         p.grad = (torch.from_numpy(rng.standard_normal(p.shape, np.float32)) * 1e-2).to(tdtype)
     try:
+        opt: Any
         if library == "bitsandbytes":
-            import bitsandbytes
-
-            opt = bitsandbytes.optim.AdamW8bit(params, lr=LR, weight_decay=WEIGHT_DECAY)
+            opt = importlib.import_module("bitsandbytes.optim").AdamW8bit(params, lr=LR, weight_decay=WEIGHT_DECAY)
         elif library == "torchao":
-            from torchao.optim import AdamW8bit
-
-            opt = AdamW8bit(params, lr=LR, weight_decay=WEIGHT_DECAY)
+            opt = importlib.import_module("torchao.optim").AdamW8bit(params, lr=LR, weight_decay=WEIGHT_DECAY)
         elif optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
         else:
@@ -198,8 +197,6 @@ def _torch_step(optimizer: str, shapes: Sequence[tuple[int, ...]], dtype: str, l
 
 
 def _have(module: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
