@@ -190,7 +190,8 @@ def rounding(steps: int, lr: float, plot: Path | None) -> dict[str, list[float]]
         for name, losses in curves.items():
             ax.plot(np.arange(1, steps + 1), losses, label=name)
         ax.set(xlabel="step", ylabel="training cross-entropy", yscale="log",
-               title=f"digits softmax regression, Adam lr {lr:g}: bf16 weights need stochastic rounding")
+               title=f"digits softmax regression (10 x 64 weights), Adam lr {lr:g}, full batch:\n"
+                     "bf16 weights rounded to nearest lose the updates; stochastic rounding keeps them")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
