@@ -1,11 +1,11 @@
 """Low-precision optimizer state and params, shown on the digits data (issue 15's quality checks).
 
-    python examples/low_precision.py digits   # 8-bit state vs fp32 state on the digits MLP -> docs/low_precision_digits.png
+    python examples/low_precision.py digits   # 8-bit and bf16 state vs fp32 state on the digits MLP -> docs/low_precision_digits.png
     python examples/low_precision.py rounding # bf16 params: stochastic rounding vs nearest vs fp32 -> docs/low_precision.png
 
 digits: examples/train_digits.py's MLP (128, 128, batch norm, 30 epochs) trained with Adam, AdamW
-and SGD with momentum, each twice from the same seed: state in float32, and state in fusedopt's
-8-bit blockwise code (fusedopt.QuantizedState, every tensor, even the 10-element biases;
+and SGD with momentum, each three times from the same seed: state in float32, in bfloat16, and in
+fusedopt's 8-bit blockwise code (fusedopt.QuantizedState, every tensor, even the 10-element biases;
 bitsandbytes keeps tensors under 4096 elements in fp32). Each step either passes the
 QuantizedState to the update function (the fused kernel: decode a block into L1, update,
 encode, one pass) or, in a build without that kernel, does the same three steps one after the
@@ -41,6 +41,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 # ---- 8-bit state on the digits MLP ---------------------------------------------------------------
 
+STATE_DTYPES = {"float32": "fp32 state", "bfloat16": "bf16 state", "int8": "8-bit state"}
 # name -> (fusedopt function, state arguments: signed code?, hyperparameters)
 STATEFUL: dict[str, tuple[Any, dict[str, bool], dict[str, Any]]] = {
     "adam": (fusedopt.adam_, {"exp_avgs": True, "exp_avg_sqs": False}, {}),
@@ -64,7 +65,9 @@ class StateDtypeOptimizer:
             self.groups.append((group["params"], hyper, state))
 
     def _zeros(self, param: np.ndarray, signed: bool) -> Any:
-        return fusedopt.quantized_zeros_like(param, signed) if self.state_dtype == "int8" else fusedopt.zeros_like(param)
+        if self.state_dtype == "int8":
+            return fusedopt.quantized_zeros_like(param, signed)
+        return fusedopt.zeros_like(param.astype(_bfloat16() if self.state_dtype == "bfloat16" else np.float32))
 
     def step(self, grads: list[list[np.ndarray]]) -> None:
         self.t += 1
@@ -73,7 +76,7 @@ class StateDtypeOptimizer:
             if self.state_dtype != "int8" or self.fused is not False:
                 try:
                     self.fn(params, group_grads, **state, **kwargs)
-                    self.fused = self.fused or self.state_dtype == "int8"
+                    self.fused = self.state_dtype == "int8"
                     continue
                 except TypeError:  # this build's kernels take no QuantizedState: nothing was written
                     if self.state_dtype != "int8":
@@ -99,15 +102,17 @@ def register(kind: str, state_dtype: str) -> str:
 def digits(seeds: int, epochs: int, plot: Path | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for kind in STATEFUL:
-        for state_dtype in ("float32", "int8"):
+        for state_dtype in STATE_DTYPES:
             name = register(kind, state_dtype)
             runs = [train_digits.train(optimizer=name, seed=seed, epochs=epochs, quiet=True) for seed in range(seeds)]
             accuracy = [100 * r["test_accuracy"] for r in runs]
             results[name] = {"accuracy": accuracy, "history": runs[0]["history"]}
             print(f"{name:18s} test accuracy over {seeds} seeds: mean {np.mean(accuracy):.2f}%  "
                   f"(runs {', '.join(f'{a:.2f}' for a in accuracy)})", flush=True)
-        diff = np.mean(results[f"{kind}/int8"]["accuracy"]) - np.mean(results[f"{kind}/float32"]["accuracy"])
-        print(f"{kind:18s} 8-bit - fp32: {diff:+.2f} points", flush=True)
+        fp32 = np.mean(results[f"{kind}/float32"]["accuracy"])
+        for state_dtype in list(STATE_DTYPES)[1:]:
+            diff = np.mean(results[f"{kind}/{state_dtype}"]["accuracy"]) - fp32
+            print(f"{kind:18s} {STATE_DTYPES[state_dtype]} - fp32 state: {diff:+.2f} points", flush=True)
     probe = StateDtypeOptimizer([{"params": [np.zeros(4, np.float32)]}], 1e-3, kind="adam", state_dtype="int8")
     probe.step([[np.ones(4, np.float32)]])
     path = "fused kernel" if probe.fused else "dequantize -> fp32 update -> quantize (no fused 8-bit kernel in this build)"
@@ -126,18 +131,18 @@ def plot_digits(results: dict[str, Any], seeds: int, path: str, out: Path) -> No
     titles = {"adam": "Adam lr 1e-3", "adamw": "AdamW lr 1e-3, wd 1e-2", "momentum": "SGD momentum 0.9, lr 1e-2"}
     fig, axes = plt.subplots(1, len(STATEFUL), figsize=(14, 4))
     for ax, kind in zip(axes, STATEFUL):
-        for state_dtype, style in (("float32", "-"), ("int8", "--")):
+        for state_dtype, style in zip(STATE_DTYPES, ("-", ":", "--")):
             r = results[f"{kind}/{state_dtype}"]
             h = r["history"]
             epochs = np.arange(1, len(h["train_loss"]) + 1)
-            label = "fp32 state" if state_dtype == "float32" else "8-bit state"
+            label = STATE_DTYPES[state_dtype]
             acc = f"test acc {np.mean(r['accuracy']):.2f}% (mean of {seeds})"
             ax.plot(epochs, h["train_loss"], style, label=f"{label}: train loss; {acc}")
             ax.plot(epochs, h["test_loss"], style, label=f"{label}: test loss", alpha=0.7)
         ax.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title=titles[kind])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"digits MLP (128, 128), batch norm: optimizer state in fp32 vs fusedopt's 8-bit blockwise code "
+    fig.suptitle(f"digits MLP (128, 128), batch norm: optimizer state in fp32, bf16 and fusedopt's 8-bit blockwise code "
                  f"(curves: seed 0; 8-bit path: {path})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
