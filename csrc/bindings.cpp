@@ -48,6 +48,7 @@ struct Role {
     bool written;
     bool used = true;  // false: the call does not use this argument (obj is not looked at)
     Kind kind = Kind::kSame;
+    bool nonnegative = false;  // state that is never negative (exp_avg_sq, ...): unsigned 8-bit code
 };
 
 bool is_sequence(py::handle h) { return py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h); }
@@ -80,7 +81,10 @@ struct Checked {
     TensorBatch batch;
     DType dtype = kFloat32;
     std::vector<py::object> arrays;
-    std::vector<DType> role_dtype;  // per role (params' dtype for a role not used)
+    // optimizer calls: the dtype of array r of tensor t at [t * roles + r] (params' dtype for a
+    // role not used), and the scales of 8-bit state at the same index (else null)
+    std::vector<DType> dtypes;
+    std::vector<float*> scales;
     bool mixed = false;  // not all float32 or all float64: the mixed kernels run (float32 math)
 };
 
@@ -90,10 +94,14 @@ const char* dtype_name(DType d) {
         case kFloat64: return "float64";
         case kBFloat16: return "bfloat16";
         case kFloat16: return "float16";
+        case kQuant8Signed: return "8-bit signed (QuantizedState)";
+        case kQuant8Unsigned: return "8-bit unsigned (QuantizedState)";
     }
     return "?";
 }
-std::size_t dtype_size(DType d) { return d == kFloat64 ? 8 : d == kFloat32 ? 4 : 2; }
+std::size_t dtype_size(DType d) {
+    return d == kFloat64 ? 8 : d == kFloat32 ? 4 : d == kQuant8Signed || d == kQuant8Unsigned ? 1 : 2;
+}
 
 // The storage dtype of an optimizer's array, else TypeError naming it. bfloat16 is
 // ml_dtypes.bfloat16 (the dtype fusedopt._tensors maps torch.bfloat16 to): the only NumPy
@@ -109,66 +117,98 @@ DType storage_dtype(const py::array& a, const Name& name) {
                          "; fusedopt takes float32, float64, bfloat16 (ml_dtypes) or float16 arrays");
 }
 
-// The dtype rules of an optimizer call, given each role's dtype (P: params'):
-//   grads: P, or bfloat16/float16 for float32 params (a low-precision backward);
-//   state: float32 or bfloat16 for float32/bfloat16/float16 params, float64 for float64 params;
-//   param copies: bfloat16 or float16, of float32 params.
-void check_dtypes(const std::vector<Role>& roles, std::vector<DType>& dt, bool single, bool& mixed) {
-    const DType p = dt[0];
-    const std::string params = std::string(roles[0].name) + (single ? "" : "[0]");
-    mixed = p == kBFloat16 || p == kFloat16;
-    for (std::size_t r = 1; r < roles.size(); ++r) {
-        const Role& role = roles[r];
-        if (!role.used) {
-            dt[r] = p;
-            continue;
-        }
-        const DType d = dt[r];
-        const std::string where = std::string(role.name) + (single ? "" : "[0]");
-        const std::string has = where + " has dtype " + dtype_name(d) + " but " + params + " has " + dtype_name(p);
-        bool ok = true;
-        std::string rule;
-        switch (role.kind) {
-            case Kind::kGrad:
-                ok = d == p || (p == kFloat32 && (d == kBFloat16 || d == kFloat16));
-                rule = "grads take the params' dtype, or bfloat16/float16 for float32 params (never a higher precision)";
-                break;
-            case Kind::kState:
-                ok = p == kFloat64 ? d == kFloat64 : (d == kFloat32 || d == kBFloat16);
-                rule = p == kFloat64 ? "the state of float64 params is float64"
-                                     : "optimizer state is float32 or bfloat16";
-                break;
-            case Kind::kCopy:
-                ok = p == kFloat32 && (d == kBFloat16 || d == kFloat16);
-                rule = "param_copies are the bfloat16/float16 copies of float32 (master) params";
-                break;
-            default:
-                ok = d == p;
-                rule = "all arrays of one call must share one dtype";
-        }
-        if (!ok) throw py::type_error(has + "; " + rule);
-        mixed |= d != p || role.kind == Kind::kCopy;
+bool is_quantized_state(py::handle h) {
+    static const py::object& cls = *new py::object(py::module_::import("fusedopt.lowbit").attr("QuantizedState"));
+    return py::isinstance(h, cls);
+}
+
+// The dtype rules of an optimizer call (P: params' dtype, one for all params):
+//   grads: P, or bfloat16/float16 for float32 params (a low-precision backward), one for all;
+//   state: float32, bfloat16 or 8-bit (QuantizedState) for float32/bfloat16/float16 params,
+//          float64 for float64 params; may differ from tensor to tensor (small tensors in fp32);
+//   param copies: bfloat16 or float16, of float32 params, one for all.
+// Returns whether the pair needs the mixed kernels.
+bool check_dtype(const Role& role, DType d, DType p, const std::string& where, const std::string& params) {
+    bool ok = true;
+    const char* rule = "";
+    switch (role.kind) {
+        case Kind::kParam:
+            return p == kBFloat16 || p == kFloat16;
+        case Kind::kGrad:
+            ok = d == p || (p == kFloat32 && (d == kBFloat16 || d == kFloat16));
+            rule = "grads take the params' dtype, or bfloat16/float16 for float32 params (never a higher precision)";
+            break;
+        case Kind::kState:
+            ok = p == kFloat64 ? d == kFloat64 : d != kFloat64 && d != kFloat16;
+            rule = p == kFloat64 ? "the state of float64 params is float64"
+                                 : "optimizer state is float32, bfloat16 or 8-bit (fusedopt.QuantizedState)";
+            break;
+        case Kind::kCopy:
+            ok = p == kFloat32 && (d == kBFloat16 || d == kFloat16);
+            rule = "param_copies are the bfloat16/float16 copies of float32 (master) params";
+            break;
+        default:
+            ok = d == p;
+            rule = "all arrays of one call must share one dtype";
     }
+    if (!ok)
+        throw py::type_error(where + " has dtype " + dtype_name(d) + " but " + params + " has " + dtype_name(p) + "; " +
+                             rule);
+    return d != p || role.kind == Kind::kCopy;
+}
+
+// An 8-bit state argument: its codes (the param's shape, uint8) and scales (float32, one per
+// block of kQuantBlock elements), both C-contiguous and writable; its signedness must be the
+// role's (exp_avg is signed state, exp_avg_sq non-negative).
+std::pair<py::array, py::array> quantized_arrays(py::handle state, const Role& role, const py::array& param,
+                                                 const std::string& where) {
+    const bool is_signed = state.attr("signed").cast<bool>();
+    if (is_signed == role.nonnegative)
+        throw py::value_error(where + " is a" + (is_signed ? " signed" : "n unsigned") + " QuantizedState but " +
+                              role.name + " is " + (role.nonnegative ? "non-negative" : "signed") +
+                              " state (quantized_zeros_like(param, signed=" + (role.nonnegative ? "False" : "True") + "))");
+    py::object codes_obj = state.attr("codes"), scales_obj = state.attr("scales");
+    if (!py::isinstance<py::array>(codes_obj) || !py::isinstance<py::array>(scales_obj))
+        throw py::type_error(where + ".codes and .scales must be numpy arrays");
+    py::array codes = py::reinterpret_borrow<py::array>(codes_obj), scales = py::reinterpret_borrow<py::array>(scales_obj);
+    if (!codes.dtype().equal(py::dtype::of<std::uint8_t>()) || !scales.dtype().equal(py::dtype::of<float>()))
+        throw py::type_error(where + ": a QuantizedState holds uint8 codes and float32 scales, got " +
+                             std::string(py::str(codes.dtype())) + " and " + std::string(py::str(scales.dtype())));
+    if (!same_shape(codes, param))
+        throw py::value_error(where + " has shape " + shape_str(codes) + " but its param has shape " + shape_str(param));
+    const auto blocks = static_cast<py::ssize_t>((static_cast<std::size_t>(codes.size()) + kQuantBlockSize - 1) / kQuantBlockSize);
+    if (scales.ndim() != 1 || scales.shape(0) != blocks)
+        throw py::value_error(where + ".scales has shape " + shape_str(scales) + " but needs (" + std::to_string(blocks) +
+                              ",): one per block of " + std::to_string(kQuantBlockSize));
+    check_memory(codes, [&] { return where + ".codes"; }, true);
+    check_memory(scales, [&] { return where + ".scales"; }, true);
+    return {codes, scales};
 }
 
 Checked check_arrays(const std::vector<Role>& roles) {
     const Role& params = roles[0];
     const bool single = !is_sequence(params.obj);  // one array (or tensor) per argument, else lists of them
     const std::size_t ntensors = single ? 1 : py::len(params.obj);
+    const bool optimizer = params.kind != Kind::kSame;
 
     Checked out;
     out.batch.arrays_per_tensor = roles.size();
     out.batch.ptrs.assign(ntensors * roles.size(), nullptr);
     out.batch.sizes.assign(ntensors, 0);
-    out.role_dtype.assign(roles.size(), kFloat32);
+    out.dtypes.assign(ntensors * roles.size(), kFloat32);
+    out.scales.assign(ntensors * roles.size(), nullptr);
 
     std::vector<Span> spans;  // id: r * ntensors + t
     spans.reserve(ntensors * roles.size());
     py::dtype dtype;
+    bool quantized = false;
 
     for (std::size_t r = 0; r < roles.size(); ++r) {
         const Role& role = roles[r];
-        if (!role.used) continue;
+        if (!role.used) {
+            for (std::size_t t = 0; t < ntensors; ++t) out.dtypes[t * roles.size() + r] = out.dtypes[t * roles.size()];
+            continue;
+        }
         if (single) {
             if (is_sequence(role.obj))
                 throw py::type_error(std::string(role.name) + " must be a numpy.ndarray (or torch tensor), as " +
@@ -183,19 +223,39 @@ Checked check_arrays(const std::vector<Role>& roles) {
         }
         for (std::size_t t = 0; t < ntensors; ++t) {
             auto where = [&] { return std::string(role.name) + (single ? "" : "[" + std::to_string(t) + "]"); };
+            const std::size_t slot = t * roles.size() + r;
             py::object h = single ? py::reinterpret_borrow<py::object>(role.obj) : py::object(role.obj[py::int_(t)]);
+            if (role.kind == Kind::kState && !py::isinstance<py::array>(h) && is_quantized_state(h)) {
+                py::array p = py::reinterpret_borrow<py::array>(out.arrays[t]);  // params[t]
+                auto [codes, scales] = quantized_arrays(h, role, p, where());
+                const DType d = role.nonnegative ? kQuant8Unsigned : kQuant8Signed;
+                out.mixed |= check_dtype(role, d, out.dtypes[t * roles.size()], where(), roles[0].name);
+                out.dtypes[slot] = d;
+                out.batch.ptrs[slot] = const_cast<void*>(codes.data());
+                out.scales[slot] = static_cast<float*>(scales.mutable_data());
+                if (codes.size() > 0) {
+                    spans.push_back(span_of(codes, r * ntensors + t));
+                    spans.push_back(span_of(scales, r * ntensors + t));
+                }
+                out.arrays.push_back(std::move(h));  // and its arrays: the object's attributes may be rebound
+                out.arrays.push_back(std::move(codes));
+                out.arrays.push_back(std::move(scales));
+                quantized = true;
+                continue;
+            }
             if (!py::isinstance<py::array>(h)) h = to_ndarray(h, where());
             if (!py::isinstance<py::array>(h))
                 throw py::type_error(where() + " must be a numpy.ndarray or a torch CPU tensor, got " + type_name(h));
             py::array a = py::reinterpret_borrow<py::array>(h);
-            if (params.kind != Kind::kSame) {
+            if (optimizer) {
                 const DType d = storage_dtype(a, where);
-                if (t == 0) {
-                    out.role_dtype[r] = d;
-                } else if (d != out.role_dtype[r]) {
+                // params, grads and copies: one dtype per argument (the checks below name [0])
+                if (t > 0 && role.kind != Kind::kState && d != out.dtypes[r])
                     throw py::type_error(where() + " has dtype " + dtype_name(d) + " but " + role.name + "[0] has " +
-                                         dtype_name(out.role_dtype[r]) + "; the arrays of one argument share one dtype");
-                }
+                                         dtype_name(out.dtypes[r]) + "; the arrays of one argument share one dtype");
+                out.mixed |= check_dtype(role, d, r == 0 ? d : out.dtypes[t * roles.size()], where(),
+                                         std::string(roles[0].name) + (single ? "" : "[" + std::to_string(t) + "]"));
+                out.dtypes[slot] = d;
             } else if (r == 0 && t == 0) {
                 out.dtype = float_dtype(a, where);
                 dtype = a.dtype();
@@ -214,20 +274,17 @@ Checked check_arrays(const std::vector<Role>& roles) {
             out.arrays.push_back(std::move(h));
             void* ptr = const_cast<void*>(a.data());
             const std::size_t n = static_cast<std::size_t>(a.size());
-            out.batch.ptrs[t * roles.size() + r] = ptr;
+            out.batch.ptrs[slot] = ptr;
             if (r == 0) out.batch.sizes[t] = n;
             if (n > 0) spans.push_back(span_of(a, r * ntensors + t));
         }
     }
-    if (params.kind != Kind::kSame && ntensors > 0) {
-        check_dtypes(roles, out.role_dtype, single, out.mixed);
-        out.dtype = out.role_dtype[0];
-    } else if (params.kind != Kind::kSame) {
-        out.dtype = kFloat32;
-    }
+    if (optimizer) out.dtype = ntensors > 0 ? out.dtypes[0] : kFloat32;
     // a mixed call's kernels find each array's elements by its own dtype (run_mixed); here the
-    // params' size sets where the thread cuts fall (64-byte boundaries of the params)
+    // params' size sets where the thread cuts fall: 64-byte boundaries of the params, or block
+    // boundaries when some state is 8-bit (a block is decoded and encoded whole)
     out.batch.elem_size = dtype_size(out.dtype);
+    if (quantized) out.batch.cut_multiple = kQuantBlockSize;
 
     if (auto pair = overlapping(std::move(spans))) {
         auto name = [&](std::size_t id) {
@@ -274,9 +331,9 @@ Precision precision(const Checked& checked, bool stochastic_rounding, std::optio
                     std::optional<long long> step) {
     Precision out;
     if (!stochastic_rounding) return out;
-    if (checked.role_dtype[0] != kBFloat16)
+    if (checked.dtype != kBFloat16)
         throw py::type_error(std::string("stochastic_rounding=True rounds bfloat16 params; params have dtype ") +
-                             dtype_name(checked.role_dtype[0]));
+                             dtype_name(checked.dtype));
     require(seed.has_value(), "stochastic_rounding=True needs a seed (an int >= 0): the rounding's random bits "
                               "come from (seed, step, tensor, element)");
     require(step.has_value(), "stochastic_rounding=True needs step (the random bits differ from step to step)");
@@ -296,7 +353,7 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
     const TensorBatch& b = checked.batch;
     const std::size_t k = b.arrays_per_tensor, narrays = k - 1;
     if (skip_if_nonfinite) {
-        const DType g = checked.role_dtype[1];
+        const DType g = checked.dtypes[1];  // one dtype for all grads
         TensorBatch grads;
         grads.arrays_per_tensor = 1;
         grads.elem_size = dtype_size(g);
@@ -310,12 +367,18 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
     const MixedKernel<Config> run_chunk = kernel;
     for_each_chunk(b, [&](void* const*, std::size_t n, std::size_t t, std::size_t offset) {
         void* data[8];
+        float* scales[8];
+        const DType* dtypes = checked.dtypes.data() + t * k;
         auto at = [&](std::size_t r) -> void* {
             void* base = b.ptrs[t * k + r];
-            return base ? static_cast<char*>(base) + offset * dtype_size(checked.role_dtype[r]) : nullptr;
+            return base ? static_cast<char*>(base) + offset * dtype_size(dtypes[r]) : nullptr;
         };
-        for (std::size_t r = 0; r < narrays; ++r) data[r] = at(r);
-        const MixedChunk m{data, checked.role_dtype.data(), at(narrays), checked.role_dtype[narrays], n, t, offset,
+        for (std::size_t r = 0; r < narrays; ++r) {
+            data[r] = at(r);
+            float* s = checked.scales[t * k + r];
+            scales[r] = s ? s + offset / kQuantBlockSize : nullptr;  // offset: a block boundary (cut_multiple)
+        }
+        const MixedChunk m{data, dtypes, scales, at(narrays), dtypes[narrays], n, t, offset,
                            prec.stochastic, prec.seed, prec.step};
         run_chunk(config, m);
     });
@@ -376,7 +439,7 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long l
     c.eps = eps;
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
                                    {"grads", grads, false, true, Kind::kGrad},
-                                   {"state_sums", state_sums, true, true, Kind::kState},
+                                   {"state_sums", state_sums, true, true, Kind::kState, true},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
     return run_update(kernels().adagrad, kernels().adagrad_mixed, c, arrays, prec, skip_if_nonfinite);
@@ -405,7 +468,7 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
     if (step) check_step(*step);
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
                                    {"grads", grads, false, true, Kind::kGrad},
-                                   {"square_avgs", square_avgs, true, true, Kind::kState},
+                                   {"square_avgs", square_avgs, true, true, Kind::kState, true},
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"grad_avgs", grad_avgs, true, centered, Kind::kState},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
@@ -444,8 +507,8 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
                                    {"grads", grads, false, true, Kind::kGrad},
                                    {"exp_avgs", exp_avgs, true, true, Kind::kState},
-                                   {"exp_avg_sqs", exp_avg_sqs, true, true, Kind::kState},
-                                   {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad, Kind::kState},
+                                   {"exp_avg_sqs", exp_avg_sqs, true, true, Kind::kState, true},
+                                   {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad, Kind::kState, true},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
     return run_update(kernels().adam, kernels().adam_mixed, c, arrays, prec, skip_if_nonfinite);

@@ -167,7 +167,7 @@ void for_each_chunk(const TensorBatch& b,
         return;
     }
     // Cut points near k * total / ntasks, moved down to a 64-byte multiple within their tensor.
-    const std::size_t line = 64 / b.elem_size;
+    const std::size_t line = b.cut_multiple ? b.cut_multiple : 64 / b.elem_size;
     std::vector<std::size_t> cut(ntasks + 1);
     cut[0] = 0;
     cut[ntasks] = total;

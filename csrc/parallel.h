@@ -27,6 +27,7 @@ void parallel_for(int ntasks, const std::function<void(int)>& task);
 struct TensorBatch {
     std::size_t arrays_per_tensor = 0;
     std::size_t elem_size = 0;
+    std::size_t cut_multiple = 0;  // cut points at multiples of this many elements of their tensor (0: 64 bytes)
     std::vector<void*> ptrs;
     std::vector<std::size_t> sizes;
 };

@@ -412,8 +412,8 @@ def bad_calls():
         ("SR of sgd without step", ValueError, "step",
          lambda a: fusedopt.sgd_(a[BF16], a["gb"], lr=0.1, stochastic_rounding=True, seed=1)),
         ("int grads", TypeError, "grads", lambda a: adam(a[F32], a["i"], a["s"], a["s2"], step=1)),
-        ("mixed dtypes in one list", TypeError, "exp_avgs[1]",
-         lambda a: adam([a[F32], a["p2"]], [a["g"], a["g2"]], [a["s"], a["sb"]], [a["s2"], a["s3"]], step=1)),
+        ("mixed dtypes in one list of grads", TypeError, "grads[1]",
+         lambda a: adam([a[F32], a["p2"]], [a["g"], a["gb"]], [a["s"], a["sb"]], [a["s2"], a["s3"]], step=1)),
         ("shape of a copy", ValueError, "param_copies",
          lambda a: adam(a[F32], a["g"], a["s"], a["s2"], step=1, param_copies=a["short"])),
     ]
@@ -435,6 +435,24 @@ def test_bad_combinations_raise_before_writing(case):
     assert {k: v.tobytes() for k, v in arrays.items()} == before
 
 
+def test_state_dtype_may_differ_between_tensors(isa):
+    """A list call may keep some tensors' state in float32 and others in bfloat16 or 8-bit (small
+    tensors are not worth quantizing): each tensor updated as in a call of its own."""
+    rng = np.random.default_rng(4)
+    sizes = [5, 700, 300]
+    params = [rand(rng, n, F32) for n in sizes]
+    grads = [rand(rng, n, F32) for n in sizes]
+    exp_avgs = [np.zeros(5, F32), np.zeros(700, BF16), fusedopt.quantized_zeros_like(params[2], signed=True)]
+    exp_avg_sqs = [np.zeros(5, BF16), fusedopt.quantized_zeros_like(params[1], signed=False), np.zeros(300, F32)]
+    alone = [p.copy() for p in params]
+    alone_m = [np.zeros(5, F32), np.zeros(700, BF16), fusedopt.quantized_zeros_like(params[2], signed=True)]
+    alone_v = [np.zeros(5, BF16), fusedopt.quantized_zeros_like(params[1], signed=False), np.zeros(300, F32)]
+    fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.01)
+    for t in range(3):
+        fusedopt.adam_(alone[t], grads[t], alone_m[t], alone_v[t], step=1, lr=0.01)
+        assert same(params[t], alone[t])
+
+
 def test_torch_bf16_tensors():
     torch = pytest.importorskip("torch")
     p = torch.randn(1000).to(torch.bfloat16)
@@ -446,3 +464,93 @@ def test_torch_bf16_tensors():
     fusedopt.adamw_(p_np, g_np, m_np, v_np, step=1, lr=0.01, stochastic_rounding=True, seed=5)
     assert p.view(torch.int16).numpy().tobytes() == p_np.tobytes()
     assert v.numpy().tobytes() == v_np.tobytes()
+
+
+# ---- 8-bit blockwise state --------------------------------------------------------------------
+
+# optimizer -> which of its state arrays are non-negative (unsigned code)
+NONNEGATIVE = {"exp_avg_sqs", "max_exp_avg_sqs", "state_sums", "square_avgs"}
+SIZES_8BIT = [1, 17, 255, 256, 257, 700, 1000]  # partial blocks, exact blocks, several blocks
+
+
+def quantized_problem(name, sizes, pdt, gdt, steps=3, seed=0):
+    params, state, grads = problem(name, sizes, pdt, gdt, F32, steps=steps, seed=seed)
+    q = {k: [fusedopt.quantize(a, signed=k not in NONNEGATIVE) for a in v] for k, v in state.items()}
+    return params, q, grads
+
+
+@pytest.mark.parametrize("pdt,gdt", [(F32, F32), (BF16, BF16), (F32, BF16), (F16, F16)],
+                         ids=["f32", "bf16", "f32-bf16grads", "f16"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_8bit_state_is_the_float32_kernel_requantized(isa, name, pdt, gdt):
+    """Bitwise: each step decodes every block, runs the float32 kernel, re-encodes the block
+    (the reference codec's codes and scales), params rounded to their dtype."""
+    params, state, grads = quantized_problem(name, SIZES_8BIT, pdt, gdt)
+    opts = OPTIMIZERS[name][2]
+    w_params = [p.astype(np.float32) for p in params]
+    w_codes = {k: [(q.codes.copy(), q.scales.copy()) for q in v] for k, v in state.items()}
+    for step, g in enumerate(grads, start=1):
+        fused(name)(params, g, **state, **opts, step=step)
+        w_state = {k: [reference.dequantize_blockwise(c, s, k not in NONNEGATIVE) for c, s in v]
+                   for k, v in w_codes.items()}
+        fused(name)(w_params, [x.astype(np.float32) for x in g], **w_state, **opts, step=step)
+        w_params = [round_to(x, pdt).astype(np.float32) for x in w_params]
+        w_codes = {k: [reference.quantize_blockwise(x, k not in NONNEGATIVE) for x in v] for k, v in w_state.items()}
+    for got, want in zip(params, w_params):
+        assert same(got, round_to(want, pdt))
+    for k in state:
+        for q, (codes, scales) in zip(state[k], w_codes[k]):
+            assert np.array_equal(q.codes, codes), k
+            assert same(q.scales, scales), k
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_8bit_state_matches_reference(isa, name):
+    """reference.mixed_ with QuantizedState: one step; params within 32 float32 ulps, and the
+    state's decoded values within one code step (2^-3 relative) of the reference's, whose float32
+    inputs differ by a few ulps (a code boundary can fall between them)."""
+    params, state, grads = quantized_problem(name, SIZES_8BIT, F32, F32, steps=1)
+    ref_params, ref_state = [p.copy() for p in params], {k: [q.copy() for q in v] for k, v in state.items()}
+    opts = OPTIMIZERS[name][2]
+    fused(name)(params, grads[0], **state, **opts, step=1)
+    reference.mixed_(getattr(reference, OPTIMIZERS[name][0]), ref_params, grads[0], **ref_state, **opts, step=1)
+    for got, want in zip(params, ref_params):
+        scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=0, atol=32 * np.finfo(np.float32).eps * scale)
+    for k in state:
+        for q, r in zip(state[k], ref_state[k]):
+            a, b = q.dequantize(), r.dequantize()
+            np.testing.assert_allclose(a, b, rtol=2.0**-3, atol=float(np.max(r.scales, initial=0)) * 2.0**-15)
+
+
+def test_8bit_state_thread_count(threads):
+    """Thread cuts fall on block boundaries: 1 and 2 threads give the same codes, scales and params."""
+    got = []
+    for n_threads in (1, 2):
+        fusedopt.set_num_threads(n_threads)
+        params, state, grads = quantized_problem("adam", [300_001, 3, 400_100], BF16, BF16, steps=2, seed=3)
+        run_steps(fusedopt.adam_, "adam", params, state, grads, stochastic_rounding=True, seed=1)
+        got.append((params, state))
+    (p1, s1), (p2, s2) = got
+    assert all(same(a, b) for a, b in zip(p1, p2))
+    for k in s1:
+        assert all(a == b for a, b in zip(s1[k], s2[k])), k
+
+
+def test_8bit_state_errors():
+    rng = np.random.default_rng(0)
+    p, g = rand(rng, 300, F32), rand(rng, 300, F32)
+    m, v = fusedopt.quantized_zeros_like(p, signed=True), fusedopt.quantized_zeros_like(p, signed=False)
+    before = [p.tobytes(), m.codes.tobytes(), m.scales.tobytes(), v.codes.tobytes(), v.scales.tobytes()]
+    cases = [
+        (ValueError, "exp_avgs is an unsigned QuantizedState", dict(exp_avgs=v, exp_avg_sqs=m)),
+        (ValueError, "exp_avg_sqs has shape", dict(exp_avgs=m, exp_avg_sqs=fusedopt.quantized_zeros_like(p[:299], False))),
+        (TypeError, "float64", dict(params=p.astype(np.float64), grads=g.astype(np.float64))),
+        (ValueError, "exp_avgs and exp_avg_sqs overlap", dict(exp_avgs=m, exp_avg_sqs=fusedopt.QuantizedState(
+            m.codes, m.scales, False))),
+    ]
+    for exc, match, kw in cases:
+        args = {"params": p, "grads": g, "exp_avgs": m, "exp_avg_sqs": v, **kw}
+        with pytest.raises(exc, match=match):
+            fusedopt.adam_(**args, step=1)
+        assert [p.tobytes(), m.codes.tobytes(), m.scales.tobytes(), v.codes.tobytes(), v.scales.tobytes()] == before

@@ -18,6 +18,7 @@
 
 #include "../dispatch.h"
 #include "../simd/vec.h"
+#include "quantize.h"
 
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
@@ -209,16 +210,19 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
     with_flags([&](auto l2, auto ams) { adam_loop<T, l2, ams>(c, a, n); }, c.g.weight_decay != 0.0, c.amsgrad);
 }
 
-// ---- mixed precision -------------------------------------------------------------------------
+// ---- mixed precision and 8-bit state -----------------------------------------------------------
 //
-// A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 state, a param
-// copy) runs the float32 loops above over blocks of kStage elements: each block of a 16-bit
-// array is widened into a float buffer (in L1), the loop updates the buffers and the float32
-// arrays in place, and the written buffers are rounded back (one pass over memory still). The
-// conversions are one loop per storage format, not a copy of each optimizer per combination of
-// dtypes: the optimizers' compiled variants stay those of their option flags.
+// A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 or 8-bit state,
+// a param copy) runs the float32 loops above over blocks of kStage elements: each block of a
+// 16-bit or 8-bit array is decoded into a float buffer (in L1), the loop updates the buffers and
+// the float32 arrays in place, and the written buffers are encoded back (one pass over memory
+// still). The conversions are one loop per storage format, not a copy of each optimizer per
+// combination of dtypes: the optimizers' compiled variants stay those of their option flags.
+// A staged block is an 8-bit block (the caller starts chunks on block boundaries), so each 8-bit
+// block is decoded and re-encoded whole, with its new absmax as its scale.
 
-constexpr std::size_t kStage = 256;
+constexpr std::size_t kStage = kQuantBlock;
+static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
 
 void widen(DType dtype, const std::uint16_t* src, float* dst, std::size_t n) {
     if (dtype == kBFloat16)
@@ -263,6 +267,14 @@ void mixed(const Config& c, const MixedChunk& m) {
         for (std::size_t k = 0; k < NARRAYS; ++k) {
             if (m.data[k] == nullptr || m.dtype[k] == kFloat32) {
                 block[k] = m.data[k] ? static_cast<float*>(m.data[k]) + lo : nullptr;
+            } else if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
+                const std::uint8_t* codes = static_cast<const std::uint8_t*>(m.data[k]) + lo;
+                const float scale = m.scales[k][lo / kStage];
+                if (m.dtype[k] == kQuant8Signed)
+                    decode_block<true>(codes, scale, staged[k], len);
+                else
+                    decode_block<false>(codes, scale, staged[k], len);
+                block[k] = staged[k];
             } else {
                 widen(m.dtype[k], static_cast<const std::uint16_t*>(m.data[k]) + lo, staged[k], len);
                 block[k] = staged[k];
@@ -271,6 +283,12 @@ void mixed(const Config& c, const MixedChunk& m) {
         UPDATE(c, block, len);
         for (std::size_t k = 0; k < NARRAYS; ++k) {
             if (k == 1 || m.data[k] == nullptr || m.dtype[k] == kFloat32) continue;
+            if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
+                std::uint8_t* codes = static_cast<std::uint8_t*>(m.data[k]) + lo;
+                m.scales[k][lo / kStage] = m.dtype[k] == kQuant8Signed ? encode_block<true>(staged[k], codes, len)
+                                                                       : encode_block<false>(staged[k], codes, len);
+                continue;
+            }
             std::uint16_t* dst = static_cast<std::uint16_t*>(m.data[k]) + lo;
             if (k == 0 && m.stochastic_rounding)
                 narrow_stochastic(staged[0], dst, len, index, rounding_key(m.seed, m.step, m.tensor, index >> 32));

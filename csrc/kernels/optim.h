@@ -52,7 +52,10 @@ struct AdamConfig {
 
 // How an array is stored. Math is float32 for every storage but float64 (kernel tables are
 // indexed by kFloat32 / kFloat64 for the all-float32 / all-float64 calls).
-enum DType { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+// kQuant8*: 8-bit blockwise state (kernels/quantize.h): one byte per element and one float32
+// scale per block of kQuantBlockSize elements, signed or unsigned code.
+enum DType { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3, kQuant8Signed = 4, kQuant8Unsigned = 5 };
+constexpr std::size_t kQuantBlockSize = 256;  // = kQuantBlock of quantize.h (static_assert in optim.cpp)
 
 // Stochastic rounding of bfloat16 params: the random bits of element i of tensor t at a step
 // come from a counter-based generator keyed by (seed, step, t, i >> 32) and counted by i's
@@ -78,11 +81,13 @@ inline RoundingKey rounding_key(std::uint64_t seed, std::uint64_t step, std::uin
 // One chunk of one tensor of a mixed-precision call: n elements from element `offset` of
 // tensor `tensor`. data[k] points at the chunk's first element of the k-th array (param,
 // grad, then the state in the order of the optimizer's Config; null for an unused one),
-// stored as dtype[k]. copy, if not null, receives the updated params rounded to nearest
+// stored as dtype[k]; scales[k] is 8-bit state's scale of the block holding the chunk's first
+// element (chunks start on block boundaries when some state is 8-bit). copy, if not null, receives the updated params rounded to nearest
 // (copy_dtype bfloat16 or float16: the model's weights beside fp32 master weights).
 struct MixedChunk {
     void* const* data;
     const DType* dtype;
+    float* const* scales;
     void* copy;
     DType copy_dtype;
     std::size_t n, tensor, offset;

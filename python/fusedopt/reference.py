@@ -354,10 +354,25 @@ def _store(dst: np.ndarray, x: np.ndarray, bits: np.ndarray | None = None) -> No
         dst.view(np.uint16)[...] = _bfloat16_round(x, bits).view(np.uint16)
 
 
+def _widen(a) -> np.ndarray:
+    """An array, or 8-bit state (fusedopt.QuantizedState: .codes, .scales, .signed), as float32."""
+    if hasattr(a, "codes"):
+        return dequantize_blockwise(a.codes, a.scales, a.signed)
+    return a.astype(np.float32)
+
+
+def _store_state(dst, x: np.ndarray) -> None:
+    if hasattr(dst, "codes"):
+        dst.codes[...], dst.scales[...] = quantize_blockwise(x, dst.signed)
+    else:
+        _store(dst, x)
+
+
 def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding: bool = False,
            seed: int | None = None, **kwargs) -> None:
-    """Any of this module's updates over 16-bit storage, as the kernels run them: every array
-    widened to float32, the float32 update, the written arrays rounded back (params
+    """Any of this module's updates over 16-bit storage or 8-bit state, as the kernels run them:
+    every array widened to float32 (8-bit state decoded by dequantize_blockwise), the float32
+    update, the written arrays rounded back (8-bit state re-encoded by quantize_blockwise; params
     stochastically with stochastic_rounding, from random_bits(seed, step, tensor index,
     element index); everything else to nearest even), and param_copies (of float32 params)
     set to the updated params rounded to nearest even. State given by keyword (momentum_buffers,
@@ -367,9 +382,10 @@ def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding
     if update is rmsprop_:
         kwargs = {k: v for k, v in kwargs.items() if k != "step"}
     lists = [_as_list(params), _as_list(grads)] + [_as_list(s) for s in state]
-    keyed = {k: _as_list(v) for k, v in kwargs.items() if isinstance(v, (np.ndarray, list, tuple))}
-    wide = [[a.astype(np.float32) for a in arrays] for arrays in lists]
-    wide_keyed = {k: [a.astype(np.float32) for a in v] for k, v in keyed.items()}
+    keyed = {k: _as_list(v) for k, v in kwargs.items()
+             if isinstance(v, (np.ndarray, list, tuple)) or hasattr(v, "codes")}
+    wide = [[_widen(a) for a in arrays] for arrays in lists]
+    wide_keyed = {k: [_widen(a) for a in v] for k, v in keyed.items()}
     single = not isinstance(params, (list, tuple))
     pick = (lambda v: v[0]) if single else (lambda v: v)
     update(*[pick(w) for w in wide], **{**kwargs, **{k: pick(v) for k, v in wide_keyed.items()}})
@@ -378,7 +394,7 @@ def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding
         _store(dst, x, bits)
     for arrays, new in list(zip(lists[2:], wide[2:])) + [(keyed[k], wide_keyed[k]) for k in keyed]:
         for dst, x in zip(arrays, new):
-            _store(dst, x)
+            _store_state(dst, x)
     if param_copies is not None:
         for dst, x in zip(_as_list(param_copies), wide[0]):
             _store(dst, x)
