@@ -323,3 +323,35 @@ def test_bench_rows_and_table():
     assert text.count("| sgd_momentum | 64K | 1 |") == len(bench_lowbit.MODES)
     with pytest.raises(ValueError, match="threads"):
         bench_lowbit.rows(True, [0])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd_momentum"])
+def test_fused_8bit_state_is_the_codec_around_the_fp32_update(isa, threads, optimizer):
+    """An update over QuantizedState (the blockwise driver) gives the bits of: dequantize, the
+    float32 update, quantize; on every ISA, 1 and 2 threads, tensors with partial last blocks."""
+    fn, states, hyper = {
+        "adamw": (fusedopt.adamw_, {"exp_avgs": True, "exp_avg_sqs": False}, {"lr": 1e-3, "weight_decay": 1e-2}),
+        "sgd_momentum": (fusedopt.sgd_, {"momentum_buffers": True}, {"lr": 1e-2, "momentum": 0.9}),
+    }[optimizer]
+    rng = np.random.default_rng(7)
+    shapes = [(300_001,), (3, 70), (5,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    emulated = [p.copy() for p in params]
+    fused_state = {k: [fusedopt.quantized_zeros_like(p, signed=s) for p in params] for k, s in states.items()}
+    emulated_state = {k: [q.copy() for q in v] for k, v in fused_state.items()}
+    for t in range(1, 5):
+        fusedopt.set_num_threads(1 + t % 2)
+        grads = [(rng.standard_normal(s) * 10.0 ** rng.uniform(-4, 1)).astype(np.float32) for s in shapes]
+        try:
+            fn(params, grads, **fused_state, step=t, **hyper)
+        except TypeError:
+            pytest.skip("this build's update functions take no QuantizedState")
+        floats = {k: [q.dequantize() for q in v] for k, v in emulated_state.items()}
+        fn(emulated, grads, **floats, step=t, **hyper)
+        for k, v in emulated_state.items():
+            for q, f in zip(v, floats[k]):
+                fusedopt.quantize(f, q.signed, out=q)
+        for a, b in zip(params, emulated):
+            np.testing.assert_array_equal(bits(a), bits(b))
+        for k in states:
+            assert fused_state[k] == emulated_state[k]
