@@ -37,12 +37,18 @@ GradTransform grad_transform(bool maximize, double weight_decay, std::optional<d
 
 // ---- arrays ----------------------------------------------------------------------------------
 
+// What an argument is to an optimizer, for the dtype rules (check_dtypes). kSame: every array
+// of the call has params' dtype, float32 or float64 (clipping, the bandwidth probe).
+enum class Kind { kSame, kParam, kGrad, kState, kCopy };
+
 // One argument holding an array per tensor: "params", "grads", "exp_avgs", ...
 struct Role {
     const char* name;
     py::handle obj;  // an ndarray, or a list/tuple of them
     bool written;
     bool used = true;  // false: the call does not use this argument (obj is not looked at)
+    Kind kind = Kind::kSame;
+    bool nonnegative = false;  // state that is never negative (exp_avg_sq, ...): unsigned 8-bit code
 };
 
 bool is_sequence(py::handle h) { return py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h); }
@@ -75,25 +81,134 @@ struct Checked {
     TensorBatch batch;
     DType dtype = kFloat32;
     std::vector<py::object> arrays;
+    // optimizer calls: the dtype of array r of tensor t at [t * roles + r] (params' dtype for a
+    // role not used), and the scales of 8-bit state at the same index (else null)
+    std::vector<DType> dtypes;
+    std::vector<float*> scales;
+    bool mixed = false;  // not all float32 or all float64: the mixed kernels run (float32 math)
 };
+
+const char* dtype_name(DType d) {
+    switch (d) {
+        case kFloat32: return "float32";
+        case kFloat64: return "float64";
+        case kBFloat16: return "bfloat16";
+        case kFloat16: return "float16";
+        case kQuant8Signed: return "8-bit signed (QuantizedState)";
+        case kQuant8Unsigned: return "8-bit unsigned (QuantizedState)";
+    }
+    return "?";
+}
+std::size_t dtype_size(DType d) {
+    return d == kFloat64 ? 8 : d == kFloat32 ? 4 : d == kQuant8Signed || d == kQuant8Unsigned ? 1 : 2;
+}
+
+// The storage dtype of an optimizer's array, else TypeError naming it. bfloat16 is
+// ml_dtypes.bfloat16 (the dtype fusedopt._tensors maps torch.bfloat16 to): the only NumPy
+// dtype of that name.
+template <class Name>
+DType storage_dtype(const py::array& a, const Name& name) {
+    static const py::dtype& float16 = *new py::dtype("float16");  // leaked on purpose, as in checks.h
+    const py::dtype dt = a.dtype();
+    if (dt.equal(float16)) return kFloat16;
+    if (dt.itemsize() == 2 && std::string(py::str(dt)) == "bfloat16") return kBFloat16;
+    if (dt.kind() == 'f' && dt.itemsize() >= 4) return float_dtype(a, name);
+    throw py::type_error(name_of(name) + " has dtype " + std::string(py::str(dt)) +
+                         "; fusedopt takes float32, float64, bfloat16 (ml_dtypes) or float16 arrays");
+}
+
+bool is_quantized_state(py::handle h) {
+    static const py::object& cls = *new py::object(py::module_::import("fusedopt.lowbit").attr("QuantizedState"));
+    return py::isinstance(h, cls);
+}
+
+// The dtype rules of an optimizer call (P: params' dtype, one for all params):
+//   grads: P, or bfloat16/float16 for float32 params (a low-precision backward), one for all;
+//   state: float32, bfloat16 or 8-bit (QuantizedState) for float32/bfloat16/float16 params,
+//          float64 for float64 params; may differ from tensor to tensor (small tensors in fp32);
+//   param copies: bfloat16 or float16, of float32 params, one for all.
+// Returns whether the pair needs the mixed kernels.
+bool check_dtype(const Role& role, DType d, DType p, const std::string& where, const std::string& params) {
+    bool ok = true;
+    const char* rule = "";
+    switch (role.kind) {
+        case Kind::kParam:
+            return p == kBFloat16 || p == kFloat16;
+        case Kind::kGrad:
+            ok = d == p || (p == kFloat32 && (d == kBFloat16 || d == kFloat16));
+            rule = "grads take the params' dtype, or bfloat16/float16 for float32 params (never a higher precision)";
+            break;
+        case Kind::kState:
+            ok = p == kFloat64 ? d == kFloat64 : d != kFloat64 && d != kFloat16;
+            rule = p == kFloat64 ? "the state of float64 params is float64"
+                                 : "optimizer state is float32, bfloat16 or 8-bit (fusedopt.QuantizedState)";
+            break;
+        case Kind::kCopy:
+            ok = p == kFloat32 && (d == kBFloat16 || d == kFloat16);
+            rule = "param_copies are the bfloat16/float16 copies of float32 (master) params";
+            break;
+        default:
+            ok = d == p;
+            rule = "all arrays of one call must share one dtype";
+    }
+    if (!ok)
+        throw py::type_error(where + " has dtype " + dtype_name(d) + " but " + params + " has " + dtype_name(p) + "; " +
+                             rule);
+    return d != p || role.kind == Kind::kCopy;
+}
+
+// An 8-bit state argument: its codes (the param's shape, uint8) and scales (float32, one per
+// block of kQuantBlock elements), both C-contiguous and writable; its signedness must be the
+// role's (exp_avg is signed state, exp_avg_sq non-negative).
+std::pair<py::array, py::array> quantized_arrays(py::handle state, const Role& role, const py::array& param,
+                                                 const std::string& where) {
+    const bool is_signed = state.attr("signed").cast<bool>();
+    if (is_signed == role.nonnegative)
+        throw py::value_error(where + " is a" + (is_signed ? " signed" : "n unsigned") + " QuantizedState but " +
+                              role.name + " is " + (role.nonnegative ? "non-negative" : "signed") +
+                              " state (quantized_zeros_like(param, signed=" + (role.nonnegative ? "False" : "True") + "))");
+    py::object codes_obj = state.attr("codes"), scales_obj = state.attr("scales");
+    if (!py::isinstance<py::array>(codes_obj) || !py::isinstance<py::array>(scales_obj))
+        throw py::type_error(where + ".codes and .scales must be numpy arrays");
+    py::array codes = py::reinterpret_borrow<py::array>(codes_obj), scales = py::reinterpret_borrow<py::array>(scales_obj);
+    if (!codes.dtype().equal(py::dtype::of<std::uint8_t>()) || !scales.dtype().equal(py::dtype::of<float>()))
+        throw py::type_error(where + ": a QuantizedState holds uint8 codes and float32 scales, got " +
+                             std::string(py::str(codes.dtype())) + " and " + std::string(py::str(scales.dtype())));
+    if (!same_shape(codes, param))
+        throw py::value_error(where + " has shape " + shape_str(codes) + " but its param has shape " + shape_str(param));
+    const auto blocks = static_cast<py::ssize_t>((static_cast<std::size_t>(codes.size()) + kQuantBlockSize - 1) / kQuantBlockSize);
+    if (scales.ndim() != 1 || scales.shape(0) != blocks)
+        throw py::value_error(where + ".scales has shape " + shape_str(scales) + " but needs (" + std::to_string(blocks) +
+                              ",): one per block of " + std::to_string(kQuantBlockSize));
+    check_memory(codes, [&] { return where + ".codes"; }, true);
+    check_memory(scales, [&] { return where + ".scales"; }, true);
+    return {codes, scales};
+}
 
 Checked check_arrays(const std::vector<Role>& roles) {
     const Role& params = roles[0];
     const bool single = !is_sequence(params.obj);  // one array (or tensor) per argument, else lists of them
     const std::size_t ntensors = single ? 1 : py::len(params.obj);
+    const bool optimizer = params.kind != Kind::kSame;
 
     Checked out;
     out.batch.arrays_per_tensor = roles.size();
     out.batch.ptrs.assign(ntensors * roles.size(), nullptr);
     out.batch.sizes.assign(ntensors, 0);
+    out.dtypes.assign(ntensors * roles.size(), kFloat32);
+    out.scales.assign(ntensors * roles.size(), nullptr);
 
     std::vector<Span> spans;  // id: r * ntensors + t
     spans.reserve(ntensors * roles.size());
     py::dtype dtype;
+    bool quantized = false;
 
     for (std::size_t r = 0; r < roles.size(); ++r) {
         const Role& role = roles[r];
-        if (!role.used) continue;
+        if (!role.used) {
+            for (std::size_t t = 0; t < ntensors; ++t) out.dtypes[t * roles.size() + r] = out.dtypes[t * roles.size()];
+            continue;
+        }
         if (single) {
             if (is_sequence(role.obj))
                 throw py::type_error(std::string(role.name) + " must be a numpy.ndarray (or torch tensor), as " +
@@ -108,12 +223,40 @@ Checked check_arrays(const std::vector<Role>& roles) {
         }
         for (std::size_t t = 0; t < ntensors; ++t) {
             auto where = [&] { return std::string(role.name) + (single ? "" : "[" + std::to_string(t) + "]"); };
+            const std::size_t slot = t * roles.size() + r;
             py::object h = single ? py::reinterpret_borrow<py::object>(role.obj) : py::object(role.obj[py::int_(t)]);
+            if (role.kind == Kind::kState && !py::isinstance<py::array>(h) && is_quantized_state(h)) {
+                py::array p = py::reinterpret_borrow<py::array>(out.arrays[t]);  // params[t]
+                auto [codes, scales] = quantized_arrays(h, role, p, where());
+                const DType d = role.nonnegative ? kQuant8Unsigned : kQuant8Signed;
+                out.mixed |= check_dtype(role, d, out.dtypes[t * roles.size()], where(), roles[0].name);
+                out.dtypes[slot] = d;
+                out.batch.ptrs[slot] = const_cast<void*>(codes.data());
+                out.scales[slot] = static_cast<float*>(scales.mutable_data());
+                if (codes.size() > 0) {
+                    spans.push_back(span_of(codes, r * ntensors + t));
+                    spans.push_back(span_of(scales, r * ntensors + t));
+                }
+                out.arrays.push_back(std::move(h));  // and its arrays: the object's attributes may be rebound
+                out.arrays.push_back(std::move(codes));
+                out.arrays.push_back(std::move(scales));
+                quantized = true;
+                continue;
+            }
             if (!py::isinstance<py::array>(h)) h = to_ndarray(h, where());
             if (!py::isinstance<py::array>(h))
                 throw py::type_error(where() + " must be a numpy.ndarray or a torch CPU tensor, got " + type_name(h));
             py::array a = py::reinterpret_borrow<py::array>(h);
-            if (r == 0 && t == 0) {
+            if (optimizer) {
+                const DType d = storage_dtype(a, where);
+                // params, grads and copies: one dtype per argument (the checks below name [0])
+                if (t > 0 && role.kind != Kind::kState && d != out.dtypes[r])
+                    throw py::type_error(where() + " has dtype " + dtype_name(d) + " but " + role.name + "[0] has " +
+                                         dtype_name(out.dtypes[r]) + "; the arrays of one argument share one dtype");
+                out.mixed |= check_dtype(role, d, r == 0 ? d : out.dtypes[t * roles.size()], where(),
+                                         std::string(roles[0].name) + (single ? "" : "[" + std::to_string(t) + "]"));
+                out.dtypes[slot] = d;
+            } else if (r == 0 && t == 0) {
                 out.dtype = float_dtype(a, where);
                 dtype = a.dtype();
             } else if (!a.dtype().equal(dtype)) {
@@ -131,12 +274,17 @@ Checked check_arrays(const std::vector<Role>& roles) {
             out.arrays.push_back(std::move(h));
             void* ptr = const_cast<void*>(a.data());
             const std::size_t n = static_cast<std::size_t>(a.size());
-            out.batch.ptrs[t * roles.size() + r] = ptr;
+            out.batch.ptrs[slot] = ptr;
             if (r == 0) out.batch.sizes[t] = n;
             if (n > 0) spans.push_back(span_of(a, r * ntensors + t));
         }
     }
-    out.batch.elem_size = out.dtype == kFloat32 ? sizeof(float) : sizeof(double);
+    if (optimizer) out.dtype = ntensors > 0 ? out.dtypes[0] : kFloat32;
+    // a mixed call's kernels find each array's elements by its own dtype (run_mixed); here the
+    // params' size sets where the thread cuts fall: 64-byte boundaries of the params, or block
+    // boundaries when some state is 8-bit (a block is decoded and encoded whole)
+    out.batch.elem_size = dtype_size(out.dtype);
+    if (quantized) out.batch.cut_multiple = kQuantBlockSize;
 
     if (auto pair = overlapping(std::move(spans))) {
         auto name = [&](std::size_t id) {
@@ -178,11 +326,92 @@ bool run(ElementwiseKernel<Config> const* kernels, const Config& config, const C
     return true;
 }
 
+// ---- mixed precision -----------------------------------------------------------------------
+
+// How bfloat16 params are rounded: to nearest even, or stochastically from (seed, step).
+struct Precision {
+    bool stochastic = false;
+    std::uint64_t seed = 0, step = 0;
+};
+
+Precision precision(const Checked& checked, bool stochastic_rounding, std::optional<unsigned long long> seed,
+                    std::optional<long long> step) {
+    Precision out;
+    if (!stochastic_rounding) return out;
+    if (checked.dtype != kBFloat16)
+        throw py::type_error(std::string("stochastic_rounding=True rounds bfloat16 params; params have dtype ") +
+                             dtype_name(checked.dtype));
+    require(seed.has_value(), "stochastic_rounding=True needs a seed (an int >= 0): the rounding's random bits "
+                              "come from (seed, step, tensor, element)");
+    require(step.has_value(), "stochastic_rounding=True needs step (the random bits differ from step to step)");
+    out.stochastic = true;
+    out.seed = *seed;
+    out.step = static_cast<std::uint64_t>(*step);
+    return out;
+}
+
+// The optimizer's arrays (roles 0 .. narrays - 1, then param_copies) with param_copies' role
+// last: runs the float32 kernel's mixed driver (optim.cpp) over chunks, each array addressed by
+// its own dtype's size.
+template <class Config>
+bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& checked, const Precision& prec,
+               bool skip_if_nonfinite) {
+    py::gil_scoped_release nogil;
+    const TensorBatch& b = checked.batch;
+    const std::size_t k = b.arrays_per_tensor, narrays = k - 1;
+    if (skip_if_nonfinite) {
+        const DType g = checked.dtypes[1];  // one dtype for all grads
+        TensorBatch grads;
+        grads.arrays_per_tensor = 1;
+        grads.elem_size = dtype_size(g);
+        grads.sizes = b.sizes;
+        for (std::size_t t = 0; t < b.sizes.size(); ++t) grads.ptrs.push_back(b.ptrs[t * k + 1]);
+        auto probe = g == kFloat32 ? kernels().nonfinite_probe[kFloat32] : kernels().nonfinite_probe16[g];
+        const double scale = grad_mult(config);
+        double sum = 0.0;
+        for (double partial : reduce_blocks(grads, 0, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
+            sum += partial;
+        if (sum != 0.0) return false;
+    }
+    const MixedKernel<Config> run_chunk = kernel;
+    for_each_chunk(b, [&](void* const*, std::size_t n, std::size_t t, std::size_t offset) {
+        void* data[8];
+        float* scales[8];
+        const DType* dtypes = checked.dtypes.data() + t * k;
+        auto at = [&](std::size_t r) -> void* {
+            void* base = b.ptrs[t * k + r];
+            return base ? static_cast<char*>(base) + offset * dtype_size(dtypes[r]) : nullptr;
+        };
+        for (std::size_t r = 0; r < narrays; ++r) {
+            data[r] = at(r);
+            float* s = checked.scales[t * k + r];
+            scales[r] = s ? s + offset / kQuantBlockSize : nullptr;  // offset: a block boundary (cut_multiple)
+        }
+        const MixedChunk m{data, dtypes, scales, at(narrays), dtypes[narrays], n, t, offset,
+                           prec.stochastic, prec.seed, prec.step};
+        run_chunk(config, m);
+    });
+    return true;
+}
+
+// Runs an optimizer: the plain kernels when every array is float32 (or every one float64), the
+// mixed driver otherwise.
+template <class Config>
+bool run_update(ElementwiseKernel<Config> const* plain, MixedKernel<Config> mixed, const Config& config,
+                const Checked& checked, const Precision& prec, bool skip_if_nonfinite) {
+    if (!checked.mixed) {
+        // the plain kernels take the arrays without param_copies' (unused) slot
+        return run(plain, config, checked, skip_if_nonfinite);
+    }
+    return run_mixed(mixed, config, checked, prec, skip_if_nonfinite);
+}
+
 // ---- the update functions ------------------------------------------------------------------
 
 bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
           double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<long long> step,
-          std::optional<double> grad_scale, bool skip_if_nonfinite) {
+          std::optional<double> grad_scale, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+          std::optional<unsigned long long> seed) {
     SgdConfig c;
     check_nonnegative("lr", lr);
     check_range("momentum", momentum, 0.0, 1.0, true);
@@ -197,15 +426,18 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
     c.first_step = step && *step == 1;
     const bool uses_buffers = momentum != 0.0;
     require_state(uses_buffers, momentum_buffers, "momentum_buffers", "when momentum > 0");
-    Checked arrays = check_arrays({{"params", params, true},
-                                   {"grads", grads, false},
-                                   {"momentum_buffers", momentum_buffers, true, uses_buffers}});
-    return run(kernels().sgd, c, arrays, skip_if_nonfinite);
+    Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
+                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
+                                   {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
+    const Precision prec = precision(arrays, stochastic_rounding, seed, step);
+    return run_update(kernels().sgd, kernels().sgd_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
 bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
               double lr_decay, double weight_decay, double eps, bool maximize, std::optional<double> grad_scale,
-              bool skip_if_nonfinite) {
+              bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+              std::optional<unsigned long long> seed) {
     AdagradConfig c;
     check_nonnegative("lr", lr);
     check_nonnegative("lr_decay", lr_decay);
@@ -214,13 +446,19 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long l
     c.g = grad_transform(maximize, weight_decay, grad_scale);
     c.clr = lr / (1.0 + static_cast<double>(step - 1) * lr_decay);
     c.eps = eps;
-    Checked arrays = check_arrays({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}});
-    return run(kernels().adagrad, c, arrays, skip_if_nonfinite);
+    Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
+                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"state_sums", state_sums, true, true, Kind::kState, true},
+                                   {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
+    const Precision prec = precision(arrays, stochastic_rounding, seed, step);
+    return run_update(kernels().adagrad, kernels().adagrad_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
-              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool skip_if_nonfinite) {
+              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool skip_if_nonfinite,
+              py::handle param_copies, bool stochastic_rounding, std::optional<unsigned long long> seed,
+              std::optional<long long> step) {
     RmspropConfig c;
     check_nonnegative("lr", lr);
     check_range("alpha", alpha, 0.0, 1.0, true);
@@ -236,18 +474,22 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
     const bool uses_buffers = momentum != 0.0;
     require_state(uses_buffers, momentum_buffers, "momentum_buffers", "when momentum > 0");
     require_state(centered, grad_avgs, "grad_avgs", "when centered=True");
-    Checked arrays = check_arrays({{"params", params, true},
-                                   {"grads", grads, false},
-                                   {"square_avgs", square_avgs, true},
-                                   {"momentum_buffers", momentum_buffers, true, uses_buffers},
-                                   {"grad_avgs", grad_avgs, true, centered}});
-    return run(kernels().rmsprop, c, arrays, skip_if_nonfinite);
+    if (step) check_step(*step);
+    Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
+                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"square_avgs", square_avgs, true, true, Kind::kState, true},
+                                   {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
+                                   {"grad_avgs", grad_avgs, true, centered, Kind::kState},
+                                   {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
+    const Precision prec = precision(arrays, stochastic_rounding, seed, step);
+    return run_update(kernels().rmsprop, kernels().rmsprop_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
 bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, long long step,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled_weight_decay,
            bool amsgrad, py::handle max_exp_avg_sqs, bool maximize, std::optional<double> grad_scale,
-           bool skip_if_nonfinite) {
+           bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+           std::optional<unsigned long long> seed) {
     AdamConfig c;
     check_nonnegative("lr", lr);
     check_range("beta1", beta1, 0.0, 1.0, false);
@@ -271,12 +513,14 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
     c.inv_bias_correction2_sqrt = 1.0 / std::sqrt(bias_correction2);
     c.amsgrad = amsgrad;
     require_state(amsgrad, max_exp_avg_sqs, "max_exp_avg_sqs", "when amsgrad=True");
-    Checked arrays = check_arrays({{"params", params, true},
-                                   {"grads", grads, false},
-                                   {"exp_avgs", exp_avgs, true},
-                                   {"exp_avg_sqs", exp_avg_sqs, true},
-                                   {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad}});
-    return run(kernels().adam, c, arrays, skip_if_nonfinite);
+    Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
+                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"exp_avgs", exp_avgs, true, true, Kind::kState},
+                                   {"exp_avg_sqs", exp_avg_sqs, true, true, Kind::kState, true},
+                                   {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad, Kind::kState, true},
+                                   {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
+    const Precision prec = precision(arrays, stochastic_rounding, seed, step);
+    return run_update(kernels().adam, kernels().adam_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
 // The benchmark's bandwidth probe over the arrays an optimizer call or a batch-norm pass touches.
@@ -373,6 +617,7 @@ bool all_finite_(py::handle grads, std::optional<double> grad_scale) {
 
 namespace fusedopt {
 void bind_batchnorm(py::module_& m);  // bindings_batchnorm.cpp
+void bind_lowbit(py::module_& m);     // bindings_lowbit.cpp
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -418,6 +663,14 @@ PYBIND11_MODULE(_core, m) {
         }
         return overlapping(std::move(spans));
     }, "(i, j): the indices of two of the arrays that share memory, or None (optim.py's checks across calls)");
+    m.def("random_bits", [](unsigned long long seed, unsigned long long step, unsigned long long tensor,
+                             unsigned long long offset, std::size_t n) {
+        py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(n));
+        kernels().random_bits(seed, step, tensor, offset, out.mutable_data(), n);
+        return out;
+    }, py::arg("seed"), py::arg("step"), py::arg("tensor"), py::arg("offset"), py::arg("n"),
+       "The 32 random bits stochastic rounding draws for elements offset .. offset + n - 1 of tensor `tensor` "
+       "(its index in the call's list, 0 for one array) at `step` (uint32 array; the rounding uses the low 16)");
     m.def("grad_norm", &grad_norm);
     m.def("clip_grad_norm_", &clip_grad_norm_);
     m.def("clip_grad_value_", &clip_grad_value_);
@@ -425,4 +678,5 @@ PYBIND11_MODULE(_core, m) {
           "the bandwidth probe: s = sum(read_only); a = a + s for each read_write array; w = s for the write_only one");
 
     bind_batchnorm(m);
+    bind_lowbit(m);
 }

@@ -31,8 +31,12 @@ struct IsaEntry {
 
 bool always() { return true; }
 #if defined(FUSEDOPT_HAVE_AVX2) || defined(FUSEDOPT_HAVE_AVX512)
-// __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
-bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+// __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV). F16C (the
+// float16 conversions of the avx2 and avx512 paths) came before AVX2 on every CPU, but is a
+// separate CPUID bit: asked for, not assumed.
+bool cpu_has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 bool cpu_has_avx512() {
     return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");

@@ -14,7 +14,11 @@ namespace fusedopt {
 template <class Config>
 using ElementwiseKernel = void (*)(const Config&, void* const* arrays, std::size_t n);
 
-enum DType { kFloat32 = 0, kFloat64 = 1 };
+// DType: kernels/optim.h
+
+// A mixed-precision optimizer kernel over one chunk (kernels/optim.h, MixedChunk).
+template <class Config>
+using MixedKernel = void (*)(const Config&, const MixedChunk&);
 
 // Fills both dtype slots of a table entry from a kernel template: FUSEDOPT_REGISTER(t, adam)
 // sets t.adam[kFloat32] = adam<float> and t.adam[kFloat64] = adam<double>.
@@ -30,6 +34,15 @@ struct KernelTable {
     ElementwiseKernel<AdagradConfig> adagrad[2];
     ElementwiseKernel<RmspropConfig> rmsprop[2];
     ElementwiseKernel<AdamConfig> adam[2];
+    // any storage dtypes, float32 math (optim.cpp: each block staged through float buffers)
+    MixedKernel<SgdConfig> sgd_mixed;
+    MixedKernel<AdagradConfig> adagrad_mixed;
+    MixedKernel<RmspropConfig> rmsprop_mixed;
+    MixedKernel<AdamConfig> adam_mixed;
+    // out[j] = the 32 random bits of element offset + j of `tensor` (stochastic rounding)
+    void (*random_bits)(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
+                        std::uint32_t* out, std::size_t n);
+    double (*nonfinite_probe16[4])(const void* x, std::size_t n, double scale);  // [kBFloat16], [kFloat16]: as nonfinite_probe
     void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm.cpp, indexed by DType
     void (*batchnorm_backward[2])(const BatchNormBackwardArgs&);
     ElementwiseKernel<StreamConfig> stream[2];  // the benchmark's bandwidth probe
@@ -41,6 +54,9 @@ struct KernelTable {
     double (*sum_abs_pow[2])(const void* x, std::size_t n, double p);
     ElementwiseKernel<ScaleConfig> scale[2];
     ElementwiseKernel<ClampConfig> clamp[2];
+    // quantize.cpp: n float32 <-> 8-bit codes + one scale per kQuantBlock, from a block boundary
+    void (*quantize_blockwise)(const float* in, unsigned char* codes, float* scales, std::size_t n, bool is_signed);
+    void (*dequantize_blockwise)(const unsigned char* codes, const float* scales, float* out, std::size_t n, bool is_signed);
 };
 
 // ISAs compiled into this build that this CPU (and OS) can run, worst first.

@@ -140,7 +140,8 @@ int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 void set_num_threads(int n) { g_num_threads.store(std::clamp(n, 1, kMaxThreads)); }
 void parallel_for(int ntasks, const std::function<void(int)>& task) { pool().run(ntasks, task); }
 
-void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*, std::size_t)>& chunk) {
+void for_each_chunk(const TensorBatch& b,
+                    const std::function<void(void* const*, std::size_t, std::size_t, std::size_t)>& chunk) {
     const std::size_t ntensors = b.sizes.size(), k = b.arrays_per_tensor;
     std::vector<std::size_t> start(ntensors + 1, 0);  // start[t]: tensor t's first element in the concatenation
     for (std::size_t t = 0; t < ntensors; ++t) start[t + 1] = start[t] + b.sizes[t];
@@ -156,7 +157,7 @@ void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*,
             if (begin >= end) continue;
             for (std::size_t j = 0; j < k; ++j)
                 arrays[j] = b.ptrs[t * k + j] ? static_cast<char*>(b.ptrs[t * k + j]) + begin * b.elem_size : nullptr;
-            chunk(arrays.data(), end - begin);
+            chunk(arrays.data(), end - begin, t, begin);
         }
     };
 
@@ -167,7 +168,7 @@ void for_each_chunk(const TensorBatch& b, const std::function<void(void* const*,
         return;
     }
     // Cut points near k * total / ntasks, moved down to a 64-byte multiple within their tensor.
-    const std::size_t line = 64 / b.elem_size;
+    const std::size_t line = b.cut_multiple ? b.cut_multiple : 64 / b.elem_size;
     std::vector<std::size_t> cut(ntasks + 1);
     cut[0] = 0;
     cut[ntasks] = total;

@@ -34,6 +34,7 @@ void parallel_for(int ntasks, const std::function<void(int)>& task);
 struct TensorBatch {
     std::size_t arrays_per_tensor = 0;
     std::size_t elem_size = 0;
+    std::size_t cut_multiple = 0;  // cut points at multiples of this many elements of their tensor (0: 64 bytes)
     std::vector<void*> ptrs;
     std::vector<std::size_t> sizes;
 };
@@ -45,7 +46,9 @@ struct TensorBatch {
 // 10-50% slower on 2 threads than on 1 (bench), while 1M-element Adam ran 1.9x faster.
 constexpr std::size_t kMinElementsPerThread = 131072;
 
-void for_each_chunk(const TensorBatch& batch, const std::function<void(void* const*, std::size_t)>& chunk);
+// chunk(arrays, n, tensor, offset): n elements of tensor `tensor` from its element `offset`.
+void for_each_chunk(const TensorBatch& batch,
+                    const std::function<void(void* const*, std::size_t, std::size_t, std::size_t)>& chunk);
 
 // Reductions cut every tensor into blocks of this many elements whatever the thread count, and
 // combine the blocks' results in order, so a norm has the same bits on 1 thread or 64.
@@ -58,7 +61,7 @@ std::vector<double> reduce_blocks(const TensorBatch& batch, std::size_t role,
 
 template <class Config>
 void run_elementwise(ElementwiseKernel<Config> kernel, const Config& config, const TensorBatch& batch) {
-    for_each_chunk(batch, [&](void* const* arrays, std::size_t n) { kernel(config, arrays, n); });
+    for_each_chunk(batch, [&](void* const* arrays, std::size_t n, std::size_t, std::size_t) { kernel(config, arrays, n); });
 }
 
 }  // namespace fusedopt

@@ -54,7 +54,7 @@ ADAM_CASES = [
     # (description, kwargs, exception, message fragment)
     ("grads float64", lambda a: with_(a, grads=a["grads"].astype(np.float64)), TypeError, "grads"),
     ("params int32", lambda a: with_(a, params=a["params"].astype(np.int32)), TypeError, "params"),
-    ("float16", lambda a: {k: v.astype(np.float16) for k, v in a.items()}, TypeError, "float32 or float64"),
+    ("float16", lambda a: {k: v.astype(np.float16) for k, v in a.items()}, TypeError, "exp_avgs has dtype float16"),
     ("big-endian", lambda a: {k: v.astype(">f4") for k, v in a.items()}, TypeError, "dtype"),
     ("shape mismatch", lambda a: with_(a, exp_avgs=np.zeros(11, np.float32)), ValueError, "exp_avgs has shape"),
     ("2-d vs 1-d", lambda a: with_(a, grads=a["grads"].reshape(2, 5)), ValueError, "grads has shape"),

@@ -11,11 +11,14 @@
 // Option flags that add or skip work (weight decay, momentum, amsgrad, ...) are template
 // parameters, so each loop is compiled without branches; with_flags() turns the runtime bools
 // into the matching instantiation.
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include "../dispatch.h"
 #include "../simd/vec.h"
+#include "quantize.h"
 
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
@@ -207,6 +210,126 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
     with_flags([&](auto l2, auto ams) { adam_loop<T, l2, ams>(c, a, n); }, c.g.weight_decay != 0.0, c.amsgrad);
 }
 
+// ---- mixed precision and 8-bit state -----------------------------------------------------------
+//
+// A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 or 8-bit state,
+// a param copy) runs the float32 loops above over blocks of kStage elements: each block of a
+// 16-bit or 8-bit array is decoded into a float buffer (in L1), the loop updates the buffers and
+// the float32 arrays in place, and the written buffers are encoded back (one pass over memory
+// still). The conversions are one loop per storage format, not a copy of each optimizer per
+// combination of dtypes: the optimizers' compiled variants stay those of their option flags.
+// A staged block is an 8-bit block (the caller starts chunks on block boundaries), so each 8-bit
+// block is decoded and re-encoded whole, with its new absmax as its scale.
+
+constexpr std::size_t kStage = kQuantBlock;
+static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
+
+void widen(DType dtype, const std::uint16_t* src, float* dst, std::size_t n) {
+    if (dtype == kBFloat16)
+        for_each_lane<float>(n, [&](auto vec, std::size_t i) { load_bf16<decltype(vec)>(src + i).store(dst + i); });
+    else
+        for_each_lane<float>(n, [&](auto vec, std::size_t i) { load_f16<decltype(vec)>(src + i).store(dst + i); });
+}
+
+// Round to nearest even.
+void narrow(const float* src, DType dtype, std::uint16_t* dst, std::size_t n) {
+    if (dtype == kBFloat16)
+        for_each_lane<float>(n, [&](auto vec, std::size_t i) { store_bf16(decltype(vec)::load(src + i), dst + i); });
+    else
+        for_each_lane<float>(n, [&](auto vec, std::size_t i) { store_f16(decltype(vec)::load(src + i), dst + i); });
+}
+
+// Stochastic rounding to bfloat16 of elements index, index + 1, ... (index's low 32 bits count
+// them; the caller keeps a block within one 2^32 run, under its key).
+void narrow_stochastic(const float* src, std::uint16_t* dst, std::size_t n, std::uint64_t index, RoundingKey key) {
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        using U = UintVec<V>;
+        const U bits = random_bits(U::iota(static_cast<std::uint32_t>(index + i)), key.a, key.b);
+        store_bf16_adding(V::load(src + i), bits & U(0xFFFFu), dst + i);
+    });
+}
+
+// Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter).
+std::size_t block_length(std::size_t n, std::uint64_t index) {
+    const std::uint64_t to_wrap = (std::uint64_t(1) << 32) - (index & 0xFFFFFFFFu);
+    return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap}));
+}
+
+// Array 1 is the grad (read only) in every optimizer; the others are written.
+template <class Config, std::size_t NARRAYS, void (*UPDATE)(const Config&, void* const*, std::size_t)>
+void mixed(const Config& c, const MixedChunk& m) {
+    alignas(64) float staged[NARRAYS][kStage];
+    void* block[NARRAYS];
+    for (std::size_t lo = 0, len = 0; lo < m.n; lo += len) {
+        const std::uint64_t index = m.offset + lo;
+        len = block_length(m.n - lo, index);
+        for (std::size_t k = 0; k < NARRAYS; ++k) {
+            if (m.data[k] == nullptr || m.dtype[k] == kFloat32) {
+                block[k] = m.data[k] ? static_cast<float*>(m.data[k]) + lo : nullptr;
+            } else if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
+                const std::uint8_t* codes = static_cast<const std::uint8_t*>(m.data[k]) + lo;
+                const float scale = m.scales[k][lo / kStage];
+                if (m.dtype[k] == kQuant8Signed)
+                    decode_block<true>(codes, scale, staged[k], len);
+                else
+                    decode_block<false>(codes, scale, staged[k], len);
+                block[k] = staged[k];
+            } else {
+                widen(m.dtype[k], static_cast<const std::uint16_t*>(m.data[k]) + lo, staged[k], len);
+                block[k] = staged[k];
+            }
+        }
+        UPDATE(c, block, len);
+        for (std::size_t k = 0; k < NARRAYS; ++k) {
+            if (k == 1 || m.data[k] == nullptr || m.dtype[k] == kFloat32) continue;
+            if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
+                std::uint8_t* codes = static_cast<std::uint8_t*>(m.data[k]) + lo;
+                m.scales[k][lo / kStage] = m.dtype[k] == kQuant8Signed ? encode_block<true>(staged[k], codes, len)
+                                                                       : encode_block<false>(staged[k], codes, len);
+                continue;
+            }
+            std::uint16_t* dst = static_cast<std::uint16_t*>(m.data[k]) + lo;
+            if (k == 0 && m.stochastic_rounding)
+                narrow_stochastic(staged[0], dst, len, index, rounding_key(m.seed, m.step, m.tensor, index >> 32));
+            else
+                narrow(staged[k], m.dtype[k], dst, len);
+        }
+        if (m.copy) narrow(static_cast<const float*>(block[0]), m.copy_dtype, static_cast<std::uint16_t*>(m.copy) + lo, len);
+    }
+}
+
+void random_bits_of(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
+                    std::uint32_t* out, std::size_t n) {
+    for (std::size_t lo = 0, len = 0; lo < n; lo += len) {
+        const std::uint64_t index = offset + lo;
+        len = block_length(n - lo, index);
+        const RoundingKey key = rounding_key(seed, step, tensor, index >> 32);
+        for_each_lane<std::uint32_t>(len, [&](auto vec, std::size_t i) {
+            using U = decltype(vec);
+            random_bits(U::iota(static_cast<std::uint32_t>(index + i)), key.a, key.b).store(out + lo + i);
+        });
+    }
+}
+
+// NaN when an element of the 16-bit array x is inf or NaN, else 0 (skip_if_nonfinite's probe).
+template <DType D>
+double nonfinite_probe16(const void* x, std::size_t n, double scale) {
+    const std::uint16_t* p = static_cast<const std::uint16_t*>(x);
+    const float s = static_cast<float>(scale);  // the grad_mult the update applies to the decoded grad
+    Vec<float> acc(0.0f);
+    Scalar<float> tail(0.0f);
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        const V v = D == kBFloat16 ? load_bf16<V>(p + i) : load_f16<V>(p + i);
+        if constexpr (V::size > 1)
+            acc = acc + v * V(s) * V(0.0f);  // inf * 0 and NaN * 0 are NaN
+        else
+            tail = tail + v * V(s) * V(0.0f);
+    });
+    return static_cast<double>(reduce_add(acc)) + static_cast<double>(tail.v);
+}
+
 }  // namespace
 
 void register_optim(KernelTable& t) {
@@ -214,6 +337,13 @@ void register_optim(KernelTable& t) {
     FUSEDOPT_REGISTER(t, adagrad);
     FUSEDOPT_REGISTER(t, rmsprop);
     FUSEDOPT_REGISTER(t, adam);
+    t.sgd_mixed = mixed<SgdConfig, 3, sgd<float>>;
+    t.adagrad_mixed = mixed<AdagradConfig, 3, adagrad<float>>;
+    t.rmsprop_mixed = mixed<RmspropConfig, 5, rmsprop<float>>;
+    t.adam_mixed = mixed<AdamConfig, 5, adam<float>>;
+    t.random_bits = random_bits_of;
+    t.nonfinite_probe16[kBFloat16] = nonfinite_probe16<kBFloat16>;
+    t.nonfinite_probe16[kFloat16] = nonfinite_probe16<kFloat16>;
 }
 
 }  // namespace FUSEDOPT_ISA_NS

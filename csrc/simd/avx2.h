@@ -104,5 +104,53 @@ struct Vec<double> {
     }
 };
 
+// 8 unsigned 32-bit lanes: the integer side of the 16-bit conversions and the random bits
+// (convert.h). Arithmetic wraps modulo 2^32.
+template <>
+struct Vec<std::uint32_t> {
+    using value_type = std::uint32_t;
+    static constexpr std::size_t size = 8;
+    __m256i v;
+
+    Vec() = default;
+    Vec(__m256i x) : v(x) {}
+    Vec(std::uint32_t x) : v(_mm256_set1_epi32(static_cast<int>(x))) {}
+    static Vec iota(std::uint32_t start) {
+        return _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(start)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    void store(std::uint32_t* p) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+    static Vec load_u16(const std::uint16_t* p) {
+        return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    void store_u16(std::uint16_t* p) const {  // lanes < 65536, so the signed saturation of packus never bites
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+    }
+    friend Vec operator+(Vec a, Vec b) { return _mm256_add_epi32(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm256_sub_epi32(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm256_mullo_epi32(a.v, b.v); }
+    friend Vec operator&(Vec a, Vec b) { return _mm256_and_si256(a.v, b.v); }
+    friend Vec operator|(Vec a, Vec b) { return _mm256_or_si256(a.v, b.v); }
+    friend Vec operator^(Vec a, Vec b) { return _mm256_xor_si256(a.v, b.v); }
+    friend Vec operator>>(Vec a, int s) { return _mm256_srli_epi32(a.v, s); }
+    friend Vec operator<<(Vec a, int s) { return _mm256_slli_epi32(a.v, s); }
+    friend Vec cmpgt(Vec a, Vec b) { return _mm256_cmpgt_epi32(a.v, b.v); }
+    friend Vec cmpeq(Vec a, Vec b) { return _mm256_cmpeq_epi32(a.v, b.v); }
+    friend Vec select(Vec mask, Vec a, Vec b) { return _mm256_blendv_epi8(b.v, a.v, mask.v); }
+};
+
+inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm256_castps_si256(x.v); }
+inline Vec<float> as_float(Vec<std::uint32_t> x) { return _mm256_castsi256_ps(x.v); }
+
+// float16 <-> float by F16C (round to nearest even, subnormals kept); dispatch.cpp asks the
+// CPU for F16C before it picks this path
+#define FUSEDOPT_HAS_F16C 1
+inline Vec<float> f16c_load(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline void f16c_store(Vec<float> x, std::uint16_t* p) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT));
+}
+
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

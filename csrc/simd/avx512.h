@@ -108,5 +108,52 @@ struct Vec<double> {
     }
 };
 
+// 16 unsigned 32-bit lanes: the integer side of the 16-bit conversions and the random bits
+// (convert.h). Arithmetic wraps modulo 2^32.
+template <>
+struct Vec<std::uint32_t> {
+    using value_type = std::uint32_t;
+    static constexpr std::size_t size = 16;
+    __m512i v;
+
+    Vec() = default;
+    Vec(__m512i x) : v(x) {}
+    Vec(std::uint32_t x) : v(_mm512_set1_epi32(static_cast<int>(x))) {}
+    static Vec iota(std::uint32_t start) {
+        return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    }
+    void store(std::uint32_t* p) const { _mm512_storeu_si512(p, v); }
+    static Vec load_u16(const std::uint16_t* p) {
+        return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    void store_u16(std::uint16_t* p) const {  // lanes < 65536
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
+    }
+    friend Vec operator+(Vec a, Vec b) { return _mm512_add_epi32(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm512_sub_epi32(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return _mm512_mullo_epi32(a.v, b.v); }
+    friend Vec operator&(Vec a, Vec b) { return _mm512_and_si512(a.v, b.v); }
+    friend Vec operator|(Vec a, Vec b) { return _mm512_or_si512(a.v, b.v); }
+    friend Vec operator^(Vec a, Vec b) { return _mm512_xor_si512(a.v, b.v); }
+    friend Vec operator>>(Vec a, int s) { return _mm512_srli_epi32(a.v, static_cast<unsigned>(s)); }
+    friend Vec operator<<(Vec a, int s) { return _mm512_slli_epi32(a.v, static_cast<unsigned>(s)); }
+    friend Vec cmpgt(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpgt_epi32_mask(a.v, b.v)); }
+    friend Vec cmpeq(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpeq_epi32_mask(a.v, b.v)); }
+    friend Vec select(Vec mask, Vec a, Vec b) { return _mm512_ternarylogic_epi32(mask.v, a.v, b.v, 0xCA); }
+};
+
+inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }
+inline Vec<float> as_float(Vec<std::uint32_t> x) { return _mm512_castsi512_ps(x.v); }
+
+// float16 <-> float by the F16C/AVX-512F conversions (round to nearest even, subnormals kept)
+#define FUSEDOPT_HAS_F16C 1
+inline Vec<float> f16c_load(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline void f16c_store(Vec<float> x, std::uint16_t* p) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

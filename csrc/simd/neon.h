@@ -105,5 +105,40 @@ struct Vec<double> {
     }
 };
 
+// 4 unsigned 32-bit lanes: the integer side of the 16-bit conversions and the random bits
+// (convert.h). Arithmetic wraps modulo 2^32. (float16 goes through convert.h's integer
+// routines, as on SSE2: bit-identical to the x86 F16C results.)
+template <>
+struct Vec<std::uint32_t> {
+    using value_type = std::uint32_t;
+    static constexpr std::size_t size = 4;
+    uint32x4_t v;
+
+    Vec() = default;
+    Vec(uint32x4_t x) : v(x) {}
+    Vec(std::uint32_t x) : v(vdupq_n_u32(x)) {}
+    static Vec iota(std::uint32_t start) {
+        static const std::uint32_t k[4] = {0, 1, 2, 3};
+        return vaddq_u32(vdupq_n_u32(start), vld1q_u32(k));
+    }
+    void store(std::uint32_t* p) const { vst1q_u32(p, v); }
+    static Vec load_u16(const std::uint16_t* p) { return vmovl_u16(vld1_u16(p)); }
+    void store_u16(std::uint16_t* p) const { vst1_u16(p, vmovn_u32(v)); }  // lanes < 65536
+    friend Vec operator+(Vec a, Vec b) { return vaddq_u32(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return vsubq_u32(a.v, b.v); }
+    friend Vec operator*(Vec a, Vec b) { return vmulq_u32(a.v, b.v); }
+    friend Vec operator&(Vec a, Vec b) { return vandq_u32(a.v, b.v); }
+    friend Vec operator|(Vec a, Vec b) { return vorrq_u32(a.v, b.v); }
+    friend Vec operator^(Vec a, Vec b) { return veorq_u32(a.v, b.v); }
+    friend Vec operator>>(Vec a, int s) { return vshlq_u32(a.v, vdupq_n_s32(-s)); }
+    friend Vec operator<<(Vec a, int s) { return vshlq_u32(a.v, vdupq_n_s32(s)); }
+    friend Vec cmpgt(Vec a, Vec b) { return vcgtq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)); }
+    friend Vec cmpeq(Vec a, Vec b) { return vceqq_u32(a.v, b.v); }
+    friend Vec select(Vec mask, Vec a, Vec b) { return vbslq_u32(mask.v, a.v, b.v); }
+};
+
+inline Vec<std::uint32_t> as_uint(Vec<float> x) { return vreinterpretq_u32_f32(x.v); }
+inline Vec<float> as_float(Vec<std::uint32_t> x) { return vreinterpretq_f32_u32(x.v); }
+
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #ifndef FUSEDOPT_ISA_NS
 #error "compile kernel sources with -DFUSEDOPT_ISA_NS=<isa> (CMakeLists.txt does)"
@@ -62,7 +63,37 @@ struct Scalar {
     friend Scalar where_positive(Scalar cond, Scalar a) { return cond.v > T(0) ? a.v : T(0); }
     friend T reduce_add(Scalar a) { return a.v; }
     friend T reduce_max(Scalar a) { return a.v; }
+
+    // Scalar<std::uint32_t>: the one-lane integer vector of the 16-bit conversions and the
+    // random bits (convert.h). Arithmetic wraps modulo 2^32.
+    static Scalar iota(T start) { return start; }  // start, start + 1, ... (one lane: start)
+    static Scalar load_u16(const std::uint16_t* p) { return Scalar(static_cast<T>(*p)); }
+    void store_u16(std::uint16_t* p) const { *p = static_cast<std::uint16_t>(v); }  // v < 65536
+    friend Scalar operator&(Scalar a, Scalar b) { return a.v & b.v; }
+    friend Scalar operator|(Scalar a, Scalar b) { return a.v | b.v; }
+    friend Scalar operator^(Scalar a, Scalar b) { return a.v ^ b.v; }
+    friend Scalar operator>>(Scalar a, int s) { return a.v >> s; }
+    friend Scalar operator<<(Scalar a, int s) { return a.v << s; }
+    // all ones where a > b as signed 32-bit integers (as the SIMD compares), else 0
+    friend Scalar cmpgt(Scalar a, Scalar b) {
+        return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? ~T(0) : T(0);
+    }
+    friend Scalar cmpeq(Scalar a, Scalar b) { return a.v == b.v ? ~T(0) : T(0); }
+    // a where mask is all ones, b where it is 0
+    friend Scalar select(Scalar mask, Scalar a, Scalar b) { return mask.v ? a.v : b.v; }
 };
+
+// The bits of a float as an integer lane and back.
+inline Scalar<std::uint32_t> as_uint(Scalar<float> x) {
+    std::uint32_t u;
+    std::memcpy(&u, &x.v, sizeof(u));
+    return u;
+}
+inline Scalar<float> as_float(Scalar<std::uint32_t> x) {
+    float f;
+    std::memcpy(&f, &x.v, sizeof(f));
+    return f;
+}
 
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

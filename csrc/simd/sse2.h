@@ -105,5 +105,51 @@ struct Vec<double> {
     friend double reduce_max(Vec a) { return _mm_cvtsd_f64(_mm_max_sd(a.v, _mm_unpackhi_pd(a.v, a.v))); }
 };
 
+// 4 unsigned 32-bit lanes: the integer side of the 16-bit conversions and the random bits
+// (convert.h). Arithmetic wraps modulo 2^32.
+template <>
+struct Vec<std::uint32_t> {
+    using value_type = std::uint32_t;
+    static constexpr std::size_t size = 4;
+    __m128i v;
+
+    Vec() = default;
+    Vec(__m128i x) : v(x) {}
+    Vec(std::uint32_t x) : v(_mm_set1_epi32(static_cast<int>(x))) {}
+    static Vec iota(std::uint32_t start) {
+        return _mm_add_epi32(_mm_set1_epi32(static_cast<int>(start)), _mm_setr_epi32(0, 1, 2, 3));
+    }
+    void store(std::uint32_t* p) const { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+    static Vec load_u16(const std::uint16_t* p) {
+        return _mm_unpacklo_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());
+    }
+    void store_u16(std::uint16_t* p) const {  // lanes < 65536: sign-extend the low halves so packs keeps them
+        __m128i s = _mm_srai_epi32(_mm_slli_epi32(v, 16), 16);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(s, s));
+    }
+    friend Vec operator+(Vec a, Vec b) { return _mm_add_epi32(a.v, b.v); }
+    friend Vec operator-(Vec a, Vec b) { return _mm_sub_epi32(a.v, b.v); }
+    // SSE2 has no 32-bit low multiply: even and odd lanes by the 32x32->64 multiply
+    friend Vec operator*(Vec a, Vec b) {
+        __m128i even = _mm_mul_epu32(a.v, b.v);
+        __m128i odd = _mm_mul_epu32(_mm_srli_epi64(a.v, 32), _mm_srli_epi64(b.v, 32));
+        return _mm_unpacklo_epi32(_mm_shuffle_epi32(even, _MM_SHUFFLE(0, 0, 2, 0)),
+                                  _mm_shuffle_epi32(odd, _MM_SHUFFLE(0, 0, 2, 0)));
+    }
+    friend Vec operator&(Vec a, Vec b) { return _mm_and_si128(a.v, b.v); }
+    friend Vec operator|(Vec a, Vec b) { return _mm_or_si128(a.v, b.v); }
+    friend Vec operator^(Vec a, Vec b) { return _mm_xor_si128(a.v, b.v); }
+    friend Vec operator>>(Vec a, int s) { return _mm_srli_epi32(a.v, s); }
+    friend Vec operator<<(Vec a, int s) { return _mm_slli_epi32(a.v, s); }
+    friend Vec cmpgt(Vec a, Vec b) { return _mm_cmpgt_epi32(a.v, b.v); }
+    friend Vec cmpeq(Vec a, Vec b) { return _mm_cmpeq_epi32(a.v, b.v); }
+    friend Vec select(Vec mask, Vec a, Vec b) {
+        return _mm_or_si128(_mm_and_si128(mask.v, a.v), _mm_andnot_si128(mask.v, b.v));
+    }
+};
+
+inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm_castps_si128(x.v); }
+inline Vec<float> as_float(Vec<std::uint32_t> x) { return _mm_castsi128_ps(x.v); }
+
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

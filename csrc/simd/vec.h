@@ -23,6 +23,8 @@ namespace FUSEDOPT_ISA_NS {
 template <class T> using Vec = Scalar<T>;
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt
+
+#include "convert.h"
 #else
 #error "no FUSEDOPT_ISA_<ISA> macro defined"
 #endif
@@ -52,3 +54,5 @@ inline void for_each_lane(std::size_t n, Body&& body) {
 
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt
+
+#include "convert.h"

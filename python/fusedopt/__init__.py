@@ -27,6 +27,7 @@ from .functional import (
 )
 
 from .batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402
+from .lowbit import QuantizedState, quantize, quantized_zeros_like  # noqa: E402
 from . import optim, reference  # noqa: E402  (submodules: fusedopt.optim.Adam, ...)
 
 __version__ = "0.1.0"
@@ -66,4 +67,5 @@ __all__ = [
     "set_num_threads",
     "sgd_",
     "zeros_like",
+    "QuantizedState", "quantize", "quantized_zeros_like",
 ]

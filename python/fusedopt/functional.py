@@ -3,8 +3,21 @@
 Every function takes one ndarray per argument, or equal-length lists of them (the whole list
 is one C++ call), and updates params and state in place. All arguments are
 checked before anything is written: a call that raises leaves every array byte-identical.
-Arrays must be C-contiguous, writable where updated, of one dtype (float32 or float64), and
-pairwise non-overlapping; they are never copied.
+Arrays must be C-contiguous, writable where updated, and pairwise non-overlapping; they are
+never copied.
+
+dtypes (the arrays of one argument share one dtype; P is the params'):
+- params: float32, float64, bfloat16 (ml_dtypes.bfloat16) or float16. Math is float32 (float64
+  for float64 params) whatever is stored.
+- grads: P, or bfloat16/float16 for float32 params (a low-precision backward).
+- state: float32 or bfloat16 (any mix) for float32/bfloat16/float16 params; float64 for float64.
+- param_copies=: bfloat16/float16 arrays beside float32 params (the master weights), written in
+  the same pass with the updated params rounded to nearest even (as DeepSpeed's CPU Adam).
+- 16-bit results round to nearest even; stochastic_rounding=True (bfloat16 params, with seed=
+  and step) rounds the params up or down with probability by distance instead, with random bits
+  from (seed, step, tensor index in the list, element index): the same bits on every ISA and
+  thread count (_core.random_bits returns them).
+A bad combination is a TypeError/ValueError naming the argument, before anything is written.
 
 The formulas are torch.optim's (see each docstring and docs/algorithms.md); `step` is the
 1-based number of the step being taken. fusedopt.reference holds the same functions in NumPy.
@@ -112,7 +125,8 @@ def _argument_error(error: TypeError, function: Callable[..., Any], arguments: d
 
 
 def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
-         weight_decay=0.0, maximize=False, step=None, grad_scale=None, skip_if_nonfinite=False):
+         weight_decay=0.0, maximize=False, step=None, grad_scale=None, skip_if_nonfinite=False, param_copies=None,
+         stochastic_rounding=False, seed=None):
     """SGD with optional momentum / Nesterov momentum (torch.optim.SGD).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -122,17 +136,18 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
         param -= lr * g
 
     momentum_buffers is required when momentum > 0; with step=1 their contents are ignored
-    and overwritten with g, as torch initializes its buffers.
+    and overwritten with g, as torch initializes its buffers. stochastic_rounding needs step.
     """
     try:
         return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step,
-                         grad_scale, skip_if_nonfinite)
+                         grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, sgd_, locals()) from None
 
 
 def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False, grad_scale=None, skip_if_nonfinite=False):
+             maximize=False, grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False,
+             seed=None):
     """AdaGrad (torch.optim.Adagrad).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -142,14 +157,15 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
     """
     try:
         return _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale,
-                             skip_if_nonfinite)
+                             skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adagrad_, locals()) from None
 
 
 def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
              momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False,
-             grad_scale=None, skip_if_nonfinite=False):
+             grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None,
+             step=None):
     """RMSProp (torch.optim.RMSprop), optionally centered and with momentum.
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -161,18 +177,19 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
         param -= lr * g / avg                                       otherwise
 
     momentum_buffers (zeros at the start) are required when momentum > 0, grad_avgs (zeros at
-    the start) when centered.
+    the start) when centered. step (1-based) is used only by stochastic_rounding, which needs it.
     """
     try:
-        return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
-                             centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite)
+        return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers, centered,
+                             grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite, param_copies,
+                             stochastic_rounding, seed, step)
     except TypeError as e:
         raise _argument_error(e, rmsprop_, locals()) from None
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False,
-          grad_scale=None, skip_if_nonfinite=False):
+          grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None):
     """Adam (torch.optim.Adam; with decoupled_weight_decay=True, torch.optim.AdamW).
 
         g = -grad if maximize else grad
@@ -188,18 +205,19 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, bet
     """
     try:
         return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-                          decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+                          decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite,
+                          param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adam_, locals()) from None
 
 
 def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, grad_scale=None,
-           skip_if_nonfinite=False):
+           skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None):
     """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
     try:
-        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
-                          amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite)
+        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True, amsgrad,
+                          max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adamw_, locals()) from None
 

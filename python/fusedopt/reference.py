@@ -226,3 +226,197 @@ def batchnorm_backward(dy: Array, x: Array, weight: Array | None, save_mean: Arr
     if weight is None:
         return dx.astype(x.dtype, copy=False), None, None
     return dx.astype(x.dtype, copy=False), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+# ---- the 8-bit blockwise code of optimizer state (csrc/kernels/quantize.h) -----------------------
+
+QUANT_BLOCK = 256  # elements per block, one float32 scale (the block's absmax) per block
+
+
+def _quant_offset(signed: bool) -> int:
+    # k + offset is the float32's bits >> 20; the largest k (127 signed, 255 unsigned) is 1.0
+    return 1016 - (127 if signed else 255)
+
+
+def quantize_blockwise(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values -> (codes: uint8 of values' shape, scales: float32 (ceil(size / 256),)).
+
+    Per block of 256 (the last may be partial) scale = absmax, and each element's code is
+        signed:   sign bit | k,  k in 0..127;   unsigned: k in 0..255 (the magnitude)
+    where k is |x| / scale rounded to the nearest value of the code (ties to even k):
+        value(0) = 0,  value(k) = float32 with bits (k + offset) << 20   (3 mantissa bits)
+    so that the largest k is exactly 1.0. Computed as the kernel does: y = |x| * float32(1 / scale),
+    then the float's bits rounded at bit 20. Below the smallest code, signed rounds to the nearer of
+    0 and the smallest code, unsigned never rounds x != 0 to 0. Blocks with an inf or NaN: scale NaN,
+    codes 0 (signed: the sign bits); blocks whose absmax < FLT_MIN: scale 0, codes 0 (and signs).
+    """
+    x = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    nblocks = -(-x.size // QUANT_BLOCK)
+    padded = np.zeros(nblocks * QUANT_BLOCK, np.float32)
+    padded[: x.size] = x
+    bits = padded.view(np.uint32).reshape(nblocks, QUANT_BLOCK)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    absmax_bits = magnitude.max(axis=1, initial=0)
+    nonfinite = absmax_bits >= np.uint32(0x7F800000)
+    absmax = absmax_bits.view(np.float32)
+    usable = ~nonfinite & (absmax >= np.finfo(np.float32).tiny)
+    inv = np.zeros(nblocks, np.float32)
+    np.divide(np.float32(1), absmax, out=inv, where=usable)
+    y = np.where(usable[:, None], magnitude, np.uint32(0)).view(np.float32) * inv[:, None]
+    b = y.view(np.uint32)
+    k = ((b + np.uint32(0x7FFFF) + ((b >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)).astype(np.int32)
+    k -= _quant_offset(signed)
+    # signed: 0 or the smallest code, the nearer; unsigned: any x != 0 gets at least the smallest
+    # (y itself may underflow to 0)
+    if signed:
+        smallest = y > np.uint32((_quant_offset(True) + 1) << 20).view(np.float32) * np.float32(0.5)
+    else:
+        smallest = (magnitude != 0) & usable[:, None]
+    codes = np.maximum(k, smallest.astype(np.int32)).astype(np.uint32)
+    if signed:
+        codes |= (bits >> np.uint32(24)) & np.uint32(0x80)
+    codes = np.where(nonfinite[:, None], codes & np.uint32(0x80), codes)  # 0 (signed: the sign)
+    scales = np.where(nonfinite, np.float32(np.nan), np.where(usable, absmax, np.float32(0))).astype(np.float32)
+    return codes.astype(np.uint8).reshape(-1)[: x.size].reshape(np.shape(values)), scales
+
+
+def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, signed: bool) -> np.ndarray:
+    """(codes, scales) -> float32 of codes' shape: value(k) * scale with value() as in
+    quantize_blockwise (sign bit applied for signed codes)."""
+    c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1).astype(np.uint32)
+    k = c & np.uint32(0x7F) if signed else c
+    sign = (c & np.uint32(0x80)) << np.uint32(24) if signed else np.uint32(0)
+    magnitude = np.where(k != 0, (k + np.uint32(_quant_offset(signed))) << np.uint32(20), np.uint32(0))
+    per_element = np.repeat(np.asarray(scales, np.float32), QUANT_BLOCK)[: c.size]
+    out = (magnitude | sign).astype(np.uint32).view(np.float32) * per_element
+    return out.reshape(np.shape(codes))
+
+
+# ---- mixed precision: 16-bit storage, stochastic rounding, master weights --------------------
+
+def _bfloat16_dtype() -> np.dtype:
+    from ._tensors import _bfloat16
+
+    return _bfloat16()
+
+
+def to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 rounded to nearest even, by the kernels' integer rule: add
+    0x7FFF + (bit 16) to the float's bits and keep the high half. inf stays inf; a NaN stays a
+    NaN of the same sign and top payload bits, made quiet (bit 6 of the result set)."""
+    return _bfloat16_round(x, None)
+
+
+def stochastic_round_bfloat16(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 rounded up or down at random: add the low 16 bits of `bits` (uint32,
+    one per element, as random_bits gives them) to the float's bits and keep the high half, so
+    x rounds away from the value truncated with probability (distance / ulp). inf and NaN as in
+    to_bfloat16."""
+    return _bfloat16_round(x, bits)
+
+
+def _bfloat16_round(x: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    if bits is None:
+        add = np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))
+    else:
+        add = np.asarray(bits, dtype=np.uint32).reshape(b.shape) & np.uint32(0xFFFF)
+    magnitude = b & np.uint32(0x7FFFFFFF)
+    finite = magnitude <= np.uint32(0x7F7FFFFF)
+    kept = (b >> np.uint32(16)) | np.where(magnitude > np.uint32(0x7F800000), np.uint32(0x40), np.uint32(0))
+    out = np.where(finite, (b + np.where(finite, add, np.uint32(0))) >> np.uint32(16), kept)
+    return out.astype(np.uint16).view(_bfloat16_dtype())
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.ndarray:
+    """The generator of stochastic rounding in NumPy (fusedopt._core.random_bits is the
+    kernels'): element i of tensor t at a step gets lowbias32(lowbias32(lo ^ a) + b), where lo is
+    i's low 32 bits and (a, b) the two halves of splitmix64 chained over seed, step, t and
+    i >> 32. Returns uint32 bits of elements offset .. offset + n - 1."""
+    index = np.arange(offset, offset + n, dtype=np.uint64)
+    out = np.empty(n, np.uint32)
+    for hi in np.unique(index >> np.uint64(32)):
+        k = _splitmix64(seed)
+        for word in (step, tensor, int(hi)):
+            k = _splitmix64(k ^ word)
+        sel = (index >> np.uint64(32)) == hi
+        lo = (index[sel] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        inner = _lowbias32(lo ^ np.uint32(k & 0xFFFFFFFF))
+        out[sel] = _lowbias32(inner + np.uint32(k >> 32))
+    return out
+
+
+def _store(dst: np.ndarray, x: np.ndarray, bits: np.ndarray | None = None) -> None:
+    """Write float32 x into dst in dst's dtype: bfloat16 by to_bfloat16 (or the stochastic rule
+    when bits are given), float16 by NumPy's round to nearest even, float32 as it is."""
+    if dst.dtype == np.float32:
+        dst[...] = x
+    elif dst.dtype == np.float16:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is the rounding's result
+            dst[...] = x.astype(np.float16)
+    else:
+        dst.view(np.uint16)[...] = _bfloat16_round(x, bits).view(np.uint16)
+
+
+def _widen(a) -> np.ndarray:
+    """An array, or 8-bit state (fusedopt.QuantizedState: .codes, .scales, .signed), as float32."""
+    if hasattr(a, "codes"):
+        return dequantize_blockwise(a.codes, a.scales, a.signed)
+    return a.astype(np.float32)
+
+
+def _store_state(dst, x: np.ndarray) -> None:
+    if hasattr(dst, "codes"):
+        dst.codes[...], dst.scales[...] = quantize_blockwise(x, dst.signed)
+    else:
+        _store(dst, x)
+
+
+def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding: bool = False,
+           seed: int | None = None, **kwargs) -> None:
+    """Any of this module's updates over 16-bit storage or 8-bit state, as the kernels run them:
+    every array widened to float32 (8-bit state decoded by dequantize_blockwise), the float32
+    update, the written arrays rounded back (8-bit state re-encoded by quantize_blockwise; params
+    stochastically with stochastic_rounding, from random_bits(seed, step, tensor index,
+    element index); everything else to nearest even), and param_copies (of float32 params)
+    set to the updated params rounded to nearest even. State given by keyword (momentum_buffers,
+    max_exp_avg_sqs, ...) is handled as state given by position. `step` (in kwargs) is also the
+    rounding's step; rmsprop_ takes none, so it is removed before calling it."""
+    step = kwargs.get("step")
+    if update is rmsprop_:
+        kwargs = {k: v for k, v in kwargs.items() if k != "step"}
+    lists = [_as_list(params), _as_list(grads)] + [_as_list(s) for s in state]
+    keyed = {k: _as_list(v) for k, v in kwargs.items()
+             if isinstance(v, (np.ndarray, list, tuple)) or hasattr(v, "codes")}
+    wide = [[_widen(a) for a in arrays] for arrays in lists]
+    wide_keyed = {k: [_widen(a) for a in v] for k, v in keyed.items()}
+    single = not isinstance(params, (list, tuple))
+    pick = (lambda v: v[0]) if single else (lambda v: v)
+    update(*[pick(w) for w in wide], **{**kwargs, **{k: pick(v) for k, v in wide_keyed.items()}})
+    for t, (dst, x) in enumerate(zip(lists[0], wide[0])):
+        bits = random_bits(seed, step, t, 0, x.size) if stochastic_rounding else None
+        _store(dst, x, bits)
+    for arrays, new in list(zip(lists[2:], wide[2:])) + [(keyed[k], wide_keyed[k]) for k in keyed]:
+        for dst, x in zip(arrays, new):
+            _store_state(dst, x)
+    if param_copies is not None:
+        for dst, x in zip(_as_list(param_copies), wide[0]):
+            _store(dst, x)

@@ -1,0 +1,132 @@
+// The 8-bit blockwise code of optimizer state (issue 15; Dettmers et al., "8-bit Optimizers via
+// Block-wise Quantization", 2022): blocks of kQuantBlock elements, each stored as one byte per
+// element plus one float32 scale, the block's absmax. Included inside
+// namespace fusedopt::<isa> by per-ISA kernel sources (quantize.cpp, and the optimizer's
+// blockwise driver), so each ISA compiles its own copy.
+//
+// The code is float-like, so that it decodes and encodes with a few integer ops on the float's
+// own bits and no table lookup (bitsandbytes' dynamic code is a 256-entry table: a gather per
+// element). A code's magnitude k (7 bits signed, 8 bits unsigned) is
+//     value(0) = 0,   value(k) = as_float((k + kOffset) << 20) * scale     (k >= 1)
+// i.e. 3 mantissa bits and an exponent, offset so that the largest k is exactly 1.0 (the absmax
+// decodes to itself, so encode(decode(c)) == c for all 256 codes, for any scale at which the
+// smallest code is still a float32 with 3 exact mantissa bits: scale >= 2^-126 signed, 2^-112
+// unsigned):
+//     signed   (exp_avg, momentum_buffer, ...):  sign bit + k in 0..127, nonzero |values| in
+//              [1.25 * 2^-16, 1] * scale: 16 binades of 8 steps, like e4m3 without subnormals;
+//     unsigned (exp_avg_sq, state_sum, ...): k in 0..255, nonzero values in [1.25 * 2^-32, 1] *
+//              scale: 32 binades, the square of the signed range, since exp_avg_sq ~ grad^2 when
+//              exp_avg ~ grad.
+// Encoding rounds |x| / scale to the nearest code (ties to even k), so within the range the
+// relative error is at most 2^-4 (half a step of 2^-3 at the bottom of a binade), plus the fp32
+// roundings of 1/scale and of the products (~2^-23). Below the smallest code:
+//   - signed: |x| / scale <= 0.625 * 2^-16 encodes to (signed) 0, above to the smallest code;
+//   - unsigned: every x != 0 encodes to at least the smallest code, never 0: exp_avg_sq is the
+//     square of Adam's denominator, and a positive value rounded to 0 would make the update
+//     exp_avg / eps (bitsandbytes keeps small values representable for the same reason).
+// Special blocks (one branch per block, not per element):
+//   - absmax < FLT_MIN (all zeros, or only fp32 subnormals, whose reciprocal overflows): scale 0,
+//     all codes 0 (signed codes keep the sign bit, so -0.0 stays -0.0);
+//   - any inf or NaN: scale NaN and codes 0 (plus sign bits): the whole block decodes to NaN,
+//     as one NaN gradient poisons fp32 state.
+// Negative inputs to the unsigned code are encoded by their magnitude (the state is never
+// negative; there is no sign to keep).
+// python/fusedopt/reference.py (quantize_blockwise, dequantize_blockwise) is the same code in
+// NumPy, bitwise.
+//
+// The loops below are plain element loops over one block (in L1): integer ops on the bits and
+// one float multiply, which the compiler vectorizes for each ISA (the scalar ISA is built with
+// auto-vectorization off and runs them one element at a time; all ISAs give the same bits, as
+// the ops are exact or one IEEE rounding each).
+#pragma once
+#include <cfloat>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+constexpr std::size_t kQuantBlock = 256;  // elements per block, one float32 scale (absmax) per block
+
+namespace quant {
+
+// k + kOffset is the float's bits >> 20 (8 exponent bits, 3 mantissa bits): the largest k is
+// 1.0f, whose bits >> 20 are 127 << 3 = 1016.
+template <bool SIGNED> constexpr std::uint32_t kOffset = SIGNED ? 1016 - 127 : 1016 - 255;
+constexpr std::uint32_t kMagnitude = 0x7FFFFFFFu;
+
+inline std::uint32_t bits_of(float x) {
+    std::uint32_t b;
+    std::memcpy(&b, &x, sizeof(b));
+    return b;
+}
+inline float float_of(std::uint32_t b) {
+    float x;
+    std::memcpy(&x, &b, sizeof(x));
+    return x;
+}
+
+// |x| / scale rounded to the nearest code magnitude; y = |x| * (1 / scale) in [0, 1 + 2^-23]
+// (which underflows to 0 for |x| far below the scale: x_nonzero says whether x was 0).
+template <bool SIGNED>
+inline std::uint32_t encode_magnitude(float y, bool x_nonzero) {
+    const std::uint32_t b = bits_of(y);
+    // round the 20 low bits away, to nearest, ties to even (a carry moves up into the exponent)
+    const std::int32_t k = static_cast<std::int32_t>((b + 0x7FFFFu + ((b >> 20) & 1u)) >> 20) -
+                           static_cast<std::int32_t>(kOffset<SIGNED>);
+    // below the smallest code (1.25 * 2^e): signed rounds to the nearer of 0 and the smallest
+    // code; unsigned never rounds a nonzero value to 0
+    const float half_smallest = 0.5f * float_of((kOffset<true> + 1u) << 20);
+    const std::int32_t smallest = (SIGNED ? y > half_smallest : x_nonzero) ? 1 : 0;
+    return static_cast<std::uint32_t>(k > smallest ? k : smallest);  // k if k >= 1, else 0 or 1
+}
+
+}  // namespace quant
+
+// n <= kQuantBlock codes of one block -> out[0..n), scale = the block's absmax
+template <bool SIGNED>
+void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_t n) {
+    //   out = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t c = codes[i];
+        const std::uint32_t k = SIGNED ? c & 0x7Fu : c;
+        const std::uint32_t sign = SIGNED ? (c & 0x80u) << 24 : 0u;
+        const std::uint32_t magnitude = k != 0 ? (k + quant::kOffset<SIGNED>) << 20 : 0u;
+        out[i] = quant::float_of(magnitude | sign) * scale;
+    }
+}
+
+// in[0..n) -> n codes; returns the block's new scale (absmax of in[0..n))
+template <bool SIGNED>
+float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
+    // the absmax on the bits: for non-negative floats integer order is float order, and every
+    // NaN's bits are above inf's, so one integer max finds both the absmax and any inf/NaN
+    std::uint32_t absmax_bits = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t b = quant::bits_of(in[i]) & quant::kMagnitude;
+        absmax_bits = b > absmax_bits ? b : absmax_bits;
+    }
+    const float absmax = quant::float_of(absmax_bits);
+    if (absmax_bits >= 0x7F800000u) {  // an inf or a NaN: codes 0 (and the signs), scale NaN
+        for (std::size_t i = 0; i < n; ++i)
+            codes[i] = static_cast<std::uint8_t>(SIGNED ? (quant::bits_of(in[i]) >> 24) & 0x80u : 0u);
+        return quant::float_of(0x7FC00000u);
+    }
+    // inv = 0 sends every element to code 0 (the sign bit kept) when the absmax is 0 or subnormal
+    const bool usable = absmax >= FLT_MIN;
+    const float inv = usable ? 1.0f / absmax : 0.0f;
+    const std::uint32_t nonzero_bits = usable ? quant::kMagnitude : 0u;  // unsigned: x != 0 -> code >= 1
+    //   code = sign | nearest k to |x| * (1 / absmax)
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uint32_t b = quant::bits_of(in[i]);
+        const float y = quant::float_of(b & quant::kMagnitude) * inv;
+        const std::uint32_t sign = SIGNED ? (b >> 24) & 0x80u : 0u;
+        const bool nonzero = (b & nonzero_bits) != 0;
+        codes[i] = static_cast<std::uint8_t>(quant::encode_magnitude<SIGNED>(y, nonzero) | sign);
+    }
+    return usable ? absmax : 0.0f;
+}
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt

@@ -1,0 +1,107 @@
+// Conversions between float and the 16-bit storage formats (bfloat16, IEEE float16), and the
+// counter-based random bits of stochastic rounding, written once over the integer lanes of
+// each ISA (Vec<std::uint32_t> / Scalar<std::uint32_t>). Every ISA gives the same bits: the
+// integer routines are exact by construction, and the F16C/AVX-512F float16 conversions the
+// x86 paths use round to nearest even with subnormals kept, as the integer routine does
+// (tests/test_mixed_precision.py compares them). AVX-512 BF16's vcvtneps2bf16 is not used:
+// it flushes subnormals to zero, which the other ISAs would have to imitate.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+
+template <class V>
+using UintVec = decltype(as_uint(std::declval<V>()));
+
+// bfloat16 -> float: exact (bfloat16 is the high half of a float's bits).
+template <class V>
+V load_bf16(const std::uint16_t* p) {
+    return as_float(UintVec<V>::load_u16(p) << 16);
+}
+
+// float -> bfloat16 by adding `add` (< 65536) to the float's bits and keeping the high half:
+// add = 0x7FFF + (bit 16 of the float) rounds to nearest even, add = 16 random bits rounds
+// up with probability (distance from the value truncated) / ulp, so unbiased. Finite values
+// round to inf when they round past bfloat16's largest; inf stays inf; NaN stays a NaN of the
+// same sign and top payload bits, made quiet (truncation alone could turn it into inf).
+template <class V, class U>
+void store_bf16_adding(V x, U add, std::uint16_t* p) {
+    const U b = as_uint(x);
+    const U magnitude = b & U(0x7FFFFFFFu);
+    const U kept = (b >> 16) | (cmpgt(magnitude, U(0x7F800000u)) & U(0x0040u));
+    select(cmpgt(magnitude, U(0x7F7FFFFFu)), kept, (b + add) >> 16).store_u16(p);
+}
+
+template <class V>
+void store_bf16(V x, std::uint16_t* p) {
+    using U = UintVec<V>;
+    store_bf16_adding(x, U(0x7FFFu) + ((as_uint(x) >> 16) & U(1u)), p);
+}
+
+// float16 -> float: exact. The integer form (F. Giesen's half_to_float): exponent rebiased,
+// inf/NaN widened to all-ones exponents, subnormals renormalized by one exact float subtract.
+template <class V>
+V load_f16(const std::uint16_t* p) {
+#ifdef FUSEDOPT_HAS_F16C
+    if constexpr (V::size > 1) return f16c_load(p);
+    else return V(_cvtsh_ss(*p));
+#else
+    using U = UintVec<V>;
+    const U h = U::load_u16(p);
+    const U shifted = (h & U(0x7FFFu)) << 13;
+    const U exponent = shifted & U(0x7C00u << 13);
+    const U normal = shifted + U((127u - 15u) << 23);
+    const U inf_nan = normal + U((128u - 16u) << 23);
+    const U subnormal = as_uint(as_float(normal + U(1u << 23)) - as_float(U(113u << 23)));
+    const U bits = select(cmpeq(exponent, U(0x7C00u << 13)), inf_nan, select(cmpeq(exponent, U(0u)), subnormal, normal));
+    return as_float(bits | ((h & U(0x8000u)) << 16));
+#endif
+}
+
+// float -> float16, round to nearest even (F. Giesen's float_to_half_fast3_rtne, with x86's
+// NaN: quiet, same sign, top payload bits kept). Subnormal results come from one float add
+// that rounds to nearest even at the subnormal's last bit.
+template <class V>
+void store_f16(V x, std::uint16_t* p) {
+#ifdef FUSEDOPT_HAS_F16C
+    if constexpr (V::size > 1) f16c_store(x, p);
+    else *p = _cvtss_sh(x.v, _MM_FROUND_TO_NEAREST_INT);
+#else
+    using U = UintVec<V>;
+    constexpr std::uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    const U b = as_uint(x);
+    const U sign = b & U(0x80000000u);
+    const U a = b ^ sign;
+    const U inf_nan = select(cmpgt(a, U(0x7F800000u)), U(0x7E00u) | ((a >> 13) & U(0x3FFu)), U(0x7C00u));
+    const U subnormal = as_uint(as_float(a) + as_float(U(kDenormMagic))) - U(kDenormMagic);
+    const U normal = (a + U(((15u - 127u) << 23) + 0xFFFu) + ((a >> 13) & U(1u))) >> 13;
+    const U h = select(cmpgt(U(113u << 23), a), subnormal, select(cmpgt(U((127u + 16u) << 23), a), normal, inf_nan));
+    (h | (sign >> 16)).store_u16(p);
+#endif
+}
+
+// ---- random bits of stochastic rounding ---------------------------------------------------
+
+// C. Wellons' lowbias32: an invertible 32-bit mix with low bias (hash-prospector).
+template <class U>
+U lowbias32(U x) {
+    x = x ^ (x >> 16);
+    x = x * U(0x7FEB352Du);
+    x = x ^ (x >> 15);
+    x = x * U(0x846CA68Bu);
+    return x ^ (x >> 16);
+}
+
+// The 32 random bits of the elements whose index's low 32 bits are `index`, under the key
+// (key_a, key_b) of (seed, step, tensor, index >> 32) (rounding_key in optim.h). Two rounds, keyed twice, so
+// that two keys give unrelated sequences (one round of x ^ key would give step s+1 the bits
+// of a permutation of step s's elements).
+template <class U>
+U random_bits(U index, std::uint32_t key_a, std::uint32_t key_b) {
+    return lowbias32(lowbias32(index ^ U(key_a)) + U(key_b));
+}
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt
