@@ -276,7 +276,7 @@ def valid_calls():
 
 
 INT_ARGUMENTS = {"step", "axis"}
-OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("adam_", "grad_scale"), ("adamw_", "grad_scale"), ("sgd_", "grad_scale"),
+OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("rmsprop_", "step"), ("adam_", "grad_scale"), ("adamw_", "grad_scale"), ("sgd_", "grad_scale"),
                       ("adagrad_", "grad_scale"), ("rmsprop_", "grad_scale"), ("all_finite", "grad_scale")}
 BAD_VALUES = {  # kind -> [(value, exception)]
     "float": [("0.001", TypeError), (10**400, ValueError), ([0.1], TypeError), (None, TypeError)],
