@@ -22,6 +22,10 @@ def test_readme_block_runs_alone(code, tmp_path):
     block writes land there), importing the same fusedopt as this test run."""
     import fusedopt
 
+    if re.search(r"^import torch|^import fusedopt.torch", code, re.M):
+        pytest.importorskip("torch")  # the PyTorch section's blocks need the torch extra
+    if "ml_dtypes" in code:
+        pytest.importorskip("ml_dtypes")
     package_root = str(Path(fusedopt.__file__).resolve().parents[1])
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": package_root})
