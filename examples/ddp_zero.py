@@ -20,13 +20,14 @@ import sys
 import tempfile
 from typing import Any
 
-import fusedopt
-import fusedopt.torch
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
+
+import fusedopt
+import fusedopt.torch
 
 
 def make_model() -> torch.nn.Module:

@@ -1,7 +1,9 @@
 """Low-precision optimizer state and params, shown on the digits data (issue 15's quality checks).
 
-    python examples/low_precision.py digits   # 8-bit and bf16 state vs fp32 state on the digits MLP -> docs/low_precision_digits.png
-    python examples/low_precision.py rounding # bf16 params: stochastic rounding vs nearest vs fp32 -> docs/low_precision.png
+    python examples/low_precision.py digits    # 8-bit and bf16 state vs fp32 state on the digits MLP
+                                               #   -> docs/low_precision_digits.png
+    python examples/low_precision.py rounding  # bf16 params: stochastic rounding vs nearest vs fp32
+                                               #   -> docs/low_precision.png
 
 digits: examples/train_digits.py's MLP (128, 128, batch norm, 30 epochs) trained with Adam, AdamW
 and SGD with momentum, each three times from the same seed: state in float32, in bfloat16, and in
@@ -30,8 +32,9 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matmuls: see train_digits.py
 
-import fusedopt
 import numpy as np
+
+import fusedopt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_digits
@@ -61,7 +64,8 @@ class StateDtypeOptimizer:
         self.groups = []
         for group in groups:
             hyper = {**defaults, **{k: v for k, v in group.items() if k != "params"}}
-            state = {name: [self._zeros(p, signed) for p in group["params"]] for name, signed in self.state_args.items()}
+            state = {name: [self._zeros(p, signed) for p in group["params"]]
+                     for name, signed in self.state_args.items()}
             self.groups.append((group["params"], hyper, state))
 
     def _zeros(self, param: np.ndarray, signed: bool) -> Any:
@@ -115,7 +119,8 @@ def digits(seeds: int, epochs: int, plot: Path | None) -> dict[str, Any]:
             print(f"{kind:18s} {STATE_DTYPES[state_dtype]} - fp32 state: {diff:+.2f} points", flush=True)
     probe = StateDtypeOptimizer([{"params": [np.zeros(4, np.float32)]}], 1e-3, kind="adam", state_dtype="int8")
     probe.step([[np.ones(4, np.float32)]])
-    path = "fused kernel" if probe.fused else "dequantize -> fp32 update -> quantize (no fused 8-bit kernel in this build)"
+    path = ("fused kernel" if probe.fused
+            else "dequantize -> fp32 update -> quantize (no fused 8-bit kernel in this build)")
     print(f"8-bit state path: {path}")
     if plot is not None:
         plot_digits(results, seeds, path, plot)
@@ -142,7 +147,8 @@ def plot_digits(results: dict[str, Any], seeds: int, path: str, out: Path) -> No
         ax.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title=titles[kind])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"digits MLP (128, 128), batch norm: optimizer state in fp32, bf16 and fusedopt's 8-bit blockwise code "
+    fig.suptitle("digits MLP (128, 128), batch norm: optimizer state in fp32, bf16 and fusedopt's 8-bit "
+                 "blockwise code "
                  f"(curves: seed 0; 8-bit path: {path})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -70,7 +70,8 @@ def parse_hidden(text):
     try:
         sizes = tuple(int(size) for size in text.split(",") if size.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 128,128, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer sizes such as 128,128, got {text!r}") from None
     if any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
@@ -273,7 +274,8 @@ def train(args=None, data=None, **options):
         raise TypeError(f"train() got unknown option(s) {sorted(unknown)}; it takes {sorted(config)}")
     config.update(vars(args) if args is not None else {})
     config.update(options)
-    optimizer_name, epochs, batch_size, seed = config["optimizer"], config["epochs"], config["batch_size"], config["seed"]
+    optimizer_name, epochs = config["optimizer"], config["epochs"]
+    batch_size, seed = config["batch_size"], config["seed"]
     lr = DEFAULT_LR[optimizer_name] if config["lr"] is None else config["lr"]
 
     x_train, y_train, x_test, y_test = load_digits_split(seed) if data is None else data

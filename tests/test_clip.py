@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import fusedopt
-
 from test_errors import snapshot
 
 

@@ -58,14 +58,19 @@ ADAM_CASES = [
     ("big-endian", lambda a: {k: v.astype(">f4") for k, v in a.items()}, TypeError, "dtype"),
     ("shape mismatch", lambda a: with_(a, exp_avgs=np.zeros(11, np.float32)), ValueError, "exp_avgs has shape"),
     ("2-d vs 1-d", lambda a: with_(a, grads=a["grads"].reshape(2, 5)), ValueError, "grads has shape"),
-    ("non-contiguous param", lambda a: with_(a, params=np.zeros(20, np.float32)[::2]), ValueError, "params is not C-contiguous"),
-    ("non-contiguous grad", lambda a: with_(a, grads=np.zeros(20, np.float32)[::2]), ValueError, "grads is not C-contiguous"),
-    ("Fortran 2-d", lambda a: {k: np.asfortranarray(v.reshape(2, 5)) for k, v in a.items()}, ValueError, "C-contiguous"),
+    ("non-contiguous param", lambda a: with_(a, params=np.zeros(20, np.float32)[::2]), ValueError,
+     "params is not C-contiguous"),
+    ("non-contiguous grad", lambda a: with_(a, grads=np.zeros(20, np.float32)[::2]), ValueError,
+     "grads is not C-contiguous"),
+    ("Fortran 2-d", lambda a: {k: np.asfortranarray(v.reshape(2, 5)) for k, v in a.items()}, ValueError,
+     "C-contiguous"),
     ("read-only param", lambda a: with_(a, params=readonly(a["params"])), ValueError, "params is read-only"),
-    ("read-only state", lambda a: with_(a, exp_avg_sqs=readonly(a["exp_avg_sqs"])), ValueError, "exp_avg_sqs is read-only"),
+    ("read-only state", lambda a: with_(a, exp_avg_sqs=readonly(a["exp_avg_sqs"])), ValueError,
+     "exp_avg_sqs is read-only"),
     ("param is grad", lambda a: with_(a, grads=a["params"]), ValueError, "overlap"),
     ("state views overlap", lambda a: shared_buffer_args(), ValueError, "overlap"),
-    ("list lengths differ", lambda a: with_(adam_args(count=3), grads=adam_args(count=2)["grads"]), ValueError, "grads has 2 arrays but params has 3"),
+    ("list lengths differ", lambda a: with_(adam_args(count=3), grads=adam_args(count=2)["grads"]), ValueError,
+     "grads has 2 arrays but params has 3"),
     ("list and array mixed", lambda a: with_(adam_args(count=1), grads=a["grads"]), TypeError, "grads must be a list"),
     ("array and list mixed", lambda a: with_(a, grads=[a["grads"]]), TypeError, "grads must be a numpy.ndarray"),
     ("python list param", lambda a: with_(a, params=[1.0, 2.0]), TypeError, r"params\[0\] must be a numpy.ndarray"),
@@ -76,7 +81,8 @@ ADAM_CASES = [
 ADAM_HYPER_CASES = [
     (dict(lr=-1e-3), "lr"), (dict(lr=float("nan")), "lr"), (dict(lr=float("inf")), "lr"),
     (dict(eps=-1e-8), "eps"), (dict(eps=float("nan")), "eps"),
-    (dict(beta1=1.0), "beta1"), (dict(beta1=-0.1), "beta1"), (dict(beta2=1.0), "beta2"), (dict(beta2=float("nan")), "beta2"),
+    (dict(beta1=1.0), "beta1"), (dict(beta1=-0.1), "beta1"),
+    (dict(beta2=1.0), "beta2"), (dict(beta2=float("nan")), "beta2"),
     (dict(weight_decay=-0.1), "weight_decay"), (dict(weight_decay=float("nan")), "weight_decay"),
     (dict(step=0), "step"), (dict(step=-3), "step"),
     (dict(amsgrad=True), "max_exp_avg_sqs is required"),
@@ -276,7 +282,8 @@ def valid_calls():
 
 
 INT_ARGUMENTS = {"step", "axis"}
-OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("rmsprop_", "step"), ("adam_", "grad_scale"), ("adamw_", "grad_scale"), ("sgd_", "grad_scale"),
+OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("rmsprop_", "step"), ("adam_", "grad_scale"), ("adamw_", "grad_scale"),
+                      ("sgd_", "grad_scale"),
                       ("adagrad_", "grad_scale"), ("rmsprop_", "grad_scale"), ("all_finite", "grad_scale")}
 BAD_VALUES = {  # kind -> [(value, exception)]
     "float": [("0.001", TypeError), (10**400, ValueError), ([0.1], TypeError), (None, TypeError)],

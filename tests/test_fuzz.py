@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 import fusedopt
 from fusedopt import optim, reference
-
 from test_errors import snapshot
 
 DTYPES = [np.float32, np.float32, np.float64, np.float16, np.int32, np.bool_, np.complex64, ">f4"]
@@ -78,7 +77,8 @@ def call(draw):
         kw = dict(lr=draw(number), momentum=draw(number), nesterov=draw(flag),
                   weight_decay=draw(number), step=draw(st.sampled_from([None, 1, 2, 0] + ODD_STEPS)))
     elif name == "adagrad_":
-        kw = dict(lr=draw(number), lr_decay=draw(number), eps=draw(number), step=draw(st.sampled_from([1, 5, 0, -1] + ODD_STEPS)))
+        kw = dict(lr=draw(number), lr_decay=draw(number), eps=draw(number),
+                  step=draw(st.sampled_from([1, 5, 0, -1] + ODD_STEPS)))
     elif name == "rmsprop_":
         kw = dict(lr=draw(number), alpha=draw(number), eps=draw(number), centered=draw(flag))
     elif name in ("adam_", "adamw_"):
@@ -122,7 +122,8 @@ def test_fuzz_public_functions(c):
     kw = {k: plain(v) for k, v in kw.items()}
     ref_kw = {k: v for k, v in kw.items() if k not in ("grad_scale", "skip_if_nonfinite")}
     if name in ("grad_norm", "all_finite", "clip_grad_norm_", "clip_grad_value_"):
-        flat = np.concatenate([np.ravel(a).astype(np.float64) for a in (ref_args[0] if isinstance(ref_args[0], list) else [ref_args[0]])] + [np.zeros(0)])
+        firsts = ref_args[0] if isinstance(ref_args[0], list) else [ref_args[0]]
+        flat = np.concatenate([np.ravel(a).astype(np.float64) for a in firsts] + [np.zeros(0)])
         if name == "all_finite":
             assert result == bool(np.all(np.isfinite(flat)))
         elif name == "clip_grad_value_":
@@ -249,8 +250,8 @@ def bad_param(rng, like):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.sampled_from(sorted(CLASS_KWARGS)), st.lists(st.tuples(st.sampled_from(OPERATIONS), st.integers(0, 2**32 - 1)),
-                                                        min_size=1, max_size=14))
+@given(st.sampled_from(sorted(CLASS_KWARGS)),
+       st.lists(st.tuples(st.sampled_from(OPERATIONS), st.integers(0, 2**32 - 1)), min_size=1, max_size=14))
 def test_fuzz_param_group_changes(name, operations):
     """Params appended, inserted, removed and replaced (also by arrays a step refuses), groups added,
     lr set to numbers of any type, grads left out, copies: after every step each param is bitwise

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import _core, reference
-
 from conftest import FMA_ISAS
+from fusedopt import _core, reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -77,7 +76,7 @@ def problem(name, sizes, pdt, gdt, sdt, steps=3, seed=0):
     rng = np.random.default_rng(seed)
     params = [rand(rng, n, pdt, unaligned=i % 2 == 1) for i, n in enumerate(sizes)]
     state = {}
-    for k, s in enumerate(OPTIMIZERS[name][1]):
+    for s in OPTIMIZERS[name][1]:
         arrays = [np.zeros(n, sdt) for n in sizes]
         if s == "state_sums":
             arrays = [np.abs(rand(rng, n, sdt)) for n in sizes]
@@ -265,7 +264,8 @@ def test_random_bits_generator():
     try:
         for isa in fusedopt.available_isas():
             fusedopt.set_isa(isa)
-            for seed, step, tensor, offset, n in [(0, 1, 0, 0, 1000), (12345, 7, 3, 33, 77), (2**63, 2, 1, 2**32 - 20, 50)]:
+            for seed, step, tensor, offset, n in [(0, 1, 0, 0, 1000), (12345, 7, 3, 33, 77),
+                                                  (2**63, 2, 1, 2**32 - 20, 50)]:
                 assert np.array_equal(_core.random_bits(seed, step, tensor, offset, n),
                                       reference.random_bits(seed, step, tensor, offset, n)), isa
     finally:
@@ -544,7 +544,8 @@ def test_8bit_state_errors():
     before = [p.tobytes(), m.codes.tobytes(), m.scales.tobytes(), v.codes.tobytes(), v.scales.tobytes()]
     cases = [
         (ValueError, "exp_avgs is an unsigned QuantizedState", dict(exp_avgs=v, exp_avg_sqs=m)),
-        (ValueError, "exp_avg_sqs has shape", dict(exp_avgs=m, exp_avg_sqs=fusedopt.quantized_zeros_like(p[:299], False))),
+        (ValueError, "exp_avg_sqs has shape",
+         dict(exp_avgs=m, exp_avg_sqs=fusedopt.quantized_zeros_like(p[:299], False))),
         (TypeError, "float64", dict(params=p.astype(np.float64), grads=g.astype(np.float64))),
         (ValueError, "exp_avgs and exp_avg_sqs overlap", dict(exp_avgs=m, exp_avg_sqs=fusedopt.QuantizedState(
             m.codes, m.scales, False))),

@@ -13,10 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedopt
-from fusedopt import reference
-
 from conftest import FMA_ISAS
-
+from fusedopt import reference
 
 
 def assert_close(actual, expected, ulps=32):

@@ -27,7 +27,6 @@ import pytest
 import fusedopt
 import fusedopt.optim as optim
 from fusedopt import reference
-
 from test_optim import assert_close
 
 STEPS = 100
@@ -839,7 +838,8 @@ def readonly_copy(a):
 # used to leave group 0 updated (with its step count not) or was not caught at all
 MULTI_GROUP_ERRORS = [
     ("param of another shape", set_param(1, 0, lambda p: np.zeros(65, p.dtype)), ValueError,
-     r"grads\[2\] \(the grad of param_groups\[1\]\['params'\]\[0\]\) has shape \(64,\) but its param has shape \(65,\)"),
+     r"grads\[2\] \(the grad of param_groups\[1\]\['params'\]\[0\]\) has shape \(64,\) "
+     r"but its param has shape \(65,\)"),
     ("param of another dtype", set_param(2, 1, lambda p: p.astype(np.float64)), TypeError,
      r"grads\[4\] \(the grad of param_groups\[2\]\['params'\]\[1\]\) has dtype float32"),
     ("param of an integer dtype", set_param(2, 0, lambda p: p.astype(np.int32)), TypeError,

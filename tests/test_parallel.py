@@ -11,7 +11,6 @@ import pytest
 
 import fusedopt
 from fusedopt import reference
-
 from test_optim import make_problem, results, run
 
 

@@ -2,9 +2,10 @@
 reference (fusedopt.reference.quantize_blockwise / dequantize_blockwise), on every ISA."""
 import pickle
 
-import fusedopt
 import numpy as np
 import pytest
+
+import fusedopt
 from fusedopt import _core, reference
 from fusedopt.lowbit import QUANT_BLOCK, QuantizedState
 

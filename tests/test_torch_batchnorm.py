@@ -13,14 +13,16 @@ to the sums of absolute values behind them, as in test_batchnorm.py):
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-import fusedopt.torch.batchnorm as fbn
-from fusedopt.torch.batchnorm import (
+# after the importorskip: fusedopt.torch imports torch
+import fusedopt.torch.batchnorm as fbn  # noqa: E402
+from fusedopt.torch.batchnorm import (  # noqa: E402
     BatchNorm1d,
     BatchNorm2d,
     BatchNorm3d,

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import fusedopt
-import fusedopt.torch as ft
-from fusedopt import reference
-from test_optim import assert_close
+# after the importorskip: these import torch
+import fusedopt  # noqa: E402
+import fusedopt.torch as ft  # noqa: E402
+from fusedopt import reference  # noqa: E402
+from test_optim import assert_close  # noqa: E402
 
 EPS = float(np.finfo(np.float32).eps)
 ULPS = 16
@@ -96,7 +97,8 @@ def rel_diff(a, b):
 
 def assert_same_training(model, opt, ref_model, ref_opt):
     """Params and every state tensor agree within ULPS; the state has torch's keys and types."""
-    print(f"max diff vs torch: {max(max_ulps(p, q) for p, q in zip(model.parameters(), ref_model.parameters())):.2f} ulps")
+    worst = max(max_ulps(p, q) for p, q in zip(model.parameters(), ref_model.parameters()))
+    print(f"max diff vs torch: {worst:.2f} ulps")
     state_diffs = []
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
@@ -133,7 +135,8 @@ def test_matches_torch_on_a_model(isa, name, opts):
 def test_float64_model_matches_torch():
     data = batches(dtype=torch.float64)
     model, ref_model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
-    opt, ref_opt = ft.Adam(model.parameters(), lr=0.01), torch.optim.Adam(ref_model.parameters(), lr=0.01, foreach=False)
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=0.01, foreach=False)
     train(model, opt, data)
     train(ref_model, ref_opt, data)
     assert opt.state[model[0].weight]["step"].dtype == torch.float32  # torch's step dtype, whatever the params'
@@ -146,7 +149,8 @@ def test_rmsprop_eps_inside_sqrt_is_the_textbook_form():
     grads = [np.cos(np.arange(50, dtype=np.float32) * k) for k in range(1, 4)]
     param = torch.nn.Parameter(torch.from_numpy(p0.copy()))
     opt = ft.RMSprop([param], lr=0.01, momentum=0.5, eps_inside_sqrt=True)
-    assert opt.param_groups[0]["eps_inside_sqrt"] is True and ft.RMSprop([param]).param_groups[0]["eps_inside_sqrt"] is False
+    assert opt.param_groups[0]["eps_inside_sqrt"] is True
+    assert ft.RMSprop([param]).param_groups[0]["eps_inside_sqrt"] is False
     ref = [p0.copy()], [np.zeros(50, np.float32)], [np.zeros(50, np.float32)]
     for g in grads:
         param.grad = torch.from_numpy(g.copy())
@@ -207,7 +211,8 @@ def test_state_dict_has_torchs_layout():
 def test_one_cycle_lr_cycles_adams_betas():
     data = batches()
     model, ref_model = make_model(), make_model()
-    opt, ref_opt = ft.Adam(model.parameters(), lr=0.01), torch.optim.Adam(ref_model.parameters(), lr=0.01, foreach=False)
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=0.01, foreach=False)
     schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=STEPS) for o in (opt, ref_opt)]
     betas = []
     for x, y in data:
@@ -414,7 +419,8 @@ def test_an_error_in_a_later_group_leaves_every_group_unwritten():
 
 
 def test_importing_fusedopt_does_not_import_torch():
-    code = "import sys, fusedopt; assert 'torch' not in sys.modules; import fusedopt.torch; assert 'torch' in sys.modules"
+    code = ("import sys, fusedopt; assert 'torch' not in sys.modules; import fusedopt.torch; "
+            "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ})
 
 
@@ -472,7 +478,7 @@ def run_parked_and_not(monkeypatch, fo, _omp, time):
     opt_a, opt_b = ft.Adam(a.parameters()), ft.Adam(b.parameters())
     x = torch.randn(512, 512)
     spent = {}
-    for t, (inputs, y) in enumerate(batches(6)):
+    for inputs, y in batches(6):
         for model, opt, threshold in ((a, opt_a, 1), (b, opt_b, 1 << 60)):
             monkeypatch.setattr(fo, "PARK_TORCH_WORKERS_MIN_ELEMENTS", threshold)
             opt.zero_grad()

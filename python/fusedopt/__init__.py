@@ -11,8 +11,9 @@ torch.optim's documented algorithms. `fusedopt.reference` holds the same functio
 """
 import os as _os
 
-from . import _core
+from . import _core, optim, reference  # submodules: fusedopt.optim.Adam, fusedopt.reference.adam_, ...
 from ._core import available_isas, get_num_threads, isa, set_isa, set_num_threads
+from .batchnorm import batchnorm_backward, batchnorm_forward
 from .functional import (
     adagrad_,
     adam_,
@@ -25,10 +26,7 @@ from .functional import (
     sgd_,
     zeros_like,
 )
-
-from .batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402
-from .lowbit import QuantizedState, quantize, quantized_zeros_like  # noqa: E402
-from . import optim, reference  # noqa: E402  (submodules: fusedopt.optim.Adam, ...)
+from .lowbit import QuantizedState, quantize, quantized_zeros_like
 
 __version__ = "0.1.0"
 
@@ -67,5 +65,9 @@ __all__ = [
     "set_num_threads",
     "sgd_",
     "zeros_like",
-    "QuantizedState", "quantize", "quantized_zeros_like",
+    "QuantizedState",
+    "quantize",
+    "quantized_zeros_like",
+    "optim",
+    "reference",
 ]

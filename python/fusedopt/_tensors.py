@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 
-def _bfloat16() -> np.dtype:
+def _bfloat16() -> np.dtype[Any]:
     try:
         import ml_dtypes
     except ImportError:  # pragma: no cover - ml_dtypes is a dependency
         raise TypeError("bfloat16 arrays need the ml_dtypes package (pip install ml_dtypes)") from None
-    return np.dtype(ml_dtypes.bfloat16)
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
@@ -37,7 +38,8 @@ def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
     # negated views); complex and integer views are refused by the kernels' dtype checks.
     if tensor.is_cpu and tensor.layout is torch.strided and tensor.dtype is not torch.bfloat16:
         try:
-            return tensor.detach().numpy()
+            array: np.ndarray = tensor.detach().numpy()
+            return array
         except (RuntimeError, TypeError):
             pass  # the checks below say why, naming the argument
     if tensor.device.type != "cpu":
@@ -50,8 +52,10 @@ def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} is a lazily conjugated/negated view; call .resolve_conj()/.resolve_neg() first")
     data = tensor.detach()  # shares memory; .numpy() refuses tensors that require grad
     if data.dtype == torch.bfloat16:
-        return data.view(torch.int16).numpy().view(_bfloat16())
-    return data.numpy()
+        array = data.view(torch.int16).numpy().view(_bfloat16())
+    else:
+        array = data.numpy()
+    return array
 
 
 def to_ndarray(obj: Any, name: str) -> Any:

@@ -16,11 +16,13 @@ blocks merge with Chan's formula. Never E[x^2] - E[x]^2: a block whose shift is 
 standard deviations from its mean is summed again about its own mean (it is still in cache).
 """
 from . import _core
-from .functional import _argument_error
+from .functional import Array, _argument_error
 
 
-def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *, training=True,
-                      momentum=0.1, eps=1e-5, axis=1, relu=False, out=None):
+def batchnorm_forward(x: Array, weight: Array | None = None, bias: Array | None = None,
+                      running_mean: Array | None = None, running_var: Array | None = None, *, training: bool = True,
+                      momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, relu: bool = False,
+                      out: Array | None = None) -> tuple[Array, Array, Array]:
     """Normalize each channel of x, then scale and shift it (torch.nn.functional.batch_norm).
 
     With n = the number of values per channel (x.size // C), per channel:
@@ -50,7 +52,9 @@ def batchnorm_forward(x, weight=None, bias=None, running_mean=None, running_var=
         raise _argument_error(e, batchnorm_forward, locals()) from None
 
 
-def batchnorm_backward(dy, x, weight, save_mean, save_invstd, *, axis=1, training=True, relu_output=None, out=None):
+def batchnorm_backward(dy: Array, x: Array, weight: Array | None, save_mean: Array, save_invstd: Array, *,
+                       axis: int = 1, training: bool = True, relu_output: Array | None = None,
+                       out: Array | None = None) -> tuple[Array, Array | None, Array | None]:
     """Gradients of batchnorm_forward (torch autograd of batch_norm), given dy = dL/dy.
 
     With g = dy, or dy where relu_output > 0 and 0 elsewhere (relu_output: the forward's y with

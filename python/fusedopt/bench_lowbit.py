@@ -94,7 +94,8 @@ MODES = [
 
 # name -> (fusedopt function, state arguments (signed?), hyperparameters)
 OPTIMIZERS: dict[str, tuple[str, dict[str, bool], dict[str, Any]]] = {
-    "adamw": ("adamw_", {"exp_avgs": True, "exp_avg_sqs": False}, {"lr": LR, "weight_decay": WEIGHT_DECAY, "step": STEP}),
+    "adamw": ("adamw_", {"exp_avgs": True, "exp_avg_sqs": False},
+              {"lr": LR, "weight_decay": WEIGHT_DECAY, "step": STEP}),
     "sgd_momentum": ("sgd_", {"momentum_buffers": True}, {"lr": LR, "momentum": MOMENTUM, "step": STEP}),
 }
 
@@ -343,7 +344,8 @@ def _ms(seconds: float | None) -> str:
 def table(rows: Sequence[Row]) -> str:
     """Markdown tables: the codec's GB/s against its probe, then the step of each mode."""
     lines = ["Codec alone (8-bit blockwise, block 256): GB/s of the bytes it moves (4 + 1.016 per element)",
-             "", "| op | code | threads | elements | GB/s | probe GB/s | % of probe | spread |", "|---|---|---|---|---|---|---|---|"]
+             "", "| op | code | threads | elements | GB/s | probe GB/s | % of probe | spread |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] != "codec":
             continue
@@ -364,7 +366,8 @@ def table(rows: Sequence[Row]) -> str:
             lines.append(head + f" - | {r['unavailable'][:80]} | - | - | - | - | - | - |")
             continue
         medians = [r[k] / r[k[: -len("median_s")] + "s"] for k in r if k.endswith("_median_s") and r[k] is not None]
-        lines.append(head + f" {r['bytes_per_param']} | {_ms(r['fusedopt_s'])} | {100 * r['probe_s'] / r['fusedopt_s']:.0f}% | "
+        lines.append(head + f" {r['bytes_per_param']} | {_ms(r['fusedopt_s'])} | "
+                     f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}% | "
                      f"{_ratio(r, 'torch fp32', 'fusedopt')} | {_ratio(r, 'torch bf16', 'fusedopt')} | "
                      f"{_ratio(r, 'bitsandbytes', 'fusedopt')} | {_ratio(r, 'torchao', 'fusedopt')} | "
                      f"{max(medians):.2f} |")

@@ -33,18 +33,29 @@ A wrongly typed or out-of-range scalar argument (step=1.5, lr="0.001", lr=10**40
 is a TypeError / ValueError naming it.
 The update functions return True when the step was applied.
 """
+from __future__ import annotations
+
 import ast
 import functools
 import inspect
 import itertools
 import re
 import textwrap
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _core
 
+Array = NDArray[Any]
+Arrays = Array | Sequence[Array]  # one array, or a list (tuple) of them, one per tensor
+if TYPE_CHECKING:
+    from .lowbit import QuantizedState
+
+    # optimizer state: arrays, or QuantizedState (8-bit blockwise) where the kernel takes it
+    StateArrays: TypeAlias = Arrays | QuantizedState | Sequence[Array | QuantizedState]
 
 # ---- errors that name the argument ----------------------------------------------------------------
 #
@@ -71,7 +82,8 @@ def _refusal(kind: str, value: Any) -> str | None:
         return f"must be {accepts}"
     if kind == "bool":
         return None if hasattr(type(value), "__bool__") else f"must be {accepts}"
-    if isinstance(value, (str, bytes)) or not any(hasattr(type(value), m) for m in ("__float__", "__index__", "__int__")):
+    if isinstance(value, (str, bytes)) or not any(hasattr(type(value), m)
+                                                   for m in ("__float__", "__index__", "__int__")):
         return f"must be {accepts}"
     if "SupportsFloat" in kind:
         try:
@@ -124,9 +136,11 @@ def _argument_error(error: TypeError, function: Callable[..., Any], arguments: d
     return error
 
 
-def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
-         weight_decay=0.0, maximize=False, step=None, grad_scale=None, skip_if_nonfinite=False, param_copies=None,
-         stochastic_rounding=False, seed=None):
+def sgd_(params: Arrays, grads: Arrays, momentum_buffers: StateArrays | None = None, *, lr: float,
+         momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+         maximize: bool = False, step: int | None = None, grad_scale: float | None = None,
+         skip_if_nonfinite: bool = False, param_copies: Arrays | None = None, stochastic_rounding: bool = False,
+         seed: int | None = None) -> bool:
     """SGD with optional momentum / Nesterov momentum (torch.optim.SGD).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -139,15 +153,16 @@ def sgd_(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.
     and overwritten with g, as torch initializes its buffers. stochastic_rounding needs step.
     """
     try:
-        return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize, step,
-                         grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
+        return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize,
+                         step, grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, sgd_, locals()) from None
 
 
-def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False, grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False,
-             seed=None):
+def adagrad_(params: Arrays, grads: Arrays, state_sums: StateArrays, *, step: int, lr: float = 1e-2,
+             lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
+             grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
+             stochastic_rounding: bool = False, seed: int | None = None) -> bool:
     """AdaGrad (torch.optim.Adagrad).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -162,10 +177,12 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
         raise _argument_error(e, adagrad_, locals()) from None
 
 
-def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-             momentum_buffers=None, centered=False, grad_avgs=None, maximize=False, eps_inside_sqrt=False,
-             grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None,
-             step=None):
+def rmsprop_(params: Arrays, grads: Arrays, square_avgs: StateArrays, *, lr: float = 1e-2, alpha: float = 0.99,
+             eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+             momentum_buffers: StateArrays | None = None, centered: bool = False,
+             grad_avgs: StateArrays | None = None, maximize: bool = False, eps_inside_sqrt: bool = False,
+             grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
+             stochastic_rounding: bool = False, seed: int | None = None, step: int | None = None) -> bool:
     """RMSProp (torch.optim.RMSprop), optionally centered and with momentum.
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -180,16 +197,18 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
     the start) when centered. step (1-based) is used only by stochastic_rounding, which needs it.
     """
     try:
-        return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers, centered,
-                             grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite, param_copies,
-                             stochastic_rounding, seed, step)
+        return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
+                             centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite,
+                             param_copies, stochastic_rounding, seed, step)
     except TypeError as e:
         raise _argument_error(e, rmsprop_, locals()) from None
 
 
-def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-          weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sqs=None, maximize=False,
-          grad_scale=None, skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None):
+def adam_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: StateArrays, *, step: int,
+          lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          decoupled_weight_decay: bool = False, amsgrad: bool = False, max_exp_avg_sqs: StateArrays | None = None,
+          maximize: bool = False, grad_scale: float | None = None, skip_if_nonfinite: bool = False,
+          param_copies: Arrays | None = None, stochastic_rounding: bool = False, seed: int | None = None) -> bool:
     """Adam (torch.optim.Adam; with decoupled_weight_decay=True, torch.optim.AdamW).
 
         g = -grad if maximize else grad
@@ -211,18 +230,21 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, bet
         raise _argument_error(e, adam_, locals()) from None
 
 
-def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, grad_scale=None,
-           skip_if_nonfinite=False, param_copies=None, stochastic_rounding=False, seed=None):
+def adamw_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: StateArrays, *, step: int,
+           lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2,
+           amsgrad: bool = False, max_exp_avg_sqs: StateArrays | None = None, maximize: bool = False,
+           grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
+           stochastic_rounding: bool = False, seed: int | None = None) -> bool:
     """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
     try:
-        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True, amsgrad,
-                          max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
+        return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
+                          amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite, param_copies,
+                          stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adamw_, locals()) from None
 
 
-def all_finite(grads, grad_scale=None):
+def all_finite(grads: Arrays, grad_scale: float | None = None) -> bool:
     """True when no element of grads (an array or a list of them) is inf or NaN: one SIMD pass.
 
     With grad_scale, the elements checked are grad * (1 / grad_scale) in the grads' dtype, the
@@ -234,7 +256,7 @@ def all_finite(grads, grad_scale=None):
         raise _argument_error(e, all_finite, locals()) from None
 
 
-def grad_norm(grads, norm_type=2.0):
+def grad_norm(grads: Arrays, norm_type: float = 2.0) -> float:
     """The norm of all grads taken together, (sum |g|**p)**(1/p) or max |g| for inf, summed in float64."""
     try:
         return _core.grad_norm(grads, norm_type)
@@ -242,7 +264,8 @@ def grad_norm(grads, norm_type=2.0):
         raise _argument_error(e, grad_norm, locals()) from None
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     """torch.nn.utils.clip_grad_norm_ over NumPy grads: scale them in place so their total norm is
     at most max_norm, and return the total norm before clipping.
 
@@ -258,7 +281,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         raise _argument_error(e, clip_grad_norm_, locals()) from None
 
 
-def clip_grad_value_(grads, clip_value):
+def clip_grad_value_(grads: Arrays, clip_value: float) -> None:
     """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]."""
     try:
         _core.clip_grad_value_(grads, clip_value)
@@ -277,7 +300,7 @@ _SPREAD_MIN_BYTES = 8 << 20
 _spread_index = itertools.count(1)
 
 
-def zeros_like(param, fill=0.0):
+def zeros_like(param: Array, fill: float = 0.0) -> Array:
     """A C-contiguous array shaped and typed like param, filled with `fill`: state for the update
     functions. Arrays of 8 MiB and more are placed to keep an optimizer step's streams apart in
     memory (see above); smaller ones are plain np.full_like."""

@@ -115,7 +115,8 @@ class QuantizedState:
 
     def __repr__(self) -> str:
         kind = "signed" if self.signed else "unsigned"
-        return f"QuantizedState(shape={self.shape}, {kind}, {self.scales.size} blocks of {QUANT_BLOCK}, {self.nbytes} bytes)"
+        return (f"QuantizedState(shape={self.shape}, {kind}, {self.scales.size} blocks of {QUANT_BLOCK}, "
+                f"{self.nbytes} bytes)")
 
     def __reduce__(self) -> tuple[type[QuantizedState], tuple[Any, ...]]:
         return (QuantizedState, (self.codes, self.scales, self.signed))
@@ -142,7 +143,8 @@ def quantize(array: Any, signed: bool, *, out: QuantizedState | None = None) -> 
         raise TypeError(f"signed must be a bool, got {type(signed).__name__}")
     values = _as_float32(array, "array")
     if not signed and bool((values < 0).any()):
-        raise ValueError("signed=False holds non-negative state (exp_avg_sq, state_sum, ...); array has negative values")
+        raise ValueError("signed=False holds non-negative state (exp_avg_sq, state_sum, ...); "
+                         "array has negative values")
     if out is None:
         out = quantized_zeros_like(values, bool(signed))
     elif not isinstance(out, QuantizedState):

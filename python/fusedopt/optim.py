@@ -26,8 +26,8 @@ import numbers
 import os
 import secrets
 import zipfile
-from collections.abc import Mapping, MutableMapping
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,15 +39,24 @@ CHECKPOINT_FORMAT = "fusedopt.optim checkpoint 1"
 class StateArray(NamedTuple):
     """One per-param state array of an optimizer, e.g. Adam's "exp_avg"."""
     argument: str                   # the update function's keyword for the list of these arrays
-    init: Callable                  # (param, hyperparameters) -> the array before the param's first step
-    needed: Callable = lambda hyperparameters: True  # whether a group with these hyperparameters uses it
+    # (param, hyperparameters) -> the array before the param's first step
+    init: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+    # whether a group with these hyperparameters uses it
+    needed: Callable[[dict[str, Any]], bool] = lambda hyperparameters: True
 
 
-def _zeros(param, hyperparameters):
+# The update-function calls of a step, as Optimizer._plan makes them: (group index, update keyword
+# arguments, param indices, step, {state argument: [arrays]})
+_Call = tuple[int, dict[str, Any], list[int], int | None, dict[str, list[Any]]]
+# Optimizer._group_hyperparameters: (checked hyperparameters, update keyword arguments, {state name: StateArray})
+_CheckedGroup = tuple[dict[str, Any], dict[str, Any], dict[str, StateArray]]
+
+
+def _zeros(param: np.ndarray, hyperparameters: dict[str, Any]) -> np.ndarray:
     return functional.zeros_like(param)
 
 
-def _is_number(value):
+def _is_number(value: object) -> bool:
     return (isinstance(value, (numbers.Real, decimal.Decimal))
             and not isinstance(value, (bool, np.bool_)))
 
@@ -129,10 +138,10 @@ class ParamState(MutableMapping[np.ndarray, dict[str, Any]]):
         return ParamState, (list(self._by_id.values()),)
 
 
-_NO_STATE = {}  # the state of a param before its first step (never written)
+_NO_STATE: dict[str, Any] = {}  # the state of a param before its first step (never written)
 
 
-def _snapshot(group):
+def _snapshot(group: dict[str, Any]) -> tuple[dict[str, Any], list[type]]:
     """A group as it is now, to tell at a later step whether its hyperparameters have changed: a
     copy (lists copied too, so that a value changed in place, betas[0] = ..., is seen) and the
     types of its values (an equal value of another type, 1 for True, is checked again)."""
@@ -140,7 +149,7 @@ def _snapshot(group):
             list(map(type, group.values())))
 
 
-def _unchanged(group, snapshot):
+def _unchanged(group: dict[str, Any], snapshot: tuple[dict[str, Any], list[type]]) -> bool:
     copy, types = snapshot
     copy["params"] = group.get("params")  # not a hyperparameter; the same object compares without its arrays
     return group == copy and list(map(type, group.values())) == types
@@ -193,16 +202,18 @@ class Optimizer:
     Optimizers can be pickled and copied (copy.deepcopy) at any time; the copy continues bitwise
     as the original would.
     """
-    default_hyperparameters = {}  # torch's names and defaults; each value's type is the one required
-    update = None                 # the fusedopt.functional update function, as a staticmethod
-    state_arrays = {}             # torch's state name -> StateArray
+    default_hyperparameters: dict[str, Any] = {}  # torch's names and defaults; each value's type is the one required
+    # the fusedopt.functional update function, as a staticmethod (every subclass sets it)
+    update: Callable[..., bool] = None  # type: ignore[assignment]
+    state_arrays: dict[str, StateArray] = {}  # torch's state name -> StateArray
     counts_steps = True           # keep state["step"] (torch's SGD keeps none)
 
-    def __init__(self, params, **hyperparameters):
-        self.param_groups = []
+    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict[str, Any]], **hyperparameters: Any) -> None:
+        self.param_groups: list[dict[str, Any]] = []
         self.state = ParamState()
         self.skipped_steps = 0
-        self._checked_groups = {}  # group index -> (_snapshot of the group, _group_hyperparameters' result)
+        # group index -> (_snapshot of the group, _group_hyperparameters' result)
+        self._checked_groups: dict[int, tuple[tuple[dict[str, Any], list[type]], _CheckedGroup]] = {}
         unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
@@ -212,18 +223,18 @@ class Optimizer:
         if isinstance(params, (np.ndarray, dict, str)) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a list of numpy arrays or a list of param-group dicts, got " +
                             type(params).__name__)
-        params = list(params)
-        if not params:
+        params_list: list[Any] = list(params)
+        if not params_list:
             raise ValueError("optimizer got an empty parameter list")
-        if all(isinstance(p, dict) for p in params):
-            for group in params:
+        if all(isinstance(p, dict) for p in params_list):
+            for group in params_list:
                 self.add_param_group(group)
-        elif any(isinstance(p, dict) for p in params):
+        elif any(isinstance(p, dict) for p in params_list):
             raise TypeError("params mixes param-group dicts with arrays; give one or the other")
         else:
-            self.add_param_group({"params": params})
+            self.add_param_group({"params": params_list})
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add {"params": [arrays], hyperparameter: value, ...}; the defaults fill the hyperparameters left out."""
         where = f"param_groups[{len(self.param_groups)}]"
         if not isinstance(param_group, dict):
@@ -254,7 +265,7 @@ class Optimizer:
 
     # ---- hyperparameters -------------------------------------------------------------------------
 
-    def _checked_hyperparameters(self, group, where):
+    def _checked_hyperparameters(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         """The hyperparameters of group (a dict; "params" ignored), checked, as plain Python values.
 
         Each must have the type of its default; the valid ranges are the update function's own
@@ -268,7 +279,7 @@ class Optimizer:
         missing = [key for key in defaults if key not in group]
         if missing:
             raise ValueError(f"{where}: missing hyperparameter(s) {missing}")
-        checked = {}
+        checked: dict[str, Any] = {}
         for key, default in defaults.items():
             value = group[key]
             if isinstance(default, bool):
@@ -292,7 +303,7 @@ class Optimizer:
             raise ValueError(f"{where}: {e}") from None
         return checked
 
-    def _group_hyperparameters(self, k):
+    def _group_hyperparameters(self, k: int) -> _CheckedGroup:
         """(param_groups[k]'s checked hyperparameters, the update function's keyword arguments for
         them, {state name: StateArray} of the state arrays they need); checked again only when the
         group has changed since the last step (checking costs ~40 us, the whole step of a small
@@ -310,16 +321,18 @@ class Optimizer:
         self._checked_groups[k] = (_snapshot(group), (checked, self._update_kwargs(checked), needed))
         return self._checked_groups[k][1]
 
-    def _update_kwargs(self, hyperparameters):
+    def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         """The update function's keyword arguments for these hyperparameters (same names by default)."""
         return dict(hyperparameters)
 
-    def _step_argument(self, state, new_arrays):
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
         """The update function's `step` for a param with this state (before the step) and these newly
         allocated state arrays; None: pass no step."""
-        return state.get("step", 0) + 1
+        steps_taken: int = state.get("step", 0)
+        return steps_taken + 1
 
-    def _call(self, kwargs, params, grads, arrays, step, **options):
+    def _call(self, kwargs: dict[str, Any], params: Sequence[Any], grads: Sequence[Any],
+              arrays: dict[str, list[Any]], step: int | None, **options: Any) -> bool:
         """One update-function call: kwargs from _update_kwargs, arrays {state argument: [arrays]}."""
         if step is not None:
             options["step"] = step
@@ -344,14 +357,14 @@ class Optimizer:
 
     # ---- the step --------------------------------------------------------------------------------
 
-    def _groups_with_indices(self):
+    def _groups_with_indices(self) -> Iterator[tuple[dict[str, Any], range]]:
         """(group, range of its params' indices) for every group."""
         start = 0
         for group in self.param_groups:
             yield group, range(start, start + len(group["params"]))
             start += len(group["params"])
 
-    def _flat_grads(self, grads, nparams):
+    def _flat_grads(self, grads: Sequence[Any], nparams: int) -> Sequence[Any]:
         """grads (one list over all params, or one list per group) as one list of nparams."""
         usage = ("grads must be a list of numpy arrays in the order of the params, or a list of such lists, "
                  "one per param group")
@@ -372,7 +385,7 @@ class Optimizer:
 
     def _param_name(self, i: int) -> str:
         """The name of the param at flat index i, by its group and its index in that group."""
-        for k, (group, indices) in enumerate(self._groups_with_indices()):
+        for k, (_group, indices) in enumerate(self._groups_with_indices()):
             if i in indices:
                 return f"param_groups[{k}]['params'][{i - indices.start}]"
         return f"params[{i}]"
@@ -381,15 +394,16 @@ class Optimizer:
         """The state name (torch's, "exp_avg") of an update function's state argument ("exp_avgs")."""
         return next(name for name, spec in self.state_arrays.items() if spec.argument == argument)
 
-    def _check_step(self, params, grads, calls):
+    def _check_step(self, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> None:
         """Every check the update functions make of their arrays, over all the calls of a step,
         with errors naming a param by its group and its index there: each param, grad and state
         array a float32/float64 C-contiguous ndarray, params and state writable, grads and state
         of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
         made only for an error: this runs on every step of a model with several param groups.)"""
-        arrays = []
+        arrays: list[np.ndarray] = []
         for _, _, indices, step, state_arrays in calls:
-            if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):  # a state["step"] set by hand
+            # a state["step"] set by hand
+            if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):
                 raise ValueError(f"state['step'] of {self._param_name(indices[0])} is {step - 1!r}; a step count is an "
                                  "int from 0 to 2**63 - 2")
             state_lists = list(state_arrays.items())
@@ -411,16 +425,17 @@ class Optimizer:
                     arrays.append(a)
         pair = _core.overlapping(arrays)
         if pair is not None:
-            names = []
+            names: list[str] = []
             for _, _, indices, _, state_arrays in calls:
-                for position, i in enumerate(indices):
+                for i in indices:
                     names += [self._param_name(i), f"grads[{i}] (the grad of {self._param_name(i)})"]
                     names += [f"state[{self._state_name(argument)!r}] of {self._param_name(i)}"
                               for argument in state_arrays]
             raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
                              "must be distinct")
 
-    def _plan(self, params, grads):
+    def _plan(self, params: Sequence[Any],
+              grads: Sequence[Any]) -> tuple[list[_Call], dict[int, dict[str, np.ndarray]]]:
         """The update-function calls of a step, checking every group's hyperparameters before any
         call is made: ([(group index, update keyword arguments, param indices, step, {state argument:
         [arrays]})], {param index: state arrays allocated for it}). New state arrays are allocated
@@ -429,11 +444,14 @@ class Optimizer:
         A kernel call takes one step number and one dtype. The params of a group share both, unless
         the group mixes dtypes or a checkpoint gave them different step counts: then one call per
         (step, dtype)."""
-        calls, new_arrays = [], {}
+        calls: list[_Call] = []
+        new_arrays: dict[int, dict[str, np.ndarray]] = {}
         step_argument, get_state = self._step_argument, self.state._by_id.get
-        for k, (group, indices) in enumerate(self._groups_with_indices()):
+        for k, (_group, indices) in enumerate(self._groups_with_indices()):
             hyperparameters, kwargs, needed = self._group_hyperparameters(k)
-            by_call = {}  # (step, dtype) -> (param indices, {state argument: [arrays]}, [(state name, its list)])
+            # (step, dtype) -> (param indices, {state argument: [arrays]}, [(state name, its list)])
+            by_call: dict[tuple[int | None, np.dtype[Any]], tuple[list[int], dict[str, list[Any]],
+                                                                  list[tuple[str, list[Any]]]]] = {}
             # Loops, not comprehensions: on this code's path each comprehension costs ~0.5 us.
             for i in indices:
                 if grads[i] is None:
@@ -441,6 +459,7 @@ class Optimizer:
                 param = params[i]
                 if not isinstance(param, np.ndarray):  # the rest is checked with the grads, below
                     raise TypeError(f"{self._param_name(i)} must be a numpy.ndarray, got {type(param).__name__}")
+                new: dict[str, np.ndarray] | None
                 entry, new = get_state(id(param)), None
                 state = _NO_STATE if entry is None else entry[1]
                 for name, spec in needed.items():
@@ -453,16 +472,16 @@ class Optimizer:
                 key = (step_argument(state, new), param.dtype)
                 call = by_call.get(key)
                 if call is None:
-                    arrays = {spec.argument: [] for spec in needed.values()}
+                    arrays: dict[str, list[Any]] = {spec.argument: [] for spec in needed.values()}
                     call = by_call[key] = ([], arrays, [(name, arrays[spec.argument]) for name, spec in needed.items()])
                 call[0].append(i)
-                for name, arrays in call[2]:
-                    arrays.append(state[name])
+                for name, state_list in call[2]:
+                    state_list.append(state[name])
             for (step, _), (call_indices, arrays, _) in by_call.items():
                 calls.append((k, kwargs, call_indices, step, arrays))
         return calls, new_arrays
 
-    def step(self, grads, *, grad_scale=None, skip_if_nonfinite=False):
+    def step(self, grads: Sequence[Any], *, grad_scale: float | None = None, skip_if_nonfinite: bool = False) -> bool:
         """Update every param in place from its gradient; returns True, or False if the step was skipped.
 
         grads: in the order of the params, one list over all groups or one list per group. A grad
@@ -510,12 +529,12 @@ class Optimizer:
                 return False
 
         by_id = self.state._by_id  # (ParamState's own dict: this runs for every param of every step)
-        for i, arrays in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
+        for i, new in new_arrays.items():  # no state at all without either (torch's SGD without momentum)
             entry = by_id.get(id(params[i]))
             if entry is None:
-                by_id[id(params[i])] = (params[i], arrays)
+                by_id[id(params[i])] = (params[i], new)
             else:
-                entry[1].update(arrays)
+                entry[1].update(new)
         if self.counts_steps:
             for _, _, indices, _, _ in calls:
                 for i in indices:
@@ -528,7 +547,7 @@ class Optimizer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}."""
         groups = [{**{key: _plain_if_possible(value) for key, value in group.items() if key != "params"},
                    "params": list(indices)}
@@ -539,7 +558,7 @@ class Optimizer:
                  for i, p in enumerate(params) if p in self.state}
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Replace the hyperparameters and state by those of state_dict (from state_dict() of an
         optimizer of this class over params of the same shapes and dtypes): state i goes to the
         param now at index i of all groups' params.
@@ -566,7 +585,7 @@ class Optimizer:
                     new[name] = np.array(value, order="C", copy=True)
         self.state = new_state
 
-    def _checked_state_dict(self, state_dict):
+    def _checked_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
         """(hyperparameters of each group, {param index: state}) from state_dict, checked against this optimizer."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             got = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
@@ -576,8 +595,9 @@ class Optimizer:
             n = len(loaded_groups) if isinstance(loaded_groups, (list, tuple)) else type(loaded_groups).__name__
             raise ValueError(f"the state_dict has {n} param groups but this optimizer has {len(self.param_groups)}; "
                              "is it from another model?")
-        groups = []
-        param_info = {}  # param index -> (param, its group's loaded hyperparameters)
+        groups: list[dict[str, Any]] = []
+        # param index -> (param, its group's loaded hyperparameters)
+        param_info: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
         for k, ((group, indices), loaded) in enumerate(zip(self._groups_with_indices(), loaded_groups)):
             where = f"state_dict['param_groups'][{k}]"
             if not isinstance(loaded, dict):
@@ -598,7 +618,7 @@ class Optimizer:
                                  f"{len(param_info) - 1}); is the state_dict from another model?")
             if not isinstance(state, dict):
                 raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
-            param, hyperparameters = param_info[i]
+            param, hyperparameters = param_info[i]  # type: ignore[index]  # an Integral key, found above
             needed = {name for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
             needed |= {"step"} if self.counts_steps else set()
             if set(state) - known or needed - set(state):
@@ -607,7 +627,7 @@ class Optimizer:
             for name, value in state.items():
                 if name == "step":  # the next step's number, step + 1, must fit the kernels' long long
                     if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-                            and 1 <= value < _MAX_STEP):
+                            and 1 <= value < _MAX_STEP):  # type: ignore[operator]  # Integral: no int comparisons in typeshed
                         raise ValueError(f"{where}['step'] must be an int from 1 to 2**63 - 2, got {value!r}")
                 elif not isinstance(value, np.ndarray):
                     raise TypeError(f"{where}[{name!r}] must be a numpy.ndarray, got {type(value).__name__}")
@@ -629,7 +649,7 @@ class SGD(Optimizer):
                                                   lambda h: h["momentum"] != 0)}
     counts_steps = False
 
-    def _step_argument(self, state, new_arrays):
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
         # a param whose momentum buffer is new takes the first-step rule, also when momentum is
         # switched on mid-training (torch: the buffer is None there too)
         return 1 if new_arrays else None
@@ -642,16 +662,17 @@ class Adagrad(Optimizer):
     default_hyperparameters = dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                                    maximize=False)
     update = staticmethod(functional.adagrad_)
-    state_arrays = {"sum": StateArray("state_sums", lambda p, h: functional.zeros_like(p, h["initial_accumulator_value"]))}
+    state_arrays = {
+        "sum": StateArray("state_sums", lambda p, h: functional.zeros_like(p, h["initial_accumulator_value"]))}
 
-    def _checked_hyperparameters(self, group, where):
+    def _checked_hyperparameters(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(group, where)
         value = checked["initial_accumulator_value"]
         if not 0 <= value < math.inf:
             raise ValueError(f"{where}: Invalid initial_accumulator_value value: {value!r} (must be finite and >= 0)")
         return checked
 
-    def _update_kwargs(self, hyperparameters):
+    def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(hyperparameters)
         del kwargs["initial_accumulator_value"]  # only starts the state (see state_arrays)
         return kwargs
@@ -668,7 +689,7 @@ class RMSprop(Optimizer):
         "grad_avg": StateArray("grad_avgs", _zeros, lambda h: h["centered"]),
     }
 
-    def _step_argument(self, state, new_arrays):
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
         return None  # rmsprop_ takes no step (state["step"] is counted all the same, as torch does)
 
 
@@ -683,7 +704,7 @@ class Adam(Optimizer):
         "max_exp_avg_sq": StateArray("max_exp_avg_sqs", _zeros, lambda h: h["amsgrad"]),
     }
 
-    def _update_kwargs(self, hyperparameters):
+    def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(hyperparameters)
         kwargs["beta1"], kwargs["beta2"] = kwargs.pop("betas")
         return kwargs
@@ -697,7 +718,7 @@ class AdamW(Adam):
 # ---- checkpoint files ------------------------------------------------------------------------------
 
 
-def save(path, opt):
+def save(path: str | os.PathLike[str], opt: Optimizer) -> None:
     """Write opt.state_dict() to the .npz file `path`, atomically.
 
     The arrays are stored as "state/<index>/<name>", the rest as JSON in "meta" (no pickle). The file
@@ -705,7 +726,8 @@ def save(path, opt):
     `path`: a crash at any point leaves either the previous file or the new one, never a mix.
     """
     state_dict = opt.state_dict()
-    arrays, scalars = {}, {}
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, dict[str, Any]] = {}
     for i, state in state_dict["state"].items():
         scalars[str(i)] = {name: value for name, value in state.items() if not isinstance(value, np.ndarray)}
         arrays.update((f"state/{i}/{name}", value) for name, value in state.items() if isinstance(value, np.ndarray))
@@ -717,7 +739,7 @@ def save(path, opt):
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # same directory: the rename stays atomic
     try:
         with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds clash with allow_pickle: bool
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -738,7 +760,7 @@ def save(path, opt):
             pass
 
 
-def load(path, opt):
+def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
     """Load a checkpoint written by save() into opt (of the same class, over params of the same
     shapes and dtypes). A truncated, corrupt or mismatched file raises ValueError or TypeError and
     leaves opt as it was."""

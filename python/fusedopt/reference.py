@@ -7,8 +7,8 @@ Courville, Deep Learning, ch. 8: eps = learning rate, g = gradient, theta = para
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -277,7 +277,8 @@ def quantize_blockwise(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np
         codes |= (bits >> np.uint32(24)) & np.uint32(0x80)
     codes = np.where(nonfinite[:, None], codes & np.uint32(0x80), codes)  # 0 (signed: the sign)
     scales = np.where(nonfinite, np.float32(np.nan), np.where(usable, absmax, np.float32(0))).astype(np.float32)
-    return codes.astype(np.uint8).reshape(-1)[: x.size].reshape(np.shape(values)), scales
+    out: np.ndarray = codes.astype(np.uint8).reshape(-1)[: x.size].reshape(np.shape(values))
+    return out, scales
 
 
 def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, signed: bool) -> np.ndarray:
@@ -288,7 +289,7 @@ def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, signed: bool) ->
     sign = (c & np.uint32(0x80)) << np.uint32(24) if signed else np.uint32(0)
     magnitude = np.where(k != 0, (k + np.uint32(_quant_offset(signed))) << np.uint32(20), np.uint32(0))
     per_element = np.repeat(np.asarray(scales, np.float32), QUANT_BLOCK)[: c.size]
-    out = (magnitude | sign).astype(np.uint32).view(np.float32) * per_element
+    out: np.ndarray = (magnitude | sign).astype(np.uint32).view(np.float32) * per_element
     return out.reshape(np.shape(codes))
 
 
@@ -325,7 +326,8 @@ def _bfloat16_round(x: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
     finite = magnitude <= np.uint32(0x7F7FFFFF)
     kept = (b >> np.uint32(16)) | np.where(magnitude > np.uint32(0x7F800000), np.uint32(0x40), np.uint32(0))
     out = np.where(finite, (b + np.where(finite, add, np.uint32(0))) >> np.uint32(16), kept)
-    return out.astype(np.uint16).view(_bfloat16_dtype())
+    rounded: np.ndarray = out.astype(np.uint16).view(_bfloat16_dtype())
+    return rounded
 
 
 _M64 = (1 << 64) - 1
@@ -343,7 +345,8 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
     x = x * np.uint32(0x7FEB352D)
     x = x ^ (x >> np.uint32(15))
     x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
+    mixed: np.ndarray = x ^ (x >> np.uint32(16))
+    return mixed
 
 
 def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.ndarray:
@@ -376,22 +379,23 @@ def _store(dst: np.ndarray, x: np.ndarray, bits: np.ndarray | None = None) -> No
         dst.view(np.uint16)[...] = _bfloat16_round(x, bits).view(np.uint16)
 
 
-def _widen(a) -> np.ndarray:
+def _widen(a: Any) -> np.ndarray:
     """An array, or 8-bit state (fusedopt.QuantizedState: .codes, .scales, .signed), as float32."""
     if hasattr(a, "codes"):
         return dequantize_blockwise(a.codes, a.scales, a.signed)
-    return a.astype(np.float32)
+    wide: np.ndarray = a.astype(np.float32)
+    return wide
 
 
-def _store_state(dst, x: np.ndarray) -> None:
+def _store_state(dst: Any, x: np.ndarray) -> None:
     if hasattr(dst, "codes"):
         dst.codes[...], dst.scales[...] = quantize_blockwise(x, dst.signed)
     else:
         _store(dst, x)
 
 
-def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding: bool = False,
-           seed: int | None = None, **kwargs) -> None:
+def mixed_(update: Callable[..., Any], params: Any, grads: Any, *state: Any, param_copies: Any = None,
+           stochastic_rounding: bool = False, seed: int | None = None, **kwargs: Any) -> None:
     """Any of this module's updates over 16-bit storage or 8-bit state, as the kernels run them:
     every array widened to float32 (8-bit state decoded by dequantize_blockwise), the float32
     update, the written arrays rounded back (8-bit state re-encoded by quantize_blockwise; params
@@ -409,10 +413,11 @@ def mixed_(update, params, grads, *state, param_copies=None, stochastic_rounding
     wide = [[_widen(a) for a in arrays] for arrays in lists]
     wide_keyed = {k: [_widen(a) for a in v] for k, v in keyed.items()}
     single = not isinstance(params, (list, tuple))
-    pick = (lambda v: v[0]) if single else (lambda v: v)
+    pick: Callable[[list[np.ndarray]], Any] = (lambda v: v[0]) if single else (lambda v: v)
     update(*[pick(w) for w in wide], **{**kwargs, **{k: pick(v) for k, v in wide_keyed.items()}})
     for t, (dst, x) in enumerate(zip(lists[0], wide[0])):
-        bits = random_bits(seed, step, t, 0, x.size) if stochastic_rounding else None
+        # stochastic_rounding needs seed and step (None fails in random_bits, as in the kernels' check)
+        bits = random_bits(cast(int, seed), cast(int, step), t, 0, x.size) if stochastic_rounding else None
         _store(dst, x, bits)
     for arrays, new in list(zip(lists[2:], wide[2:])) + [(keyed[k], wide_keyed[k]) for k in keyed]:
         for dst, x in zip(arrays, new):

@@ -71,7 +71,7 @@ def _array(t: Tensor, perm: tuple[int, ...] | None = None) -> np.ndarray:
     kernels' order. This is what fusedopt._tensors.to_ndarray makes of such a tensor, without its
     checks (done once per call in _kernels_take): 1.8 us a tensor instead of the ~7.7 us of the
     bindings' hook (measured, tiny tensors), and a step converts ten."""
-    a = t.detach().numpy()
+    a: np.ndarray = t.detach().numpy()
     return a if perm is None else a.transpose(perm)
 
 
@@ -154,13 +154,13 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    return cast(Tensor, _BatchNormFunction.apply(  # type: ignore[no-untyped-call]
+    return cast(Tensor, _BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, relu))
 
 
 def _module_forward(module: _NormBase, input: Tensor, relu: bool) -> Tensor:
     """torch.nn.modules.batchnorm._BatchNorm.forward, calling batch_norm above."""
-    module._check_input_dim(input)  # type: ignore[no-untyped-call]
+    module._check_input_dim(input)
     # momentum=None: the cumulative average, 1 / (batches seen, this one included)
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
     info = machine_info()
-    print(f"# fusedopt.torch AdamW step: {info['cpu']}, {info['cpus']} CPUs, isa {info['isa']}, torch {torch.__version__}")
+    print(f"# fusedopt.torch AdamW step: {info['cpu']}, {info['cpus']} CPUs, isa {info['isa']}, "
+          f"torch {torch.__version__}")
     print(table(rows(args.quick, args.threads)))
 
 

@@ -212,7 +212,7 @@ class _FusedStep(torch.optim.Optimizer):
         specs = [spec for spec, needed in zip(self._states, plan.structure) if needed]
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
         param_views, state_views, steps_taken = [], [], []
-        step_dtype = _get_scalar_dtype()  # type: ignore[no-untyped-call]  # torch.optim's step dtype
+        step_dtype = _get_scalar_dtype()  # torch.optim's step dtype
         for p, has_grad in zip(plan.group_params, present):
             if not has_grad:
                 continue
@@ -232,7 +232,7 @@ class _FusedStep(torch.optim.Optimizer):
             param_views.append(_view(p, f"param {i} of its group"))
             state_views.append({spec.argument: _view(tensors[spec.name], f"state[{spec.name!r}] of param {i}")
                                 for spec in specs})
-            step = state.get("step")
+            step: Any = state.get("step")  # an int, a tensor (torch's), or None
             if self._counts_steps:
                 steps_taken.append(0 if step is None else int(step))
                 if torch.is_tensor(step):
@@ -291,7 +291,8 @@ class _FusedStep(torch.optim.Optimizer):
                 for j, (p, position) in enumerate(zip(call.params, positions)):
                     where = f"param {j} of a call for param group {k}"
                     checks = [(p, True, None, where), (plan_grads[position], False, p, f"the grad of {where}")]
-                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}") for argument, states in call.states.items()]
+                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}")
+                               for argument, states in call.states.items()]
                     for array, written, param, name in checks:
                         problem = _array_problem(array, written, param)
                         if problem:
