@@ -25,8 +25,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ddp_zero.py"
 
 def test_two_ranks_match_one_process(tmp_path):
     out = tmp_path / "params.pt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLE.parents[1] / "python"),
-                                                                     os.environ.get("PYTHONPATH")]))}
+    import fusedopt
+
+    # the fusedopt this test run imports (installed, or the source tree with a built extension)
+    package_root = str(Path(fusedopt.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "50", "--out", str(out)], env=env,
                             capture_output=True, text=True, timeout=240, check=False)
     print(result.stdout, result.stderr)
