@@ -2,6 +2,7 @@
 import io
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -244,3 +245,24 @@ def test_plot_draws_every_panel(tmp_path):
     path = tmp_path / "bench.png"
     plot({"optimizer": opt, "batchnorm": bn}, [1, 2], str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_more_suites_need_torch_and_run_after_the_tables(capsys, monkeypatch, tmp_path):
+    """--more: a torch suite without torch fails before anything runs; a suite that runs prints
+    its table after the sections' tables and writes its rows to the JSON file."""
+    monkeypatch.setattr(deps, "torch", None)
+    code, out, err = run_main(capsys, "--quick", "--more", "torch")
+    assert code == 2 and 'needs torch: pip install ".[bench]"' in err and out == ""
+
+    import types
+
+    suite = types.ModuleType("fake_suite")
+    suite.rows = lambda quick, threads: [{"case": "fake", "threads": t, "quick": quick} for t in threads]
+    suite.table = lambda rows: "| fake table |"
+    monkeypatch.setitem(sys.modules, "fake_suite", suite)
+    monkeypatch.setitem(cli.MORE, "fake", ("fake_suite", False))
+    path = tmp_path / "out.json"
+    code, out, _ = run_main(capsys, "--quick", "--repeats", "1", "--threads", "1", "--filter", "^adam 4K$",
+                            "--more", "fake", "--json", str(path))
+    assert code == 0 and out.index("| fake table |") > out.index("| case |")
+    assert json.loads(path.read_text())["fake_rows"] == [{"case": "fake", "threads": 1, "quick": True}]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -21,6 +22,14 @@ from .timing import Timer, noisy
 # The tables, in the order they run and print. A new section is a module with a SECTION
 # (see section.py), added here.
 SECTIONS: list[Section] = [optimizers.SECTION, batchnorm.SECTION]
+
+# Suites that time their implementations interleaved in their own loop (rows(quick, threads) ->
+# rows, table(rows) -> markdown), run after the sections with --more: key -> (module, needs torch).
+MORE = {
+    "torch": ("fusedopt.torch.bench", True),  # fusedopt.torch optimizers vs torch.optim fused, as a torch user steps
+    "torch_batchnorm": ("fusedopt.torch.bench_batchnorm", True),  # fusedopt.torch batch-norm modules vs torch.nn
+    "lowbit": ("fusedopt.bench_lowbit", False),  # bf16 / master-copy / 8-bit state modes vs their probes and peers
+}
 
 
 def machine_info() -> dict[str, Any]:
@@ -151,6 +160,10 @@ def parser() -> argparse.ArgumentParser:
                    help="flag a timing whose median is more than FACTOR times its best, or whose best is more "
                         "than FACTOR times its best at the first thread count, and print 'noisy' instead of "
                         "the ratios it enters (default: 1.5)")
+    p.add_argument("--more", choices=[*MORE, "all"], action="append", default=[],
+                   help="also run these suites after the tables (repeatable): torch (fusedopt.torch optimizers), "
+                        "torch_batchnorm (fusedopt.torch modules), lowbit (mixed precision and 8-bit state); "
+                        "--filter does not apply to them")
     p.add_argument("--json", type=_writable, metavar="PATH",
                    help="also write the rows (best and median of every timing) and the machine to this file")
     p.add_argument("--plot", type=_writable, metavar="PATH",
@@ -169,6 +182,9 @@ def header(info: dict[str, Any], thread_counts: Sequence[int], timer: Timer) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    more = list(MORE) if "all" in args.more else list(dict.fromkeys(args.more))
+    if deps.torch is None and any(MORE[key][1] for key in more):
+        p.error(f"--more {' '.join(k for k in more if MORE[k][1])} needs torch: {deps.BENCH_EXTRA}")
     if args.plot and not deps.have_matplotlib():
         p.error(f'--plot needs matplotlib, which is not installed: {deps.BENCH_EXTRA} (or pip install matplotlib)')
     selected = [(s, [c for c in s.cases(args.quick) if args.filter is None or args.filter.search(c.name)])
@@ -191,10 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for section, _ in selected:
         print(f"\n{section.title}\n")
         print(section.table(rows[section.key]))
+    more_rows: dict[str, list[Row]] = {}
+    for key in more:
+        suite = importlib.import_module(MORE[key][0])
+        print(f"\n{MORE[key][0]}\n", flush=True)
+        more_rows[key] = suite.rows(args.quick, list(thread_counts))
+        print(suite.table(more_rows[key]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "threads": thread_counts, "repeats": timer.repeats, "noisy_factor": args.noisy,
-                       **{f"{s.key}_rows": rows.get(s.key, []) for s in SECTIONS}}, f, indent=1)
+                       **{f"{s.key}_rows": rows.get(s.key, []) for s in SECTIONS},
+                       **{f"{key}_rows": r for key, r in more_rows.items()}}, f, indent=1, default=str)
     if args.plot:
         from .plot import plot
 
