@@ -1090,8 +1090,8 @@ void check_mixed_optimizers(Report& rep, const Tables& tb) {
 // The conversions alone: sgd_mixed with lr 0 and no momentum leaves the values as they are, so
 // each output is the conversion of its input, bitwise equal on every ISA: float32 params to
 // their bfloat16 / float16 copies (round to nearest even), 16-bit params widened and narrowed
-// back, bfloat16 params rounded stochastically from float32 values (through a float32 param ->
-// stochastic is only for 16-bit params: so bf16 params whose widened value is re-rounded).
+// back (stochastic rounding of an unchanged bfloat16 value must give it back too: only its
+// NaNs' quieting and inf are at stake there; the optimizer cases above round updated values).
 void check_conversions(Report& rep, const Tables& tb) {
     SgdConfig c;
     c.lr = 0.0;
