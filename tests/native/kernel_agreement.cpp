@@ -25,6 +25,12 @@
 //     tests/test_batchnorm.py; sum_squares / sum_abs 1e-12 relative, from tests/test_clip.py.
 //     (Each ISA is within those of the oracle, so two ISAs could differ by twice as much; the
 //     measured differences are 3x (batch norm float32) to 30x below the bounds used.)
+//   - the kernels over 16-bit and 8-bit storage (the mixed-precision optimizers, with bfloat16 /
+//     float16 params, grads and param copies, bfloat16 or 8-bit state, stochastic rounding;
+//     nonfinite_probe16, random_bits, the 8-bit codec; see "16-bit and 8-bit storage" below):
+//     bitwise equal to the scalar copy of the same FMA kind, and within one unit of the storage
+//     format of the plain scalar copy (the conversions alone, the probe, the random bits and the
+//     codec: bitwise equal to both).
 // Sizes with vector tails, starts offset by 0..3 elements from a 64-byte line (the same for
 // every array, or different ones), guard bytes around every array (a kernel must write nothing
 // outside its elements) and inputs checked unchanged.
@@ -729,6 +735,478 @@ void check_batchnorm(Report& rep, const Tables& tb) {
     }
 }
 
+// ---- 16-bit and 8-bit storage: mixed-precision optimizers, conversions, 8-bit codec ----------------
+//
+// The arrays of these kernels are stored as float32, bfloat16, float16 or 8-bit codes (plus one
+// float32 scale per 256-element block). Each written array must be bitwise equal to the scalar
+// copy of the same FMA kind (codes and scales alike), and, decoded, within one unit of its storage
+// of the plain scalar copy: err = max|got - want| / max(1, max|want|) / unit, unit = 32 float32
+// ulps for float32 (as the optimizers above), 2^-7 for bfloat16 and 2^-10 for float16 (one ulp at
+// the largest magnitude: one rounding that went the other way after the products' fused or
+// unfused rounding), 2^-3 for 8-bit codes (one code step at the block's absmax). So these rows
+// print err in units (tol 1); the conversions and the codec are checked bitwise against both.
+
+double storage_unit(DType d) {
+    switch (d) {
+        case kBFloat16: return 0x1p-7;
+        case kFloat16: return 0x1p-10;
+        case kQuant8Signed:
+        case kQuant8Unsigned: return 0x1p-3;
+        default: return 32 * static_cast<double>(std::numeric_limits<float>::epsilon());
+    }
+}
+std::size_t storage_size(DType d) { return d == kBFloat16 || d == kFloat16 ? 2 : d == kQuant8Signed || d == kQuant8Unsigned ? 1 : 4; }
+bool is_quant(DType d) { return d == kQuant8Signed || d == kQuant8Unsigned; }
+const char* storage_name(DType d) {
+    switch (d) {
+        case kBFloat16: return "bf16";
+        case kFloat16: return "f16";
+        case kQuant8Signed: return "q8s";
+        case kQuant8Unsigned: return "q8u";
+        case kFloat64: return "f64";
+        default: return "f32";
+    }
+}
+
+std::uint32_t float_bits(float x) {
+    std::uint32_t b;
+    std::memcpy(&b, &x, 4);
+    return b;
+}
+float bits_float(std::uint32_t b) {
+    float x;
+    std::memcpy(&x, &b, 4);
+    return x;
+}
+// float16 bits -> value, by the definition (independent of convert.h)
+double half_value(std::uint16_t h) {
+    const int e = (h >> 10) & 0x1F, m = h & 0x3FF;
+    const double s = h & 0x8000 ? -1.0 : 1.0;
+    if (e == 31) return m ? std::numeric_limits<double>::quiet_NaN() : s * std::numeric_limits<double>::infinity();
+    return s * (e ? std::ldexp(1024.0 + m, e - 25) : std::ldexp(static_cast<double>(m), -24));
+}
+// value -> float16 bits for the test's inputs: truncated (any float16 value will do as input)
+std::uint16_t half_bits(float x) {
+    const std::uint32_t b = float_bits(x), sign = (b >> 16) & 0x8000u, a = b & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7C00u | (a > 0x7F800000u ? 0x200u : 0u));
+    if (a >= 0x47800000u) return static_cast<std::uint16_t>(sign | 0x7BFFu);  // >= 65536: the largest
+    if (a < 0x33800000u) return static_cast<std::uint16_t>(sign);             // < 2^-24: zero
+    if (a < 0x38800000u)  // subnormal: m * 2^-24
+        return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(std::ldexp(bits_float(a), 24)));
+    return static_cast<std::uint16_t>(sign | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3FFu));
+}
+
+// One array of a call in its storage: bytes (codes for 8-bit) and, for 8-bit, the block scales.
+struct Stored {
+    const char* name;
+    DType dtype;
+    std::vector<std::uint8_t> bytes;
+    std::vector<float> scales;
+    bool written = false;
+    bool exact = false;  // also bitwise equal to the plain scalar copy
+    std::size_t n = 0;
+};
+
+// values (float) -> storage; 8-bit by the plain scalar copy's encoder
+Stored store_as(const Tables& tb, const char* name, DType d, const std::vector<float>& v, bool written) {
+    Stored s{name, d, {}, {}, written, false, v.size()};
+    const std::size_t n = v.size();
+    s.bytes.resize(n * storage_size(d));
+    for (std::size_t i = 0; i < n; ++i) {
+        if (d == kFloat32) std::memcpy(&s.bytes[4 * i], &v[i], 4);
+        else if (d == kBFloat16 || d == kFloat16) {
+            const std::uint16_t h = d == kBFloat16 ? static_cast<std::uint16_t>(float_bits(v[i]) >> 16) : half_bits(v[i]);
+            std::memcpy(&s.bytes[2 * i], &h, 2);
+        }
+    }
+    if (is_quant(d)) {
+        s.scales.resize((n + 255) / 256);
+        tb.scalar->quantize_blockwise(v.data(), s.bytes.data(), s.scales.data(), n, d == kQuant8Signed);
+    }
+    return s;
+}
+
+std::vector<double> decode(const Tables& tb, DType d, const std::uint8_t* p, const float* scales, std::size_t n) {
+    std::vector<double> out(n);
+    if (is_quant(d)) {
+        std::vector<float> f(n);
+        tb.scalar->dequantize_blockwise(p, scales, f.data(), n, d == kQuant8Signed);
+        for (std::size_t i = 0; i < n; ++i) out[i] = f[i];
+        return out;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        if (d == kFloat32) {
+            float x;
+            std::memcpy(&x, p + 4 * i, 4);
+            out[i] = x;
+        } else {
+            std::uint16_t h;
+            std::memcpy(&h, p + 2 * i, 2);
+            out[i] = d == kBFloat16 ? bits_float(static_cast<std::uint32_t>(h) << 16) : half_value(h);
+        }
+    }
+    return out;
+}
+
+// As run_case, for stored arrays: call(table, data pointers, scale pointers) -> double, on the
+// ISA under test and both scalar copies; checks every array (see the section comment).
+template <class Call>
+std::array<double, 3> run_stored(Report& rep, Stat& st, const Tables& tb, const std::string& where,
+                                 const std::vector<Stored>& arrays, int align, Call&& call) {
+    // arena arrays: each array's bytes, then its scales when 8-bit
+    std::vector<std::size_t> bytes, offsets, data_at(arrays.size()), scales_at(arrays.size(), SIZE_MAX);
+    for (std::size_t k = 0; k < arrays.size(); ++k) {
+        data_at[k] = bytes.size();
+        bytes.push_back(arrays[k].bytes.size());
+        offsets.push_back(offset(align, k) * storage_size(arrays[k].dtype));
+        if (is_quant(arrays[k].dtype)) {
+            scales_at[k] = bytes.size();
+            bytes.push_back(arrays[k].scales.size() * 4);
+            offsets.push_back(offset(align, k + 1) * 4);
+        }
+    }
+    const auto start = std::chrono::steady_clock::now();
+    std::array<double, 3> results{};
+    std::vector<std::unique_ptr<Arena>> runs;
+    const KernelTable* tables[3] = {tb.test, tb.same_kind, tb.scalar};
+    for (int r = 0; r < 3; ++r) {
+        runs.push_back(std::make_unique<Arena>(bytes, offsets));
+        std::vector<void*> data(arrays.size());
+        std::vector<float*> scales(arrays.size(), nullptr);
+        for (std::size_t k = 0; k < arrays.size(); ++k) {
+            data[k] = runs[r]->data(data_at[k]);
+            std::memcpy(data[k], arrays[k].bytes.data(), arrays[k].bytes.size());
+            if (scales_at[k] != SIZE_MAX) {
+                scales[k] = static_cast<float*>(runs[r]->data(scales_at[k]));
+                std::memcpy(scales[k], arrays[k].scales.data(), arrays[k].scales.size() * 4);
+            }
+        }
+        results[r] = call(*tables[r], data.data(), scales.data());
+    }
+    ++st.cases;
+    for (int r = 0; r < 3; ++r) {
+        const long b = runs[r]->written_outside();
+        if (b >= 0) rep.fail(st, where + ": " + (r == 0 ? tb.isa : r == 1 ? tb.same_kind_name : "scalar") +
+                                     " wrote outside its arrays (arena byte " + std::to_string(b) + ")");
+    }
+    bool bitwise = false;
+    for (std::size_t k = 0; k < arrays.size(); ++k) {
+        const Stored& a = arrays[k];
+        auto bytes_of = [&](int r) { return static_cast<const std::uint8_t*>(runs[r]->data(data_at[k])); };
+        auto scales_of = [&](int r) {
+            return scales_at[k] == SIZE_MAX ? nullptr : static_cast<const float*>(runs[r]->data(scales_at[k]));
+        };
+        const std::size_t nscales = a.scales.size() * 4;
+        if (!a.written) {
+            for (int r = 0; r < 3; ++r)
+                if (std::memcmp(bytes_of(r), a.bytes.data(), a.bytes.size()) != 0 ||
+                    (nscales && std::memcmp(scales_of(r), a.scales.data(), nscales) != 0))
+                    rep.fail(st, where + ": input " + a.name + " changed");
+            continue;
+        }
+        const std::vector<double> got = decode(tb, a.dtype, bytes_of(0), scales_of(0), a.n);
+        auto bitwise_equal = [&](int r, const std::string& want_name) {
+            const std::size_t es = storage_size(a.dtype);
+            for (std::size_t i = 0; i < a.n; ++i)
+                if (std::memcmp(bytes_of(0) + es * i, bytes_of(r) + es * i, es) != 0) {
+                    const std::vector<double> want = decode(tb, a.dtype, bytes_of(r), scales_of(r), a.n);
+                    char buf[160];
+                    std::uint32_t g = 0, w = 0;
+                    std::memcpy(&g, bytes_of(0) + es * i, es);
+                    std::memcpy(&w, bytes_of(r) + es * i, es);
+                    std::snprintf(buf, sizeof(buf), " (0x%x), %s gives ", g, want_name.c_str());
+                    rep.fail(st, where + ": " + a.name + "[" + std::to_string(i) + "] = " + num(got[i]) + buf +
+                                     num(want[i]) + " (0x" + [&] { char h[16]; std::snprintf(h, 16, "%x", w); return std::string(h); }() +
+                                     ", bitwise expected)");
+                    return;
+                }
+            for (std::size_t b = 0; b < nscales / 4; ++b)
+                if (!same(scales_of(0)[b], scales_of(r)[b])) {
+                    rep.fail(st, where + ": " + a.name + " scale of block " + std::to_string(b) + " = " + num(scales_of(0)[b]) +
+                                     ", " + want_name + " gives " + num(scales_of(r)[b]) + " (bitwise expected)");
+                    return;
+                }
+        };
+        bitwise_equal(1, tb.same_kind_name);
+        if (a.exact) bitwise_equal(2, "scalar");
+        bitwise = true;
+        const std::vector<double> want = decode(tb, a.dtype, bytes_of(2), scales_of(2), a.n);
+        std::size_t i = 0;
+        const double err = rel_err(got.data(), want.data(), a.n, max_finite_abs(want.data(), a.n), &i) / storage_unit(a.dtype);
+        if (err > st.max_err) {
+            st.max_err = err;
+            st.worst = where + " " + a.name;
+        }
+        if (!(err <= st.tol))
+            rep.fail(st, where + ": " + a.name + "[" + std::to_string(i) + "] = " + num(got[i]) + ", scalar gives " +
+                             num(want[i]) + ": err " + num(err) + " units > tol " + num(st.tol));
+    }
+    if (bitwise) ++st.bitwise_cases;
+    st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return results;
+}
+
+const std::size_t kStoredSizes[] = {0, 1, 7, 63, 255, 256, 257, 1000, 4099};
+
+// Float32 values for the conversions: random magnitudes over float16's and bfloat16's ranges and
+// beyond, and at every 4th element a value at one of their edges: ties of both roundings,
+// float16's largest / overflow / subnormals / underflow, bfloat16's overflow, inf, NaNs (quiet,
+// signaling, with payloads), -0.0, float32 subnormals.
+std::vector<float> conversion_values(Rng& rng, std::size_t n) {
+    static const std::uint32_t edges[] = {
+        0x3F808000u, 0x3F818000u, 0xBF808000u,  // bfloat16 ties (to even: down, up, negative)
+        0x3F801000u, 0x3F803000u, 0xC0801000u,  // float16 ties
+        0x477FE000u, 0x477FEFFFu, 0x477FF000u, 0xC77FF000u, 0x47800000u,  // float16: 65504, below/at the overflow tie
+        0x33800000u, 0x33000000u, 0x33000001u, 0x33C00000u, 0x387FC000u, 0x38000000u, 0x38001000u,  // float16 subnormals / underflow
+        0x7F7FFFFFu, 0x7F7F8000u, 0x7F7F7FFFu, 0xFF7FFFFFu,  // bfloat16's overflow
+        0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00001u, 0x7F800001u, 0x7F810000u, 0xFF80FFFFu, 0x7FBFFFFFu,  // inf, NaNs
+        0x80000000u, 0x00000001u, 0x807FFFFFu, 0x00408000u, 0x00018000u,  // -0.0, float32 subnormals (and a bfloat16 tie)
+    };
+    std::vector<float> v(n);
+    std::size_t e = static_cast<std::size_t>(rng.uniform(0, 32));
+    for (std::size_t i = 0; i < n; ++i) {
+        if (i % 4 == 3) {
+            v[i] = bits_float(edges[e++ % (sizeof(edges) / sizeof(edges[0]))]);
+        } else {
+            const double m = std::ldexp(rng.uniform(1, 2), static_cast<int>(rng.uniform(-30, 20)));
+            v[i] = static_cast<float>(rng.uniform() < 0.5 ? -m : m);
+        }
+    }
+    return v;
+}
+
+// One combination of storages of a mixed call.
+struct Combo {
+    const char* name;
+    DType param, grad, state, copy;  // copy kFloat64: none
+    bool stochastic;
+    std::uint64_t offset;  // the chunk's first element in its tensor (a block boundary with 8-bit state)
+};
+// near 2^32: the random bits' counter wraps inside the larger sizes (a block boundary too)
+constexpr std::uint64_t kNearWrap = (std::uint64_t(1) << 32) - 512;
+const Combo kCombos[] = {
+    {"bf16/bf16/bf16", kBFloat16, kBFloat16, kBFloat16, kFloat64, false, 0},
+    {"bf16 sr/bf16/q8", kBFloat16, kBFloat16, kQuant8Signed, kFloat64, true, kNearWrap},
+    {"f16/f16/f32", kFloat16, kFloat16, kFloat32, kFloat64, false, 256},
+    {"f32/bf16/q8+bf16", kFloat32, kBFloat16, kQuant8Signed, kBFloat16, false, 512},
+    {"f32/f16/bf16+f16", kFloat32, kFloat16, kBFloat16, kFloat16, false, 0},
+    {"bf16 sr/f32/f32+f16", kBFloat16, kFloat32, kFloat32, kFloat16, true, kNearWrap + 100},
+};
+
+// A state array of an optimizer: its name, initial range and whether it is signed (8-bit code).
+struct StateRole {
+    const char* name;
+    double lo, hi;
+    bool used, is_signed;
+};
+
+template <class Config>
+void check_mixed(Report& rep, const Tables& tb, const char* kernel, MixedKernel<Config> KernelTable::*entry, const Config& c,
+                 const std::string& config, const std::vector<StateRole>& state) {
+    std::uint64_t seed = 7000;
+    const std::size_t narrays = 2 + state.size();
+    for (const Combo& combo : kCombos) {
+        Stat& st = rep.stat(std::string(kernel) + "_mixed", combo.name, 1.0);
+        for (std::size_t n : kStoredSizes)
+            for (int align = 0; align < kAlignVariants; ++align) {
+                if (n > 1000 && align != 4 && align != 1) continue;  // time under emulation
+                Rng rng(seed++);
+                std::vector<Stored> a;
+                a.push_back(store_as(tb, "param", combo.param, uniform<float>(rng, n, -1, 1), true));
+                a.push_back(store_as(tb, "grad", combo.grad, uniform<float>(rng, n, -1, 1), false));
+                std::vector<DType> dtypes{combo.param, combo.grad};
+                for (const StateRole& s : state) {
+                    DType d = combo.state;
+                    if (d == kQuant8Signed && !s.is_signed) d = kQuant8Unsigned;
+                    dtypes.push_back(d);
+                    a.push_back(store_as(tb, s.name, d, uniform<float>(rng, s.used ? n : 0, s.lo, s.hi), s.used));
+                }
+                const bool copy = combo.copy != kFloat64;
+                if (copy) a.push_back(store_as(tb, "param_copy", combo.copy, std::vector<float>(n, 0.0f), true));
+                const std::string where = config + " n=" + std::to_string(n) + " align=" + align_name(align);
+                run_stored(rep, st, tb, where, a, align, [&](const KernelTable& t, void* const* data, float* const* scales) {
+                    void* d[8];
+                    for (std::size_t k = 0; k < narrays; ++k) d[k] = k < 2 || state[k - 2].used ? data[k] : nullptr;
+                    const MixedChunk m{d, dtypes.data(), scales, copy ? data[narrays] : nullptr, combo.copy, n, 2, combo.offset,
+                                       combo.stochastic, 1234, 3};
+                    (t.*entry)(c, m);
+                    return 0.0;
+                });
+            }
+    }
+}
+
+void check_mixed_optimizers(Report& rep, const Tables& tb) {
+    for (int bits = 0; bits < 3; ++bits) {  // plain; wd, momentum, nesterov; momentum, first step, maximize
+        SgdConfig c;
+        c.g.grad_mult = bits == 2 ? -1.0 : 1.0;
+        c.g.weight_decay = bits == 1 ? 0.01 : 0.0;
+        c.lr = 0.05;
+        c.momentum = bits ? 0.9 : 0.0;
+        c.dampening = bits == 1 ? 0.0 : 0.1;
+        c.nesterov = bits == 1;
+        c.first_step = bits == 2;
+        const char* name = bits == 0 ? "plain" : bits == 1 ? "wd,momentum,nesterov" : "momentum,first_step,maximize";
+        check_mixed(rep, tb, "sgd", &KernelTable::sgd_mixed, c, name, {{"momentum_buffer", -0.5, 0.5, bits != 0, true}});
+    }
+    for (bool wd : {false, true}) {
+        AdagradConfig c;
+        c.g.weight_decay = wd ? 0.01 : 0.0;
+        c.clr = 0.01 / (1 + 2 * 0.001);
+        c.eps = 1e-10;
+        check_mixed(rep, tb, "adagrad", &KernelTable::adagrad_mixed, c, wd ? "wd" : "plain", {{"state_sum", 0, 2, true, false}});
+    }
+    for (int bits = 0; bits < 2; ++bits) {  // plain; wd, centered, momentum, maximize
+        RmspropConfig c;
+        c.g.grad_mult = bits ? -1.0 : 1.0;
+        c.g.weight_decay = bits ? 0.01 : 0.0;
+        c.lr = 0.01;
+        c.alpha = 0.99;
+        c.eps = 1e-8;
+        c.momentum = bits ? 0.9 : 0.0;
+        c.centered = bits;
+        check_mixed(rep, tb, "rmsprop", &KernelTable::rmsprop_mixed, c, bits ? "wd,centered,momentum,maximize" : "plain",
+                    {{"square_avg", 0.25, 1, true, false}, {"momentum_buffer", -0.1, 0.1, bits != 0, true},
+                     {"grad_avg", -0.4, 0.4, bits != 0, true}});
+    }
+    for (int bits = 0; bits < 2; ++bits) {  // adamw; amsgrad, wd, maximize
+        const double lr = 0.001, beta1 = 0.9, beta2 = 0.999, step = 3;
+        AdamConfig c;
+        c.g.grad_mult = bits ? -1.0 : 1.0;
+        c.g.weight_decay = bits ? 0.01 : 0.0;
+        c.param_scale = bits ? 1.0 : 1.0 - lr * 0.01;
+        c.beta1 = beta1;
+        c.beta2 = beta2;
+        c.eps = 1e-8;
+        c.neg_step_size = -lr / (1.0 - std::pow(beta1, step));
+        c.inv_bias_correction2_sqrt = 1.0 / std::sqrt(1.0 - std::pow(beta2, step));
+        c.amsgrad = bits;
+        check_mixed(rep, tb, "adam", &KernelTable::adam_mixed, c, bits ? "wd,amsgrad,maximize" : "adamw",
+                    {{"exp_avg", -0.1, 0.1, true, true}, {"exp_avg_sq", 0, 0.01, true, false},
+                     {"max_exp_avg_sq", 0, 0.012, bits != 0, false}});
+    }
+}
+
+// The conversions alone: sgd_mixed with lr 0 and no momentum leaves the values as they are, so
+// each output is the conversion of its input, bitwise equal on every ISA: float32 params to
+// their bfloat16 / float16 copies (round to nearest even), 16-bit params widened and narrowed
+// back (stochastic rounding of an unchanged bfloat16 value must give it back too: only its
+// NaNs' quieting and inf are at stake there; the optimizer cases above round updated values).
+void check_conversions(Report& rep, const Tables& tb) {
+    SgdConfig c;
+    c.lr = 0.0;
+    struct Conv {
+        const char* name;
+        DType param, copy;
+        bool stochastic;
+    };
+    const Conv convs[] = {{"f32 -> bf16 copy", kFloat32, kBFloat16, false}, {"f32 -> f16 copy", kFloat32, kFloat16, false},
+                          {"bf16 -> bf16, f16 copy", kBFloat16, kFloat16, false}, {"f16 -> f16, bf16 copy", kFloat16, kBFloat16, false},
+                          {"bf16 sr -> bf16", kBFloat16, kFloat64, true}};
+    Stat& st = rep.stat("conversions", "16-bit", 0.0);
+    std::uint64_t seed = 8000;
+    for (const Conv& conv : convs)
+        for (std::size_t n : kStoredSizes)
+            for (int align = 0; align < kAlignVariants; ++align) {
+                Rng rng(seed++);
+                std::vector<float> values = conversion_values(rng, n);
+                std::vector<Stored> a;
+                a.push_back(store_as(tb, "param", conv.param, values, true));
+                a.push_back(store_as(tb, "grad", kFloat32, std::vector<float>(n, 0.0f), false));
+                const bool copy = conv.copy != kFloat64;
+                if (copy) a.push_back(store_as(tb, "param_copy", conv.copy, std::vector<float>(n, 0.0f), true));
+                for (Stored& s : a) s.exact = true;
+                const DType dtypes[3] = {conv.param, kFloat32, kFloat32};
+                const std::string where = std::string(conv.name) + " n=" + std::to_string(n) + " align=" + align_name(align);
+                run_stored(rep, st, tb, where, a, align, [&](const KernelTable& t, void* const* data, float* const* scales) {
+                    void* d[3] = {data[0], data[1], nullptr};
+                    const MixedChunk m{d, dtypes, scales, copy ? data[2] : nullptr, conv.copy, n, 0, kNearWrap, conv.stochastic, 99, 1};
+                    t.sgd_mixed(c, m);
+                    return 0.0;
+                });
+            }
+}
+
+// nonfinite_probe16 (exact: one product per element, summed only as NaN or 0), random_bits, and
+// the 8-bit codec: bitwise equal on every ISA.
+void check_probe16_codec(Report& rep, const Tables& tb) {
+    Stat& probe = rep.stat("nonfinite_probe16", "16-bit", 0.0);
+    Stat& bits = rep.stat("random_bits", "u32", 0.0);
+    Stat& quant = rep.stat("quantize_blockwise", "q8", 0.0);
+    Stat& dequant = rep.stat("dequantize_blockwise", "q8", 0.0);
+    std::uint64_t seed = 9000;
+    for (std::size_t n : kStoredSizes)
+        for (int align = 0; align < 4; ++align) {
+            const std::string at = " n=" + std::to_string(n) + " align=" + align_name(align);
+            for (DType d : {kBFloat16, kFloat16})
+                for (const char* variant : {"finite", "huge", "inf", "nan"}) {
+                    const std::string v = variant;
+                    if (n == 0 && v != "finite") continue;
+                    Rng rng(seed++);
+                    std::vector<float> x = uniform<float>(rng, n, -2, 2);
+                    if (v == "huge") for (float& e : x) e *= d == kBFloat16 ? 2e38f : 6e4f;  // x * 2 overflows bfloat16's range only
+                    if (v == "inf") x[n - 1] = -std::numeric_limits<float>::infinity();
+                    if (v == "nan") x[n / 3] = std::numeric_limits<float>::quiet_NaN();
+                    const std::vector<Stored> a{store_as(tb, "x", d, x, false)};
+                    const std::string where = std::string(storage_name(d)) + " " + v + at;
+                    const std::array<double, 3> r = run_stored(rep, probe, tb, where, a, align, [&](const KernelTable& t, void* const* p, float* const*) {
+                        return t.nonfinite_probe16[d](p[0], n, 2.0);
+                    });
+                    ++probe.bitwise_cases;
+                    if (!same(r[0], r[1]) || !same(r[0], r[2]))
+                        rep.fail(probe, where + ": " + tb.isa + " gives " + num(r[0]) + ", scalar " + num(r[2]));
+                }
+            {
+                Stored out{"bits", kFloat32, std::vector<std::uint8_t>(4 * n, 0), {}, true, true, n};
+                run_stored(rep, bits, tb, at, {out}, align, [&](const KernelTable& t, void* const* p, float* const*) {
+                    t.random_bits(5, 7, 3, kNearWrap + 200, static_cast<std::uint32_t*>(p[0]), n);
+                    return 0.0;
+                });
+            }
+            for (bool is_signed : {true, false}) {
+                const DType q = is_signed ? kQuant8Signed : kQuant8Unsigned;
+                Rng rng(seed++);
+                // blocks of different magnitudes; one with an inf or NaN, one all zero, one of
+                // float32 subnormals, one with values below the smallest code
+                std::vector<float> x = conversion_values(rng, n);
+                for (std::size_t b = 0; b * 256 < n; ++b) {
+                    const std::size_t lo = b * 256, hi = std::min(n, lo + 256);
+                    for (std::size_t i = lo; i < hi; ++i) {
+                        const float r = static_cast<float>(rng.uniform(-1, 1));
+                        switch (b % 6) {
+                            case 0: x[i] = r * 3.0f; break;
+                            case 1: x[i] = r * 1e-3f * (i % 7 ? 1.0f : 1e-6f); break;
+                            case 2: break;  // conversion_values: edges, inf and NaN among them
+                            case 3: x[i] = b % 2 ? 0.0f : -0.0f; break;
+                            case 4: x[i] = r * 1e-39f; break;
+                            default: x[i] = r * (i % 5 ? 1e-12f : 1.0f);
+                        }
+                    }
+                }
+                Stored in = store_as(tb, "in", kFloat32, x, false);
+                Stored codes = store_as(tb, "codes", q, std::vector<float>(n, 0.0f), true);
+                codes.exact = true;
+                run_stored(rep, quant, tb, std::string(storage_name(q)) + at, {in, codes}, align,
+                           [&](const KernelTable& t, void* const* p, float* const* s) {
+                               t.quantize_blockwise(static_cast<const float*>(p[0]), static_cast<unsigned char*>(p[1]), s[1], n, is_signed);
+                               return 0.0;
+                           });
+                // every code, with scales of all kinds (0, NaN, tiny, large)
+                Stored in_codes = store_as(tb, "codes", q, std::vector<float>(n, 0.0f), false);
+                for (std::size_t i = 0; i < n; ++i) in_codes.bytes[i] = static_cast<std::uint8_t>(rng.uniform(0, 256));
+                const float scale_kinds[] = {1.0f, 0.0f, std::numeric_limits<float>::quiet_NaN(), 1e-37f, 3e38f, 0.013f};
+                for (std::size_t b = 0; b < in_codes.scales.size(); ++b) in_codes.scales[b] = scale_kinds[(b + n) % 6] * static_cast<float>(rng.uniform(1, 2));
+                Stored out = store_as(tb, "out", kFloat32, std::vector<float>(n, 0.0f), true);
+                out.exact = true;
+                run_stored(rep, dequant, tb, std::string(storage_name(q)) + at, {in_codes, out}, align,
+                           [&](const KernelTable& t, void* const* p, float* const* s) {
+                               t.dequantize_blockwise(static_cast<const unsigned char*>(p[0]), s[0], static_cast<float*>(p[1]), n, is_signed);
+                               return 0.0;
+                           });
+            }
+        }
+}
+
 // ---- driver ------------------------------------------------------------------------------------
 
 template <class T>
@@ -779,6 +1257,9 @@ int main(int argc, char** argv) {
         Report rep;
         check_all<float>(rep, tb);
         check_all<double>(rep, tb);
+        check_mixed_optimizers(rep, tb);
+        check_conversions(rep, tb);
+        check_probe16_codec(rep, tb);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         std::printf("  %-19s %-5s %6s %8s %10s %9s %6s  %s\n", "kernel", "dtype", "cases", "bitwise", "max err", "tol",
                     "time", "worst case (err = max|diff| / max(1, max|scalar|))");
