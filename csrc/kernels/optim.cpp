@@ -256,6 +256,24 @@ std::size_t block_length(std::size_t n, std::uint64_t index) {
     return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap}));
 }
 
+std::size_t bytes_per_element(DType dtype) {
+    return dtype == kFloat32 ? 4 : dtype == kQuant8Signed || dtype == kQuant8Unsigned ? 1 : 2;
+}
+
+// Asks for the cache lines of elements [lo, hi) of a staged array. The conversion loops read
+// the 16-bit and 8-bit arrays without prefetching (the float32 ones are read by the update
+// loops, which prefetch for themselves), and each block is decoded, updated and encoded in L1
+// for a few hundred ns with no load from memory in flight: asked for two blocks ahead, the
+// lines arrive during that time. Measured, AdamW at 16M, 1 thread, CPU time, medians of
+// 3 x 12 interleaved steps: bf16 params+grads+state (SR) 1.24-1.29 -> 1.15-1.18 ns/element,
+// bf16 + 8-bit state 1.47-1.54 -> 1.36-1.47, fp32 + 8-bit state 1.12-1.16 -> 1.09-1.14; in
+// cache (64K) the bf16 modes ~3% slower (the prefetch instructions; noise is of that size).
+void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_t hi) {
+    const std::size_t size = bytes_per_element(dtype);
+    const char* p = static_cast<const char*>(data);
+    for (std::size_t b = lo * size; b < hi * size; b += 64) prefetch(p + b);
+}
+
 // Array 1 is the grad (read only) in every optimizer; the others are written.
 template <class Config, std::size_t NARRAYS, void (*UPDATE)(const Config&, void* const*, std::size_t)>
 void mixed(const Config& c, const MixedChunk& m) {
@@ -264,6 +282,10 @@ void mixed(const Config& c, const MixedChunk& m) {
     for (std::size_t lo = 0, len = 0; lo < m.n; lo += len) {
         const std::uint64_t index = m.offset + lo;
         len = block_length(m.n - lo, index);
+        const std::size_t from = std::min(m.n, lo + len + kStage), to = std::min(m.n, from + kStage);
+        for (std::size_t k = 0; k < NARRAYS; ++k)
+            if (m.data[k] != nullptr && m.dtype[k] != kFloat32) prefetch_elements(m.data[k], m.dtype[k], from, to);
+        if (m.copy) prefetch_elements(m.copy, m.copy_dtype, from, to);
         for (std::size_t k = 0; k < NARRAYS; ++k) {
             if (m.data[k] == nullptr || m.dtype[k] == kFloat32) {
                 block[k] = m.data[k] ? static_cast<float*>(m.data[k]) + lo : nullptr;

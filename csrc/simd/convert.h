@@ -95,12 +95,17 @@ U lowbias32(U x) {
 }
 
 // The 32 random bits of the elements whose index's low 32 bits are `index`, under the key
-// (key_a, key_b) of (seed, step, tensor, index >> 32) (rounding_key in optim.h). Two rounds, keyed twice, so
-// that two keys give unrelated sequences (one round of x ^ key would give step s+1 the bits
-// of a permutation of step s's elements).
+// (key_a, key_b) of (seed, step, tensor, index >> 32) (rounding_key in optim.h): one round of
+// lowbias32 over (index ^ key_a) + key_b. Keyed twice, so that two keys give unrelated
+// sequences: with x ^ key alone, step s+1 would get the bits of a permutation of step s's
+// elements (i -> i ^ a ^ a', within aligned ranges); with the add, element i of one key meets
+// element ((i ^ a) + b - b') ^ a' of the other, a random 32-bit distance away, outside the
+// tensor but for a fraction ~n / 2^32 of its elements. Two multiplies per element (the former
+// two rounds took four, and the 512-bit multiply is two uops on the one port it has: measured
+// in the commit that made this change).
 template <class U>
 U random_bits(U index, std::uint32_t key_a, std::uint32_t key_b) {
-    return lowbias32(lowbias32(index ^ U(key_a)) + U(key_b));
+    return lowbias32((index ^ U(key_a)) + U(key_b));
 }
 
 }  // namespace FUSEDOPT_ISA_NS

@@ -351,7 +351,7 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
 
 def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.ndarray:
     """The generator of stochastic rounding in NumPy (fusedopt._core.random_bits is the
-    kernels'): element i of tensor t at a step gets lowbias32(lowbias32(lo ^ a) + b), where lo is
+    kernels'): element i of tensor t at a step gets lowbias32((lo ^ a) + b), where lo is
     i's low 32 bits and (a, b) the two halves of splitmix64 chained over seed, step, t and
     i >> 32. Returns uint32 bits of elements offset .. offset + n - 1."""
     index = np.arange(offset, offset + n, dtype=np.uint64)
@@ -362,8 +362,7 @@ def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.nd
             k = _splitmix64(k ^ word)
         sel = (index >> np.uint64(32)) == hi
         lo = (index[sel] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        inner = _lowbias32(lo ^ np.uint32(k & 0xFFFFFFFF))
-        out[sel] = _lowbias32(inner + np.uint32(k >> 32))
+        out[sel] = _lowbias32((lo ^ np.uint32(k & 0xFFFFFFFF)) + np.uint32(k >> 32))
     return out
 
 
