@@ -15,8 +15,18 @@ x's dtype over runs of at most 16 terms per vector lane, and those sums accumula
 blocks merge with Chan's formula. Never E[x^2] - E[x]^2: a block whose shift is more than ~0.7
 standard deviations from its mean is summed again about its own mean (it is still in cache).
 """
+import operator
+
 from . import _core
 from .functional import Array, _argument_error
+
+
+def _axis(axis: int, function: str) -> int:
+    """axis as an int; pybind11 alone would truncate any number with __int__ (Fraction(7, 2) -> 3)."""
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{function}: axis must be an int, got {axis!r} ({type(axis).__name__})") from None
 
 
 def batchnorm_forward(x: Array, weight: Array | None = None, bias: Array | None = None,
@@ -45,6 +55,7 @@ def batchnorm_forward(x: Array, weight: Array | None = None, bias: Array | None 
     eps=0) gets invstd = inf and y = nan, as torch computes it. momentum=None (torch's
     cumulative average) is not supported: pass 1 / (number of batches seen) yourself.
     """
+    axis = _axis(axis, "batchnorm_forward")
     try:
         return _core.batchnorm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
                                        relu, out)
@@ -71,6 +82,7 @@ def batchnorm_backward(dy: Array, x: Array, weight: Array | None, save_mean: Arr
     writable, overlapping none of the inputs) and returned. dy and relu_output have x's shape;
     save_mean and save_invstd are the ones batchnorm_forward returned.
     """
+    axis = _axis(axis, "batchnorm_backward")
     try:
         return _core.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out)
     except TypeError as e:
