@@ -30,7 +30,6 @@ import importlib.util
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +40,7 @@ import numpy as np
 import fusedopt
 
 from . import _core
+from .bench.timing import time_interleaved
 from .lowbit import QUANT_BLOCK, quantized_zeros_like
 
 try:  # the bench package (python/fusedopt/bench/) or the older single module
@@ -204,28 +204,9 @@ def _have(module: str) -> bool:
 # ---- timing -------------------------------------------------------------------------------------
 
 def _interleaved(fns: dict[str, Fn], min_batch_seconds: float, repeats: int) -> dict[str, tuple[float, float]]:
-    """name -> (best, median) seconds per call; one batch of each function in turn, `repeats`
-    times, so that a slow spell of the shared machine hits all of them alike."""
-    calls = {}
-    for name, fn in fns.items():
-        fn()  # warm up: page faults, lazy state
-        n, elapsed = 1, 0.0
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_batch_seconds:
-                break
-            n *= 2 if elapsed == 0 else max(2, min(16, int(min_batch_seconds / elapsed) + 1))
-        calls[name] = n
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            times[name].append((time.perf_counter() - t0) / calls[name])
+    """name -> (best, median) seconds per call of batches interleaved across the functions, so
+    that a slow spell of the shared machine hits all of them alike."""
+    times = time_interleaved(fns, min_batch_seconds, repeats)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 

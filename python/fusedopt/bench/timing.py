@@ -30,16 +30,11 @@ class Timer:
 
     def time(self, fn: Callable[[], object]) -> Timing:
         """Per-call seconds of fn over `repeats` batches, each long enough to time reliably."""
-        fn()  # warm up: page faults, caches, lazy state
-        calls, elapsed = 1, 0.0
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            elapsed = time.perf_counter() - t0
-            if elapsed >= self.min_batch_seconds:
-                break
-            calls *= 2 if elapsed == 0 else max(2, min(16, int(self.min_batch_seconds / elapsed) + 1))
+        calls = calls_per_batch(fn, self.min_batch_seconds)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
         times = [elapsed / calls]
         for _ in range(self.repeats - 1):
             t0 = time.perf_counter()
@@ -55,6 +50,35 @@ class Timer:
         times = [fn() for _ in range(repeats)]
         first, second = [t[0] for t in times], [t[1] for t in times]
         return (Timing(min(first), statistics.median(first)), Timing(min(second), statistics.median(second)))
+
+
+def calls_per_batch(fn: Callable[[], object], min_batch: float) -> int:
+    """How many calls of fn take at least min_batch seconds (after a warm-up call: page faults, caches, lazy state)."""
+    fn()
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_batch:
+            return calls
+        calls *= 2 if elapsed == 0 else max(2, min(16, int(min_batch / elapsed) + 1))
+
+
+def time_interleaved(steps: dict[str, Callable[[], object]], min_batch: float, repeats: int) -> dict[str, list[float]]:
+    """Per-call seconds of each step, one batch of each per repeat, in a rotating order."""
+    calls = {name: calls_per_batch(fn, min_batch) for name, fn in steps.items()}
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = steps[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return times
 
 
 def put(row: dict[str, Any], key: str, timing: Timing | None) -> None:

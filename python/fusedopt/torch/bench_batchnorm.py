@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ import fusedopt
 
 from ..bench.batchnorm import CASES as _BATCHNORM_CASES
 from ..bench.cli import machine_info, set_threads
+from ..bench.timing import time_interleaved
 from .batchnorm import BatchNorm1d, BatchNorm2d
 
 IMPLEMENTATIONS = ("torch", "module", "bare", "alloc")
@@ -98,35 +98,6 @@ class Case:
             self._backward(dx)
             self.held_dx = dx  # kept until the next step, as x.grad
         return alloc
-
-
-def calls_per_batch(fn: Callable[[], None], min_batch: float) -> int:
-    """How many calls of fn take at least min_batch seconds (after a warm-up call)."""
-    fn()
-    calls = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_batch:
-            return calls
-        calls *= 2 if elapsed == 0 else max(2, min(16, int(min_batch / elapsed) + 1))
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], min_batch: float, repeats: int) -> dict[str, list[float]]:
-    """Per-call seconds of each step, one batch of each per repeat, in a rotating order."""
-    calls = {name: calls_per_batch(fn, min_batch) for name, fn in steps.items()}
-    names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, n = steps[name], calls[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return times
 
 
 def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
