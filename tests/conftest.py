@@ -8,6 +8,16 @@ import fusedopt
 FMA_ISAS = {"avx2", "avx512", "neon"}
 
 
+def assert_isas_agree(by_isa, same):
+    """by_isa: ISA -> the arrays a run produced on it. Within each group (fused multiply-add or
+    not) every ISA's arrays must equal the first ISA's by `same` (bitwise, as the caller defines it)."""
+    for fma in (True, False):
+        group = [isa for isa in by_isa if (isa in FMA_ISAS) == fma]
+        for isa in group[1:]:
+            for a, b in zip(by_isa[group[0]], by_isa[isa]):
+                assert same(a, b), f"{isa} differs from {group[0]}"
+
+
 @pytest.fixture(params=fusedopt.available_isas())
 def isa(request):
     """Run the test once on every ISA this machine supports, restoring the default after."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from conftest import FMA_ISAS
+from conftest import FMA_ISAS, assert_isas_agree
 from fusedopt import _core, reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -233,11 +233,7 @@ def test_isas_agree_bitwise(mode):
             by_isa[isa] = params + sum(state.values(), [])
     finally:
         fusedopt.set_isa(before)
-    for fma in (True, False):
-        group = [isa for isa in by_isa if (isa in FMA_ISAS) == fma]
-        for isa in group[1:]:
-            for a, b in zip(by_isa[group[0]], by_isa[isa]):
-                assert same(a, b), f"{isa} differs from {group[0]}"
+    assert_isas_agree(by_isa, same)
 
 
 @pytest.mark.parametrize("copy_dtype", [BF16, F16], ids=["bf16", "f16"])

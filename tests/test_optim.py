@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedopt
-from conftest import FMA_ISAS
+from conftest import assert_isas_agree
 from fusedopt import reference
 
 
@@ -126,12 +126,7 @@ def test_isas_agree_bitwise(dtype, name, opts):
             by_isa[isa] = results(params, state)
     finally:
         fusedopt.set_isa(before)
-    for fma in (True, False):
-        group = [isa for isa in by_isa if (isa in FMA_ISAS) == fma]
-        for isa in group[1:]:
-            for a, b in zip(by_isa[group[0]], by_isa[isa]):
-                for x, y in zip(a, b):
-                    assert x.tobytes() == y.tobytes(), f"{isa} differs from {group[0]}"
+    assert_isas_agree(by_isa, lambda a, b: all(x.tobytes() == y.tobytes() for x, y in zip(a, b)))
 
 
 @pytest.mark.parametrize("name", sorted(STATE))
