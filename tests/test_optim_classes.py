@@ -587,7 +587,13 @@ def npz_with_meta(meta):
 
 def corrupt_middle(path):
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # inside an array's data: the zip CRC check fails
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    # the middle of the largest member's data (after its local header: 30 bytes, name, extra field),
+    # not of the file, which may fall into a header field the reader ignores
+    at = info.header_offset
+    start = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")
+    data[start + info.file_size // 2] ^= 0xFF  # the zip CRC check fails
     path.write_bytes(bytes(data))
 
 
@@ -660,7 +666,7 @@ CONSTRUCTION_ERRORS = [
     ("not iterable", lambda: optim.Adam(3), TypeError, "list of numpy arrays"),
     ("python list param", lambda: optim.Adam([p32(), [1.0, 2.0]]), TypeError,
      r"\['params'\]\[1\] must be a numpy.ndarray"),
-    ("int32 param", lambda: optim.Adam([np.zeros(3, np.int32)]), TypeError, "float32 or float64"),
+    ("int32 param", lambda: optim.Adam([np.zeros(3, np.int32)]), TypeError, "float32, float64, bfloat16"),
     ("big-endian param", lambda: optim.Adam([np.zeros(3, ">f4")]), TypeError, "dtype"),
     ("non-contiguous param", lambda: optim.Adam([np.zeros(8, np.float32)[::2]]), ValueError, "C-contiguous"),
     ("read-only param", lambda: optim.Adam([readonly()]), ValueError, "read-only"),

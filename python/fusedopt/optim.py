@@ -32,17 +32,38 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core, functional
+from ._tensors import _bfloat16
+from .lowbit import QuantizedState, quantize, quantized_zeros_like
 
 CHECKPOINT_FORMAT = "fusedopt.optim checkpoint 1"
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")  # the state_dtype= an optimizer takes
+# state_dtype="int8": tensors of fewer elements keep float32 state (bitsandbytes' min_8bit_size)
+MIN_8BIT_SIZE = 4096
+
+
+def _always(hyperparameters: dict[str, Any]) -> bool:
+    return True
+
+
+def _zero(hyperparameters: dict[str, Any]) -> float:
+    return 0.0
 
 
 class StateArray(NamedTuple):
     """One per-param state array of an optimizer, e.g. Adam's "exp_avg"."""
     argument: str                   # the update function's keyword for the list of these arrays
-    # (param, hyperparameters) -> the array before the param's first step
-    init: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+    signed: bool                    # its 8-bit code: signed (exp_avg, ...) or non-negative (exp_avg_sq, ...)
     # whether a group with these hyperparameters uses it
-    needed: Callable[[dict[str, Any]], bool] = lambda hyperparameters: True
+    needed: Callable[[dict[str, Any]], bool] = _always
+    # hyperparameters -> the value the array holds before the param's first step
+    fill: Callable[[dict[str, Any]], float] = _zero
+
+
+# master_weights=True: the float32 master copy of a 16-bit param, kept as the param's state
+# "master_param"; the step updates it and writes the param as its rounded copy (param_copies=)
+MASTER_PARAM = "master_param"
+_MASTER_SPEC = StateArray("master_params", False)
 
 
 # The update-function calls of a step, as Optimizer._plan makes them: (group index, update keyword
@@ -50,10 +71,6 @@ class StateArray(NamedTuple):
 _Call = tuple[int, dict[str, Any], list[int], int | None, dict[str, list[Any]]]
 # Optimizer._group_hyperparameters: (checked hyperparameters, update keyword arguments, {state name: StateArray})
 _CheckedGroup = tuple[dict[str, Any], dict[str, Any], dict[str, StateArray]]
-
-
-def _zeros(param: np.ndarray, hyperparameters: dict[str, Any]) -> np.ndarray:
-    return functional.zeros_like(param)
 
 
 def _is_number(value: object) -> bool:
@@ -155,29 +172,64 @@ def _unchanged(group: dict[str, Any], snapshot: tuple[dict[str, Any], list[type]
     return group == copy and list(map(type, group.values())) == types
 
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order only, as the kernels
+_F32, _F64, _F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
+_FLOAT_DTYPES = (_F32, _F64)  # native byte order only, as the kernels
 
 
-def _array_problem(a: object, written: bool, param: np.ndarray | None = None) -> tuple[type[Exception], str] | None:
+def _is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    return dtype.itemsize == 2 and dtype.name == "bfloat16"  # ml_dtypes': the kernels' own test
+
+
+def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
+                   role: str = "grad") -> tuple[type[Exception], str] | None:
     """(exception class, message) for what an update function would refuse about one of its
-    arrays (against its param, for a grad or a state array), or None. On every step of a model with
-    several param groups: the common case is the first test of each kind."""
+    arrays (against its param, for a grad, a state array or a param copy), or None. On every
+    step of a model with several param groups: the common case is the first test of each kind.
+
+    The dtype rules are the update functions' (P: the param's dtype): params float32, float64,
+    bfloat16 or float16; role "grad": P, or bfloat16/float16 for float32 params; "state": float64
+    for float64 params, else float32, bfloat16 or a QuantizedState; "copy" (param_copies):
+    bfloat16/float16 beside float32 params."""
+    if role == "state" and isinstance(a, QuantizedState):
+        if param is not None and param.dtype == _F64:
+            return TypeError, "is 8-bit (a QuantizedState) but its param has dtype float64, whose state is float64"
+        if param is not None and a.shape != param.shape:
+            return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
+        for part in (a.codes, a.scales):
+            if not part.flags.carray:
+                return ValueError, "has codes or scales that are not C-contiguous and writable"
+        return None
     if not isinstance(a, np.ndarray):
         return TypeError, f"must be a numpy.ndarray, got {type(a).__name__}"
     dtype = a.dtype
-    if dtype not in _FLOAT_DTYPES:
-        return TypeError, f"has dtype {dtype}; fusedopt updates float32 or float64 arrays"
+    if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
+        return TypeError, f"has dtype {dtype}; fusedopt updates float32, float64, bfloat16 or float16 arrays"
     flags = a.flags
     if not (flags.carray if written else flags.c_contiguous and flags.aligned):  # carray: also writable
         if not (flags.c_contiguous and flags.aligned):
             return ValueError, "is not C-contiguous; fusedopt updates arrays in place and never copies them"
         return ValueError, "is read-only but is updated in place"
     if param is not None:
-        if dtype is not param.dtype and dtype != param.dtype:
-            return TypeError, f"has dtype {dtype} but its param has dtype {param.dtype}"
+        p = param.dtype
+        if role == "grad":
+            ok = dtype is p or dtype == p or p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
+            rule = "grads are of the params' dtype, or bfloat16/float16 for float32 params"
+        elif role == "state":
+            ok = dtype == _F64 if p == _F64 else dtype == _F32 or _is_bfloat16(dtype)
+            rule = "the state of float64 params is float64" if p == _F64 else "state is float32 or bfloat16"
+        else:
+            ok = p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
+            rule = "param copies are the bfloat16/float16 copies of float32 (master) params"
+        if not ok:
+            return TypeError, f"has dtype {dtype} but its param has dtype {p}; {rule}"
         if a.shape != param.shape:
             return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
     return None
+
+
+def _memory(a: Any) -> list[np.ndarray]:
+    """The arrays an update function writes or reads for one of its array arguments."""
+    return [a.codes, a.scales] if isinstance(a, QuantizedState) else [a]
 
 
 def _step_error(problem: tuple[type[Exception], str], name: str) -> Exception:
@@ -199,6 +251,28 @@ class Optimizer:
     param array itself), filled at a param's first step.
     skipped_steps: how many step(..., skip_if_nonfinite=True) calls found a non-finite gradient.
 
+    Low precision (keyword-only, fixed at construction; README "Mixed precision"):
+    - params may be float32, float64, bfloat16 (ml_dtypes) or float16 arrays, grads of the params'
+      dtype or bfloat16/float16 for float32 params; the math is float32 (float64 for float64).
+    - state_dtype: the dtype of every state array (exp_avg, exp_avg_sq, momentum_buffer, sum, ...):
+      "float32" (default; float64 for float64 params), "bfloat16", or "int8": 8-bit blockwise
+      fusedopt.QuantizedState, with the signed code for exp_avg, momentum_buffer and grad_avg and
+      the unsigned one for exp_avg_sq, max_exp_avg_sq, sum and square_avg. With "int8", params of
+      fewer than min_8bit_size elements (default 4096, as bitsandbytes) keep float32 state:
+      biases and norm weights, a few KB in all, whose blocks would be partial and whose state
+      gains nothing worth their quantization error; min_8bit_size=0 quantizes every tensor.
+    - master_weights=True (bfloat16/float16 params): state["master_param"] is a float32 copy of
+      the param, made at its first step; each step updates it and writes the param as its
+      rounding to nearest even in the same pass (the update functions' param_copies=).
+    - stochastic_rounding=True (bfloat16 params, updated directly): the param's stores round up
+      or down with probability by distance, from random bits keyed by (seed, step, tensor
+      index in the call, element index). Each group keeps its seed as group["seed"] (the
+      seed= keyword + the group's index; seed=None draws one at random), so state_dict() and
+      checkpoints restore the exact random stream; SGD then counts state["step"] too.
+    A combination the kernels cannot run (master_weights or stochastic_rounding with float32
+    params, both at once, int8 or bfloat16 state with float64 params, an unknown state_dtype) is
+    a TypeError/ValueError at construction (add_param_group for later params).
+
     Optimizers can be pickled and copied (copy.deepcopy) at any time; the copy continues bitwise
     as the original would.
     """
@@ -208,13 +282,40 @@ class Optimizer:
     state_arrays: dict[str, StateArray] = {}  # torch's state name -> StateArray
     counts_steps = True           # keep state["step"] (torch's SGD keeps none)
 
-    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict[str, Any]], **hyperparameters: Any) -> None:
+    def __init__(self, params: Iterable[np.ndarray] | Iterable[dict[str, Any]], *, state_dtype: str = "float32",
+                 master_weights: bool = False, stochastic_rounding: bool = False, seed: int | None = None,
+                 min_8bit_size: int = MIN_8BIT_SIZE, **hyperparameters: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(state_dtype, str):
+            raise TypeError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+        for option, value in (("master_weights", master_weights), ("stochastic_rounding", stochastic_rounding)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: {option} must be a bool, got {value!r}")
+        if master_weights and stochastic_rounding:
+            raise ValueError(f"{name}: master_weights=True and stochastic_rounding=True exclude each other: master "
+                             "weights keep the update in float32 (the copy rounds to nearest); stochastic rounding "
+                             "is for bfloat16 params updated directly")
+        if not (isinstance(min_8bit_size, numbers.Integral) and not isinstance(min_8bit_size, (bool, np.bool_))):
+            raise TypeError(f"{name}: min_8bit_size must be an int, got {min_8bit_size!r}")
+        if min_8bit_size < 0:  # type: ignore[operator]  # an Integral
+            raise ValueError(f"{name}: min_8bit_size must be >= 0, got {min_8bit_size!r}")
+        if seed is not None and not stochastic_rounding:
+            raise ValueError(f"{name}: seed= is the seed of stochastic rounding; it needs stochastic_rounding=True")
+        self.state_dtype = state_dtype
+        self.master_weights = bool(master_weights)
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.min_8bit_size = int(min_8bit_size)
+        if self.stochastic_rounding:
+            self.counts_steps = True  # the random bits are keyed by the step (torch's SGD counts none)
+            hyperparameters["seed"] = secrets.randbits(64) if seed is None else seed
         self.param_groups: list[dict[str, Any]] = []
         self.state = ParamState()
         self.skipped_steps = 0
         # group index -> (_snapshot of the group, _group_hyperparameters' result)
         self._checked_groups: dict[int, tuple[tuple[dict[str, Any], list[type]], _CheckedGroup]] = {}
-        unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters))
+        unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters) - set(self._options()))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
                             f"it takes {list(self.default_hyperparameters)}")
@@ -250,8 +351,9 @@ class Optimizer:
             name = f"{where}['params'][{j}]"
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"{name} must be a numpy.ndarray, got {type(p).__name__}")
-            if p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{name} has dtype {p.dtype}; fusedopt updates float32 or float64 arrays")
+            problem = self._param_dtype_problem(p.dtype)
+            if problem:
+                raise TypeError(f"{name} has dtype {p.dtype}; {problem}")
             if not (p.flags.c_contiguous and p.flags.aligned):
                 raise ValueError(f"{name} is not C-contiguous; fusedopt updates params in place and never copies them")
             if not p.flags.writeable:
@@ -260,8 +362,59 @@ class Optimizer:
                 raise ValueError(f"{name} appears in more than one place; each param may be given once")
             seen.add(id(p))
         hyperparameters = {key: value for key, value in param_group.items() if key != "params"}
+        if self.stochastic_rounding and "seed" not in hyperparameters:  # each group its own random stream
+            hyperparameters["seed"] = (self.defaults["seed"] + len(self.param_groups)) % 2**64
         group = self._checked_hyperparameters({**self.defaults, **hyperparameters}, where)
         self.param_groups.append({"params": list(params), **group})
+
+    def _param_dtype_problem(self, dtype: np.dtype[Any]) -> str | None:
+        """Why this optimizer cannot update params of this dtype, or None."""
+        if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
+            return "fusedopt updates float32, float64, bfloat16 (ml_dtypes) or float16 arrays"
+        sixteen = dtype == _F16 or _is_bfloat16(dtype)
+        if self.master_weights and not sixteen:
+            return ("master_weights=True keeps float32 master weights of bfloat16/float16 params; "
+                    "a float32/float64 param is its own master (give it to an optimizer without master_weights)")
+        if self.stochastic_rounding and not _is_bfloat16(dtype):
+            return "stochastic_rounding=True rounds bfloat16 params (updated directly); this param is not one"
+        if dtype == _F64 and self.state_dtype != "float32":
+            return f"the state of float64 params is float64, never state_dtype={self.state_dtype!r}"
+        return None
+
+    def _options(self) -> dict[str, type]:
+        """The group entries beside the hyperparameters that this optimizer's options add: "seed"
+        with stochastic_rounding (an int from 0 to 2**64 - 1)."""
+        return {"seed": int} if self.stochastic_rounding else {}
+
+    def _state_specs(self, hyperparameters: dict[str, Any]) -> dict[str, StateArray]:
+        """{state name: StateArray} of the state a group with these hyperparameters keeps per param."""
+        needed = {name: spec for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
+        if self.master_weights:
+            needed[MASTER_PARAM] = _MASTER_SPEC
+        return needed
+
+    def _state_dtype_of(self, param: np.ndarray) -> str:
+        """The dtype this optimizer keeps param's state arrays in: "float64", "float32", "bfloat16" or "int8"."""
+        if param.dtype == _F64:
+            return "float64"
+        if self.state_dtype == "int8" and param.size < self.min_8bit_size:
+            return "float32"
+        return self.state_dtype
+
+    def _new_state_array(self, name: str, spec: StateArray, param: np.ndarray,
+                         hyperparameters: dict[str, Any]) -> np.ndarray | QuantizedState:
+        """A state array before the param's first step: filled with spec.fill in the state's dtype
+        (placed as fusedopt.zeros_like places state), or the param in float32 for its master."""
+        if name == MASTER_PARAM:
+            master = functional.zeros_like(np.broadcast_to(np.float32(0), param.shape))
+            np.copyto(master, param)  # exact: float32 holds every bfloat16/float16 value
+            return master
+        kind, fill = self._state_dtype_of(param), spec.fill(hyperparameters)
+        if kind == "int8":
+            state = quantized_zeros_like(param, spec.signed)
+            return state if fill == 0 else quantize(np.full(param.shape, fill, np.float32), spec.signed, out=state)
+        dtype = _bfloat16() if kind == "bfloat16" else np.dtype(kind)
+        return functional.zeros_like(np.broadcast_to(np.zeros((), dtype), param.shape), fill)
 
     # ---- hyperparameters -------------------------------------------------------------------------
 
@@ -271,12 +424,12 @@ class Optimizer:
         Each must have the type of its default; the valid ranges are the update function's own
         checks, run here on empty lists (nothing to write) so that they live in one place.
         """
-        defaults = self.default_hyperparameters
-        unknown = sorted(set(group) - set(defaults) - {"params"})
+        defaults, options = self.default_hyperparameters, self._options()
+        unknown = sorted(set(group) - set(defaults) - set(options) - {"params"})
         if unknown:
             raise ValueError(f"{where}: unknown hyperparameter(s) {unknown}; "
-                             f"{type(self).__name__} takes {list(defaults)}")
-        missing = [key for key in defaults if key not in group]
+                             f"{type(self).__name__} takes {list(defaults) + list(options)}")
+        missing = [key for key in [*defaults, *options] if key not in group]
         if missing:
             raise ValueError(f"{where}: missing hyperparameter(s) {missing}")
         checked: dict[str, Any] = {}
@@ -295,6 +448,13 @@ class Optimizer:
                 checked[key] = _plain(value)
             except (OverflowError, ValueError):  # 10**400, Decimal("sNaN")
                 raise ValueError(f"{where}: {key} must be a number a float can hold, got {value!r}") from None
+        if "seed" in options:
+            seed = group["seed"]
+            if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
+                raise TypeError(f"{where}: seed must be an int, got {seed!r}")
+            if not 0 <= seed < 2**64:  # type: ignore[operator]  # an Integral
+                raise ValueError(f"{where}: seed must be an int from 0 to 2**64 - 1, got {seed!r}")
+            checked["seed"] = int(seed)
         try:
             self._call(self._update_kwargs(checked), [], [],
                        {spec.argument: [] for spec in self.state_arrays.values() if spec.needed(checked)},
@@ -317,15 +477,17 @@ class Optimizer:
             # signaling Decimal NaN where a number was): recheck
             pass
         checked = self._checked_hyperparameters(group, f"param_groups[{k}]")
-        needed = {name: spec for name, spec in self.state_arrays.items() if spec.needed(checked)}
-        self._checked_groups[k] = (_snapshot(group), (checked, self._update_kwargs(checked), needed))
+        kwargs = self._update_kwargs(checked)
+        if self.stochastic_rounding:
+            kwargs["stochastic_rounding"] = True
+        self._checked_groups[k] = (_snapshot(group), (checked, kwargs, self._state_specs(checked)))
         return self._checked_groups[k][1]
 
     def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         """The update function's keyword arguments for these hyperparameters (same names by default)."""
         return dict(hyperparameters)
 
-    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, Any] | None) -> int | None:
         """The update function's `step` for a param with this state (before the step) and these newly
         allocated state arrays; None: pass no step."""
         steps_taken: int = state.get("step", 0)
@@ -333,9 +495,13 @@ class Optimizer:
 
     def _call(self, kwargs: dict[str, Any], params: Sequence[Any], grads: Sequence[Any],
               arrays: dict[str, list[Any]], step: int | None, **options: Any) -> bool:
-        """One update-function call: kwargs from _update_kwargs, arrays {state argument: [arrays]}."""
+        """One update-function call: kwargs from _update_kwargs, arrays {state argument: [arrays]}.
+        With master weights the call updates the masters and writes params as their copies."""
         if step is not None:
             options["step"] = step
+        if _MASTER_SPEC.argument in arrays:
+            arrays = dict(arrays)
+            params, options["param_copies"] = arrays.pop(_MASTER_SPEC.argument), params
         return self.update(params, grads, **kwargs, **arrays, **options)
 
     # ---- pickling, copying, printing ------------------------------------------------------------
@@ -353,7 +519,10 @@ class Optimizer:
             lines.append(f"Parameter Group {k}")
             lines.append(f"    params: {len(params)} arrays, {sizes} elements")
             lines += [f"    {key}: {group[key]!r}" for key in sorted(group) if key != "params"]
-        return "\n".join(lines + [")"])
+        options = [f"state_dtype={self.state_dtype!r}"]
+        options += ["master_weights=True"] * self.master_weights + ["stochastic_rounding=True"] * self.stochastic_rounding
+        options += [f"min_8bit_size={self.min_8bit_size}"] * (self.state_dtype == "int8")
+        return "\n".join(lines + [f"Options: {', '.join(options)}", ")"])
 
     # ---- the step --------------------------------------------------------------------------------
 
@@ -392,6 +561,8 @@ class Optimizer:
 
     def _state_name(self, argument: str) -> str:
         """The state name (torch's, "exp_avg") of an update function's state argument ("exp_avgs")."""
+        if argument == _MASTER_SPEC.argument:
+            return MASTER_PARAM
         return next(name for name, spec in self.state_arrays.items() if spec.argument == argument)
 
     def _check_step(self, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> None:
@@ -401,41 +572,54 @@ class Optimizer:
         of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
         made only for an error: this runs on every step of a model with several param groups.)"""
         arrays: list[np.ndarray] = []
+        owners: list[tuple[int, str | None]] = []  # each array's (param index, state argument or None: param/grad)
         for _, _, indices, step, state_arrays in calls:
             # a state["step"] set by hand
             if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):
                 raise ValueError(f"state['step'] of {self._param_name(indices[0])} is {step - 1!r}; a step count is an "
                                  "int from 0 to 2**63 - 2")
-            state_lists = list(state_arrays.items())
+            masters = state_arrays.get(_MASTER_SPEC.argument)
+            state_lists = [(argument, arrays_) for argument, arrays_ in state_arrays.items()
+                           if argument != _MASTER_SPEC.argument]
             for position, i in enumerate(indices):
                 p, g = params[i], grads[i]
                 problem = _array_problem(p, True)
                 if problem:
                     raise _step_error(problem, self._param_name(i))
-                problem = _array_problem(g, False, p)
+                updated = p  # the array the kernel updates: the param, or its float32 master
+                if masters is not None:
+                    updated = masters[position]
+                    problem = _array_problem(updated, True) or _array_problem(p, True, updated, "copy")
+                    if problem:
+                        raise _step_error(problem, f"{self._param_name(i)} or its state[{MASTER_PARAM!r}]")
+                    arrays.append(updated)
+                    owners.append((i, _MASTER_SPEC.argument))
+                problem = _array_problem(g, False, updated)
                 if problem:
                     raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
-                arrays.append(p)
-                arrays.append(g)
+                arrays += (p, g)
+                owners += ((i, None), (i, "grad"))
                 for argument, state_list in state_lists:
                     a = state_list[position]
-                    problem = _array_problem(a, True, p)
+                    problem = _array_problem(a, True, updated, "state")
                     if problem:
                         raise _step_error(problem, f"state[{self._state_name(argument)!r}] of {self._param_name(i)}")
-                    arrays.append(a)
+                    for part in _memory(a):
+                        arrays.append(part)
+                        owners.append((i, argument))
         pair = _core.overlapping(arrays)
         if pair is not None:
-            names: list[str] = []
-            for _, _, indices, _, state_arrays in calls:
-                for i in indices:
-                    names += [self._param_name(i), f"grads[{i}] (the grad of {self._param_name(i)})"]
-                    names += [f"state[{self._state_name(argument)!r}] of {self._param_name(i)}"
-                              for argument in state_arrays]
-            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
-                             "must be distinct")
+            def name(i: int, what: str | None) -> str:
+                if what is None:
+                    return self._param_name(i)
+                if what == "grad":
+                    return f"grads[{i}] (the grad of {self._param_name(i)})"
+                return f"state[{self._state_name(what)!r}] of {self._param_name(i)}"
+            raise ValueError(f"{name(*owners[pair[0]])} and {name(*owners[pair[1]])} overlap in memory; every array "
+                             "of a step must be distinct")
 
     def _plan(self, params: Sequence[Any],
-              grads: Sequence[Any]) -> tuple[list[_Call], dict[int, dict[str, np.ndarray]]]:
+              grads: Sequence[Any]) -> tuple[list[_Call], dict[int, dict[str, Any]]]:
         """The update-function calls of a step, checking every group's hyperparameters before any
         call is made: ([(group index, update keyword arguments, param indices, step, {state argument:
         [arrays]})], {param index: state arrays allocated for it}). New state arrays are allocated
@@ -445,7 +629,7 @@ class Optimizer:
         the group mixes dtypes or a checkpoint gave them different step counts: then one call per
         (step, dtype)."""
         calls: list[_Call] = []
-        new_arrays: dict[int, dict[str, np.ndarray]] = {}
+        new_arrays: dict[int, dict[str, Any]] = {}
         step_argument, get_state = self._step_argument, self.state._by_id.get
         for k, (_group, indices) in enumerate(self._groups_with_indices()):
             hyperparameters, kwargs, needed = self._group_hyperparameters(k)
@@ -459,14 +643,14 @@ class Optimizer:
                 param = params[i]
                 if not isinstance(param, np.ndarray):  # the rest is checked with the grads, below
                     raise TypeError(f"{self._param_name(i)} must be a numpy.ndarray, got {type(param).__name__}")
-                new: dict[str, np.ndarray] | None
+                new: dict[str, Any] | None
                 entry, new = get_state(id(param)), None
                 state = _NO_STATE if entry is None else entry[1]
                 for name, spec in needed.items():
                     if name not in state:
                         if new is None:
                             new = new_arrays[i] = {}
-                        new[name] = spec.init(param, hyperparameters)
+                        new[name] = self._new_state_array(name, spec, param, hyperparameters)
                 if new:
                     state = {**state, **new}
                 key = (step_argument(state, new), param.dtype)
@@ -548,12 +732,13 @@ class Optimizer:
     # ---- checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}."""
+        """{"state": {param index: {name: number or array copy}}, "param_groups": [{..., "params": [indices]}]}.
+        8-bit state is a QuantizedState copy (its codes and scales, bitwise)."""
         groups = [{**{key: _plain_if_possible(value) for key, value in group.items() if key != "params"},
                    "params": list(indices)}
                   for group, indices in self._groups_with_indices()]
         params = [p for group in self.param_groups for p in group["params"]]
-        state = {i: {name: value.copy() if isinstance(value, np.ndarray) else value
+        state = {i: {name: value.copy() if isinstance(value, (np.ndarray, QuantizedState)) else value
                      for name, value in self.state[p].items()}
                  for i, p in enumerate(params) if p in self.state}
         return {"state": state, "param_groups": groups}
@@ -566,8 +751,13 @@ class Optimizer:
         Every key, index, shape, dtype and hyperparameter is checked before anything changes: a bad
         state_dict raises ValueError or TypeError and leaves the optimizer as it was. Arrays are
         copied, into the existing state arrays where there are some.
+
+        State in another precision is converted to this optimizer's (see _loaded_state): float32
+        <-> bfloat16 (rounded to nearest even), float32/bfloat16 -> 8-bit (fusedopt.quantize) and
+        back (dequantized); float64 state converts to nothing. master_param must be float32.
+        A checkpoint without group seeds loaded by a stochastic_rounding optimizer keeps its seeds.
         """
-        groups, state = self._checked_state_dict(state_dict)
+        groups, state, converted = self._checked_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         for group, hyperparameters in zip(self.param_groups, groups):
             group.update(hyperparameters)
@@ -578,15 +768,15 @@ class Optimizer:
             for name, value in loaded.items():
                 if name == "step":
                     new[name] = int(value)
-                elif name in old:  # same shape and dtype: both match the param
-                    np.copyto(old[name], value)
-                    new[name] = old[name]
                 else:
-                    new[name] = np.array(value, order="C", copy=True)
+                    new[name] = _copied_into(old.get(name), value, (i, name) in converted)
         self.state = new_state
 
-    def _checked_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-        """(hyperparameters of each group, {param index: state}) from state_dict, checked against this optimizer."""
+    def _checked_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]],
+                                                             set[tuple[int, str]]]:
+        """(hyperparameters of each group, {param index: state}, {(param index, name) of the state
+        arrays converted to this optimizer's dtype: new arrays}) from state_dict, checked against
+        this optimizer."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             got = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"a state_dict is a dict with the keys 'state' and 'param_groups', got {got}")
@@ -605,12 +795,17 @@ class Optimizer:
             if not isinstance(loaded.get("params"), (list, tuple)) or list(loaded["params"]) != list(indices):
                 raise ValueError(f"{where}['params'] is {loaded.get('params')!r} but this optimizer's group {k} "
                                  f"holds params {list(indices)}; is the state_dict from another model?")
+            if "seed" in self._options() and "seed" not in loaded:
+                loaded = {**loaded, "seed": group["seed"]}  # a checkpoint of round-to-nearest params
             groups.append(self._checked_hyperparameters(loaded, where))
             param_info.update((i, (p, groups[-1])) for i, p in zip(indices, group["params"]))
 
         if not isinstance(loaded_state, dict):
             raise TypeError(f"state_dict['state'] must be a dict, got {type(loaded_state).__name__}")
         known = set(self.state_arrays) | ({"step"} if self.counts_steps else set())
+        known |= {MASTER_PARAM} if self.master_weights else set()
+        checked: dict[int, dict[str, Any]] = {}
+        converted: set[tuple[int, str]] = set()
         for i, state in loaded_state.items():
             where = f"state_dict['state'][{i!r}]"
             if not (isinstance(i, numbers.Integral) and i in param_info):
@@ -619,8 +814,8 @@ class Optimizer:
             if not isinstance(state, dict):
                 raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
             param, hyperparameters = param_info[i]  # type: ignore[index]  # an Integral key, found above
-            needed = {name for name, spec in self.state_arrays.items() if spec.needed(hyperparameters)}
-            needed |= {"step"} if self.counts_steps else set()
+            specs = self._state_specs(hyperparameters)
+            needed = set(specs) | ({"step"} if self.counts_steps else set())
             if set(state) - known or needed - set(state):
                 raise ValueError(f"{where} has the keys {sorted(map(str, state))}; {type(self).__name__} with "
                                  f"these hyperparameters needs {sorted(needed)} (and allows {sorted(known)})")
@@ -629,12 +824,73 @@ class Optimizer:
                     if not (isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
                             and 1 <= value < _MAX_STEP):  # type: ignore[operator]  # Integral: no int comparisons in typeshed
                         raise ValueError(f"{where}['step'] must be an int from 1 to 2**63 - 2, got {value!r}")
-                elif not isinstance(value, np.ndarray):
-                    raise TypeError(f"{where}[{name!r}] must be a numpy.ndarray, got {type(value).__name__}")
-                elif value.dtype != param.dtype or value.shape != param.shape:
-                    raise ValueError(f"{where}[{name!r}] has dtype {value.dtype} and shape {value.shape} but its "
-                                     f"param has dtype {param.dtype} and shape {param.shape}")
-        return groups, {int(i): state for i, state in loaded_state.items()}
+                else:
+                    kind = "float32" if name == MASTER_PARAM else self._state_dtype_of(param)
+                    value = _loaded_state(value, kind, specs[name].signed, param, f"{where}[{name!r}]",
+                                          convert=name != MASTER_PARAM)
+                    if value is not state[name]:
+                        converted.add((int(i), name))  # type: ignore[arg-type]  # an Integral
+                checked.setdefault(int(i), {})[name] = value  # type: ignore[arg-type]  # an Integral
+            checked.setdefault(int(i), {})  # type: ignore[arg-type]  # an Integral
+        return groups, checked, converted
+
+
+def _state_kind(value: Any) -> str | None:
+    """"int8", "float64", "float32", "bfloat16", "float16" for a state value, None for anything else."""
+    if isinstance(value, QuantizedState):
+        return "int8"
+    if isinstance(value, np.ndarray) and (value.dtype in _FLOAT_DTYPES or value.dtype == _F16):
+        return str(value.dtype)
+    if isinstance(value, np.ndarray) and _is_bfloat16(value.dtype):
+        return "bfloat16"
+    return None
+
+
+def _loaded_state(value: Any, kind: str, signed: bool, param: np.ndarray, where: str,
+                  convert: bool = True) -> np.ndarray | QuantizedState:
+    """A checkpoint's state array as this optimizer keeps it (kind: "float64", "float32",
+    "bfloat16" or "int8"): value itself when it is so already, else a new converted array (with
+    convert; float64 and float16 state convert to nothing); TypeError/ValueError naming `where`."""
+    source = _state_kind(value)
+    if source is None:
+        got = f"an array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise TypeError(f"{where} must be a numpy.ndarray (float32, float64 or bfloat16) or a fusedopt.QuantizedState, "
+                        f"got {got}")
+    if value.shape != param.shape:
+        raise ValueError(f"{where} has shape {value.shape} but its param has shape {param.shape}")
+    if source == "int8" and value.signed != signed:
+        raise ValueError(f"{where} is a{' signed' if value.signed else 'n unsigned'} QuantizedState but this state "
+                         f"is {'signed' if signed else 'non-negative'} (signed={signed})")
+    if source == kind:
+        return value  # type: ignore[no-any-return]
+    if not convert or "float64" in (source, kind) or source == "float16":
+        raise ValueError(f"{where} has dtype {source} but this optimizer keeps it in {kind} for its param of dtype "
+                         f"{param.dtype}; only float32, bfloat16 and int8 state convert into each other")
+    floats = value.dequantize() if source == "int8" else np.asarray(value, np.float32)
+    if kind == "float32":
+        return floats if floats is not value else floats.copy()
+    if kind == "bfloat16":
+        return floats.astype(_bfloat16())  # ml_dtypes rounds to nearest even, as the kernels
+    try:
+        return quantize(floats, signed)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _copied_into(old: Any, value: Any, fresh: bool) -> Any:
+    """value (checked, converted) as the state to keep: copied into old, the array this param has
+    now, when it has the same type, dtype and shape; else value itself if fresh (a conversion's
+    new array), else a copy of it."""
+    if isinstance(value, QuantizedState):
+        if isinstance(old, QuantizedState) and old.signed == value.signed and old.shape == value.shape:
+            np.copyto(old.codes, value.codes)
+            np.copyto(old.scales, value.scales)
+            return old
+        return value if fresh else value.copy()
+    if isinstance(old, np.ndarray) and old.dtype == value.dtype and old.shape == value.shape:
+        np.copyto(old, value)
+        return old
+    return value if fresh else np.array(value, order="C", copy=True)
 
 
 # ---- the optimizers --------------------------------------------------------------------------------
@@ -644,15 +900,17 @@ class SGD(Optimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov momentum, L2 weight decay."""
     default_hyperparameters = dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False)
     update = staticmethod(functional.sgd_)
-    # empty, not zeros: the first step's call (step=1) sets a new buffer to the gradient, as torch does
-    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", lambda p, h: functional.zeros_like(p),
-                                                  lambda h: h["momentum"] != 0)}
+    # its contents do not matter: the first step's call (step=1) sets a new buffer to the gradient, as torch does
+    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", True, lambda h: h["momentum"] != 0)}
     counts_steps = False
 
-    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, Any] | None) -> int | None:
         # a param whose momentum buffer is new takes the first-step rule, also when momentum is
-        # switched on mid-training (torch: the buffer is None there too)
-        return 1 if new_arrays else None
+        # switched on mid-training (torch: the buffer is None there too; with stochastic rounding
+        # that step then reuses step 1's random bits); stochastic rounding needs the step
+        if new_arrays and "momentum_buffer" in new_arrays:
+            return 1
+        return state.get("step", 0) + 1 if self.stochastic_rounding else None
 
 
 class Adagrad(Optimizer):
@@ -663,7 +921,7 @@ class Adagrad(Optimizer):
                                    maximize=False)
     update = staticmethod(functional.adagrad_)
     state_arrays = {
-        "sum": StateArray("state_sums", lambda p, h: functional.zeros_like(p, h["initial_accumulator_value"]))}
+        "sum": StateArray("state_sums", False, fill=lambda h: h["initial_accumulator_value"])}
 
     def _checked_hyperparameters(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(group, where)
@@ -684,13 +942,15 @@ class RMSprop(Optimizer):
                                    maximize=False, eps_inside_sqrt=False)
     update = staticmethod(functional.rmsprop_)
     state_arrays = {
-        "square_avg": StateArray("square_avgs", _zeros),
-        "momentum_buffer": StateArray("momentum_buffers", _zeros, lambda h: h["momentum"] > 0),
-        "grad_avg": StateArray("grad_avgs", _zeros, lambda h: h["centered"]),
+        "square_avg": StateArray("square_avgs", False),
+        "momentum_buffer": StateArray("momentum_buffers", True, lambda h: h["momentum"] > 0),
+        "grad_avg": StateArray("grad_avgs", True, lambda h: h["centered"]),
     }
 
-    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, np.ndarray] | None) -> int | None:
-        return None  # rmsprop_ takes no step (state["step"] is counted all the same, as torch does)
+    def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, Any] | None) -> int | None:
+        # rmsprop_ takes no step (state["step"] is counted all the same, as torch does) unless it
+        # rounds stochastically
+        return state.get("step", 0) + 1 if self.stochastic_rounding else None
 
 
 class Adam(Optimizer):
@@ -699,9 +959,9 @@ class Adam(Optimizer):
                                    maximize=False, decoupled_weight_decay=False)
     update = staticmethod(functional.adam_)
     state_arrays = {
-        "exp_avg": StateArray("exp_avgs", _zeros),
-        "exp_avg_sq": StateArray("exp_avg_sqs", _zeros),
-        "max_exp_avg_sq": StateArray("max_exp_avg_sqs", _zeros, lambda h: h["amsgrad"]),
+        "exp_avg": StateArray("exp_avgs", True),
+        "exp_avg_sq": StateArray("exp_avg_sqs", False),
+        "max_exp_avg_sq": StateArray("max_exp_avg_sqs", False, lambda h: h["amsgrad"]),
     }
 
     def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -721,18 +981,31 @@ class AdamW(Adam):
 def save(path: str | os.PathLike[str], opt: Optimizer) -> None:
     """Write opt.state_dict() to the .npz file `path`, atomically.
 
-    The arrays are stored as "state/<index>/<name>", the rest as JSON in "meta" (no pickle). The file
+    The arrays are stored as "state/<index>/<name>", the rest as JSON in "meta" (no pickle);
+    8-bit state as "state/<index>/<name>/codes" and ".../scales" (bitwise) and bfloat16 state as
+    its uint16 bits (.npy has no bfloat16), each named in meta["encoded"][index][name] ("int8
+    signed", "int8 unsigned" or "bfloat16"). The file
     is written under a temporary name in the same directory, flushed to disk, then renamed over
     `path`: a crash at any point leaves either the previous file or the new one, never a mix.
     """
     state_dict = opt.state_dict()
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, dict[str, Any]] = {}
+    encoded: dict[str, dict[str, str]] = {}
     for i, state in state_dict["state"].items():
-        scalars[str(i)] = {name: value for name, value in state.items() if not isinstance(value, np.ndarray)}
-        arrays.update((f"state/{i}/{name}", value) for name, value in state.items() if isinstance(value, np.ndarray))
+        scalars[str(i)] = {name: value for name, value in state.items()
+                           if not isinstance(value, (np.ndarray, QuantizedState))}
+        for name, value in state.items():
+            if isinstance(value, QuantizedState):
+                arrays[f"state/{i}/{name}/codes"], arrays[f"state/{i}/{name}/scales"] = value.codes, value.scales
+                encoded.setdefault(str(i), {})[name] = "int8 signed" if value.signed else "int8 unsigned"
+            elif isinstance(value, np.ndarray):
+                if _is_bfloat16(value.dtype):
+                    value = value.view(np.uint16)
+                    encoded.setdefault(str(i), {})[name] = "bfloat16"
+                arrays[f"state/{i}/{name}"] = value
     meta = {"format": CHECKPOINT_FORMAT, "optimizer": type(opt).__name__,
-            "param_groups": state_dict["param_groups"], "state": scalars}
+            "param_groups": state_dict["param_groups"], "state": scalars, "encoded": encoded}
     arrays["meta"] = np.array(json.dumps(meta))
 
     path = os.fspath(path)
@@ -776,11 +1049,26 @@ def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
                 and isinstance(meta.get("state"), dict)):
             raise ValueError(f"its meta is not a {CHECKPOINT_FORMAT!r}")
         state = {int(i): dict(scalars) for i, scalars in meta["state"].items()}
+        encoded = meta.get("encoded", {})
+        parts: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # 8-bit state's codes and scales
         for key, array in arrays.items():
-            prefix, i, name = key.split("/")
-            if prefix != "state":
+            prefix, i, name, *part = key.split("/")
+            if prefix != "state" or part not in ([], ["codes"], ["scales"]):
                 raise ValueError(f"unexpected array {key!r}")
-            state.setdefault(int(i), {})[name] = array
+            how = encoded.get(i, {}).get(name)
+            if part:
+                parts.setdefault((int(i), name), {})[part[0]] = array
+            elif how == "bfloat16" and array.dtype == np.uint16:
+                state.setdefault(int(i), {})[name] = array.view(_bfloat16())
+            elif how is None:
+                state.setdefault(int(i), {})[name] = array
+            else:
+                raise ValueError(f"array {key!r} is not the {how!r} its meta says")
+        for (i, name), arrays_ in parts.items():
+            how = encoded.get(str(i), {}).get(name)
+            if how not in ("int8 signed", "int8 unsigned") or set(arrays_) != {"codes", "scales"}:
+                raise ValueError(f"state/{i}/{name}: {sorted(arrays_)} of {how!r}; 8-bit state is codes and scales")
+            state.setdefault(i, {})[name] = QuantizedState(arrays_["codes"], arrays_["scales"], how == "int8 signed")
     except FileNotFoundError:
         raise
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
