@@ -188,9 +188,12 @@ def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
 
     The dtype rules are the update functions' (P: the param's dtype): params float32, float64,
     bfloat16 or float16; role "grad": P, or bfloat16/float16 for float32 params; "state": float64
-    for float64 params, else float32, bfloat16 or a QuantizedState; "copy" (param_copies):
-    bfloat16/float16 beside float32 params."""
-    if role == "state" and isinstance(a, QuantizedState):
+    for float64 params, else float32, bfloat16 or a QuantizedState ("signed state", "unsigned
+    state": of that code); "copy" (param_copies): bfloat16/float16 beside float32 params."""
+    if role[-5:] == "state" and isinstance(a, QuantizedState):
+        if role != "state" and a.signed != (role == "signed state"):
+            return ValueError, (f"is a{' signed' if a.signed else 'n unsigned'} QuantizedState but this state is "
+                                f"{'signed' if role == 'signed state' else 'non-negative'}")
         if param is not None and param.dtype == _F64:
             return TypeError, "is 8-bit (a QuantizedState) but its param has dtype float64, whose state is float64"
         if param is not None and a.shape != param.shape:
@@ -214,7 +217,7 @@ def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
         if role == "grad":
             ok = dtype is p or dtype == p or p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
             rule = "grads are of the params' dtype, or bfloat16/float16 for float32 params"
-        elif role == "state":
+        elif role[-5:] == "state":
             ok = dtype == _F64 if p == _F64 else dtype == _F32 or _is_bfloat16(dtype)
             rule = "the state of float64 params is float64" if p == _F64 else "state is float32 or bfloat16"
         else:
@@ -299,28 +302,28 @@ class Optimizer:
                              "is for bfloat16 params updated directly")
         if not (isinstance(min_8bit_size, numbers.Integral) and not isinstance(min_8bit_size, (bool, np.bool_))):
             raise TypeError(f"{name}: min_8bit_size must be an int, got {min_8bit_size!r}")
-        if min_8bit_size < 0:  # type: ignore[operator]  # an Integral
+        if int(min_8bit_size) < 0:
             raise ValueError(f"{name}: min_8bit_size must be >= 0, got {min_8bit_size!r}")
         if seed is not None and not stochastic_rounding:
             raise ValueError(f"{name}: seed= is the seed of stochastic rounding; it needs stochastic_rounding=True")
-        self.state_dtype = state_dtype
-        self.master_weights = bool(master_weights)
-        self.stochastic_rounding = bool(stochastic_rounding)
-        self.min_8bit_size = int(min_8bit_size)
+        self.state_dtype: str = state_dtype
+        self.master_weights: bool = bool(master_weights)
+        self.stochastic_rounding: bool = bool(stochastic_rounding)
+        self.min_8bit_size: int = int(min_8bit_size)
         if self.stochastic_rounding:
             self.counts_steps = True  # the random bits are keyed by the step (torch's SGD counts none)
             hyperparameters["seed"] = secrets.randbits(64) if seed is None else seed
         self.param_groups: list[dict[str, Any]] = []
-        self.state = ParamState()
-        self.skipped_steps = 0
+        self.state: ParamState = ParamState()
+        self.skipped_steps: int = 0
         # group index -> (_snapshot of the group, _group_hyperparameters' result)
         self._checked_groups: dict[int, tuple[tuple[dict[str, Any], list[type]], _CheckedGroup]] = {}
         unknown = sorted(set(hyperparameters) - set(self.default_hyperparameters) - set(self._options()))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
                             f"it takes {list(self.default_hyperparameters)}")
-        self.defaults = self._checked_hyperparameters({**self.default_hyperparameters, **hyperparameters},
-                                                      type(self).__name__)
+        self.defaults: dict[str, Any] = self._checked_hyperparameters(
+            {**self.default_hyperparameters, **hyperparameters}, type(self).__name__)
         if isinstance(params, (np.ndarray, dict, str)) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a list of numpy arrays or a list of param-group dicts, got " +
                             type(params).__name__)
@@ -520,7 +523,8 @@ class Optimizer:
             lines.append(f"    params: {len(params)} arrays, {sizes} elements")
             lines += [f"    {key}: {group[key]!r}" for key in sorted(group) if key != "params"]
         options = [f"state_dtype={self.state_dtype!r}"]
-        options += ["master_weights=True"] * self.master_weights + ["stochastic_rounding=True"] * self.stochastic_rounding
+        options += ["master_weights=True"] * self.master_weights
+        options += ["stochastic_rounding=True"] * self.stochastic_rounding
         options += [f"min_8bit_size={self.min_8bit_size}"] * (self.state_dtype == "int8")
         return "\n".join(lines + [f"Options: {', '.join(options)}", ")"])
 
@@ -565,6 +569,11 @@ class Optimizer:
             return MASTER_PARAM
         return next(name for name, spec in self.state_arrays.items() if spec.argument == argument)
 
+    def _state_spec(self, argument: str) -> StateArray:
+        """The StateArray of an update function's state argument."""
+        name = self._state_name(argument)
+        return _MASTER_SPEC if name == MASTER_PARAM else self.state_arrays[name]
+
     def _check_step(self, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> None:
         """Every check the update functions make of their arrays, over all the calls of a step,
         with errors naming a param by its group and its index there: each param, grad and state
@@ -579,8 +588,8 @@ class Optimizer:
                 raise ValueError(f"state['step'] of {self._param_name(indices[0])} is {step - 1!r}; a step count is an "
                                  "int from 0 to 2**63 - 2")
             masters = state_arrays.get(_MASTER_SPEC.argument)
-            state_lists = [(argument, arrays_) for argument, arrays_ in state_arrays.items()
-                           if argument != _MASTER_SPEC.argument]
+            state_lists = [(argument, arrays_, f"{'signed' if self._state_spec(argument).signed else 'unsigned'} state")
+                           for argument, arrays_ in state_arrays.items() if argument != _MASTER_SPEC.argument]
             for position, i in enumerate(indices):
                 p, g = params[i], grads[i]
                 problem = _array_problem(p, True)
@@ -599,9 +608,9 @@ class Optimizer:
                     raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
                 arrays += (p, g)
                 owners += ((i, None), (i, "grad"))
-                for argument, state_list in state_lists:
+                for argument, state_list, role in state_lists:
                     a = state_list[position]
-                    problem = _array_problem(a, True, updated, "state")
+                    problem = _array_problem(a, True, updated, role)
                     if problem:
                         raise _step_error(problem, f"state[{self._state_name(argument)!r}] of {self._param_name(i)}")
                     for part in _memory(a):
@@ -829,9 +838,9 @@ class Optimizer:
                     value = _loaded_state(value, kind, specs[name].signed, param, f"{where}[{name!r}]",
                                           convert=name != MASTER_PARAM)
                     if value is not state[name]:
-                        converted.add((int(i), name))  # type: ignore[arg-type]  # an Integral
-                checked.setdefault(int(i), {})[name] = value  # type: ignore[arg-type]  # an Integral
-            checked.setdefault(int(i), {})  # type: ignore[arg-type]  # an Integral
+                        converted.add((int(i), name))
+                checked.setdefault(int(i), {})[name] = value
+            checked.setdefault(int(i), {})
         return groups, checked, converted
 
 
@@ -1064,11 +1073,12 @@ def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
                 state.setdefault(int(i), {})[name] = array
             else:
                 raise ValueError(f"array {key!r} is not the {how!r} its meta says")
-        for (i, name), arrays_ in parts.items():
-            how = encoded.get(str(i), {}).get(name)
+        for (index, name), arrays_ in parts.items():
+            how = encoded.get(str(index), {}).get(name)
             if how not in ("int8 signed", "int8 unsigned") or set(arrays_) != {"codes", "scales"}:
-                raise ValueError(f"state/{i}/{name}: {sorted(arrays_)} of {how!r}; 8-bit state is codes and scales")
-            state.setdefault(i, {})[name] = QuantizedState(arrays_["codes"], arrays_["scales"], how == "int8 signed")
+                raise ValueError(f"state/{index}/{name}: {sorted(arrays_)} of {how!r}; 8-bit state is codes and scales")
+            codes, scales = arrays_["codes"], arrays_["scales"]
+            state.setdefault(index, {})[name] = QuantizedState(codes, scales, how == "int8 signed")
     except FileNotFoundError:
         raise
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:

@@ -1,0 +1,474 @@
+"""fusedopt.optim's low-precision options (issue 15): state_dtype="float32" | "bfloat16" | "int8",
+master_weights=True and stochastic_rounding=True on every class.
+
+Oracle: the functional update functions driven by hand, with state made as the semantics say
+(int8: signed code for exp_avg/momentum_buffer/grad_avg, unsigned for the rest, params under
+MIN_8BIT_SIZE elements in float32; master weights: the float32 param, the model's param written as
+its copy; stochastic rounding: seed + group index, step counted). The class must give the same
+bits, on every step, for every class x state_dtype x (fp32 params, bf16 params with master
+weights, bf16 params with stochastic rounding). Then: checkpoints (state_dict, optim.save/load,
+pickle) continue bitwise, the conversions between state dtypes are fusedopt.quantize /
+dequantize / bfloat16 rounding exactly, and every bad combination is an error that changes nothing.
+"""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fusedopt
+import fusedopt.optim as optim
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F32 = np.dtype(np.float32)
+
+# class -> (constructor keywords, per-group keywords): every state array of the class in use
+CONFIGS = {
+    "SGD": (dict(lr=0.05, momentum=0.9), [dict(nesterov=True), dict(dampening=0.1, weight_decay=1e-2)]),
+    "Adagrad": (dict(lr=0.1, initial_accumulator_value=0.1), [{}, dict(lr_decay=0.01, weight_decay=1e-2)]),
+    "RMSprop": (dict(lr=0.01), [dict(centered=True, momentum=0.5), dict(momentum=0.9, weight_decay=1e-2)]),
+    "Adam": (dict(lr=0.01, amsgrad=True), [{}, dict(weight_decay=1e-2, betas=(0.8, 0.99))]),
+    "AdamW": (dict(lr=0.01), [dict(amsgrad=True), {}]),
+}
+NAMES = list(CONFIGS)
+# the params of each group: 8-bit state for the big ones, float32 for those under MIN_8BIT_SIZE
+SHAPES = [[(70, 64), (300,)], [(5000,), (3, 7)]]
+STATE_DTYPES = ["float32", "bfloat16", "int8"]
+MODES = {"fp32": (F32, {}), "bf16-master": (BF16, dict(master_weights=True)),
+         "bf16-sr": (BF16, dict(stochastic_rounding=True, seed=12345))}
+SIGNED = {"exp_avg", "momentum_buffer", "grad_avg"}
+
+
+def make_params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s).astype(np.float32).astype(dtype) for s in shapes] for shapes in SHAPES]
+
+
+def make_grads(dtype, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[[(rng.standard_normal(s) * 0.1).astype(np.float32).astype(dtype) for s in shapes] for shapes in SHAPES]
+            for _ in range(steps)]
+
+
+def flat(per_group):
+    return [a for group in per_group for a in group]
+
+
+def make_optimizer(name, params, **options):
+    kwargs, group_opts = CONFIGS[name]
+    return getattr(optim, name)([{"params": ps, **o} for ps, o in zip(params, group_opts)], **kwargs, **options)
+
+
+def hyperparameters(name, k):
+    kwargs, group_opts = CONFIGS[name]
+    return {**optim.__dict__[name].default_hyperparameters, **kwargs, **group_opts[k]}
+
+
+def state_names(name, h):
+    """The state a group keeps, in the order of the function's arguments."""
+    if name == "SGD":
+        return ["momentum_buffer"] if h["momentum"] else []
+    if name == "Adagrad":
+        return ["sum"]
+    if name == "RMSprop":
+        return ["square_avg"] + ["momentum_buffer"] * (h["momentum"] > 0) + ["grad_avg"] * h["centered"]
+    return ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * h["amsgrad"]
+
+
+ARGUMENTS = {"momentum_buffer": "momentum_buffers", "sum": "state_sums", "square_avg": "square_avgs",
+             "grad_avg": "grad_avgs", "exp_avg": "exp_avgs", "exp_avg_sq": "exp_avg_sqs",
+             "max_exp_avg_sq": "max_exp_avg_sqs"}
+
+
+def new_state(param, name, fill, state_dtype):
+    """A state array as the semantics say the class makes it."""
+    if state_dtype == "int8" and param.size >= optim.MIN_8BIT_SIZE:
+        q = fusedopt.quantized_zeros_like(param, signed=name in SIGNED)
+        return fusedopt.quantize(np.full(param.shape, fill, np.float32), name in SIGNED, out=q) if fill else q
+    return np.full(param.shape, fill, BF16 if state_dtype == "bfloat16" else np.float32)
+
+
+class Functional:
+    """The functional calls by hand: one call per group and step."""
+
+    def __init__(self, name, params, state_dtype, master_weights=False, stochastic_rounding=False, seed=None):
+        self.name, self.params, self.t = name, params, 0
+        self.master, self.sr, self.seed = master_weights, stochastic_rounding, seed
+        self.hyper = [hyperparameters(name, k) for k in range(len(params))]
+        self.masters = [[p.astype(np.float32) for p in ps] for ps in params] if master_weights else None
+        self.state = [{s: [new_state(p, s, h.get("initial_accumulator_value", 0) if s == "sum" else 0, state_dtype)
+                           for p in ps] for s in state_names(name, h)} for ps, h in zip(params, self.hyper)]
+
+    def step(self, grads):
+        self.t += 1
+        t = self.t
+        for k, (ps, gs, h, state) in enumerate(zip(self.params, grads, self.hyper, self.state)):
+            kwargs = {ARGUMENTS[s]: arrays for s, arrays in state.items()}
+            kwargs.update({key: value for key, value in h.items() if key not in ("initial_accumulator_value", "betas")})
+            if "betas" in h:
+                kwargs["beta1"], kwargs["beta2"] = h["betas"]
+            if self.name in ("Adam", "AdamW", "Adagrad"):
+                kwargs["step"] = t
+            elif self.name == "SGD":
+                kwargs["step"] = 1 if t == 1 and h["momentum"] else t if self.sr else None
+            elif self.sr:
+                kwargs["step"] = t
+            if self.sr:
+                kwargs.update(stochastic_rounding=True, seed=self.seed + k)
+            fn = {"SGD": fusedopt.sgd_, "Adagrad": fusedopt.adagrad_, "RMSprop": fusedopt.rmsprop_}.get(
+                self.name, fusedopt.adam_)
+            if self.master:
+                fn(self.masters[k], gs, param_copies=ps, **kwargs)
+            else:
+                fn(ps, gs, **kwargs)
+
+
+def same(a, b):
+    if isinstance(a, fusedopt.QuantizedState) or isinstance(b, fusedopt.QuantizedState):
+        return a == b
+    return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def assert_matches(opt, ref):
+    """The optimizer's params and state equal the functional run's, bit for bit."""
+    for k, ps in enumerate(ref.params):
+        for j, p in enumerate(ps):
+            got_p = opt.param_groups[k]["params"][j]
+            assert same(got_p, p), (k, j)
+            state = opt.state[got_p]
+            assert state.get("step") == ref.t or opt.__class__.__name__ == "SGD" and not ref.sr
+            for s, arrays in ref.state[k].items():
+                assert same(state[s], arrays[j]), (k, j, s)
+            if ref.master:
+                assert same(state["master_param"], ref.masters[k][j]), (k, j)
+            expected = set(ref.state[k]) | ({"master_param"} if ref.master else set())
+            assert set(state) - {"step"} == expected
+
+
+def fingerprint(opt):
+    """Everything an optimizer holds, comparable with ==."""
+    def value(v):
+        if isinstance(v, fusedopt.QuantizedState):
+            return ("q", v.signed, v.codes.tobytes(), v.scales.tobytes())
+        return (v.dtype.str, v.tobytes()) if isinstance(v, np.ndarray) else v
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return ([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+            {i: {k: value(v) for k, v in opt.state[p].items()} for i, p in enumerate(params) if p in opt.state},
+            [p.tobytes() for p in params])
+
+
+def run_both(name, state_dtype, mode, steps=3):
+    dtype, options = MODES[mode]
+    params, twins = make_params(dtype), make_params(dtype)
+    opt = make_optimizer(name, params, state_dtype=state_dtype, **options)
+    ref = Functional(name, twins, state_dtype, **options)
+    grads = make_grads(dtype, steps)
+    for g in grads:
+        assert opt.step(flat(g)) is True
+        ref.step(g)
+        assert_matches(opt, ref)
+    return opt, ref
+
+
+# ---- the numbers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_class_equals_functional_calls(name, state_dtype, mode):
+    opt, ref = run_both(name, state_dtype, mode)
+    # what the semantics promise about the state's form
+    big, small = opt.param_groups[0]["params"]
+    kinds = {type(v) if isinstance(v, fusedopt.QuantizedState) else v.dtype
+             for s, v in opt.state[big].items() if s not in ("step", "master_param")}
+    expected = {"float32": F32, "bfloat16": BF16, "int8": fusedopt.QuantizedState}[state_dtype]
+    assert kinds == {expected}
+    assert {v.dtype for s, v in opt.state[small].items() if s not in ("step", "master_param")} == {
+        BF16 if state_dtype == "bfloat16" else F32}
+    if mode == "bf16-master":
+        params = [p for g in opt.param_groups for p in g["params"]]
+        assert all(same(p, opt.state[p]["master_param"].astype(BF16)) for p in params)
+
+
+def test_stochastic_rounding_changes_with_the_seed_only():
+    """Same seed: the same bits (another optimizer, another run); another seed: other bits; each
+    group has its own stream (seed + group index)."""
+    runs = []
+    for seed in (7, 7, 8):
+        params = make_params(BF16)
+        opt = make_optimizer("Adam", params, stochastic_rounding=True, seed=seed)
+        for g in make_grads(BF16, 3):
+            opt.step(flat(g))
+        runs.append((opt, b"".join(p.tobytes() for p in flat(params))))
+    assert runs[0][1] == runs[1][1] and runs[0][1] != runs[2][1]
+    assert [g["seed"] for g in runs[0][0].param_groups] == [7, 8]
+    drawn = [make_optimizer("Adam", make_params(BF16), stochastic_rounding=True).param_groups[0]["seed"]
+             for _ in range(2)]
+    assert drawn[0] != drawn[1] and all(0 <= s < 2**64 for s in drawn)
+
+
+def test_small_tensors_threshold():
+    """int8: params under min_8bit_size keep float32 state; min_8bit_size=0 quantizes every one."""
+    for threshold, quantized in ((optim.MIN_8BIT_SIZE, [True, False, True, False]), (0, [True] * 4)):
+        params = make_params(F32)
+        opt = make_optimizer("AdamW", params, state_dtype="int8", min_8bit_size=threshold)
+        opt.step(flat(make_grads(F32, 1)[0]))
+        assert [isinstance(opt.state[p]["exp_avg"], fusedopt.QuantizedState) for p in flat(params)] == quantized
+        assert [isinstance(opt.state[p]["exp_avg_sq"], fusedopt.QuantizedState) for p in flat(params)] == quantized
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+def roundtrip_state_dict(opt, fresh):
+    fresh.load_state_dict(opt.state_dict())
+    return fresh
+
+
+def roundtrip_file(opt, fresh, tmp_path):
+    optim.save(tmp_path / "ckpt.npz", opt)
+    optim.load(tmp_path / "ckpt.npz", fresh)
+    return fresh
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file", "pickle", "deepcopy"])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("name", ["SGD", "RMSprop", "AdamW"])
+def test_checkpoint_continues_bitwise(name, state_dtype, mode, how, tmp_path):
+    dtype, options = MODES[mode]
+    params = make_params(dtype)
+    opt = make_optimizer(name, params, state_dtype=state_dtype, **options)
+    grads = make_grads(dtype, 4)
+    for g in grads[:2]:
+        opt.step(flat(g))
+    if how in ("pickle", "deepcopy"):
+        other = pickle.loads(pickle.dumps(opt)) if how == "pickle" else copy.deepcopy(opt)
+    else:
+        # another optimizer (another seed, when it has one) over copies of the params
+        twins = [[p.copy() for p in ps] for ps in params]
+        fresh = make_optimizer(name, twins, state_dtype=state_dtype, **{**options, "seed": 99} if "seed" in options
+                               else options)
+        other = roundtrip_state_dict(opt, fresh) if how == "state_dict" else roundtrip_file(opt, fresh, tmp_path)
+    assert fingerprint(other) == fingerprint(opt)
+    for g in grads[2:]:
+        opt.step(flat(g))
+        other.step(flat(g))
+    assert fingerprint(other) == fingerprint(opt)
+    if state_dtype == "int8":
+        q = opt.state[opt.param_groups[0]["params"][0]]
+        assert any(isinstance(v, fusedopt.QuantizedState) for v in q.values())
+
+
+def convert(value, to, signed):
+    """The conversion a load makes, written out: float32 -> bfloat16 rounds to nearest even,
+    -> int8 is fusedopt.quantize, int8 -> is dequantize."""
+    if isinstance(value, fusedopt.QuantizedState):
+        value = value.dequantize()
+    value = value.astype(np.float32)
+    if to == "int8":
+        return fusedopt.quantize(value, signed)
+    return value.astype(BF16) if to == "bfloat16" else value
+
+
+@pytest.mark.parametrize("target", STATE_DTYPES)
+@pytest.mark.parametrize("source", STATE_DTYPES)
+@pytest.mark.parametrize("name", ["Adagrad", "RMSprop", "Adam"])
+def test_checkpoint_converts_between_state_dtypes(name, source, target, tmp_path):
+    """A checkpoint with state in `source` loads into an optimizer keeping `target`: each big
+    array converted as convert() says (small ones float32 in both int8 optimizers), then the
+    step continues as the functional calls from the converted state."""
+    params = make_params(F32)
+    opt = make_optimizer(name, params, state_dtype=source)
+    grads = make_grads(F32, 3)
+    for g in grads[:2]:
+        opt.step(flat(g))
+    twins = [[p.copy() for p in ps] for ps in params]
+    fresh = make_optimizer(name, twins, state_dtype=target)
+    optim.save(tmp_path / "ckpt.npz", opt)
+    optim.load(tmp_path / "ckpt.npz", fresh)
+    ref = Functional(name, [[p.copy() for p in ps] for ps in params], target)
+    ref.t = 2
+    for k, ps in enumerate(params):
+        for j, p in enumerate(ps):
+            kept = "float32" if p.size < optim.MIN_8BIT_SIZE and target == "int8" else target
+            for s in ref.state[k]:
+                want = convert(opt.state[p][s], kept, s in SIGNED)
+                assert same(fresh.state[twins[k][j]][s], want), (s, source, target)
+                ref.state[k][s][j] = want.copy()
+    fresh.step(flat(grads[2]))
+    ref.step(grads[2])
+    assert_matches(fresh, ref)
+
+
+def test_torch_style_fp32_checkpoint_into_int8_quantizes_exactly():
+    """A state_dict of an fp32 AdamW (as torch.optim.AdamW keeps it) loads into an int8 AdamW as
+    fusedopt.quantize of each array; loaded back into an fp32 AdamW it is its dequantize, within the
+    code's error of the fp32 original."""
+    params = make_params(F32)
+    fp32 = make_optimizer("AdamW", params)
+    for g in make_grads(F32, 2):
+        fp32.step(flat(g))
+    int8 = make_optimizer("AdamW", [[p.copy() for p in ps] for ps in params], state_dtype="int8")
+    int8.load_state_dict(fp32.state_dict())
+    back = make_optimizer("AdamW", [[p.copy() for p in ps] for ps in params])
+    back.load_state_dict(int8.state_dict())
+    big = params[0][0]
+    got = int8.state[int8.param_groups[0]["params"][0]]
+    assert got["exp_avg"] == fusedopt.quantize(fp32.state[big]["exp_avg"], True)
+    assert got["exp_avg_sq"] == fusedopt.quantize(fp32.state[big]["exp_avg_sq"], False)
+    returned = back.state[back.param_groups[0]["params"][0]]["exp_avg"].reshape(-1)
+    want = fp32.state[big]["exp_avg"].reshape(-1)
+    assert np.array_equal(returned, got["exp_avg"].dequantize().reshape(-1))
+    blocks = np.abs(np.concatenate([want, np.zeros(-want.size % 256, np.float32)])).reshape(-1, 256).max(axis=1)
+    absmax = np.repeat(blocks, 256)[:want.size]  # each element's block scale
+    # within the code's range (1.25 * 2^-16 of the block's absmax and up) at most 2^-4 relative error
+    assert np.all(np.abs(returned - want) <= np.maximum(2.0**-4 * np.abs(want), 1.25 * 2.0**-16 * absmax))
+
+
+# ---- bad combinations -------------------------------------------------------------------------
+
+def p32(n=8):
+    return np.zeros(n, np.float32)
+
+
+def pbf(n=8):
+    return np.zeros(n, BF16)
+
+
+CONSTRUCTION_ERRORS = [
+    ("unknown state_dtype", lambda: optim.Adam([p32()], state_dtype="int4"), ValueError, "state_dtype must be one of"),
+    ("state_dtype float16", lambda: optim.Adam([p32()], state_dtype="float16"), ValueError, "state_dtype"),
+    ("state_dtype not a str", lambda: optim.Adam([p32()], state_dtype=np.int8), TypeError, "state_dtype"),
+    ("master weights of fp32 params", lambda: optim.AdamW([p32()], master_weights=True), TypeError,
+     "master_weights=True keeps float32 master weights"),
+    ("stochastic rounding of fp32 params", lambda: optim.SGD([p32()], stochastic_rounding=True), TypeError,
+     "stochastic_rounding=True rounds bfloat16"),
+    ("stochastic rounding of fp16 params", lambda: optim.SGD([np.zeros(3, np.float16)], stochastic_rounding=True),
+     TypeError, "bfloat16"),
+    ("both", lambda: optim.Adam([pbf()], master_weights=True, stochastic_rounding=True), ValueError,
+     "exclude each other"),
+    ("int8 state of float64", lambda: optim.Adam([np.zeros(3)], state_dtype="int8"), TypeError,
+     "state of float64 params is float64"),
+    ("bf16 state of float64", lambda: optim.RMSprop([np.zeros(3)], state_dtype="bfloat16"), TypeError, "float64"),
+    ("seed without stochastic rounding", lambda: optim.Adam([pbf()], seed=1), ValueError, "stochastic_rounding"),
+    ("negative seed", lambda: optim.Adam([pbf()], stochastic_rounding=True, seed=-1), ValueError, "seed"),
+    ("seed 2**64", lambda: optim.Adam([pbf()], stochastic_rounding=True, seed=2**64), ValueError, "seed"),
+    ("float seed", lambda: optim.Adam([pbf()], stochastic_rounding=True, seed=1.5), TypeError, "seed must be an int"),
+    ("master_weights not a bool", lambda: optim.Adam([pbf()], master_weights=1), TypeError, "must be a bool"),
+    ("negative min_8bit_size", lambda: optim.Adam([p32()], state_dtype="int8", min_8bit_size=-1), ValueError,
+     "min_8bit_size"),
+    ("int param", lambda: optim.Adam([np.zeros(3, np.int8)], state_dtype="int8"), TypeError, "dtype int8"),
+]
+
+
+@pytest.mark.parametrize("desc,make,exc,match", CONSTRUCTION_ERRORS, ids=[c[0] for c in CONSTRUCTION_ERRORS])
+def test_bad_combination_raises_at_construction(desc, make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_add_param_group_checks_the_options():
+    """A later group is checked against the options; refused, it leaves the optimizer as it was."""
+    opt = optim.AdamW([pbf(300)], master_weights=True)
+    opt.step([np.ones(300, BF16)])
+    before = fingerprint(opt)
+    with pytest.raises(TypeError, match="master weights"):
+        opt.add_param_group({"params": [p32()]})
+    assert fingerprint(opt) == before and len(opt.param_groups) == 1
+    opt.add_param_group({"params": [np.zeros(5, np.float16)]})  # fp16 params take master weights too
+    sr = optim.Adam([pbf()], stochastic_rounding=True, seed=4)
+    sr.add_param_group({"params": [pbf()]})
+    sr.add_param_group({"params": [pbf()], "seed": 40})
+    assert [g["seed"] for g in sr.param_groups] == [4, 5, 40]
+    with pytest.raises(ValueError, match="seed"):
+        sr.add_param_group({"params": [pbf()], "seed": -3})
+    assert len(sr.param_groups) == 3
+
+
+def used(name="Adam", state_dtype="int8", mode="bf16-master"):
+    dtype, options = MODES[mode]
+    opt = make_optimizer(name, make_params(dtype), state_dtype=state_dtype, **options)
+    for g in make_grads(dtype, 2):
+        opt.step(flat(g))
+    return opt
+
+
+def edit(state_dict, index, name, value):
+    state_dict["state"][index][name] = value
+    return state_dict
+
+
+BAD_LOADS = [
+    ("bf16 master", lambda sd: edit(sd, 0, "master_param", sd["state"][0]["master_param"].astype(BF16)), ValueError,
+     "master_param'\\] has dtype bfloat16"),
+    ("no master", lambda sd: (sd["state"][0].pop("master_param"), sd)[1], ValueError, "needs"),
+    ("signed exp_avg_sq", lambda sd: edit(sd, 0, "exp_avg_sq", fusedopt.quantized_zeros_like(np.zeros((70, 64)), True)),
+     ValueError, "signed QuantizedState"),
+    ("negative exp_avg_sq", lambda sd: edit(sd, 0, "exp_avg_sq", -np.ones((70, 64), np.float32)), ValueError,
+     "negative"),
+    ("float64 state", lambda sd: edit(sd, 0, "exp_avg", np.zeros((70, 64))), ValueError, "dtype float64"),
+    ("float16 state", lambda sd: edit(sd, 2, "exp_avg", np.zeros(5000, np.float16)), ValueError, "float16"),
+    ("quantized of another shape", lambda sd: edit(sd, 0, "exp_avg", fusedopt.quantized_zeros_like(np.zeros(5), True)),
+     ValueError, "shape"),
+    ("int state", lambda sd: edit(sd, 1, "exp_avg", np.zeros(300, np.int8)), TypeError, "dtype int8"),
+    ("bad seed", lambda sd: (sd["param_groups"][1].__setitem__("seed", "x"), sd)[1], TypeError, "seed"),
+]
+
+
+@pytest.mark.parametrize("desc,change,exc,match", BAD_LOADS, ids=[c[0] for c in BAD_LOADS])
+def test_bad_load_leaves_optimizer_unchanged(desc, change, exc, match):
+    opt = used(mode="bf16-sr" if desc == "bad seed" else "bf16-master")
+    bad = change(opt.state_dict())
+    before = fingerprint(opt)
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(bad)
+    assert fingerprint(opt) == before
+
+
+def test_stochastic_rounding_loads_a_checkpoint_without_seeds():
+    """A round-to-nearest bf16 optimizer's checkpoint loads into a stochastic-rounding one, which
+    keeps its own seeds."""
+    nearest = used("Adam", "float32", "bf16-master")
+    plain = make_optimizer("Adam", make_params(BF16))
+    plain.step(flat(make_grads(BF16, 1)[0]))
+    sr = make_optimizer("Adam", make_params(BF16), stochastic_rounding=True, seed=5)
+    sr.load_state_dict(plain.state_dict())
+    assert [g["seed"] for g in sr.param_groups] == [5, 6]
+    assert fingerprint(sr)[1] == fingerprint(plain)[1]
+    with pytest.raises(ValueError, match="master_param"):  # master weights are state the other one lacks
+        plain.load_state_dict(nearest.state_dict())
+
+
+def replace_state(k, j, name, make):
+    def change(opt):
+        p = opt.param_groups[k]["params"][j]
+        opt.state[p][name] = make(opt.state[p][name])
+    return change
+
+
+STEP_ERRORS = [
+    ("fp64 grads", None, TypeError, "has dtype float64"),
+    ("signed code for exp_avg_sq", replace_state(1, 0, "exp_avg_sq", lambda q: fusedopt.QuantizedState(
+        q.codes.copy(), q.scales.copy(), True)), ValueError, "signed"),
+    ("master of another shape", replace_state(1, 0, "master_param", lambda m: np.zeros(m.size + 1, np.float32)),
+     ValueError, "shape"),
+    ("read-only codes", replace_state(1, 0, "exp_avg", lambda q: fusedopt.QuantizedState(
+        np.broadcast_to(q.codes, q.shape), q.scales, True)), ValueError, "writable"),
+]
+
+
+@pytest.mark.parametrize("desc,change,exc,match", STEP_ERRORS, ids=[c[0] for c in STEP_ERRORS])
+def test_step_error_changes_nothing(desc, change, exc, match):
+    """A step refused by the last group's checks (after the first group's call could have run)
+    writes nothing: params, masters and 8-bit state stay byte-identical."""
+    opt = used("Adam", "int8", "bf16-master")
+    grads = flat(make_grads(BF16, 1, seed=9)[0])
+    if change is None:
+        grads[-2] = grads[-2].astype(np.float64)
+    else:
+        change(opt)
+    before = fingerprint(opt)
+    with pytest.raises(exc, match=match):
+        opt.step(grads)
+    assert fingerprint(opt) == before
