@@ -240,6 +240,73 @@ def _step_error(problem: tuple[type[Exception], str], name: str) -> Exception:
     return exception(f"{name} {message}")
 
 
+class LowPrecision(NamedTuple):
+    """An optimizer's low-precision options (see Optimizer; fusedopt.torch's classes take the same)."""
+    state_dtype: str = "float32"
+    master_weights: bool = False
+    stochastic_rounding: bool = False
+    min_8bit_size: int = MIN_8BIT_SIZE
+
+
+def _checked_options(name: str, state_dtype: object, master_weights: object, stochastic_rounding: object,
+                     seed: object, min_8bit_size: object) -> LowPrecision:
+    """The low-precision keywords of optimizer class `name`, checked (seed too, when given)."""
+    if not isinstance(state_dtype, str):
+        raise TypeError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
+    for option, value in (("master_weights", master_weights), ("stochastic_rounding", stochastic_rounding)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: {option} must be a bool, got {value!r}")
+    if master_weights and stochastic_rounding:
+        raise ValueError(f"{name}: master_weights=True and stochastic_rounding=True exclude each other: master "
+                         "weights keep the update in float32 (the copy rounds to nearest); stochastic rounding "
+                         "is for bfloat16 params updated directly")
+    if not (isinstance(min_8bit_size, numbers.Integral) and not isinstance(min_8bit_size, (bool, np.bool_))):
+        raise TypeError(f"{name}: min_8bit_size must be an int, got {min_8bit_size!r}")
+    if int(min_8bit_size) < 0:
+        raise ValueError(f"{name}: min_8bit_size must be >= 0, got {min_8bit_size!r}")
+    if seed is not None:
+        if not stochastic_rounding:
+            raise ValueError(f"{name}: seed= is the seed of stochastic rounding; it needs stochastic_rounding=True")
+        _checked_seed(seed, name)
+    return LowPrecision(state_dtype, bool(master_weights), bool(stochastic_rounding), int(min_8bit_size))
+
+
+def _checked_seed(seed: object, where: str) -> int:
+    """A stochastic-rounding seed: an int from 0 to 2**64 - 1 (the kernels' unsigned 64 bits)."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"{where}: seed must be an int from 0 to 2**64 - 1, got {seed!r}")
+    return int(seed)
+
+
+def _param_dtype_problem(dtype: np.dtype[Any], options: LowPrecision) -> str | None:
+    """Why an optimizer with these options cannot update params of this dtype, or None."""
+    if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
+        return "fusedopt updates float32, float64, bfloat16 (ml_dtypes) or float16 arrays"
+    sixteen = dtype == _F16 or _is_bfloat16(dtype)
+    if options.master_weights and not sixteen:
+        return ("master_weights=True keeps float32 master weights of bfloat16/float16 params; "
+                "a float32/float64 param is its own master (give it to an optimizer without master_weights)")
+    if options.stochastic_rounding and not _is_bfloat16(dtype):
+        return "stochastic_rounding=True rounds bfloat16 params (updated directly); this param is not one"
+    if dtype == _F64 and options.state_dtype != "float32":
+        return f"the state of float64 params is float64, never state_dtype={options.state_dtype!r}"
+    return None
+
+
+def _state_dtype_of(dtype: np.dtype[Any], size: int, options: LowPrecision) -> str:
+    """The dtype an optimizer with these options keeps the state of a param of this dtype and
+    size in: "float64", "float32", "bfloat16" or "int8"."""
+    if dtype == _F64:
+        return "float64"
+    if options.state_dtype == "int8" and size < options.min_8bit_size:
+        return "float32"
+    return options.state_dtype
+
+
 class Optimizer:
     """The shared machinery: a subclass is the class attributes below.
 
@@ -288,28 +355,12 @@ class Optimizer:
     def __init__(self, params: Iterable[np.ndarray] | Iterable[dict[str, Any]], *, state_dtype: str = "float32",
                  master_weights: bool = False, stochastic_rounding: bool = False, seed: int | None = None,
                  min_8bit_size: int = MIN_8BIT_SIZE, **hyperparameters: Any) -> None:
-        name = type(self).__name__
-        if not isinstance(state_dtype, str):
-            raise TypeError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
-        if state_dtype not in STATE_DTYPES:
-            raise ValueError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
-        for option, value in (("master_weights", master_weights), ("stochastic_rounding", stochastic_rounding)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name}: {option} must be a bool, got {value!r}")
-        if master_weights and stochastic_rounding:
-            raise ValueError(f"{name}: master_weights=True and stochastic_rounding=True exclude each other: master "
-                             "weights keep the update in float32 (the copy rounds to nearest); stochastic rounding "
-                             "is for bfloat16 params updated directly")
-        if not (isinstance(min_8bit_size, numbers.Integral) and not isinstance(min_8bit_size, (bool, np.bool_))):
-            raise TypeError(f"{name}: min_8bit_size must be an int, got {min_8bit_size!r}")
-        if int(min_8bit_size) < 0:
-            raise ValueError(f"{name}: min_8bit_size must be >= 0, got {min_8bit_size!r}")
-        if seed is not None and not stochastic_rounding:
-            raise ValueError(f"{name}: seed= is the seed of stochastic rounding; it needs stochastic_rounding=True")
-        self.state_dtype: str = state_dtype
-        self.master_weights: bool = bool(master_weights)
-        self.stochastic_rounding: bool = bool(stochastic_rounding)
-        self.min_8bit_size: int = int(min_8bit_size)
+        options = _checked_options(type(self).__name__, state_dtype, master_weights, stochastic_rounding, seed,
+                                   min_8bit_size)
+        self.state_dtype: str = options.state_dtype
+        self.master_weights: bool = options.master_weights
+        self.stochastic_rounding: bool = options.stochastic_rounding
+        self.min_8bit_size: int = options.min_8bit_size
         if self.stochastic_rounding:
             self.counts_steps = True  # the random bits are keyed by the step (torch's SGD counts none)
             hyperparameters["seed"] = secrets.randbits(64) if seed is None else seed
@@ -372,17 +423,10 @@ class Optimizer:
 
     def _param_dtype_problem(self, dtype: np.dtype[Any]) -> str | None:
         """Why this optimizer cannot update params of this dtype, or None."""
-        if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
-            return "fusedopt updates float32, float64, bfloat16 (ml_dtypes) or float16 arrays"
-        sixteen = dtype == _F16 or _is_bfloat16(dtype)
-        if self.master_weights and not sixteen:
-            return ("master_weights=True keeps float32 master weights of bfloat16/float16 params; "
-                    "a float32/float64 param is its own master (give it to an optimizer without master_weights)")
-        if self.stochastic_rounding and not _is_bfloat16(dtype):
-            return "stochastic_rounding=True rounds bfloat16 params (updated directly); this param is not one"
-        if dtype == _F64 and self.state_dtype != "float32":
-            return f"the state of float64 params is float64, never state_dtype={self.state_dtype!r}"
-        return None
+        return _param_dtype_problem(dtype, self._low_precision())
+
+    def _low_precision(self) -> LowPrecision:
+        return LowPrecision(self.state_dtype, self.master_weights, self.stochastic_rounding, self.min_8bit_size)
 
     def _options(self) -> dict[str, type]:
         """The group entries beside the hyperparameters that this optimizer's options add: "seed"
@@ -398,11 +442,7 @@ class Optimizer:
 
     def _state_dtype_of(self, param: np.ndarray) -> str:
         """The dtype this optimizer keeps param's state arrays in: "float64", "float32", "bfloat16" or "int8"."""
-        if param.dtype == _F64:
-            return "float64"
-        if self.state_dtype == "int8" and param.size < self.min_8bit_size:
-            return "float32"
-        return self.state_dtype
+        return _state_dtype_of(param.dtype, param.size, self._low_precision())
 
     def _new_state_array(self, name: str, spec: StateArray, param: np.ndarray,
                          hyperparameters: dict[str, Any]) -> np.ndarray | QuantizedState:
@@ -452,12 +492,7 @@ class Optimizer:
             except (OverflowError, ValueError):  # 10**400, Decimal("sNaN")
                 raise ValueError(f"{where}: {key} must be a number a float can hold, got {value!r}") from None
         if "seed" in options:
-            seed = group["seed"]
-            if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
-                raise TypeError(f"{where}: seed must be an int, got {seed!r}")
-            if not 0 <= seed < 2**64:  # type: ignore[operator]  # an Integral
-                raise ValueError(f"{where}: seed must be an int from 0 to 2**64 - 1, got {seed!r}")
-            checked["seed"] = int(seed)
+            checked["seed"] = _checked_seed(group["seed"], where)
         try:
             self._call(self._update_kwargs(checked), [], [],
                        {spec.argument: [] for spec in self.state_arrays.values() if spec.needed(checked)},
