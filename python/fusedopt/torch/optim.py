@@ -13,6 +13,28 @@ kept in a plan per group; a later step checks the plan still holds (the same par
 grad, at the same addresses, with the same state tensors) and only converts the new grads.
 The step counters of a plan's params are 0-d views into one tensor, so one add_ counts the
 step for all of them.
+
+Low precision: every class takes fusedopt.optim's keyword-only options, with the same meaning
+(see fusedopt.optim.Optimizer): state_dtype="float32" | "bfloat16" | "int8", master_weights,
+stochastic_rounding with seed, min_8bit_size. They are the optimizer's (kept in self.defaults,
+so that pickling and copy.deepcopy keep them; a param group may not set them), except the seed:
+each group keeps its own as group["seed"] (seed + the group's index; seed=None draws one from
+torch's default generator, so torch.manual_seed makes a run reproducible), in state_dict()'s
+param_groups. The state tensors, as state_dict() holds them:
+- "float32": float32 tensors (also for bfloat16/float16 params: torch.optim keeps their state
+  in the param's dtype), float64 for float64 params;
+- "bfloat16": bfloat16 tensors;
+- "int8": state[name] is a uint8 tensor of codes, the param's shape, and state[name +
+  "_scales"] a float32 tensor of one scale per block of 256 elements (fusedopt.QuantizedState's
+  codes and scales: exp_avg / exp_avg_scales, exp_avg_sq / exp_avg_sq_scales, ...); params of
+  fewer than min_8bit_size elements keep float32 tensors;
+- master_weights: state["master_param"], the float32 master of a bfloat16/float16 param.
+load_state_dict() converts a checkpoint's state to these forms (float32 <-> bfloat16 <-> int8,
+as fusedopt.optim's load: fusedopt.quantize, dequantize, rounding to nearest even), so that a
+torch.optim checkpoint (float32, or a bfloat16 model's bfloat16 state) loads into any of them;
+anything else (float64 <-> other, a master_param that is not float32, codes without scales) is
+a TypeError/ValueError, raised before anything changes. To hand an 8-bit checkpoint back to
+torch.optim, load it into a fusedopt.torch optimizer with state_dtype="float32" and save that.
 """
 from __future__ import annotations
 
@@ -27,7 +49,19 @@ from torch.optim.optimizer import _get_scalar_dtype
 from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
 from .._tensors import tensor_to_ndarray
-from ..optim import _array_problem, _step_error
+from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
+from ..optim import (
+    MIN_8BIT_SIZE,
+    LowPrecision,
+    _array_problem,
+    _checked_options,
+    _checked_seed,
+    _loaded_state,
+    _memory,
+    _param_dtype_problem,
+    _state_dtype_of,
+    _step_error,
+)
 from . import _omp
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
@@ -44,15 +78,46 @@ _as_ndarray = torch.Tensor.numpy
 
 
 class _StateSpec(NamedTuple):
-    """One per-param state tensor: torch's name, the fusedopt keyword for the list of them, and
-    whether a group with these hyperparameters keeps it."""
+    """One per-param state tensor: torch's name, the fusedopt keyword for the list of them,
+    whether a group with these hyperparameters keeps it, and its 8-bit code (signed, or
+    unsigned for non-negative state)."""
     name: str
     argument: str
     needed: Callable[[dict[str, Any]], bool]
+    signed: bool
 
 
 def _always(group: dict[str, Any]) -> bool:
     return True
+
+
+# master_weights=True: state["master_param"], the float32 master of a 16-bit param; the kernel
+# updates it in the params' place and writes the param as its copy (param_copies=)
+MASTER_PARAM = "master_param"
+_MASTER = (_StateSpec(MASTER_PARAM, "master_params", _always, False),)
+_OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_size")  # optimizer-wide
+_SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
+_NO_ROUNDING: dict[str, Any] = {}
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
+    torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64), torch.float16: np.dtype(np.float16)}
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
+    """The NumPy dtype fusedopt sees for a torch floating dtype (None: not one it updates)."""
+    if dtype == torch.bfloat16:
+        bfloat16: np.dtype[Any] = tensor_to_ndarray(torch.empty(0, dtype=dtype), "a bfloat16 tensor").dtype
+        return bfloat16
+    return _NUMPY_DTYPES.get(dtype)
+
+
+def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torch.Tensor]:
+    """A state array (fusedopt.optim's form) as state tensors, sharing its memory."""
+    if isinstance(value, QuantizedState):
+        return {name: torch.from_numpy(value.codes), name + _SCALES: torch.from_numpy(value.scales)}
+    if value.dtype.itemsize == 2 and value.dtype.name == "bfloat16":
+        return {name: torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)}
+    return {name: torch.from_numpy(value)}
 
 
 class _Call(NamedTuple):
@@ -60,7 +125,7 @@ class _Call(NamedTuple):
     (None: all of them), the state views by keyword, and the step argument (see _Plan)."""
     params: list[np.ndarray]
     positions: list[int] | None
-    states: dict[str, list[np.ndarray]]
+    states: dict[str, list[np.ndarray | QuantizedState]]
     step: int | None
 
 
@@ -128,17 +193,210 @@ class _FusedStep(torch.optim.Optimizer):
         """A state tensor before the param's first step (torch: zeros of the param's layout)."""
         return torch.zeros_like(param, memory_format=torch.preserve_format)
 
+    def _state_fill(self, name: str) -> float:
+        """What _new_state_tensor fills state `name` with (for state in another dtype than the param's)."""
+        return 0.0
+
+    # ---- low precision (the module docstring) --------------------------------------------------
+
+    def __init__(self, params: Any, *args: Any, state_dtype: str = "float32", master_weights: bool = False,
+                 stochastic_rounding: bool = False, seed: int | None = None, min_8bit_size: int = MIN_8BIT_SIZE,
+                 **kwargs: Any) -> None:
+        name = f"fusedopt.torch.{type(self).__name__}"
+        options = _checked_options(name, state_dtype, master_weights, stochastic_rounding, seed, min_8bit_size)
+        if options.stochastic_rounding and seed is None:  # torch's generator: torch.manual_seed reproduces it
+            seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)) % 2**64
+        self.__dict__["_fusedopt_options"] = (options, seed)  # for add_param_group while torch's __init__ runs
+        super().__init__(params, *args, **kwargs)
+        del self.__dict__["_fusedopt_options"]
+        self.defaults.update(options._asdict())  # kept by pickling, as torch keeps defaults
+        if options.stochastic_rounding:
+            self.defaults["seed"] = seed
+        for group in self.param_groups:  # state made by torch's __init__ (Adagrad's sums), in this optimizer's form
+            for k, p in enumerate(group["params"]):
+                if self.state.get(p):
+                    self.state[p] = self._loaded_param_state(p, self.state[p], f"state of param {k}", copy=False)
+
+    def _low_precision(self) -> tuple[LowPrecision, int | None]:
+        """(the optimizer's low-precision options, its seed: None without stochastic rounding)."""
+        defaults = self.defaults
+        if "state_dtype" not in defaults:  # torch's __init__ is running
+            options: tuple[LowPrecision, int | None] = self.__dict__["_fusedopt_options"]
+            return options
+        return LowPrecision(*(defaults[key] for key in LowPrecision._fields)), defaults.get("seed")
+
+    def _rounding(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The fusedopt function's stochastic-rounding keywords for this group."""
+        if self.defaults.get("stochastic_rounding"):
+            return {"stochastic_rounding": True, "seed": group["seed"]}
+        return _NO_ROUNDING
+
+    def _specs(self) -> tuple[_StateSpec, ...]:
+        """The per-param state specs: the class's, and the master param's with master_weights."""
+        return self._states + _MASTER if self.defaults.get("master_weights") else self._states
+
+    def _new_state(self, specs: list[_StateSpec], state: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
+        """The state tensors a param lacks before a step, in this optimizer's form."""
+        new: dict[str, Any] = {}
+        options, _ = self._low_precision()
+        dtype = _numpy_dtype(param.dtype)
+        for spec in specs:
+            if state.get(spec.name) is not None:
+                continue
+            if spec.name == MASTER_PARAM:
+                new[spec.name] = torch.empty(param.shape, dtype=torch.float32).copy_(param.detach())
+                continue
+            kind = "float32" if dtype is None else _state_dtype_of(dtype, param.numel(), options)
+            if kind == "int8":
+                codes = torch.zeros(param.shape, dtype=torch.uint8)
+                scales = torch.zeros(-(-param.numel() // QUANT_BLOCK), dtype=torch.float32)
+                fill = self._state_fill(spec.name)
+                if fill:
+                    quantize(np.full(tuple(param.shape), fill, np.float32), spec.signed,
+                             out=QuantizedState(codes.numpy(), scales.numpy(), spec.signed))
+                new[spec.name], new[spec.name + _SCALES] = codes, scales
+                continue
+            target = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[kind]
+            if param.dtype == target or dtype is None:
+                new[spec.name] = self._new_state_tensor(spec.name, param)
+            else:
+                new[spec.name] = torch.full(param.shape, self._state_fill(spec.name), dtype=target)
+        return new
+
+    def _state_view(self, spec: _StateSpec, tensors: dict[str, Any], i: int) -> np.ndarray | QuantizedState:
+        """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit state)."""
+        tensor, scales = tensors[spec.name], tensors.get(spec.name + _SCALES)
+        if tensor.dtype == torch.uint8 and scales is not None:
+            return QuantizedState(_view(tensor, f"state[{spec.name!r}] of param {i}"),
+                                  _view(scales, f"state[{spec.name + _SCALES!r}] of param {i}"), spec.signed)
+        return _view(tensor, f"state[{spec.name!r}] of param {i}")
+
+    def _role(self, argument: str) -> str:
+        """fusedopt.optim._array_problem's role for a call's array argument."""
+        if argument == "param_copies":
+            return "copy"
+        signed = next(spec.signed for spec in self._states if spec.argument == argument)
+        return "signed state" if signed else "unsigned state"
+
+    def _loaded_param_state(self, param: torch.Tensor, saved: dict[Any, Any], where: str,
+                            copy: bool) -> dict[Any, Any]:
+        """A param's state (a checkpoint's, or torch's __init__'s) in this optimizer's form:
+        each state tensor converted by fusedopt.optim's rules (_loaded_state), copied (with copy)
+        when it needs no conversion; other entries ("step", ...) as they are (cloned with copy).
+        TypeError/ValueError naming `where` for state that does not convert."""
+        options, _ = self._low_precision()
+        specs = {spec.name: spec for spec in self._specs()}
+        dtype = _numpy_dtype(param.dtype)
+        out: dict[Any, Any] = {}
+        for key, value in saved.items():
+            name = f"{where}[{key!r}]"
+            if key in specs and dtype is not None:
+                spec = specs[key]
+                if not torch.is_tensor(value):
+                    raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+                array: np.ndarray | QuantizedState
+                if value.dtype == torch.uint8:
+                    scales = saved.get(key + _SCALES)
+                    if not torch.is_tensor(scales):
+                        raise ValueError(f"{name} is a uint8 tensor (8-bit codes) without its {key + _SCALES!r} tensor")
+                    try:
+                        array = QuantizedState(_view(value, name), _view(scales, f"{where}[{key + _SCALES!r}]"),
+                                               spec.signed)
+                    except (TypeError, ValueError) as e:
+                        raise type(e)(f"{name}: {e}") from None
+                else:
+                    array = _view(value, name)
+                kind = "float32" if key == MASTER_PARAM else _state_dtype_of(dtype, param.numel(), options)
+                converted = _loaded_state(array, kind, spec.signed, _view(param, "its param"), name,
+                                          convert=key != MASTER_PARAM)
+                if converted is array:
+                    if not copy:
+                        out[key] = value
+                        if isinstance(array, QuantizedState):
+                            out[key + _SCALES] = saved[key + _SCALES]
+                        continue
+                    converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
+                out.update(_as_tensors(key, converted))
+            elif isinstance(key, str) and key.endswith(_SCALES) and key[:-len(_SCALES)] in specs:
+                if key[:-len(_SCALES)] not in saved:
+                    raise ValueError(f"{name} holds 8-bit scales but {where} has no {key[:-len(_SCALES)]!r} codes")
+                if key not in out:  # float state: stale scales are dropped
+                    continue
+            elif key == MASTER_PARAM:
+                raise ValueError(f"{name}: the checkpoint has master weights but this optimizer has "
+                                 "master_weights=False")
+            else:
+                out[key] = value.clone() if copy and torch.is_tensor(value) else value
+        return out
+
     # ---- torch.optim.Optimizer -----------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = f"fusedopt.torch.{type(self).__name__}"
+        options, seed = self._low_precision()
+        where = f"{name}: param_groups[{len(self.param_groups)}]"
+        if isinstance(param_group, dict):  # else torch's own error
+            given = [key for key in _OPTIONS if key in param_group]
+            if given:
+                raise ValueError(f"{where} sets {given}: they are the optimizer's options (constructor keywords)")
+            if options.stochastic_rounding:  # each group its own random stream
+                assert seed is not None
+                param_group["seed"] = _checked_seed(param_group.get("seed", (seed + len(self.param_groups)) % 2**64),
+                                                    where)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        for key in _OPTIONS:
+            group.pop(key, None)  # copied from self.defaults by torch: the optimizer's, not the group's
         for option in self._unsupported:
             if group.get(option):
                 self.param_groups.pop()
                 raise ValueError(f"fusedopt.torch.{type(self).__name__} does not support {option}=True "
                                  "(its step writes the tensors' memory outside autograd and CUDA graphs); "
                                  f"use torch.optim.{type(self).__name__} for it")
+        for j, p in enumerate(group["params"]):
+            dtype = _numpy_dtype(p.dtype)
+            problem = None if dtype is None else _param_dtype_problem(dtype, options)
+            if problem:
+                self.param_groups.pop()
+                raise TypeError(f"{where}['params'][{j}] has dtype {p.dtype}; {problem}")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, with the state converted to this optimizer's form first (the
+        module docstring) instead of cast to each param's dtype as torch does (which would turn
+        8-bit codes, scales and float32 master weights into the param's dtype). The options stay
+        this optimizer's; a checkpoint without group seeds keeps this optimizer's seeds."""
+        saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        if (not isinstance(saved_groups, list) or not isinstance(saved_state, dict)
+                or len(saved_groups) != len(self.param_groups)
+                or any(not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"])
+                       for saved, group in zip(saved_groups, self.param_groups))):
+            super().load_state_dict(state_dict)  # torch's own error
+            return
+        options, _ = self._low_precision()
+        saved_ids = [i for saved in saved_groups for i in saved["params"]]
+        id_map = dict(zip(saved_ids, [p for group in self.param_groups for p in group["params"]]))
+        converted: dict[torch.Tensor, dict[Any, Any]] = {}
+        rest = {}  # state of no param: torch keeps it as it is
+        for key, value in saved_state.items():
+            param = id_map.get(key)
+            if param is None or not isinstance(value, dict):
+                rest[key] = value
+            else:
+                converted[param] = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]", copy=True)
+        if options.stochastic_rounding:
+            for k, saved in enumerate(saved_groups):
+                if "seed" in saved:
+                    _checked_seed(saved["seed"], f"state_dict['param_groups'][{k}]")
+        seeds = [group.get("seed") for group in self.param_groups]
+        super().load_state_dict({**state_dict, "state": rest})
+        for group, seed in zip(self.param_groups, seeds):
+            for key in _OPTIONS:
+                group.pop(key, None)
+            if options.stochastic_rounding and "seed" not in group:
+                group["seed"] = seed
+        for param, state in converted.items():
+            self.state[param] = state
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -199,7 +457,7 @@ class _FusedStep(torch.optim.Optimizer):
     # ---- the plan -------------------------------------------------------------------------------
 
     def _structure(self, group: dict[str, Any]) -> tuple[bool, ...]:
-        return tuple(spec.needed(group) for spec in self._states)
+        return tuple(spec.needed(group) for spec in self._specs())
 
     def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
@@ -209,7 +467,7 @@ class _FusedStep(torch.optim.Optimizer):
         plan.group, plan.state, plan.present = group, self.state, present
         plan.group_params = list(group["params"])
         plan.structure = self._structure(group)
-        specs = [spec for spec, needed in zip(self._states, plan.structure) if needed]
+        specs = [spec for spec, needed in zip(self._specs(), plan.structure) if needed]
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
         param_views, state_views, steps_taken = [], [], []
         step_dtype = _get_scalar_dtype()  # torch.optim's step dtype
@@ -219,7 +477,7 @@ class _FusedStep(torch.optim.Optimizer):
             i = len(plan.params)
             plan.state_dicts.append(self.state.get(p))
             state: dict[str, Any] = self.state.get(p) or {}
-            new = {spec.name: self._new_state_tensor(spec.name, p) for spec in specs if state.get(spec.name) is None}
+            new = self._new_state(specs, state, p)
             plan.params.append(p)
             plan.elements += p.numel()
             plan.ptrs.append(p.data_ptr())
@@ -230,8 +488,12 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.watched_tensors.append(state[spec.name])
             tensors = {**{name: state[name] for name in state}, **new}
             param_views.append(_view(p, f"param {i} of its group"))
-            state_views.append({spec.argument: _view(tensors[spec.name], f"state[{spec.name!r}] of param {i}")
-                                for spec in specs})
+            state_views.append({spec.argument: self._state_view(spec, tensors, i) for spec in specs})
+            if _MASTER[0].argument in state_views[-1]:  # the call updates the master; the param is its copy
+                state_views[-1]["param_copies"] = param_views[-1]
+                master = state_views[-1].pop(_MASTER[0].argument)
+                assert isinstance(master, np.ndarray)  # float32: never 8-bit
+                param_views[-1] = master
             step: Any = state.get("step")  # an int, a tensor (torch's), or None
             if self._counts_steps:
                 steps_taken.append(0 if step is None else int(step))
@@ -239,13 +501,14 @@ class _FusedStep(torch.optim.Optimizer):
                     step_dtype = step.dtype
             if new or (self._counts_steps and step is None):
                 plan.new_state.append((p, new))
-            key = (p.dtype, self._step_argument(steps_taken[-1] if self._counts_steps else 0, bool(new)))
+            key = (p.dtype, self._step_argument(steps_taken[-1] if self._counts_steps else 0,
+                                                bool(new.keys() - {MASTER_PARAM})))
             by_call.setdefault(key, []).append(i)
         for (_, step_argument), positions in by_call.items():
             plan.calls.append(_Call(params=[param_views[i] for i in positions],
                                     positions=None if len(by_call) == 1 else positions,
-                                    states={spec.argument: [state_views[i][spec.argument] for i in positions]
-                                            for spec in specs},
+                                    states={argument: [state_views[i][argument] for i in positions]
+                                            for argument in state_views[positions[0]]},
                                     step=step_argument))
         if self._counts_steps and plan.params:
             # one tensor of counters, torch's dtype: a step counts for all params with one add_
@@ -286,19 +549,27 @@ class _FusedStep(torch.optim.Optimizer):
         for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
                 step = {} if call.step is None else {"step": call.step}
-                update([], [], **{argument: [] for argument in call.states}, **hyperparameters, **step)
+                # (stochastic rounding is checked against the params, below, not on empty lists)
+                update([], [], **{argument: [] for argument in call.states}, **step,
+                       **{key: value for key, value in hyperparameters.items() if key != "stochastic_rounding"})
                 positions = range(len(plan_grads)) if call.positions is None else call.positions
                 for j, (p, position) in enumerate(zip(call.params, positions)):
                     where = f"param {j} of a call for param group {k}"
-                    checks = [(p, True, None, where), (plan_grads[position], False, p, f"the grad of {where}")]
-                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}")
+                    checks: list[tuple[Any, bool, np.ndarray | None, str, str]] = [
+                              (p, True, None, where, "grad"),
+                              (plan_grads[position], False, p, f"the grad of {where}", "grad")]
+                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}", self._role(argument))
                                for argument, states in call.states.items()]
-                    for array, written, param, name in checks:
-                        problem = _array_problem(array, written, param)
+                    for array, written, param, name, role in checks:
+                        problem = _array_problem(array, written, param, role)
                         if problem:
                             raise _step_error(problem, name)
-                        arrays.append(array)
-                        names.append(name)
+                        for part in _memory(array):
+                            arrays.append(part)
+                            names.append(name)
+                if "stochastic_rounding" in hyperparameters and call.params and call.params[0].dtype.name != "bfloat16":
+                    raise TypeError(f"param group {k}: stochastic_rounding=True rounds bfloat16 params, not "
+                                    f"{call.params[0].dtype}")
         pair = _core.overlapping(arrays)
         if pair is not None:
             raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
@@ -322,17 +593,23 @@ class _FusedStep(torch.optim.Optimizer):
 class SGD(_FusedStep, torch.optim.SGD):
     """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) on fusedopt.sgd_."""
     _update = staticmethod(functional.sgd_)
-    _states = (_StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] != 0),)
-    _counts_steps = False
+    _states = (_StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] != 0, True),)
+
+    @property
+    def _counts_steps(self) -> bool:  # type: ignore[override]
+        # torch's SGD keeps no step; stochastic rounding needs it (its random bits are keyed by it)
+        return bool(self.defaults.get("stochastic_rounding"))
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
                     nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]),
-                    maximize=bool(group["maximize"]))
+                    maximize=bool(group["maximize"]), **self._rounding(group))
 
     def _step_argument(self, steps_taken: int, new_state: bool) -> int | None:
         # torch starts a momentum buffer as the first grad: sgd_'s step=1 rule
-        return 1 if new_state else None
+        if new_state:
+            return 1
+        return steps_taken + 1 if self._counts_steps else None
 
     def _new_state_tensor(self, name: str, param: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(param, memory_format=torch.preserve_format)  # step=1 writes all of it
@@ -343,14 +620,17 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     fusedopt.adagrad_. As torch, state is made for every param at construction, and a sum made
     later starts at the constructor's initial_accumulator_value."""
     _update = staticmethod(functional.adagrad_)
-    _states = (_StateSpec("sum", "state_sums", _always),)
+    _states = (_StateSpec("sum", "state_sums", _always, False),)
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
-                    eps=float(group["eps"]), maximize=bool(group["maximize"]))
+                    eps=float(group["eps"]), maximize=bool(group["maximize"]), **self._rounding(group))
 
     def _new_state_tensor(self, name: str, param: torch.Tensor) -> torch.Tensor:
         return torch.full_like(param, self.defaults["initial_accumulator_value"], memory_format=torch.preserve_format)
+
+    def _state_fill(self, name: str) -> float:
+        return float(self.defaults["initial_accumulator_value"])
 
 
 class RMSprop(_FusedStep, torch.optim.RMSprop):
@@ -358,17 +638,17 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
     fusedopt.rmsprop_; eps_inside_sqrt=True divides by sqrt(square_avg + eps), the textbook form,
     instead of torch's sqrt(square_avg) + eps."""
     _update = staticmethod(functional.rmsprop_)
-    _states = (_StateSpec("square_avg", "square_avgs", _always),
-               _StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] > 0),
-               _StateSpec("grad_avg", "grad_avgs", lambda group: bool(group["centered"])))
+    _states = (_StateSpec("square_avg", "square_avgs", _always, False),
+               _StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] > 0, True),
+               _StateSpec("grad_avg", "grad_avgs", lambda group: bool(group["centered"]), True))
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
                  capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
-                 differentiable: bool = False, *, eps_inside_sqrt: bool = False) -> None:
+                 differentiable: bool = False, *, eps_inside_sqrt: bool = False, **low_precision: Any) -> None:
         self._eps_inside_sqrt = bool(eps_inside_sqrt)  # read by add_param_group while torch's __init__ runs
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach, maximize,
-                         differentiable)
+                         differentiable, **low_precision)
         self.defaults["eps_inside_sqrt"] = self._eps_inside_sqrt
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -379,26 +659,29 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
         return dict(lr=float(group["lr"]), alpha=float(group["alpha"]), eps=float(group["eps"]),
                     weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
                     centered=bool(group["centered"]), maximize=bool(group["maximize"]),
-                    eps_inside_sqrt=bool(group.get("eps_inside_sqrt", self.defaults.get("eps_inside_sqrt", False))))
+                    eps_inside_sqrt=bool(group.get("eps_inside_sqrt", self.defaults.get("eps_inside_sqrt", False))),
+                    **self._rounding(group))
 
     def _step_argument(self, steps_taken: int, new_state: bool) -> int | None:
-        return None  # rmsprop_ takes no step; state["step"] is counted all the same, as torch does
+        # rmsprop_ takes no step (state["step"] is counted all the same, as torch does) unless it
+        # rounds stochastically
+        return steps_taken + 1 if self.defaults.get("stochastic_rounding") else None
 
 
 class Adam(_FusedStep, torch.optim.Adam):
     """torch.optim.Adam (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
     fusedopt.adam_."""
     _update = staticmethod(functional.adam_)
-    _states = (_StateSpec("exp_avg", "exp_avgs", _always),
-               _StateSpec("exp_avg_sq", "exp_avg_sqs", _always),
-               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", lambda group: bool(group["amsgrad"])))
+    _states = (_StateSpec("exp_avg", "exp_avgs", _always, True),
+               _StateSpec("exp_avg_sq", "exp_avg_sqs", _always, False),
+               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", lambda group: bool(group["amsgrad"]), False))
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
                     weight_decay=float(group["weight_decay"]), amsgrad=bool(group["amsgrad"]),
                     maximize=bool(group["maximize"]),
-                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)))
+                    decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)), **self._rounding(group))
 
 
 class AdamW(Adam, torch.optim.AdamW):
