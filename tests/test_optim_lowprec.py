@@ -472,3 +472,238 @@ def test_step_error_changes_nothing(desc, change, exc, match):
     with pytest.raises(exc, match=match):
         opt.step(grads)
     assert fingerprint(opt) == before
+
+
+# ---- fusedopt.torch ---------------------------------------------------------------------------
+
+def to_torch(a):
+    import torch
+
+    if a.dtype == BF16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def to_numpy(t):
+    from fusedopt._tensors import tensor_to_ndarray
+
+    return tensor_to_ndarray(t.detach(), "a tensor").copy()
+
+
+def numpy_form(state):
+    """A fusedopt.torch param state in fusedopt.optim's form: codes + scales -> QuantizedState, step -> int."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("_scales"):
+            continue
+        if key == "step":
+            out[key] = int(value)
+        elif value.dtype.is_floating_point:
+            out[key] = to_numpy(value)
+        else:
+            out[key] = fusedopt.QuantizedState(to_numpy(value), to_numpy(state[key + "_scales"]), key in SIGNED)
+    return out
+
+
+def torch_optimizer(name, params, **options):
+    import fusedopt.torch as ft
+
+    kwargs, group_opts = CONFIGS[name]
+    return getattr(ft, name)([{"params": ps, **o} for ps, o in zip(params, group_opts)], **kwargs, **options)
+
+
+def torch_params(params):
+    import torch
+
+    return [[torch.nn.Parameter(to_torch(p)) for p in ps] for ps in params]
+
+
+def torch_step(opt, grads):
+    for group, gs in zip(opt.param_groups, grads):
+        for p, g in zip(group["params"], gs):
+            p.grad = to_torch(g)
+    opt.step()
+
+
+def assert_torch_matches(topt, opt):
+    """A fusedopt.torch optimizer's params and state equal a fusedopt.optim one's, bit for bit."""
+    tparams = [p for g in topt.param_groups for p in g["params"]]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for tp, p in zip(tparams, params):
+        assert same(to_numpy(tp), p)
+        got, want = numpy_form(topt.state[tp]), opt.state[p]
+        assert set(got) - {"step"} == set(want) - {"step"}
+        for key, value in want.items():
+            assert got[key] == value if key == "step" else same(got[key], value), key
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_class_equals_numpy_class(name, state_dtype, mode):
+    """fusedopt.torch.X(..., same options) gives the bits of fusedopt.optim.X (itself checked against
+    the functional calls above), state included: 8-bit state as uint8 codes + <name>_scales tensors."""
+    pytest.importorskip("torch")
+    dtype, options = MODES[mode]
+    params = make_params(dtype)
+    opt = make_optimizer(name, params, state_dtype=state_dtype, **options)
+    topt = torch_optimizer(name, torch_params(params), state_dtype=state_dtype, **options)
+    assert [g.get("seed") for g in topt.param_groups] == [g.get("seed") for g in opt.param_groups]
+    for g in make_grads(dtype, 3):
+        opt.step(flat(g))
+        torch_step(topt, g)
+        assert_torch_matches(topt, opt)
+    if state_dtype == "int8":
+        big = topt.state[topt.param_groups[0]["params"][0]]
+        first = next(s for s in big if s not in ("step", "master_param"))
+        assert big[first].dtype.is_floating_point is False and big[first + "_scales"].shape == (18,)  # 4480 / 256
+
+
+@pytest.mark.parametrize("how", ["torch.save", "deepcopy"])
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("state_dtype", STATE_DTYPES)
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "AdamW"])
+def test_torch_checkpoint_continues_bitwise(name, state_dtype, mode, how):
+    torch = pytest.importorskip("torch")
+    import io
+
+    dtype, options = MODES[mode]
+    params = make_params(dtype)
+    topt = torch_optimizer(name, torch_params(params), state_dtype=state_dtype, **options)
+    grads = make_grads(dtype, 4)
+    for g in grads[:2]:
+        torch_step(topt, g)
+    if how == "deepcopy":
+        other = copy.deepcopy(topt)
+    else:
+        buffer = io.BytesIO()
+        torch.save(topt.state_dict(), buffer)
+        buffer.seek(0)
+        twins = [[torch.nn.Parameter(p.detach().clone()) for p in g["params"]] for g in topt.param_groups]
+        other = torch_optimizer(name, twins, state_dtype=state_dtype, **{**options, "seed": 1} if "seed" in options
+                                else options)
+        other.load_state_dict(torch.load(buffer))
+    for g in grads[2:]:
+        torch_step(topt, g)
+        torch_step(other, g)
+    for a, b in zip([p for g in topt.param_groups for p in g["params"]],
+                    [p for g in other.param_groups for p in g["params"]]):
+        assert same(to_numpy(a), to_numpy(b))
+        sa, sb = numpy_form(topt.state[a]), numpy_form(other.state[b])
+        assert sa.keys() == sb.keys() and all(sa[k] == sb[k] if k == "step" else same(sa[k], sb[k]) for k in sa)
+    assert [g.get("seed") for g in other.param_groups] == [g.get("seed") for g in topt.param_groups]
+    assert other.defaults["state_dtype"] == state_dtype
+
+
+def test_torch_adamw_checkpoint_into_int8_and_back():
+    """torch.optim.AdamW's fp32 checkpoint loads into fusedopt.torch.AdamW(state_dtype="int8"):
+    each big state tensor becomes fusedopt.quantize of it (small ones stay fp32), and the steps
+    after are fusedopt.optim.AdamW(state_dtype="int8")'s from the same loaded state. Loaded back
+    into fusedopt.torch.AdamW (float32 state) the state is the dequantized codes."""
+    torch = pytest.importorskip("torch")
+    params = make_params(F32)
+    reference_opt = torch_optimizer("AdamW", torch_params(params))
+    tparams = [[p for p in g["params"]] for g in reference_opt.param_groups]
+    plain = torch.optim.AdamW([{"params": ps, **o} for ps, o in zip(tparams, CONFIGS["AdamW"][1])],
+                              **CONFIGS["AdamW"][0])
+    grads = make_grads(F32, 4)
+    for g in grads[:2]:
+        torch_step(plain, g)
+    sd = plain.state_dict()
+    current = [[p.detach().numpy().copy() for p in ps] for ps in tparams]
+    int8 = torch_optimizer("AdamW", torch_params(current), state_dtype="int8")
+    int8.load_state_dict(sd)
+    opt = make_optimizer("AdamW", [[p.copy() for p in ps] for ps in current], state_dtype="int8")
+    opt.load_state_dict({"state": {i: numpy_form(s) for i, s in sd["state"].items()},
+                         "param_groups": [{k: v for k, v in g.items() if k in opt.param_groups[0]}
+                                          for g in sd["param_groups"]]})
+    first = int8.state[int8.param_groups[0]["params"][0]]
+    want = sd["state"][0]["exp_avg"].numpy()
+    assert numpy_form(first)["exp_avg"] == fusedopt.quantize(want, True)
+    assert first["exp_avg"].dtype == torch.uint8 and first["exp_avg_scales"].dtype == torch.float32
+    assert int8.state[int8.param_groups[0]["params"][1]]["exp_avg"].dtype == torch.float32  # 300 elements
+    assert_torch_matches(int8, opt)
+    for g in grads[2:]:
+        torch_step(int8, g)
+        opt.step(flat(g))
+    assert_torch_matches(int8, opt)
+    back = torch_optimizer("AdamW", torch_params(current))
+    back.load_state_dict(int8.state_dict())
+    got = back.state[back.param_groups[0]["params"][0]]["exp_avg"]
+    assert got.dtype == torch.float32
+    assert same(got.numpy(), numpy_form(int8.state[int8.param_groups[0]["params"][0]])["exp_avg"].dequantize())
+
+
+def test_torch_bad_combinations():
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    w32 = torch.nn.Parameter(torch.zeros(8))
+    wbf = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    for make, exc, match in [
+        (lambda: ft.AdamW([w32], master_weights=True), TypeError, "master_weights=True keeps float32"),
+        (lambda: ft.SGD([w32], stochastic_rounding=True), TypeError, "rounds bfloat16"),
+        (lambda: ft.Adam([wbf], state_dtype="fp8"), ValueError, "state_dtype must be one of"),
+        (lambda: ft.Adam([torch.nn.Parameter(torch.zeros(8, dtype=torch.float64))], state_dtype="int8"),
+         TypeError, "float64"),
+        (lambda: ft.Adam([wbf], master_weights=True, stochastic_rounding=True), ValueError, "exclude"),
+        (lambda: ft.Adam([{"params": [wbf], "state_dtype": "int8"}]), ValueError, "optimizer's options"),
+        (lambda: ft.RMSprop([wbf], seed=3), ValueError, "stochastic_rounding"),
+    ]:
+        with pytest.raises(exc, match=match):
+            make()
+    opt = ft.Adam([wbf], master_weights=True)
+    with pytest.raises(TypeError, match="master_weights"):
+        opt.add_param_group({"params": [w32]})
+    assert len(opt.param_groups) == 1
+
+
+TORCH_BAD_LOADS = [
+    ("bf16 master", lambda sd: sd["state"][0].__setitem__("master_param", sd["state"][0]["master_param"].bfloat16()),
+     ValueError, "has dtype bfloat16"),
+    ("codes without scales", lambda sd: sd["state"][0].pop("exp_avg_scales"), ValueError, "without its"),
+    ("scales of another size", lambda sd: sd["state"][0].__setitem__("exp_avg_scales", sd["state"][0][
+        "exp_avg_scales"][:3].clone()), ValueError, "scales"),
+    ("float64 state", lambda sd: sd["state"][2].__setitem__("exp_avg", sd["state"][2]["exp_avg_sq"].double()),
+     ValueError, "float64"),
+    ("negative exp_avg_sq", lambda sd: sd["state"][1].__setitem__("exp_avg_sq", -sd["state"][1]["exp_avg_sq"] - 1),
+     None, None),  # float32 state of a small param: loads (torch would too)
+    ("negative exp_avg_sq into int8", lambda sd: sd["state"][0].update(
+        exp_avg_sq=-sd["state"][0]["master_param"].abs() - 1, exp_avg_sq_scales=None), ValueError, "negative"),
+]
+
+
+@pytest.mark.parametrize("desc,change,exc,match", TORCH_BAD_LOADS, ids=[c[0] for c in TORCH_BAD_LOADS])
+def test_torch_bad_load_changes_nothing(desc, change, exc, match):
+    torch = pytest.importorskip("torch")
+    params = make_params(BF16)
+    opt = torch_optimizer("Adam", torch_params(params), state_dtype="int8", master_weights=True)
+    for g in make_grads(BF16, 2):
+        torch_step(opt, g)
+    sd = copy.deepcopy(opt.state_dict())
+    change(sd)
+    sd["state"][0] = {k: v for k, v in sd["state"][0].items() if v is not None}
+    before = {i: numpy_form(opt.state[p]) for i, p in enumerate(opt.param_groups[0]["params"])}
+    if exc is None:
+        opt.load_state_dict(sd)
+        return
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    after = {i: numpy_form(opt.state[p]) for i, p in enumerate(opt.param_groups[0]["params"])}
+    assert all(same(after[i][k], v) if k != "step" else after[i][k] == v for i in before for k, v in before[i].items())
+
+
+def test_torch_master_weights_start_at_the_first_step():
+    """The master is the param as it is at its first step (weights loaded into the model after the
+    optimizer was made count), also for Adagrad, whose state torch makes at construction."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    w = torch.nn.Parameter(torch.zeros(300, dtype=torch.bfloat16))
+    opt = ft.Adagrad([w], lr=0.1, master_weights=True, state_dtype="bfloat16")
+    assert set(opt.state[w]) == {"sum", "step"} and opt.state[w]["sum"].dtype == torch.bfloat16
+    with torch.no_grad():
+        w.fill_(3.0)
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert torch.equal(opt.state[w]["master_param"], torch.full((300,), 3.0)) and torch.equal(w, torch.full_like(w, 3))

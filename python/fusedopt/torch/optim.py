@@ -212,10 +212,12 @@ class _FusedStep(torch.optim.Optimizer):
         self.defaults.update(options._asdict())  # kept by pickling, as torch keeps defaults
         if options.stochastic_rounding:
             self.defaults["seed"] = seed
-        for group in self.param_groups:  # state made by torch's __init__ (Adagrad's sums), in this optimizer's form
-            for k, p in enumerate(group["params"]):
-                if self.state.get(p):
-                    self.state[p] = self._loaded_param_state(p, self.state[p], f"state of param {k}", copy=False)
+        for group in self.param_groups:  # state made by torch's __init__ (Adagrad's sums): made again in this
+            for p in group["params"]:    # optimizer's form (a float32 sum of a bfloat16 param holds 0.1, not its rounding)
+                state = self.state.get(p)
+                if state:
+                    made = [spec for spec in self._states if spec.name in state]
+                    state.update(self._new_state(made, {}, p))
 
     def _low_precision(self) -> tuple[LowPrecision, int | None]:
         """(the optimizer's low-precision options, its seed: None without stochastic rounding)."""
