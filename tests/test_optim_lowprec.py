@@ -675,7 +675,7 @@ TORCH_BAD_LOADS = [
 
 @pytest.mark.parametrize("desc,change,exc,match", TORCH_BAD_LOADS, ids=[c[0] for c in TORCH_BAD_LOADS])
 def test_torch_bad_load_changes_nothing(desc, change, exc, match):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     params = make_params(BF16)
     opt = torch_optimizer("Adam", torch_params(params), state_dtype="int8", master_weights=True)
     for g in make_grads(BF16, 2):

@@ -212,8 +212,10 @@ class _FusedStep(torch.optim.Optimizer):
         self.defaults.update(options._asdict())  # kept by pickling, as torch keeps defaults
         if options.stochastic_rounding:
             self.defaults["seed"] = seed
-        for group in self.param_groups:  # state made by torch's __init__ (Adagrad's sums): made again in this
-            for p in group["params"]:    # optimizer's form (a float32 sum of a bfloat16 param holds 0.1, not its rounding)
+        # state made by torch's __init__ (Adagrad's sums): made again in this optimizer's form (a
+        # float32 sum of a bfloat16 param holds 0.1, not its bfloat16 rounding)
+        for group in self.param_groups:
+            for p in group["params"]:
                 state = self.state.get(p)
                 if state:
                     made = [spec for spec in self._states if spec.name in state]
