@@ -6,14 +6,12 @@
                                                #   -> docs/low_precision.png
 
 digits: examples/train_digits.py's MLP (128, 128, batch norm, 30 epochs) trained with Adam, AdamW
-and SGD with momentum, each three times from the same seed: state in float32, in bfloat16, and in
-fusedopt's 8-bit blockwise code (fusedopt.QuantizedState, every tensor, even the 10-element biases;
-bitsandbytes keeps tensors under 4096 elements in fp32). Each step either passes the
-QuantizedState to the update function (the fused kernel: decode a block into L1, update,
-encode, one pass) or, in a build without that kernel, does the same three steps one after the
-other (dequantize, fp32 update, quantize): the same arithmetic, so the same numbers. The run
-says which. Reported: the final test accuracy of both over several seeds, and the loss curves
-of seed 0 overlaid.
+and SGD with momentum, each three times from the same seed: fusedopt.optim's classes with
+state_dtype="float32", "bfloat16" and "int8" (fusedopt's 8-bit blockwise code, fused into the
+update: decode a block into L1, update, encode, one pass), every tensor quantized
+(min_8bit_size=0, even the 10-element biases; the default keeps tensors under 4096 elements in
+fp32, as bitsandbytes does). Reported: the final test accuracy over several seeds, and the loss
+curves of seed 0 overlaid.
 
 rounding: softmax regression on the digits features with bfloat16 weights, Adam at a learning
 rate whose updates (~lr per step) are below half a bf16 ulp of most weights. Rounded to nearest,
@@ -45,60 +43,16 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # ---- 8-bit state on the digits MLP ---------------------------------------------------------------
 
 STATE_DTYPES = {"float32": "fp32 state", "bfloat16": "bf16 state", "int8": "8-bit state"}
-# name -> (fusedopt function, state arguments: signed code?, hyperparameters)
-STATEFUL: dict[str, tuple[Any, dict[str, bool], dict[str, Any]]] = {
-    "adam": (fusedopt.adam_, {"exp_avgs": True, "exp_avg_sqs": False}, {}),
-    "adamw": (fusedopt.adamw_, {"exp_avgs": True, "exp_avg_sqs": False}, {"weight_decay": 1e-2}),
-    "momentum": (fusedopt.sgd_, {"momentum_buffers": True}, {"momentum": 0.9}),
-}
-
-
-class StateDtypeOptimizer:
-    """An optimizer with train_digits.py's interface (param groups; step(grads per group)) whose
-    state is float32 arrays or 8-bit QuantizedStates."""
-
-    def __init__(self, groups: list[dict[str, Any]], lr: float, *, kind: str, state_dtype: str) -> None:
-        self.fn, self.state_args, defaults = STATEFUL[kind]
-        self.lr, self.state_dtype, self.t = lr, state_dtype, 0
-        self.fused: bool | None = None  # does the update function take QuantizedState? (found at the first step)
-        self.groups = []
-        for group in groups:
-            hyper = {**defaults, **{k: v for k, v in group.items() if k != "params"}}
-            state = {name: [self._zeros(p, signed) for p in group["params"]]
-                     for name, signed in self.state_args.items()}
-            self.groups.append((group["params"], hyper, state))
-
-    def _zeros(self, param: np.ndarray, signed: bool) -> Any:
-        if self.state_dtype == "int8":
-            return fusedopt.quantized_zeros_like(param, signed)
-        return fusedopt.zeros_like(param.astype(_bfloat16() if self.state_dtype == "bfloat16" else np.float32))
-
-    def step(self, grads: list[list[np.ndarray]]) -> None:
-        self.t += 1
-        for (params, hyper, state), group_grads in zip(self.groups, grads):
-            kwargs = {**hyper, "lr": self.lr, "step": self.t}
-            if self.state_dtype != "int8" or self.fused is not False:
-                try:
-                    self.fn(params, group_grads, **state, **kwargs)
-                    self.fused = self.state_dtype == "int8"
-                    continue
-                except TypeError:  # this build's kernels take no QuantizedState: nothing was written
-                    if self.state_dtype != "int8":
-                        raise
-                    self.fused = False
-            # decode, update in float32, encode: what the fused kernel does per block
-            floats = {name: [q.dequantize() for q in qs] for name, qs in state.items()}
-            self.fn(params, group_grads, **floats, **kwargs)
-            for name, qs in state.items():
-                for q, f in zip(qs, floats[name]):
-                    fusedopt.quantize(f, q.signed, out=q)
+STATEFUL = ["adam", "adamw", "momentum"]  # train_digits.py's optimizers that keep state
 
 
 def register(kind: str, state_dtype: str) -> str:
-    """Make train_digits.train(optimizer=<name>) use StateDtypeOptimizer; returns the name."""
+    """Make train_digits.train(optimizer=<name>) use train_digits' optimizer `kind` with its state
+    in state_dtype (every tensor: min_8bit_size=0); returns the name."""
     name = f"{kind}/{state_dtype}"
-    train_digits.OPTIMIZERS[name] = (
-        lambda groups, lr: StateDtypeOptimizer(groups, lr, kind=kind, state_dtype=state_dtype), {})
+    optimizer_class, hyperparameters = train_digits.OPTIMIZERS[kind]
+    train_digits.OPTIMIZERS[name] = (optimizer_class, {**hyperparameters, "state_dtype": state_dtype,
+                                                       "min_8bit_size": 0})
     train_digits.DEFAULT_LR[name] = train_digits.DEFAULT_LR[kind]
     return name
 
@@ -117,17 +71,12 @@ def digits(seeds: int, epochs: int, plot: Path | None) -> dict[str, Any]:
         for state_dtype in list(STATE_DTYPES)[1:]:
             diff = np.mean(results[f"{kind}/{state_dtype}"]["accuracy"]) - fp32
             print(f"{kind:18s} {STATE_DTYPES[state_dtype]} - fp32 state: {diff:+.2f} points", flush=True)
-    probe = StateDtypeOptimizer([{"params": [np.zeros(4, np.float32)]}], 1e-3, kind="adam", state_dtype="int8")
-    probe.step([[np.ones(4, np.float32)]])
-    path = ("fused kernel" if probe.fused
-            else "dequantize -> fp32 update -> quantize (no fused 8-bit kernel in this build)")
-    print(f"8-bit state path: {path}")
     if plot is not None:
-        plot_digits(results, seeds, path, plot)
+        plot_digits(results, seeds, plot)
     return results
 
 
-def plot_digits(results: dict[str, Any], seeds: int, path: str, out: Path) -> None:
+def plot_digits(results: dict[str, Any], seeds: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,8 +97,7 @@ def plot_digits(results: dict[str, Any], seeds: int, path: str, out: Path) -> No
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("digits MLP (128, 128), batch norm: optimizer state in fp32, bf16 and fusedopt's 8-bit "
-                 "blockwise code "
-                 f"(curves: seed 0; 8-bit path: {path})", fontsize=9)
+                 "blockwise code (curves: seed 0; 8-bit path: fused kernel)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
