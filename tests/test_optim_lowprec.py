@@ -36,7 +36,8 @@ NAMES = list(CONFIGS)
 SHAPES = [[(70, 64), (300,)], [(5000,), (3, 7)]]
 STATE_DTYPES = ["float32", "bfloat16", "int8"]
 MODES = {"fp32": (F32, {}), "bf16-master": (BF16, dict(master_weights=True)),
-         "bf16-sr": (BF16, dict(stochastic_rounding=True, seed=12345))}
+         "bf16-sr": (BF16, dict(stochastic_rounding=True, seed=12345)),
+         "fp16-master": (np.dtype(np.float16), dict(master_weights=True))}
 SIGNED = {"exp_avg", "momentum_buffer", "grad_avg"}
 
 
@@ -178,6 +179,7 @@ def run_both(name, state_dtype, mode, steps=3):
 @pytest.mark.parametrize("name", NAMES)
 def test_class_equals_functional_calls(name, state_dtype, mode):
     opt, ref = run_both(name, state_dtype, mode)
+    dtype = MODES[mode][0]
     # what the semantics promise about the state's form
     big, small = opt.param_groups[0]["params"]
     kinds = {type(v) if isinstance(v, fusedopt.QuantizedState) else v.dtype
@@ -186,9 +188,9 @@ def test_class_equals_functional_calls(name, state_dtype, mode):
     assert kinds == {expected}
     assert {v.dtype for s, v in opt.state[small].items() if s not in ("step", "master_param")} == {
         BF16 if state_dtype == "bfloat16" else F32}
-    if mode == "bf16-master":
+    if mode.endswith("master"):
         params = [p for g in opt.param_groups for p in g["params"]]
-        assert all(same(p, opt.state[p]["master_param"].astype(BF16)) for p in params)
+        assert all(same(p, opt.state[p]["master_param"].astype(dtype)) for p in params)
 
 
 def test_stochastic_rounding_changes_with_the_seed_only():

@@ -17,7 +17,11 @@ Live state follows its param, as torch's: opt.state[param] (keyed by the array i
 identity), so params may be appended to, inserted into or removed from a group between steps and
 each keeps its state (a new param starts fresh). state_dict() and checkpoints identify params by
 their index in the order of all groups' params, as torch's do:
-{"state": {index: {"step": n, name: ndarray}}, "param_groups": [{..., "params": [indices]}]}.
+{"state": {index: {"step": n, name: ndarray or QuantizedState}}, "param_groups": [{..., "params": [indices]}]}.
+
+Low precision (Optimizer's docstring says what each means): bfloat16/float16 params, and the
+keywords state_dtype="float32" | "bfloat16" | "int8", master_weights=True, stochastic_rounding=True
+(with seed=), min_8bit_size=4096, e.g. optim.AdamW(params, lr=1e-3, state_dtype="int8").
 """
 import decimal
 import json
