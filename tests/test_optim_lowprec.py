@@ -449,7 +449,23 @@ def replace_state(k, j, name, make):
     return change
 
 
+def share_codes(opt):
+    """The 8-bit exp_avg codes of group 0's first param and of group 1's first param made
+    overlapping views of one buffer (their values kept)."""
+    first, other = opt.param_groups[0]["params"][0], opt.param_groups[1]["params"][0]
+    a, b = opt.state[first]["exp_avg"], opt.state[other]["exp_avg"]
+    buffer = np.zeros(a.size + b.size, np.uint8)
+    start = a.size - 100
+    buffer[start:start + b.size] = b.codes.reshape(-1)
+    buffer[:a.size] = a.codes.reshape(-1)
+    opt.state[first]["exp_avg"] = fusedopt.QuantizedState(buffer[:a.size].reshape(a.shape), a.scales, True)
+    opt.state[other]["exp_avg"] = fusedopt.QuantizedState(buffer[start:start + b.size].reshape(b.shape), b.scales, True)
+
+
 STEP_ERRORS = [
+    ("8-bit state sharing memory", share_codes, ValueError,
+     r"state\['exp_avg'\] of param_groups\[0\]\['params'\]\[0\] and state\['exp_avg'\] of "
+     r"param_groups\[1\]\['params'\]\[0\] overlap"),
     ("fp64 grads", None, TypeError, "has dtype float64"),
     ("signed code for exp_avg_sq", replace_state(1, 0, "exp_avg_sq", lambda q: fusedopt.QuantizedState(
         q.codes.copy(), q.scales.copy(), True)), ValueError, "signed"),

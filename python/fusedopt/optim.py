@@ -194,19 +194,9 @@ def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
     bfloat16 or float16; role "grad": P, or bfloat16/float16 for float32 params; "state": float64
     for float64 params, else float32, bfloat16 or a QuantizedState ("signed state", "unsigned
     state": of that code); "copy" (param_copies): bfloat16/float16 beside float32 params."""
-    if role[-5:] == "state" and isinstance(a, QuantizedState):
-        if role != "state" and a.signed != (role == "signed state"):
-            return ValueError, (f"is a{' signed' if a.signed else 'n unsigned'} QuantizedState but this state is "
-                                f"{'signed' if role == 'signed state' else 'non-negative'}")
-        if param is not None and param.dtype == _F64:
-            return TypeError, "is 8-bit (a QuantizedState) but its param has dtype float64, whose state is float64"
-        if param is not None and a.shape != param.shape:
-            return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
-        for part in (a.codes, a.scales):
-            if not part.flags.carray:
-                return ValueError, "has codes or scales that are not C-contiguous and writable"
-        return None
     if not isinstance(a, np.ndarray):
+        if isinstance(a, QuantizedState) and role.endswith("state"):
+            return _quantized_problem(a, param, role)
         return TypeError, f"must be a numpy.ndarray, got {type(a).__name__}"
     dtype = a.dtype
     if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
@@ -218,19 +208,36 @@ def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
         return ValueError, "is read-only but is updated in place"
     if param is not None:
         p = param.dtype
-        if role == "grad":
-            ok = dtype is p or dtype == p or p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
-            rule = "grads are of the params' dtype, or bfloat16/float16 for float32 params"
-        elif role[-5:] == "state":
-            ok = dtype == _F64 if p == _F64 else dtype == _F32 or _is_bfloat16(dtype)
-            rule = "the state of float64 params is float64" if p == _F64 else "state is float32 or bfloat16"
-        else:
-            ok = p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
-            rule = "param copies are the bfloat16/float16 copies of float32 (master) params"
-        if not ok:
-            return TypeError, f"has dtype {dtype} but its param has dtype {p}; {rule}"
+        # the common case first: the param's dtype, which every role but float16 state and copies takes
+        if dtype is not p or role != "grad" and (role == "copy" or p == _F16):
+            if role == "grad":
+                ok = dtype == p or p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
+                rule = "grads are of the params' dtype, or bfloat16/float16 for float32 params"
+            elif role == "copy":
+                ok = p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
+                rule = "param copies are the bfloat16/float16 copies of float32 (master) params"
+            else:
+                ok = dtype == _F64 if p == _F64 else dtype == _F32 or _is_bfloat16(dtype)
+                rule = "the state of float64 params is float64" if p == _F64 else "state is float32 or bfloat16"
+            if not ok:
+                return TypeError, f"has dtype {dtype} but its param has dtype {p}; {rule}"
         if a.shape != param.shape:
             return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
+    return None
+
+
+def _quantized_problem(a: QuantizedState, param: np.ndarray | None, role: str) -> tuple[type[Exception], str] | None:
+    """_array_problem for 8-bit state."""
+    if role != "state" and a.signed != (role == "signed state"):
+        return ValueError, (f"is a{' signed' if a.signed else 'n unsigned'} QuantizedState but this state is "
+                            f"{'signed' if role == 'signed state' else 'non-negative'}")
+    if param is not None and param.dtype == _F64:
+        return TypeError, "is 8-bit (a QuantizedState) but its param has dtype float64, whose state is float64"
+    if param is not None and a.shape != param.shape:
+        return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
+    for part in (a.codes, a.scales):
+        if not part.flags.carray:
+            return ValueError, "has codes or scales that are not C-contiguous and writable"
     return None
 
 
@@ -620,15 +627,17 @@ class Optimizer:
         of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
         made only for an error: this runs on every step of a model with several param groups.)"""
         arrays: list[np.ndarray] = []
-        owners: list[tuple[int, str | None]] = []  # each array's (param index, state argument or None: param/grad)
+        append = arrays.append
+        roles = {spec.argument: ("signed state" if spec.signed else "unsigned state")
+                 for spec in self.state_arrays.values()}
         for _, _, indices, step, state_arrays in calls:
             # a state["step"] set by hand
             if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):
                 raise ValueError(f"state['step'] of {self._param_name(indices[0])} is {step - 1!r}; a step count is an "
                                  "int from 0 to 2**63 - 2")
             masters = state_arrays.get(_MASTER_SPEC.argument)
-            state_lists = [(argument, arrays_, f"{'signed' if self._state_spec(argument).signed else 'unsigned'} state")
-                           for argument, arrays_ in state_arrays.items() if argument != _MASTER_SPEC.argument]
+            state_lists = [(argument, arrays_, roles[argument]) for argument, arrays_ in state_arrays.items()
+                           if argument != _MASTER_SPEC.argument]
             for position, i in enumerate(indices):
                 p, g = params[i], grads[i]
                 problem = _array_problem(p, True)
@@ -640,31 +649,39 @@ class Optimizer:
                     problem = _array_problem(updated, True) or _array_problem(p, True, updated, "copy")
                     if problem:
                         raise _step_error(problem, f"{self._param_name(i)} or its state[{MASTER_PARAM!r}]")
-                    arrays.append(updated)
-                    owners.append((i, _MASTER_SPEC.argument))
+                    append(updated)
                 problem = _array_problem(g, False, updated)
                 if problem:
                     raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
-                arrays += (p, g)
-                owners += ((i, None), (i, "grad"))
+                append(p)
+                append(g)
                 for argument, state_list, role in state_lists:
                     a = state_list[position]
                     problem = _array_problem(a, True, updated, role)
                     if problem:
                         raise _step_error(problem, f"state[{self._state_name(argument)!r}] of {self._param_name(i)}")
-                    for part in _memory(a):
-                        arrays.append(part)
-                        owners.append((i, argument))
+                    if type(a) is QuantizedState:
+                        append(a.codes)
+                        append(a.scales)
+                    else:
+                        append(a)
         pair = _core.overlapping(arrays)
         if pair is not None:
-            def name(i: int, what: str | None) -> str:
-                if what is None:
+            first, second = (self._array_name(arrays[k], params, grads, calls) for k in pair)
+            raise ValueError(f"{first} and {second} overlap in memory; every array of a step must be distinct")
+
+    def _array_name(self, array: np.ndarray, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> str:
+        """The name of one of the arrays _check_step checked (found by identity: only for an error)."""
+        for _, _, indices, _, state_arrays in calls:
+            for position, i in enumerate(indices):
+                if array is params[i]:
                     return self._param_name(i)
-                if what == "grad":
+                if array is grads[i]:
                     return f"grads[{i}] (the grad of {self._param_name(i)})"
-                return f"state[{self._state_name(what)!r}] of {self._param_name(i)}"
-            raise ValueError(f"{name(*owners[pair[0]])} and {name(*owners[pair[1]])} overlap in memory; every array "
-                             "of a step must be distinct")
+                for argument, state_list in state_arrays.items():
+                    if any(array is part for part in _memory(state_list[position])):
+                        return f"state[{self._state_name(argument)!r}] of {self._param_name(i)}"
+        return "an array"
 
     def _plan(self, params: Sequence[Any],
               grads: Sequence[Any]) -> tuple[list[_Call], dict[int, dict[str, Any]]]:
