@@ -652,6 +652,31 @@ def test_torch_adamw_checkpoint_into_int8_and_back():
     assert same(got.numpy(), numpy_form(int8.state[int8.param_groups[0]["params"][0]])["exp_avg"].dequantize())
 
 
+def test_torch_sgd_checkpoint_into_stochastic_rounding():
+    """torch.optim.SGD keeps no step: its momentum buffers load into fusedopt.torch.SGD(
+    stochastic_rounding=True) as one step taken (the buffers continue, not restarted), the steps
+    after as fusedopt.optim.SGD's from the same state with step 1."""
+    torch = pytest.importorskip("torch")
+    params = make_params(BF16)
+    tparams = torch_params(params)
+    plain = torch.optim.SGD([{"params": ps, **o} for ps, o in zip(tparams, CONFIGS["SGD"][1])], **CONFIGS["SGD"][0])
+    grads = make_grads(BF16, 3)
+    torch_step(plain, grads[0])
+    sd = plain.state_dict()
+    current = [[to_numpy(p) for p in ps] for ps in tparams]
+    sr = torch_optimizer("SGD", torch_params(current), stochastic_rounding=True, seed=21)
+    sr.load_state_dict(sd)
+    opt = make_optimizer("SGD", [[p.copy() for p in ps] for ps in current], stochastic_rounding=True, seed=21)
+    opt.load_state_dict({"state": {i: {**numpy_form(s), "step": 1} for i, s in sd["state"].items()},
+                         "param_groups": [{k: v for k, v in g.items() if k in opt.param_groups[0]}
+                                          for g in sd["param_groups"]]})
+    assert int(sr.state[sr.param_groups[0]["params"][0]]["step"]) == 1
+    for g in grads[1:]:
+        torch_step(sr, g)
+        opt.step(flat(g))
+    assert_torch_matches(sr, opt)
+
+
 def test_torch_bad_combinations():
     torch = pytest.importorskip("torch")
     import fusedopt.torch as ft

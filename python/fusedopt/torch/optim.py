@@ -387,7 +387,12 @@ class _FusedStep(torch.optim.Optimizer):
             if param is None or not isinstance(value, dict):
                 rest[key] = value
             else:
-                converted[param] = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]", copy=True)
+                converted[param] = state = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]",
+                                                                    copy=True)
+                if self._counts_steps and "step" not in state and any(spec.name in state for spec in self._states):
+                    # torch.optim.SGD keeps no step; its state means a step was taken (a step of 1 would
+                    # start a momentum buffer afresh)
+                    state["step"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
         if options.stochastic_rounding:
             for k, saved in enumerate(saved_groups):
                 if "seed" in saved:
