@@ -508,3 +508,15 @@ def test_loading_a_state_dict_lets_the_old_state_go():
     train(model, opt, batches(1))
     gc.collect()
     assert old() is None
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_constructor_signature_is_torchs_plus_fusedopts_keywords(name):
+    import inspect
+    ours = inspect.signature(getattr(ft, name)).parameters
+    torchs = list(inspect.signature(getattr(torch.optim, name).__init__).parameters.values())[1:]
+    assert list(ours.values())[:len(torchs)] == torchs
+    extra = ["state_dtype", "master_weights", "stochastic_rounding", "seed", "min_8bit_size"]
+    extra = (["eps_inside_sqrt"] if name == "RMSprop" else []) + extra
+    assert list(ours)[len(torchs):] == extra
+    assert all(ours[e].kind is inspect.Parameter.KEYWORD_ONLY for e in extra)

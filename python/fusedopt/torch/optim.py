@@ -38,6 +38,7 @@ torch.optim, load it into a fusedopt.torch optimizer with state_dtype="float32" 
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, NamedTuple, overload
@@ -695,3 +696,19 @@ class Adam(_FusedStep, torch.optim.Adam):
 
 class AdamW(Adam, torch.optim.AdamW):
     """torch.optim.AdamW (Adam with decoupled weight decay, default weight_decay=1e-2) on fusedopt.adam_."""
+
+
+def _constructor_signature(cls: type[_FusedStep]) -> inspect.Signature:
+    """torch's constructor signature with fusedopt's keywords after it: what help() and inspect
+    show (the constructors pass torch's arguments on through *args/**kwargs)."""
+    torch_class = next(base for base in cls.__mro__ if base.__module__.startswith("torch.optim"))
+    parameters = {p.name: p for p in list(inspect.signature(torch_class).parameters.values())}
+    for constructor in (cls, _FusedStep):  # RMSprop's own keywords first, then the low-precision ones
+        for p in inspect.signature(constructor.__init__).parameters.values():
+            if p.kind is p.KEYWORD_ONLY:
+                parameters.setdefault(p.name, p)
+    return inspect.Signature(list(parameters.values()), return_annotation=None)
+
+
+for _cls in (SGD, Adagrad, RMSprop, Adam, AdamW):
+    _cls.__signature__ = _constructor_signature(_cls)
