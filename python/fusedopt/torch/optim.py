@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
@@ -57,7 +57,8 @@ def _always(group: dict[str, Any]) -> bool:
 
 class _Call(NamedTuple):
     """One fusedopt call of a plan: the param views, their positions among the plan's params
-    (None: all of them), the state views by keyword, and the step argument (see _Plan)."""
+    (None: all of them), the state views by keyword, and the step argument of the plan's first step
+    (a later step adds _Plan.taken)."""
     params: list[np.ndarray]
     positions: list[int] | None
     states: dict[str, list[np.ndarray]]
@@ -68,7 +69,8 @@ class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
     __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
-                 "state_dicts", "steps", "structure", "watched_dicts", "watched_keys", "watched_tensors")
+                 "state_dicts", "step_counts", "steps", "structure", "taken", "watched_dicts", "watched_keys",
+                 "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -86,6 +88,8 @@ class _Plan:
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
         self.elements = 0                              # in the params with a grad
+        self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
+        self.taken = 0                                 # steps taken with the plan: added to each call's step
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
@@ -153,6 +157,17 @@ class _FusedStep(torch.optim.Optimizer):
         torch's fused optimizers): the grads are unscaled inside the kernel, and a step whose
         grads held an inf or NaN changes nothing (params, state, step counts).
         """
+        # torch wraps an optimizer class's step in Optimizer.profile_hook_step (the step pre/post
+        # hooks and a profiler range) unless the step is marked hooked, as this one is (below the
+        # class): the wrapper's record_function is two dispatcher calls, ~100 us right after a
+        # step's kernel has evicted the caches, a fifth of a small model's step. So torch's own
+        # wrapper runs only when it has something to do: hooks, or a profiler listening.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                or _global_optimizer_post_hooks or torch.autograd._profiler_enabled()):
+            return _hooked_step(self, closure)
+        return self._fused_step(closure)
+
+    def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -189,7 +204,7 @@ class _FusedStep(torch.optim.Optimizer):
         for plan, grads, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = grads if call.positions is None else [grads[i] for i in call.positions]
-                step = {} if call.step is None else {"step": call.step}
+                step = {} if call.step is None else {"step": call.step + plan.taken}
                 type(self)._update(call.params, call_grads, **call.states, **hyperparameters, **step,
                                    grad_scale=scale)
         for plan, _, _ in steps:
@@ -265,7 +280,7 @@ class _FusedStep(torch.optim.Optimizer):
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
         """NumPy views of the grads. Tensor.numpy is the fast path (~0.6 us a grad); a grad it
         refuses (or a bfloat16 one) goes through fusedopt's one conversion, for its view or its
-        error."""
+        error. (Not kept between steps: the views would keep grads that zero_grad() let go alive.)"""
         try:
             return list(map(_as_ndarray, grads))
         except (TypeError, RuntimeError):
@@ -285,7 +300,7 @@ class _FusedStep(torch.optim.Optimizer):
         names: list[str] = []
         for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
-                step = {} if call.step is None else {"step": call.step}
+                step = {} if call.step is None else {"step": call.step + plan.taken}
                 update([], [], **{argument: [] for argument in call.states}, **hyperparameters, **step)
                 positions = range(len(plan_grads)) if call.positions is None else call.positions
                 for j, (p, position) in enumerate(zip(call.params, positions)):
@@ -307,9 +322,13 @@ class _FusedStep(torch.optim.Optimizer):
     def _taken(self, plan: _Plan) -> None:
         """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
         if plan.steps is not None:
-            plan.steps.add_(1)
-            plan.calls[:] = [call._replace(step=None if call.step is None else call.step + 1) for call in plan.calls]
-        torch.autograd.graph.increment_version(plan.params)
+            # through NumPy: torch's add_ on this tiny tensor costs ~90 us right after the kernel
+            # has evicted the caches (the dispatcher's code and data), NumPy's add ~25
+            if plan.step_counts is None:
+                plan.step_counts = plan.steps.numpy()
+            np.add(plan.step_counts, 1, out=plan.step_counts)
+            plan.taken += 1
+        torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version's call, without its isinstance
         if plan.new_state:
             for p, new in plan.new_state:
                 self.state[p].update(new)
@@ -317,6 +336,12 @@ class _FusedStep(torch.optim.Optimizer):
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
+
+
+# torch's wrapper of a step (see _FusedStep.step): called by step when it has something to do,
+# and kept off _FusedStep.step itself by the mark torch looks for
+_hooked_step = torch.optim.Optimizer.profile_hook_step(_FusedStep._fused_step)
+_FusedStep.step.hooked = True  # type: ignore[attr-defined]
 
 
 class SGD(_FusedStep, torch.optim.SGD):
