@@ -328,7 +328,7 @@ class _FusedStep(torch.optim.Optimizer):
                 plan.step_counts = plan.steps.numpy()
             np.add(plan.step_counts, 1, out=plan.step_counts)
             plan.taken += 1
-        torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version's call, without its isinstance
+        torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
         if plan.new_state:
             for p, new in plan.new_state:
                 self.state[p].update(new)
