@@ -164,7 +164,8 @@ class _FusedStep(torch.optim.Optimizer):
         # wrapper runs only when it has something to do: hooks, or a profiler listening.
         if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
                 or _global_optimizer_post_hooks or torch.autograd._profiler_enabled()):
-            return _hooked_step(self, closure)
+            loss: float | None = _hooked_step(self, closure)
+            return loss
         return self._fused_step(closure)
 
     def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
