@@ -33,8 +33,12 @@ from . import _omp
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 # A step of at least this many elements on 2+ threads first puts torch's idle OpenMP workers to
-# sleep (fusedopt.torch._omp): a few tens of us, against the milliseconds by which a spinning
-# worker slows the step right after backward.
+# sleep (fusedopt.torch._omp): 120-140 us right after a backward (best of 41, 2-core VM; it waits
+# for torch's workers to join, so on a loaded machine it can take a scheduler slice), against
+# the milliseconds by which a spinning worker slows a large step right after backward. A step
+# under 2 * 131072 elements runs on one thread anyway (csrc/parallel.h, kMinElementsPerThread),
+# and torch's spinning worker then holds the other core, not the step's. Between that and this
+# threshold, whether parking pays could not be measured apart from the machine's noise.
 PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
 _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
