@@ -266,3 +266,23 @@ def test_more_suites_need_torch_and_run_after_the_tables(capsys, monkeypatch, tm
                             "--more", "fake", "--json", str(path))
     assert code == 0 and out.index("| fake table |") > out.index("| case |")
     assert json.loads(path.read_text())["fake_rows"] == [{"case": "fake", "threads": 1, "quick": True}]
+
+
+def test_a_full_run_runs_the_torch_suites(capsys, monkeypatch):
+    """A full run (no --quick, no --filter) with torch installed runs cli.FULL_RUN_MORE after the
+    tables, in full mode; --quick or --filter runs only the suites asked for."""
+    pytest.importorskip("torch")
+    import types
+
+    suite = types.ModuleType("fake_full_suite")
+    suite.rows = lambda quick, threads: [{"quick": quick}]
+    suite.table = lambda rows: f"| fake suite, quick={rows[0]['quick']} |"
+    monkeypatch.setitem(sys.modules, "fake_full_suite", suite)
+    monkeypatch.setitem(cli.MORE, "fake", ("fake_full_suite", False))
+    monkeypatch.setattr(cli, "FULL_RUN_MORE", ("fake",))
+    monkeypatch.setattr(cli, "run", lambda selected, *args: {s.key: [] for s, _ in selected})  # no timing
+    code, out, _ = run_main(capsys, "--threads", "1")
+    assert code == 0 and "| fake suite, quick=False |" in out
+    for argv in (["--quick"], ["--filter", "adam"]):
+        code, out, _ = run_main(capsys, "--threads", "1", *argv)
+        assert code == 0 and "fake suite" not in out

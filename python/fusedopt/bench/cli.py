@@ -30,6 +30,9 @@ MORE = {
     "torch_batchnorm": ("fusedopt.torch.bench_batchnorm", True),  # fusedopt.torch batch-norm modules vs torch.nn
     "lowbit": ("fusedopt.bench_lowbit", False),  # bf16 / master-copy / 8-bit state modes vs their probes and peers
 }
+# ... of which a full run (no --quick, no --filter) runs these whenever torch is installed: the
+# figures of a README come from one full run, and they add a minute or two to its several
+FULL_RUN_MORE = ("torch", "torch_batchnorm")
 
 
 def machine_info() -> dict[str, Any]:
@@ -163,7 +166,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--more", choices=[*MORE, "all"], action="append", default=[],
                    help="also run these suites after the tables (repeatable): torch (fusedopt.torch optimizers), "
                         "torch_batchnorm (fusedopt.torch modules), lowbit (mixed precision and 8-bit state); "
-                        "--filter does not apply to them")
+                        "--filter does not apply to them; a full run (no --quick, no --filter) runs the two "
+                        "torch suites whenever torch is installed")
     p.add_argument("--json", type=_writable, metavar="PATH",
                    help="also write the rows (best and median of every timing) and the machine to this file")
     p.add_argument("--plot", type=_writable, metavar="PATH",
@@ -183,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     more = list(MORE) if "all" in args.more else list(dict.fromkeys(args.more))
+    if not args.quick and args.filter is None and deps.torch is not None:
+        more = list(dict.fromkeys([*FULL_RUN_MORE, *more]))
     if deps.torch is None and any(MORE[key][1] for key in more):
         p.error(f"--more {' '.join(k for k in more if MORE[k][1])} needs torch: {deps.BENCH_EXTRA}")
     if args.plot and not deps.have_matplotlib():

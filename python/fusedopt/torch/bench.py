@@ -9,7 +9,11 @@ on the same tensors, each with its own state, one AdamW step of:
 at each thread count (fusedopt's and torch's), timed in interleaved rounds (best and median of
 the rounds, ms). Then the fusedopt.torch and torch fused steps timed right after a real
 backward pass (a small conv net's, which runs torch's OpenMP pool) against the same steps timed
-back to back. The machine may be shared: compare ratios from one run.
+back to back, and right after a single-threaded NumPy pass over 64 MB: that pass evicts the
+step's data and code from the caches as backward does, but leaves no torch OpenMP worker
+running, so (after backward) / (after the pass) is what torch's threads cost the step and
+(after the pass) / (back to back) what cold caches cost it. The machine may be shared: compare
+ratios from one run.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 import fusedopt
@@ -83,6 +88,15 @@ def conv_backward() -> Callable[[], None]:
     return backward
 
 
+def cache_flush() -> Callable[[], None]:
+    """A single-threaded pass over 64 MB (NumPy): evicts the caches without torch's threads."""
+    buffer = np.zeros(16 << 20, np.float32)
+
+    def flush() -> None:
+        np.add(buffer, 1, out=buffer)
+    return flush
+
+
 def timed(fn: Callable[[], None], calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -107,7 +121,7 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
     batch_seconds = 0.02 if quick else 0.05
     out: list[dict[str, Any]] = []
     before = fusedopt.get_num_threads(), torch.get_num_threads()
-    backward = conv_backward()
+    backward, flush = conv_backward(), cache_flush()
     try:
         for model, shapes in MODELS.items():
             setup = Setup(shapes())
@@ -124,15 +138,19 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
                             "measure": "alone", **{name: summary(t) for name, t in alone.items()}})
 
                 after: dict[str, list[float]] = {"fusedopt.torch": [], "torch fused": []}
+                after_flush: dict[str, list[float]] = {name: [] for name in after}
                 back_to_back: dict[str, list[float]] = {name: [] for name in after}
                 for _ in range(rounds):
                     for name, samples in after.items():
                         backward()
                         samples.append(timed(steps[name], 1))
+                        flush()
+                        after_flush[name].append(timed(steps[name], 1))
                         back_to_back[name].append(timed(steps[name], calls[name]))
                 out.append({"model": model, "params": len(setup.params), "elements": setup.n, "threads": n,
                             "measure": "after backward",
                             **{name: summary(t) for name, t in after.items()},
+                            **{f"{name} after flush": summary(t) for name, t in after_flush.items()},
                             **{f"{name} back to back": summary(t) for name, t in back_to_back.items()}})
     finally:
         fusedopt.set_num_threads(before[0])
@@ -146,7 +164,8 @@ def _ratio(row: dict[str, Any], a: str, b: str, key: str = "best_ms") -> str:
 
 def table(result_rows: list[dict[str, Any]]) -> str:
     """Markdown tables: the steps alone (best ms, median in brackets, and ratios of the bests),
-    then the steps right after a backward pass against back to back (medians)."""
+    then the steps right after a backward pass and after a cache flush against back to back
+    (medians, ms)."""
     lines = [("| model | threads | fusedopt.torch | torch fused | functional (tensors) | kernel (views) | "
               "fusedopt.torch / functional | fusedopt.torch / kernel | torch fused / fusedopt.torch |"),
              "|---|---|---|---|---|---|---|---|---|"]
@@ -158,15 +177,18 @@ def table(result_rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['model']} ({row['params']} tensors) | {row['threads']} | " + " | ".join(cells) +
                      f" | {_ratio(row, 'fusedopt.torch', 'functional')} | {_ratio(row, 'fusedopt.torch', 'kernel')}"
                      f" | {_ratio(row, 'torch fused', 'fusedopt.torch')} |")
-    lines += ["", ("| model | threads | fusedopt.torch after backward | back to back | ratio | "
-                   "torch fused after backward | back to back | ratio |"), "|---|---|---|---|---|---|---|---|"]
+    lines += ["", ("| model | threads | fusedopt.torch after backward | after flush | back to back | "
+                   "backward / flush | flush / back to back | torch fused after backward | after flush | "
+                   "back to back | backward / flush | flush / back to back |"), "|---" * 12 + "|"]
     for row in result_rows:
         if row["measure"] != "after backward":
             continue
         cells = []
         for name in ("fusedopt.torch", "torch fused"):
-            after, alone = row[name]["median_ms"], row[f"{name} back to back"]["median_ms"]
-            cells += [f"{after:.3g}", f"{alone:.3g}", f"{after / alone:.3g}x"]
+            after, flushed = row[name]["median_ms"], row[f"{name} after flush"]["median_ms"]
+            alone = row[f"{name} back to back"]["median_ms"]
+            cells += [f"{after:.3g}", f"{flushed:.3g}", f"{alone:.3g}", f"{after / flushed:.3g}x",
+                      f"{flushed / alone:.3g}x"]
         lines.append(f"| {row['model']} | {row['threads']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

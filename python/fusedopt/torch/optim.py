@@ -45,7 +45,7 @@ from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
@@ -68,8 +68,12 @@ from . import _omp
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 # A step of at least this many elements on 2+ threads first puts torch's idle OpenMP workers to
-# sleep (fusedopt.torch._omp): a few tens of us, against the milliseconds by which a spinning
-# worker slows the step right after backward.
+# sleep (fusedopt.torch._omp): 120-140 us right after a backward (best of 41, 2-core VM; it waits
+# for torch's workers to join, so on a loaded machine it can take a scheduler slice), against
+# the milliseconds by which a spinning worker slows a large step right after backward. A step
+# under 2 * 131072 elements runs on one thread anyway (csrc/parallel.h, kMinElementsPerThread),
+# and torch's spinning worker then holds the other core, not the step's. Between that and this
+# threshold, whether parking pays could not be measured apart from the machine's noise.
 PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
 _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
@@ -123,7 +127,8 @@ def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torc
 
 class _Call(NamedTuple):
     """One fusedopt call of a plan: the param views, their positions among the plan's params
-    (None: all of them), the state views by keyword, and the step argument (see _Plan)."""
+    (None: all of them), the state views by keyword, and the step argument of the plan's first step
+    (a later step adds _Plan.taken)."""
     params: list[np.ndarray]
     positions: list[int] | None
     states: dict[str, list[np.ndarray | QuantizedState]]
@@ -134,7 +139,8 @@ class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
     __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
-                 "state_dicts", "steps", "structure", "watched_dicts", "watched_keys", "watched_tensors")
+                 "state_dicts", "step_counts", "steps", "structure", "taken", "watched_dicts", "watched_keys",
+                 "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -152,6 +158,8 @@ class _Plan:
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
         self.elements = 0                              # in the params with a grad
+        self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
+        self.taken = 0                                 # steps taken with the plan: added to each call's step
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
@@ -421,6 +429,18 @@ class _FusedStep(torch.optim.Optimizer):
         torch's fused optimizers): the grads are unscaled inside the kernel, and a step whose
         grads held an inf or NaN changes nothing (params, state, step counts).
         """
+        # torch wraps an optimizer class's step in Optimizer.profile_hook_step (the step pre/post
+        # hooks and a profiler range) unless the step is marked hooked, as this one is (below the
+        # class): the wrapper's record_function is two dispatcher calls, ~100 us right after a
+        # step's kernel has evicted the caches, a fifth of a small model's step. So torch's own
+        # wrapper runs only when it has something to do: hooks, or a profiler listening.
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                or _global_optimizer_post_hooks or torch.autograd._profiler_enabled()):
+            loss: float | None = _hooked_step(self, closure)
+            return loss
+        return self._fused_step(closure)
+
+    def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -457,7 +477,7 @@ class _FusedStep(torch.optim.Optimizer):
         for plan, grads, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = grads if call.positions is None else [grads[i] for i in call.positions]
-                step = {} if call.step is None else {"step": call.step}
+                step = {} if call.step is None else {"step": call.step + plan.taken}
                 type(self)._update(call.params, call_grads, **call.states, **hyperparameters, **step,
                                    grad_scale=scale)
         for plan, _, _ in steps:
@@ -538,7 +558,7 @@ class _FusedStep(torch.optim.Optimizer):
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
         """NumPy views of the grads. Tensor.numpy is the fast path (~0.6 us a grad); a grad it
         refuses (or a bfloat16 one) goes through fusedopt's one conversion, for its view or its
-        error."""
+        error. (Not kept between steps: the views would keep grads that zero_grad() let go alive.)"""
         try:
             return list(map(_as_ndarray, grads))
         except (TypeError, RuntimeError):
@@ -558,7 +578,7 @@ class _FusedStep(torch.optim.Optimizer):
         names: list[str] = []
         for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
-                step = {} if call.step is None else {"step": call.step}
+                step = {} if call.step is None else {"step": call.step + plan.taken}
                 # (stochastic rounding is checked against the params, below, not on empty lists)
                 update([], [], **{argument: [] for argument in call.states}, **step,
                        **{key: value for key, value in hyperparameters.items() if key != "stochastic_rounding"})
@@ -588,9 +608,13 @@ class _FusedStep(torch.optim.Optimizer):
     def _taken(self, plan: _Plan) -> None:
         """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
         if plan.steps is not None:
-            plan.steps.add_(1)
-            plan.calls[:] = [call._replace(step=None if call.step is None else call.step + 1) for call in plan.calls]
-        torch.autograd.graph.increment_version(plan.params)
+            # through NumPy: torch's add_ on this tiny tensor costs ~90 us right after the kernel
+            # has evicted the caches (the dispatcher's code and data), NumPy's add ~25
+            if plan.step_counts is None:
+                plan.step_counts = plan.steps.numpy()
+            np.add(plan.step_counts, 1, out=plan.step_counts)
+            plan.taken += 1
+        torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
         if plan.new_state:
             for p, new in plan.new_state:
                 self.state[p].update(new)
@@ -598,6 +622,12 @@ class _FusedStep(torch.optim.Optimizer):
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
+
+
+# torch's wrapper of a step (see _FusedStep.step): called by step when it has something to do,
+# and kept off _FusedStep.step itself by the mark torch looks for
+_hooked_step = torch.optim.Optimizer.profile_hook_step(_FusedStep._fused_step)
+_FusedStep.step.hooked = True  # type: ignore[attr-defined]
 
 
 class SGD(_FusedStep, torch.optim.SGD):
