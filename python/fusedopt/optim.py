@@ -24,26 +24,32 @@ keywords state_dtype="float32" | "bfloat16" | "int8", master_weights=True, stoch
 (with seed=), min_8bit_size=4096, e.g. optim.AdamW(params, lr=1e-3, state_dtype="int8").
 """
 import decimal
-import json
 import math
 import numbers
-import os
 import secrets
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _core, functional
+from ._checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from ._checkpoint import load as load
+from ._checkpoint import save as save
+from ._checks import _array_problem, _memory, _step_error
+from ._lowprec import (
+    MIN_8BIT_SIZE,
+    LowPrecision,
+    _checked_options,
+    _checked_seed,
+    _copied_into,
+    _loaded_state,
+    _param_dtype_problem,
+    _state_dtype_of,
+)
+from ._lowprec import STATE_DTYPES as STATE_DTYPES
 from ._tensors import _bfloat16
 from .lowbit import QuantizedState, quantize, quantized_zeros_like
-
-CHECKPOINT_FORMAT = "fusedopt.optim checkpoint 1"
-
-STATE_DTYPES = ("float32", "bfloat16", "int8")  # the state_dtype= an optimizer takes
-# state_dtype="int8": tensors of fewer elements keep float32 state (bitsandbytes' min_8bit_size)
-MIN_8BIT_SIZE = 4096
 
 
 def _always(hyperparameters: dict[str, Any]) -> bool:
@@ -174,148 +180,6 @@ def _unchanged(group: dict[str, Any], snapshot: tuple[dict[str, Any], list[type]
     copy, types = snapshot
     copy["params"] = group.get("params")  # not a hyperparameter; the same object compares without its arrays
     return group == copy and list(map(type, group.values())) == types
-
-
-_F32, _F64, _F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
-_FLOAT_DTYPES = (_F32, _F64)  # native byte order only, as the kernels
-
-
-def _is_bfloat16(dtype: np.dtype[Any]) -> bool:
-    return dtype.itemsize == 2 and dtype.name == "bfloat16"  # ml_dtypes': the kernels' own test
-
-
-def _array_problem(a: object, written: bool, param: np.ndarray | None = None,
-                   role: str = "grad") -> tuple[type[Exception], str] | None:
-    """(exception class, message) for what an update function would refuse about one of its
-    arrays (against its param, for a grad, a state array or a param copy), or None. On every
-    step of a model with several param groups: the common case is the first test of each kind.
-
-    The dtype rules are the update functions' (P: the param's dtype): params float32, float64,
-    bfloat16 or float16; role "grad": P, or bfloat16/float16 for float32 params; "state": float64
-    for float64 params, else float32, bfloat16 or a QuantizedState ("signed state", "unsigned
-    state": of that code); "copy" (param_copies): bfloat16/float16 beside float32 params."""
-    if not isinstance(a, np.ndarray):
-        if isinstance(a, QuantizedState) and role.endswith("state"):
-            return _quantized_problem(a, param, role)
-        return TypeError, f"must be a numpy.ndarray, got {type(a).__name__}"
-    dtype = a.dtype
-    if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
-        return TypeError, f"has dtype {dtype}; fusedopt updates float32, float64, bfloat16 or float16 arrays"
-    flags = a.flags
-    if not (flags.carray if written else flags.c_contiguous and flags.aligned):  # carray: also writable
-        if not (flags.c_contiguous and flags.aligned):
-            return ValueError, "is not C-contiguous; fusedopt updates arrays in place and never copies them"
-        return ValueError, "is read-only but is updated in place"
-    if param is not None:
-        p = param.dtype
-        # the common case first: the param's dtype, which every role but float16 state and copies takes
-        if dtype is not p or role != "grad" and (role == "copy" or p == _F16):
-            if role == "grad":
-                ok = dtype == p or p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
-                rule = "grads are of the params' dtype, or bfloat16/float16 for float32 params"
-            elif role == "copy":
-                ok = p == _F32 and (dtype == _F16 or _is_bfloat16(dtype))
-                rule = "param copies are the bfloat16/float16 copies of float32 (master) params"
-            else:
-                ok = dtype == _F64 if p == _F64 else dtype == _F32 or _is_bfloat16(dtype)
-                rule = "the state of float64 params is float64" if p == _F64 else "state is float32 or bfloat16"
-            if not ok:
-                return TypeError, f"has dtype {dtype} but its param has dtype {p}; {rule}"
-        if a.shape != param.shape:
-            return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
-    return None
-
-
-def _quantized_problem(a: QuantizedState, param: np.ndarray | None, role: str) -> tuple[type[Exception], str] | None:
-    """_array_problem for 8-bit state."""
-    if role != "state" and a.signed != (role == "signed state"):
-        return ValueError, (f"is a{' signed' if a.signed else 'n unsigned'} QuantizedState but this state is "
-                            f"{'signed' if role == 'signed state' else 'non-negative'}")
-    if param is not None and param.dtype == _F64:
-        return TypeError, "is 8-bit (a QuantizedState) but its param has dtype float64, whose state is float64"
-    if param is not None and a.shape != param.shape:
-        return ValueError, f"has shape {a.shape} but its param has shape {param.shape}"
-    for part in (a.codes, a.scales):
-        if not part.flags.carray:
-            return ValueError, "has codes or scales that are not C-contiguous and writable"
-    return None
-
-
-def _memory(a: Any) -> list[np.ndarray]:
-    """The arrays an update function writes or reads for one of its array arguments."""
-    return [a.codes, a.scales] if isinstance(a, QuantizedState) else [a]
-
-
-def _step_error(problem: tuple[type[Exception], str], name: str) -> Exception:
-    exception, message = problem
-    return exception(f"{name} {message}")
-
-
-class LowPrecision(NamedTuple):
-    """An optimizer's low-precision options (see Optimizer; fusedopt.torch's classes take the same)."""
-    state_dtype: str = "float32"
-    master_weights: bool = False
-    stochastic_rounding: bool = False
-    min_8bit_size: int = MIN_8BIT_SIZE
-
-
-def _checked_options(name: str, state_dtype: object, master_weights: object, stochastic_rounding: object,
-                     seed: object, min_8bit_size: object) -> LowPrecision:
-    """The low-precision keywords of optimizer class `name`, checked (seed too, when given)."""
-    if not isinstance(state_dtype, str):
-        raise TypeError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
-    if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"{name}: state_dtype must be one of {list(STATE_DTYPES)}, got {state_dtype!r}")
-    for option, value in (("master_weights", master_weights), ("stochastic_rounding", stochastic_rounding)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}: {option} must be a bool, got {value!r}")
-    if master_weights and stochastic_rounding:
-        raise ValueError(f"{name}: master_weights=True and stochastic_rounding=True exclude each other: master "
-                         "weights keep the update in float32 (the copy rounds to nearest); stochastic rounding "
-                         "is for bfloat16 params updated directly")
-    if not (isinstance(min_8bit_size, numbers.Integral) and not isinstance(min_8bit_size, (bool, np.bool_))):
-        raise TypeError(f"{name}: min_8bit_size must be an int, got {min_8bit_size!r}")
-    if int(min_8bit_size) < 0:
-        raise ValueError(f"{name}: min_8bit_size must be >= 0, got {min_8bit_size!r}")
-    if seed is not None:
-        if not stochastic_rounding:
-            raise ValueError(f"{name}: seed= is the seed of stochastic rounding; it needs stochastic_rounding=True")
-        _checked_seed(seed, name)
-    return LowPrecision(state_dtype, bool(master_weights), bool(stochastic_rounding), int(min_8bit_size))
-
-
-def _checked_seed(seed: object, where: str) -> int:
-    """A stochastic-rounding seed: an int from 0 to 2**64 - 1 (the kernels' unsigned 64 bits)."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, (bool, np.bool_)):
-        raise TypeError(f"{where}: seed must be an int, got {seed!r}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"{where}: seed must be an int from 0 to 2**64 - 1, got {seed!r}")
-    return int(seed)
-
-
-def _param_dtype_problem(dtype: np.dtype[Any], options: LowPrecision) -> str | None:
-    """Why an optimizer with these options cannot update params of this dtype, or None."""
-    if dtype not in _FLOAT_DTYPES and dtype != _F16 and not _is_bfloat16(dtype):
-        return "fusedopt updates float32, float64, bfloat16 (ml_dtypes) or float16 arrays"
-    sixteen = dtype == _F16 or _is_bfloat16(dtype)
-    if options.master_weights and not sixteen:
-        return ("master_weights=True keeps float32 master weights of bfloat16/float16 params; "
-                "a float32/float64 param is its own master (give it to an optimizer without master_weights)")
-    if options.stochastic_rounding and not _is_bfloat16(dtype):
-        return "stochastic_rounding=True rounds bfloat16 params (updated directly); this param is not one"
-    if dtype == _F64 and options.state_dtype != "float32":
-        return f"the state of float64 params is float64, never state_dtype={options.state_dtype!r}"
-    return None
-
-
-def _state_dtype_of(dtype: np.dtype[Any], size: int, options: LowPrecision) -> str:
-    """The dtype an optimizer with these options keeps the state of a param of this dtype and
-    size in: "float64", "float32", "bfloat16" or "int8"."""
-    if dtype == _F64:
-        return "float64"
-    if options.state_dtype == "int8" and size < options.min_8bit_size:
-        return "float32"
-    return options.state_dtype
 
 
 class Optimizer:
@@ -900,64 +764,6 @@ class Optimizer:
         return groups, checked, converted
 
 
-def _state_kind(value: Any) -> str | None:
-    """"int8", "float64", "float32", "bfloat16", "float16" for a state value, None for anything else."""
-    if isinstance(value, QuantizedState):
-        return "int8"
-    if isinstance(value, np.ndarray) and (value.dtype in _FLOAT_DTYPES or value.dtype == _F16):
-        return str(value.dtype)
-    if isinstance(value, np.ndarray) and _is_bfloat16(value.dtype):
-        return "bfloat16"
-    return None
-
-
-def _loaded_state(value: Any, kind: str, signed: bool, param: np.ndarray, where: str,
-                  convert: bool = True) -> np.ndarray | QuantizedState:
-    """A checkpoint's state array as this optimizer keeps it (kind: "float64", "float32",
-    "bfloat16" or "int8"): value itself when it is so already, else a new converted array (with
-    convert; float64 and float16 state convert to nothing); TypeError/ValueError naming `where`."""
-    source = _state_kind(value)
-    if source is None:
-        got = f"an array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
-        raise TypeError(f"{where} must be a numpy.ndarray (float32, float64 or bfloat16) or a fusedopt.QuantizedState, "
-                        f"got {got}")
-    if value.shape != param.shape:
-        raise ValueError(f"{where} has shape {value.shape} but its param has shape {param.shape}")
-    if source == "int8" and value.signed != signed:
-        raise ValueError(f"{where} is a{' signed' if value.signed else 'n unsigned'} QuantizedState but this state "
-                         f"is {'signed' if signed else 'non-negative'} (signed={signed})")
-    if source == kind:
-        return value  # type: ignore[no-any-return]
-    if not convert or "float64" in (source, kind) or source == "float16":
-        raise ValueError(f"{where} has dtype {source} but this optimizer keeps it in {kind} for its param of dtype "
-                         f"{param.dtype}; only float32, bfloat16 and int8 state convert into each other")
-    floats = value.dequantize() if source == "int8" else np.asarray(value, np.float32)
-    if kind == "float32":
-        return floats if floats is not value else floats.copy()
-    if kind == "bfloat16":
-        return floats.astype(_bfloat16())  # ml_dtypes rounds to nearest even, as the kernels
-    try:
-        return quantize(floats, signed)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
-def _copied_into(old: Any, value: Any, fresh: bool) -> Any:
-    """value (checked, converted) as the state to keep: copied into old, the array this param has
-    now, when it has the same type, dtype and shape; else value itself if fresh (a conversion's
-    new array), else a copy of it."""
-    if isinstance(value, QuantizedState):
-        if isinstance(old, QuantizedState) and old.signed == value.signed and old.shape == value.shape:
-            np.copyto(old.codes, value.codes)
-            np.copyto(old.scales, value.scales)
-            return old
-        return value if fresh else value.copy()
-    if isinstance(old, np.ndarray) and old.dtype == value.dtype and old.shape == value.shape:
-        np.copyto(old, value)
-        return old
-    return value if fresh else np.array(value, order="C", copy=True)
-
-
 # ---- the optimizers --------------------------------------------------------------------------------
 
 
@@ -1039,106 +845,3 @@ class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay, default weight_decay=1e-2."""
     default_hyperparameters = {**Adam.default_hyperparameters, "weight_decay": 1e-2, "decoupled_weight_decay": True}
 
-
-# ---- checkpoint files ------------------------------------------------------------------------------
-
-
-def save(path: str | os.PathLike[str], opt: Optimizer) -> None:
-    """Write opt.state_dict() to the .npz file `path`, atomically.
-
-    The arrays are stored as "state/<index>/<name>", the rest as JSON in "meta" (no pickle);
-    8-bit state as "state/<index>/<name>/codes" and ".../scales" (bitwise) and bfloat16 state as
-    its uint16 bits (.npy has no bfloat16), each named in meta["encoded"][index][name] ("int8
-    signed", "int8 unsigned" or "bfloat16"). The file
-    is written under a temporary name in the same directory, flushed to disk, then renamed over
-    `path`: a crash at any point leaves either the previous file or the new one, never a mix.
-    """
-    state_dict = opt.state_dict()
-    arrays: dict[str, np.ndarray] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    encoded: dict[str, dict[str, str]] = {}
-    for i, state in state_dict["state"].items():
-        scalars[str(i)] = {name: value for name, value in state.items()
-                           if not isinstance(value, (np.ndarray, QuantizedState))}
-        for name, value in state.items():
-            if isinstance(value, QuantizedState):
-                arrays[f"state/{i}/{name}/codes"], arrays[f"state/{i}/{name}/scales"] = value.codes, value.scales
-                encoded.setdefault(str(i), {})[name] = "int8 signed" if value.signed else "int8 unsigned"
-            elif isinstance(value, np.ndarray):
-                if _is_bfloat16(value.dtype):
-                    value = value.view(np.uint16)
-                    encoded.setdefault(str(i), {})[name] = "bfloat16"
-                arrays[f"state/{i}/{name}"] = value
-    meta = {"format": CHECKPOINT_FORMAT, "optimizer": type(opt).__name__,
-            "param_groups": state_dict["param_groups"], "state": scalars, "encoded": encoded}
-    arrays["meta"] = np.array(json.dumps(meta))
-
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # same directory: the rename stays atomic
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds clash with allow_pickle: bool
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    # POSIX: fsync the directory too, so that the rename itself survives a power loss. Best effort:
-    # some file systems refuse fsync on a directory, and the new checkpoint is in place by now.
-    if hasattr(os, "O_DIRECTORY"):
-        try:
-            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-
-
-def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
-    """Load a checkpoint written by save() into opt (of the same class, over params of the same
-    shapes and dtypes). A truncated, corrupt or mismatched file raises ValueError or TypeError and
-    leaves opt as it was."""
-    try:
-        with open(path, "rb") as f:
-            npz = np.load(f, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz file")
-            with npz:
-                meta = json.loads(str(npz["meta"][()]))
-                arrays = {key: npz[key] for key in npz.files if key != "meta"}  # reads (and CRC-checks) all
-        if not (isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
-                and isinstance(meta.get("state"), dict)):
-            raise ValueError(f"its meta is not a {CHECKPOINT_FORMAT!r}")
-        state = {int(i): dict(scalars) for i, scalars in meta["state"].items()}
-        encoded = meta.get("encoded", {})
-        parts: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # 8-bit state's codes and scales
-        for key, array in arrays.items():
-            prefix, i, name, *part = key.split("/")
-            if prefix != "state" or part not in ([], ["codes"], ["scales"]):
-                raise ValueError(f"unexpected array {key!r}")
-            how = encoded.get(i, {}).get(name)
-            if part:
-                parts.setdefault((int(i), name), {})[part[0]] = array
-            elif how == "bfloat16" and array.dtype == np.uint16:
-                state.setdefault(int(i), {})[name] = array.view(_bfloat16())
-            elif how is None:
-                state.setdefault(int(i), {})[name] = array
-            else:
-                raise ValueError(f"array {key!r} is not the {how!r} its meta says")
-        for (index, name), arrays_ in parts.items():
-            how = encoded.get(str(index), {}).get(name)
-            if how not in ("int8 signed", "int8 unsigned") or set(arrays_) != {"codes", "scales"}:
-                raise ValueError(f"state/{index}/{name}: {sorted(arrays_)} of {how!r}; 8-bit state is codes and scales")
-            codes, scales = arrays_["codes"], arrays_["scales"]
-            state.setdefault(index, {})[name] = QuantizedState(codes, scales, how == "int8 signed")
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable fusedopt optimizer checkpoint: {type(e).__name__}: {e}") from None
-    if meta.get("optimizer") != type(opt).__name__:
-        raise ValueError(f"{path} is a checkpoint of {meta.get('optimizer')!r}, not of {type(opt).__name__}")
-    opt.load_state_dict({"state": state, "param_groups": meta.get("param_groups")})

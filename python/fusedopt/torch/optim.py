@@ -49,21 +49,20 @@ from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hook
 
 from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
-from .._tensors import tensor_to_ndarray
-from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
-from ..optim import (
+from .._checks import _array_problem, _memory, _step_error
+from .._lowprec import (
     MIN_8BIT_SIZE,
     LowPrecision,
-    _array_problem,
     _checked_options,
     _checked_seed,
     _loaded_state,
-    _memory,
     _param_dtype_problem,
     _state_dtype_of,
-    _step_error,
 )
+from .._tensors import tensor_to_ndarray
+from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
 from . import _omp
+from ._plan import _Call, _Plan
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
@@ -78,7 +77,6 @@ PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
 _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
 _get_grad = operator.attrgetter("grad")
-_data_ptr = torch.Tensor.data_ptr
 _as_ndarray = torch.Tensor.numpy
 
 
@@ -123,53 +121,6 @@ def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torc
     if value.dtype.itemsize == 2 and value.dtype.name == "bfloat16":
         return {name: torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)}
     return {name: torch.from_numpy(value)}
-
-
-class _Call(NamedTuple):
-    """One fusedopt call of a plan: the param views, their positions among the plan's params
-    (None: all of them), the state views by keyword, and the step argument of the plan's first step
-    (a later step adds _Plan.taken)."""
-    params: list[np.ndarray]
-    positions: list[int] | None
-    states: dict[str, list[np.ndarray | QuantizedState]]
-    step: int | None
-
-
-class _Plan:
-    """What the step of one param group needs besides the grads, valid while the group has the
-    same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
-                 "state_dicts", "step_counts", "steps", "structure", "taken", "watched_dicts", "watched_keys",
-                 "watched_tensors")
-
-    def __init__(self) -> None:
-        self.group: dict[str, Any] = {}
-        self.state: Any = None                        # the optimizer's state dict at build time
-        self.group_params: list[torch.Tensor] = []    # group["params"] as it was
-        self.present: list[bool] = []                 # which of them had a grad
-        self.structure: tuple[bool, ...] = ()         # which state tensors the group keeps
-        self.params: list[torch.Tensor] = []          # the params with a grad
-        self.ptrs: list[int] = []
-        self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
-        self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of
-        self.watched_keys: list[str] = []
-        self.watched_tensors: list[torch.Tensor] = []
-        self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
-        self.calls: list[_Call] = []
-        self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
-        self.elements = 0                              # in the params with a grad
-        self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
-        self.taken = 0                                 # steps taken with the plan: added to each call's step
-
-    def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
-        """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
-        return (self.group is group and self.state is state and self.present == present
-                and len(group["params"]) == len(self.group_params)
-                and all(map(operator.is_, group["params"], self.group_params))
-                and list(map(_data_ptr, self.params)) == self.ptrs
-                and all(map(operator.is_, map(state.get, self.params), self.state_dicts))
-                and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),
-                            self.watched_tensors)))
 
 
 def _view(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -285,7 +236,7 @@ class _FusedStep(torch.optim.Optimizer):
         return _view(tensor, f"state[{spec.name!r}] of param {i}")
 
     def _role(self, argument: str) -> str:
-        """fusedopt.optim._array_problem's role for a call's array argument."""
+        """fusedopt._checks._array_problem's role for a call's array argument."""
         if argument == "param_copies":
             return "copy"
         signed = next(spec.signed for spec in self._states if spec.argument == argument)
@@ -294,7 +245,7 @@ class _FusedStep(torch.optim.Optimizer):
     def _loaded_param_state(self, param: torch.Tensor, saved: dict[Any, Any], where: str,
                             copy: bool) -> dict[Any, Any]:
         """A param's state (a checkpoint's, or torch's __init__'s) in this optimizer's form:
-        each state tensor converted by fusedopt.optim's rules (_loaded_state), copied (with copy)
+        each state tensor converted by fusedopt.optim's rules (_lowprec._loaded_state), copied (with copy)
         when it needs no conversion; other entries ("step", ...) as they are (cloned with copy).
         TypeError/ValueError naming `where` for state that does not convert."""
         options, _ = self._low_precision()
@@ -570,7 +521,7 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
-        lists) and, across all calls, the checks each call makes of its arrays (fusedopt.optim's
+        lists) and, across all calls, the checks each call makes of its arrays (fusedopt._checks'
         _array_problem) and of their memory (no two arrays of the step sharing a byte), before the
         first call writes anything."""
         update = type(self)._update

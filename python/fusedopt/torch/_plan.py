@@ -1,0 +1,60 @@
+"""The plan of a fusedopt.torch step for one param group (fusedopt.torch.optim's module docstring):
+what its fusedopt calls need besides the grads, kept between steps while it still holds."""
+from __future__ import annotations
+
+import operator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..lowbit import QuantizedState
+
+_data_ptr = torch.Tensor.data_ptr
+
+
+class _Call(NamedTuple):
+    """One fusedopt call of a plan: the param views, their positions among the plan's params
+    (None: all of them), the state views by keyword, and the step argument of the plan's first step
+    (a later step adds _Plan.taken)."""
+    params: list[np.ndarray]
+    positions: list[int] | None
+    states: dict[str, list[np.ndarray | QuantizedState]]
+    step: int | None
+
+
+class _Plan:
+    """What the step of one param group needs besides the grads, valid while the group has the
+    same params with a grad, at the same addresses, with the same state dicts and tensors."""
+    __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
+                 "state_dicts", "step_counts", "steps", "structure", "taken", "watched_dicts", "watched_keys",
+                 "watched_tensors")
+
+    def __init__(self) -> None:
+        self.group: dict[str, Any] = {}
+        self.state: Any = None                        # the optimizer's state dict at build time
+        self.group_params: list[torch.Tensor] = []    # group["params"] as it was
+        self.present: list[bool] = []                 # which of them had a grad
+        self.structure: tuple[bool, ...] = ()         # which state tensors the group keeps
+        self.params: list[torch.Tensor] = []          # the params with a grad
+        self.ptrs: list[int] = []
+        self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
+        self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of
+        self.watched_keys: list[str] = []
+        self.watched_tensors: list[torch.Tensor] = []
+        self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
+        self.calls: list[_Call] = []
+        self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
+        self.elements = 0                              # in the params with a grad
+        self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
+        self.taken = 0                                 # steps taken with the plan: added to each call's step
+
+    def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
+        """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
+        return (self.group is group and self.state is state and self.present == present
+                and len(group["params"]) == len(self.group_params)
+                and all(map(operator.is_, group["params"], self.group_params))
+                and list(map(_data_ptr, self.params)) == self.ptrs
+                and all(map(operator.is_, map(state.get, self.params), self.state_dicts))
+                and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),
+                            self.watched_tensors)))
