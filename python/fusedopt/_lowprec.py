@@ -13,6 +13,9 @@ from .lowbit import QuantizedState, quantize
 STATE_DTYPES = ("float32", "bfloat16", "int8")  # the state_dtype= an optimizer takes
 # state_dtype="int8": tensors of fewer elements keep float32 state (bitsandbytes' min_8bit_size)
 MIN_8BIT_SIZE = 4096
+# master_weights=True: state["master_param"], the float32 master copy of a 16-bit param; the step
+# updates it in the param's place and writes the param as its rounded copy (param_copies=)
+MASTER_PARAM = "master_param"
 
 
 class LowPrecision(NamedTuple):

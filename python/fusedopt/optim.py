@@ -37,6 +37,7 @@ from ._checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from ._checkpoint import load as load
 from ._checkpoint import save as save
 from ._checks import _array_problem, _memory, _step_error
+from ._lowprec import MASTER_PARAM as MASTER_PARAM
 from ._lowprec import (
     MIN_8BIT_SIZE,
     LowPrecision,
@@ -70,9 +71,6 @@ class StateArray(NamedTuple):
     fill: Callable[[dict[str, Any]], float] = _zero
 
 
-# master_weights=True: the float32 master copy of a 16-bit param, kept as the param's state
-# "master_param"; the step updates it and writes the param as its rounded copy (param_copies=)
-MASTER_PARAM = "master_param"
 _MASTER_SPEC = StateArray("master_params", False)
 
 

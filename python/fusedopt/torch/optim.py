@@ -51,6 +51,7 @@ from .. import _core, functional
 from .. import get_num_threads as _fusedopt_threads
 from .._checks import _array_problem, _memory, _step_error
 from .._lowprec import (
+    MASTER_PARAM,
     MIN_8BIT_SIZE,
     LowPrecision,
     _checked_options,
@@ -61,6 +62,7 @@ from .._lowprec import (
 )
 from .._tensors import tensor_to_ndarray
 from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
+from ..optim import _always
 from . import _omp
 from ._plan import _Call, _Plan
 
@@ -90,13 +92,6 @@ class _StateSpec(NamedTuple):
     signed: bool
 
 
-def _always(group: dict[str, Any]) -> bool:
-    return True
-
-
-# master_weights=True: state["master_param"], the float32 master of a 16-bit param; the kernel
-# updates it in the params' place and writes the param as its copy (param_copies=)
-MASTER_PARAM = "master_param"
 _MASTER = (_StateSpec(MASTER_PARAM, "master_params", _always, False),)
 _OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_size")  # optimizer-wide
 _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
