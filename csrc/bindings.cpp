@@ -409,9 +409,9 @@ bool run_update(ElementwiseKernel<Config> const* plain, MixedKernel<Config> mixe
 // ---- the update functions ------------------------------------------------------------------
 
 bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
-          double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<long long> step,
+          double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<Step> step,
           std::optional<double> grad_scale, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
-          std::optional<unsigned long long> seed) {
+          std::optional<Seed> seed) {
     SgdConfig c;
     check_nonnegative("lr", lr);
     check_range("momentum", momentum, 0.0, 1.0, true);
@@ -434,10 +434,10 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
     return run_update(kernels().sgd, kernels().sgd_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
-bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long long step, double lr,
+bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step step, double lr,
               double lr_decay, double weight_decay, double eps, bool maximize, std::optional<double> grad_scale,
               bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
-              std::optional<unsigned long long> seed) {
+              std::optional<Seed> seed) {
     AdagradConfig c;
     check_nonnegative("lr", lr);
     check_nonnegative("lr_decay", lr_decay);
@@ -457,8 +457,8 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, long l
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
               bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool skip_if_nonfinite,
-              py::handle param_copies, bool stochastic_rounding, std::optional<unsigned long long> seed,
-              std::optional<long long> step) {
+              py::handle param_copies, bool stochastic_rounding, std::optional<Seed> seed,
+              std::optional<Step> step) {
     RmspropConfig c;
     check_nonnegative("lr", lr);
     check_range("alpha", alpha, 0.0, 1.0, true);
@@ -485,11 +485,11 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
     return run_update(kernels().rmsprop, kernels().rmsprop_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
-bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, long long step,
+bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, Step step,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled_weight_decay,
            bool amsgrad, py::handle max_exp_avg_sqs, bool maximize, std::optional<double> grad_scale,
            bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
-           std::optional<unsigned long long> seed) {
+           std::optional<Seed> seed) {
     AdamConfig c;
     check_nonnegative("lr", lr);
     check_range("beta1", beta1, 0.0, 1.0, false);

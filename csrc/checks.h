@@ -41,6 +41,17 @@ inline void check_step(long long step) {
                           " (the 1-based number of the step being taken: >= 1)");
 }
 
+// step and seed as Python's operator.index takes an integer: an int, or an object with __index__
+// (numpy's integers), never a bool, nor a number that pybind11's long long would truncate
+// through __int__ (Decimal("1.5") ran as step 1). Converts to T where the bindings use it.
+template <class T>
+struct Integer {
+    T value;
+    operator T() const { return value; }
+};
+using Step = Integer<long long>;
+using Seed = Integer<unsigned long long>;
+
 inline std::string shape_str(const py::array& a) {
     std::string s = "(";
     for (py::ssize_t d = 0; d < a.ndim(); ++d) s += std::to_string(a.shape(d)) + (a.ndim() == 1 || d + 1 < a.ndim() ? "," : "");
@@ -102,3 +113,26 @@ void check_memory(const py::array& a, const Name& name, bool written) {
 
 
 }  // namespace fusedopt
+
+namespace pybind11 {
+namespace detail {
+template <class T>
+struct type_caster<fusedopt::Integer<T>> {
+    PYBIND11_TYPE_CASTER(fusedopt::Integer<T>, const_name("typing.SupportsIndex"));
+    bool load(handle src, bool) {
+        if (!src || PyBool_Check(src.ptr()) || !PyIndex_Check(src.ptr())) return false;
+        const object index = reinterpret_steal<object>(PyNumber_Index(src.ptr()));
+        make_caster<T> integer;  // pybind11's range check (a refusal is named by fusedopt.functional)
+        if (!index || !integer.load(index, false)) {
+            PyErr_Clear();
+            return false;
+        }
+        value.value = cast_op<T>(integer);
+        return true;
+    }
+    static handle cast(const fusedopt::Integer<T>& src, return_value_policy policy, handle parent) {
+        return make_caster<T>::cast(src.value, policy, parent);
+    }
+};
+}  // namespace detail
+}  // namespace pybind11

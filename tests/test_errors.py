@@ -1,4 +1,7 @@
 """Bad input: a TypeError or ValueError naming the argument, and every array byte-identical."""
+import decimal
+import fractions
+
 import numpy as np
 import pytest
 
@@ -288,7 +291,8 @@ OPTIONAL_ARGUMENTS = {("sgd_", "step"), ("rmsprop_", "step"), ("adam_", "grad_sc
 BAD_VALUES = {  # kind -> [(value, exception)]
     "float": [("0.001", TypeError), (10**400, ValueError), ([0.1], TypeError), (None, TypeError)],
     "int": [(1.5, TypeError), ("1", TypeError), (2**63, ValueError), (-2**63 - 1, ValueError), (None, TypeError),
-            (np.float64(2.0), TypeError)],
+            (np.float64(2.0), TypeError), (True, TypeError), (np.True_, TypeError),
+            (decimal.Decimal("1.5"), TypeError), (fractions.Fraction(3, 1), TypeError)],
     "bool": [("yes", TypeError), ([1], TypeError)],
 }
 

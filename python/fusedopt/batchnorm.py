@@ -17,13 +17,18 @@ standard deviations from its mean is summed again about its own mean (it is stil
 """
 import operator
 
+import numpy as np
+
 from . import _core
 from .functional import Array, _argument_error
 
 
 def _axis(axis: int, function: str) -> int:
-    """axis as an int; pybind11 alone would truncate any number with __int__ (Fraction(7, 2) -> 3)."""
+    """axis as an int, as the update functions take step: pybind11 alone would truncate any number
+    with __int__ (Fraction(7, 2) -> 3), and operator.index alone takes True for 1."""
     try:
+        if isinstance(axis, (bool, np.bool_)):
+            raise TypeError
         return operator.index(axis)
     except TypeError:
         raise TypeError(f"{function}: axis must be an int, got {axis!r} ({type(axis).__name__})") from None

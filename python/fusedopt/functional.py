@@ -39,6 +39,7 @@ import ast
 import functools
 import inspect
 import itertools
+import operator
 import re
 import textwrap
 from collections.abc import Callable, Sequence
@@ -67,9 +68,10 @@ if TYPE_CHECKING:
 # the function passes at each position of its _core call.
 
 _INT64_MAX = 2**63 - 1
+_UNSIGNED = frozenset({"seed"})  # the integer arguments taken as unsigned 64-bit (the others: signed)
 
 
-def _refusal(kind: str, value: Any) -> str | None:
+def _refusal(kind: str, value: Any, unsigned: bool = False) -> str | None:
     """Why pybind11 refuses value for a parameter of type `kind` (as its message spells it), or None."""
     optional = kind.endswith("| None")
     kind = kind.removesuffix("| None").strip()
@@ -93,9 +95,13 @@ def _refusal(kind: str, value: Any) -> str | None:
         except (TypeError, ValueError):
             return f"must be {accepts}"
         return None
-    if isinstance(value, (float, np.floating)):
+    # integers as operator.index takes them (the bindings' Step/Seed): not a bool, not a float,
+    # nor a Decimal or Fraction that int() would truncate
+    if isinstance(value, (bool, np.bool_)) or not hasattr(type(value), "__index__"):
         return f"must be {accepts}"
-    if not -_INT64_MAX - 1 <= int(value) <= _INT64_MAX:
+    if unsigned and not 0 <= operator.index(value) < 2**64:
+        return "is out of range (must be in [0, 2**64))"
+    if not unsigned and not -_INT64_MAX - 1 <= operator.index(value) <= _INT64_MAX:
         return "is out of range (must be less than 2**63)"
     return None
 
@@ -128,7 +134,7 @@ def _argument_error(error: TypeError, function: Callable[..., Any], arguments: d
         if name is None or name not in arguments:
             continue
         value = arguments[name]
-        reason = _refusal(kind, value)
+        reason = _refusal(kind, value, name in _UNSIGNED)
         if reason is not None:
             exception = ValueError if "out of range" in reason or "too large" in reason else TypeError
             shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
