@@ -69,6 +69,7 @@ struct Scalar {
     static Scalar iota(T start) { return start; }  // start, start + 1, ... (one lane: start)
     static Scalar load_u16(const std::uint16_t* p) { return Scalar(static_cast<T>(*p)); }
     void store_u16(std::uint16_t* p) const { *p = static_cast<std::uint16_t>(v); }  // v < 65536
+    void store_u8(std::uint8_t* p) const { *p = static_cast<std::uint8_t>(v); }  // v < 256
     friend Scalar operator&(Scalar a, Scalar b) { return a.v & b.v; }
     friend Scalar operator|(Scalar a, Scalar b) { return a.v | b.v; }
     friend Scalar operator^(Scalar a, Scalar b) { return a.v ^ b.v; }
