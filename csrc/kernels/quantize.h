@@ -97,10 +97,12 @@ FUSEDOPT_INLINE UintVec<V> encode(V x, V inv, UintVec<V> nonzero_bits) {
     const U b = as_uint(x);
     const U y = as_uint(as_float(b & U(quant::kMagnitude)) * inv);
     const U k = ((y + U(0x7FFFFu) + ((y >> 20) & U(1u))) >> 20) - U(quant::kOffset<SIGNED>);  // as int32, may be < 0
-    // y > half the smallest code, on the bits (y >= 0 and finite: integer order is float order)
-    const U smallest = SIGNED ? cmpgt(y, U(((quant::kOffset<true> + 1u) << 20) - (1u << 23))) & U(1u)
-                              : select(cmpeq(b & nonzero_bits, U(0u)), U(0u), U(1u));
-    const U code = select(cmpgt(k, smallest), k, smallest);  // k if k >= 1, else 0 or 1
+    // signed: y > half the smallest code; unsigned: x != 0. As the sign bit of h - y and of
+    // 0 - |x| (both operands in [0, 2^31); on y's bits, as y >= 0 is finite: integer order is
+    // float order)
+    const U smallest = SIGNED ? (U(((quant::kOffset<true> + 1u) << 20) - (1u << 23)) - y) >> 31
+                              : (U(0u) - (b & nonzero_bits)) >> 31;
+    const U code = max_signed(k, smallest);  // k if k >= 1, else 0 or 1
     if constexpr (SIGNED) return code | ((b >> 24) & U(0x80u));
     return code;
 }

@@ -146,6 +146,7 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return _mm512_slli_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec cmpgt(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpgt_epi32_mask(a.v, b.v)); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpeq_epi32_mask(a.v, b.v)); }
+    friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
     friend Vec select(Vec mask, Vec a, Vec b) { return _mm512_ternarylogic_epi32(mask.v, a.v, b.v, 0xCA); }
 };
 

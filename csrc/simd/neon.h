@@ -144,6 +144,9 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return vshlq_u32(a.v, vdupq_n_s32(s)); }
     friend Vec cmpgt(Vec a, Vec b) { return vcgtq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)); }
     friend Vec cmpeq(Vec a, Vec b) { return vceqq_u32(a.v, b.v); }
+    friend Vec max_signed(Vec a, Vec b) {
+        return vreinterpretq_u32_s32(vmaxq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)));
+    }
     friend Vec select(Vec mask, Vec a, Vec b) { return vbslq_u32(mask.v, a.v, b.v); }
 };
 
