@@ -8,13 +8,19 @@
 //
 // The loops with a square root and a division prefetch their arrays (see prefetch_ahead).
 //
+// Each loop reads and writes its arrays through an accessor: Plain<T> when every array is T
+// (the float32 and float64 kernels), Block for one block of a mixed-precision call, which
+// converts each array from and to its storage as the loop loads and stores it (see mixed).
+//
 // Option flags that add or skip work (weight decay, momentum, amsgrad, ...) are template
 // parameters, so each loop is compiled without branches; with_flags() turns the runtime bools
 // into the matching instantiation.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "../dispatch.h"
 #include "../simd/vec.h"
@@ -44,15 +50,38 @@ void with_flags(F&& f, bool b, Bools... rest) {
 // 31-32 -> 28-30 ms (2 threads, at the memory's speed already: 26 -> 25). SGD, which the
 // hardware prefetcher keeps up with, was 5-14% slower with it and has none.
 constexpr std::size_t kPrefetchBytes = 1024;
-template <class V, class... Arrays>
-inline void prefetch_ahead(std::size_t i, const Arrays*... arrays) {
-    if constexpr (V::size > 1) (prefetch(arrays + i + kPrefetchBytes / sizeof(Arrays)), ...);
+template <class V, class Arrays, class... K>
+inline void prefetch_ahead(const Arrays& a, std::size_t i, K... k) {
+    if constexpr (V::size > 1) (a.prefetch(k, i), ...);
 }
 
+// The k-th array of an optimizer (param, grad, then the state in the order of its Config), as a
+// type, so that an accessor may store each array in its own format.
+template <std::size_t K>
+using Slot = std::integral_constant<std::size_t, K>;
+
+// The arrays of an all-T call: a[k] is the k-th array.
+template <class T>
+struct Plain {
+    void* const* a;
+    template <class V, std::size_t K>
+    V load(V, Slot<K>, std::size_t i) const {
+        return V::load(static_cast<const T*>(a[K]) + i);
+    }
+    template <std::size_t K, class V>
+    void store(Slot<K>, V x, std::size_t i) const {
+        x.store(static_cast<T*>(a[K]) + i);
+    }
+    template <std::size_t K>
+    void prefetch(Slot<K>, std::size_t i) const {
+        FUSEDOPT_ISA_NS::prefetch(static_cast<const T*>(a[K]) + i + kPrefetchBytes / sizeof(T));
+    }
+};
+
 // g = grad * grad_mult (+ weight_decay * param): the gradient every optimizer starts from.
-template <bool L2, class V, class T>
-V transformed_grad(const T* grad, V p, T grad_mult, T weight_decay) {
-    V g = V::load(grad) * V(grad_mult);
+template <bool L2, class V, class Arrays, class Grad, class T>
+V transformed_grad(const Arrays& a, Grad grad, std::size_t i, V p, T grad_mult, T weight_decay) {
+    V g = a.load(V{}, grad, i) * V(grad_mult);
     if constexpr (L2) g = fmadd(V(weight_decay), p, g);
     return g;
 }
@@ -62,57 +91,67 @@ V transformed_grad(const T* grad, V p, T grad_mult, T weight_decay) {
 //   buf = momentum * buf + (1 - dampening) * g later steps
 //   g   = g + momentum * buf  (nesterov)  or  g = buf
 //   param = param - lr * g
-template <class T, bool L2, bool MOMENTUM, bool FIRST, bool NESTEROV>
-void sgd_loop(const SgdConfig& c, void* const* a, std::size_t n) {
-    T* param = static_cast<T*>(a[0]);
-    const T* grad = static_cast<const T*>(a[1]);
-    T* momentum_buffer = static_cast<T*>(a[2]);
+template <class T, bool L2, bool MOMENTUM, bool FIRST, bool NESTEROV, class Arrays>
+void sgd_loop(const SgdConfig& c, const Arrays& a, std::size_t n) {
+    constexpr Slot<0> param;
+    constexpr Slot<1> grad;
+    constexpr Slot<2> momentum_buffer;
     const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay);
     const T momentum = T(c.momentum), one_minus_dampening = T(1.0 - c.dampening), neg_lr = T(-c.lr);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        V p = V::load(param + i);
-        V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
+        V p = a.load(vec, param, i);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
         if constexpr (MOMENTUM) {
-            V buf = FIRST ? g : fmadd(V(momentum), V::load(momentum_buffer + i), V(one_minus_dampening) * g);
-            buf.store(momentum_buffer + i);
+            V buf = FIRST ? g : fmadd(V(momentum), a.load(vec, momentum_buffer, i), V(one_minus_dampening) * g);
+            a.store(momentum_buffer, buf, i);
             g = NESTEROV ? fmadd(V(momentum), buf, g) : buf;
         }
-        fmadd(V(neg_lr), g, p).store(param + i);
+        a.store(param, fmadd(V(neg_lr), g, p), i);
     });
+}
+
+template <class T, class Arrays>
+void sgd_arrays(const SgdConfig& c, const Arrays& a, std::size_t n) {
+    with_flags([&](auto l2, auto mom, auto first, auto nest) { sgd_loop<T, l2, mom, first, nest>(c, a, n); },
+               c.g.weight_decay != 0.0, c.momentum != 0.0, c.first_step, c.nesterov);
 }
 
 template <class T>
 void sgd(const SgdConfig& c, void* const* a, std::size_t n) {
-    with_flags([&](auto l2, auto mom, auto first, auto nest) { sgd_loop<T, l2, mom, first, nest>(c, a, n); },
-               c.g.weight_decay != 0.0, c.momentum != 0.0, c.first_step, c.nesterov);
+    sgd_arrays<T>(c, Plain<T>{a}, n);
 }
 
 // torch.optim.Adagrad
 //   state_sum = state_sum + g * g
 //   param = param - clr * g / (sqrt(state_sum) + eps)     clr = lr / (1 + (step - 1) * lr_decay)
-template <class T, bool L2>
-void adagrad_loop(const AdagradConfig& c, void* const* a, std::size_t n) {
-    T* param = static_cast<T*>(a[0]);
-    const T* grad = static_cast<const T*>(a[1]);
-    T* state_sum = static_cast<T*>(a[2]);
+template <class T, bool L2, class Arrays>
+void adagrad_loop(const AdagradConfig& c, const Arrays& a, std::size_t n) {
+    constexpr Slot<0> param;
+    constexpr Slot<1> grad;
+    constexpr Slot<2> state_sum;
     const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay);
     const T neg_clr = T(-c.clr), eps = T(c.eps);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        prefetch_ahead<V>(i, param, grad, state_sum);
-        V p = V::load(param + i);
-        V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
-        V sum = fmadd(g, g, V::load(state_sum + i));
-        sum.store(state_sum + i);
+        prefetch_ahead<V>(a, i, param, grad, state_sum);
+        V p = a.load(vec, param, i);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
+        V sum = fmadd(g, g, a.load(vec, state_sum, i));
+        a.store(state_sum, sum, i);
         V std_ = sqrt(sum) + V(eps);
-        fmadd(V(neg_clr), g / std_, p).store(param + i);
+        a.store(param, fmadd(V(neg_clr), g / std_, p), i);
     });
+}
+
+template <class T, class Arrays>
+void adagrad_arrays(const AdagradConfig& c, const Arrays& a, std::size_t n) {
+    with_flags([&](auto l2) { adagrad_loop<T, l2>(c, a, n); }, c.g.weight_decay != 0.0);
 }
 
 template <class T>
 void adagrad(const AdagradConfig& c, void* const* a, std::size_t n) {
-    with_flags([&](auto l2) { adagrad_loop<T, l2>(c, a, n); }, c.g.weight_decay != 0.0);
+    adagrad_arrays<T>(c, Plain<T>{a}, n);
 }
 
 // torch.optim.RMSprop
@@ -123,30 +162,30 @@ void adagrad(const AdagradConfig& c, void* const* a, std::size_t n) {
 //   buf = momentum * buf + g / avg;  param = param - lr * buf      momentum > 0
 //   param = param - lr * g / avg                                   otherwise
 // One of eps_inside / eps_outside is 0, and x + 0 == x, so both forms share one loop.
-template <class T, bool L2, bool CENTERED, bool MOMENTUM>
-void rmsprop_loop(const RmspropConfig& c, void* const* a, std::size_t n) {
-    T* param = static_cast<T*>(a[0]);
-    const T* grad = static_cast<const T*>(a[1]);
-    T* square_avg = static_cast<T*>(a[2]);
-    T* momentum_buffer = static_cast<T*>(a[3]);
-    T* grad_avg = static_cast<T*>(a[4]);
+template <class T, bool L2, bool CENTERED, bool MOMENTUM, class Arrays>
+void rmsprop_loop(const RmspropConfig& c, const Arrays& a, std::size_t n) {
+    constexpr Slot<0> param;
+    constexpr Slot<1> grad;
+    constexpr Slot<2> square_avg;
+    constexpr Slot<3> momentum_buffer;
+    constexpr Slot<4> grad_avg;
     const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay);
     const T alpha = T(c.alpha), one_minus_alpha = T(1.0 - c.alpha), momentum = T(c.momentum), neg_lr = T(-c.lr);
     const T eps_inside = c.eps_inside_sqrt ? T(c.eps) : T(0), eps_outside = c.eps_inside_sqrt ? T(0) : T(c.eps);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        prefetch_ahead<V>(i, param, grad, square_avg);
-        if constexpr (CENTERED) prefetch_ahead<V>(i, grad_avg);
-        if constexpr (MOMENTUM) prefetch_ahead<V>(i, momentum_buffer);
-        V p = V::load(param + i);
-        V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
-        V sq = fmadd(V(one_minus_alpha), g * g, V(alpha) * V::load(square_avg + i));
-        sq.store(square_avg + i);
+        prefetch_ahead<V>(a, i, param, grad, square_avg);
+        if constexpr (CENTERED) prefetch_ahead<V>(a, i, grad_avg);
+        if constexpr (MOMENTUM) prefetch_ahead<V>(a, i, momentum_buffer);
+        V p = a.load(vec, param, i);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
+        V sq = fmadd(V(one_minus_alpha), g * g, V(alpha) * a.load(vec, square_avg, i));
+        a.store(square_avg, sq, i);
         V var = sq;
         if constexpr (CENTERED) {
-            V ga = V::load(grad_avg + i);
+            V ga = a.load(vec, grad_avg, i);
             ga = fmadd(V(one_minus_alpha), g - ga, ga);
-            ga.store(grad_avg + i);
+            a.store(grad_avg, ga, i);
             // Not fused: with alpha = 0 (square_avg = g*g, grad_avg = g) the fused form returns
             // the rounding error of g*g, often negative, and sqrt gives NaN; unfused gives 0.
             var = sq - ga * ga;
@@ -154,17 +193,22 @@ void rmsprop_loop(const RmspropConfig& c, void* const* a, std::size_t n) {
         V avg = sqrt(var + V(eps_inside)) + V(eps_outside);
         V step = g / avg;
         if constexpr (MOMENTUM) {
-            step = fmadd(V(momentum), V::load(momentum_buffer + i), step);
-            step.store(momentum_buffer + i);
+            step = fmadd(V(momentum), a.load(vec, momentum_buffer, i), step);
+            a.store(momentum_buffer, step, i);
         }
-        fmadd(V(neg_lr), step, p).store(param + i);
+        a.store(param, fmadd(V(neg_lr), step, p), i);
     });
+}
+
+template <class T, class Arrays>
+void rmsprop_arrays(const RmspropConfig& c, const Arrays& a, std::size_t n) {
+    with_flags([&](auto l2, auto centered, auto mom) { rmsprop_loop<T, l2, centered, mom>(c, a, n); },
+               c.g.weight_decay != 0.0, c.centered, c.momentum != 0.0);
 }
 
 template <class T>
 void rmsprop(const RmspropConfig& c, void* const* a, std::size_t n) {
-    with_flags([&](auto l2, auto centered, auto mom) { rmsprop_loop<T, l2, centered, mom>(c, a, n); },
-               c.g.weight_decay != 0.0, c.centered, c.momentum != 0.0);
+    rmsprop_arrays<T>(c, Plain<T>{a}, n);
 }
 
 // torch.optim.Adam / AdamW
@@ -174,81 +218,259 @@ void rmsprop(const RmspropConfig& c, void* const* a, std::size_t n) {
 //   max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)               amsgrad; used below instead of exp_avg_sq
 //   denom = sqrt(exp_avg_sq) / sqrt(1 - beta2^step) + eps
 //   param = param - lr / (1 - beta1^step) * exp_avg / denom
-template <class T, bool L2, bool AMSGRAD>
-void adam_loop(const AdamConfig& c, void* const* a, std::size_t n) {
-    T* param = static_cast<T*>(a[0]);
-    const T* grad = static_cast<const T*>(a[1]);
-    T* exp_avg = static_cast<T*>(a[2]);
-    T* exp_avg_sq = static_cast<T*>(a[3]);
-    T* max_exp_avg_sq = static_cast<T*>(a[4]);
+template <class T, bool L2, bool AMSGRAD, class Arrays>
+void adam_loop(const AdamConfig& c, const Arrays& a, std::size_t n) {
+    constexpr Slot<0> param;
+    constexpr Slot<1> grad;
+    constexpr Slot<2> exp_avg;
+    constexpr Slot<3> exp_avg_sq;
+    constexpr Slot<4> max_exp_avg_sq;
     const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay);
     const T one_minus_beta1 = T(1.0 - c.beta1), beta2 = T(c.beta2), one_minus_beta2 = T(1.0 - c.beta2);
     const T eps = T(c.eps), param_scale = T(c.param_scale), neg_step_size = T(c.neg_step_size);
     const T inv_bc2_sqrt = T(c.inv_bias_correction2_sqrt);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        prefetch_ahead<V>(i, param, grad, exp_avg, exp_avg_sq);
-        if constexpr (AMSGRAD) prefetch_ahead<V>(i, max_exp_avg_sq);
-        V p = V::load(param + i);
-        V g = transformed_grad<L2, V>(grad + i, p, grad_mult, weight_decay);
-        V m = V::load(exp_avg + i);
+        prefetch_ahead<V>(a, i, param, grad, exp_avg, exp_avg_sq);
+        if constexpr (AMSGRAD) prefetch_ahead<V>(a, i, max_exp_avg_sq);
+        V p = a.load(vec, param, i);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
+        V m = a.load(vec, exp_avg, i);
         m = fmadd(V(one_minus_beta1), g - m, m);
-        m.store(exp_avg + i);
-        V v = fmadd(V(one_minus_beta2), g * g, V(beta2) * V::load(exp_avg_sq + i));
-        v.store(exp_avg_sq + i);
+        a.store(exp_avg, m, i);
+        V v = fmadd(V(one_minus_beta2), g * g, V(beta2) * a.load(vec, exp_avg_sq, i));
+        a.store(exp_avg_sq, v, i);
         if constexpr (AMSGRAD) {
-            v = max(V::load(max_exp_avg_sq + i), v);
-            v.store(max_exp_avg_sq + i);
+            v = max(a.load(vec, max_exp_avg_sq, i), v);
+            a.store(max_exp_avg_sq, v, i);
         }
         V denom = fmadd(sqrt(v), V(inv_bc2_sqrt), V(eps));
-        fmadd(V(neg_step_size), m / denom, p * V(param_scale)).store(param + i);
+        a.store(param, fmadd(V(neg_step_size), m / denom, p * V(param_scale)), i);
     });
+}
+
+template <class T, class Arrays>
+void adam_arrays(const AdamConfig& c, const Arrays& a, std::size_t n) {
+    with_flags([&](auto l2, auto ams) { adam_loop<T, l2, ams>(c, a, n); }, c.g.weight_decay != 0.0, c.amsgrad);
 }
 
 template <class T>
 void adam(const AdamConfig& c, void* const* a, std::size_t n) {
-    with_flags([&](auto l2, auto ams) { adam_loop<T, l2, ams>(c, a, n); }, c.g.weight_decay != 0.0, c.amsgrad);
+    adam_arrays<T>(c, Plain<T>{a}, n);
 }
 
 // ---- mixed precision and 8-bit state -----------------------------------------------------------
 //
 // A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 or 8-bit state,
-// a param copy) runs the float32 loops above over blocks of kStage elements: each block of a
-// 16-bit or 8-bit array is decoded into a float buffer (in L1), the loop updates the buffers and
-// the float32 arrays in place, and the written buffers are encoded back (one pass over memory
-// still). The conversions are one loop per storage format, not a copy of each optimizer per
-// combination of dtypes: the optimizers' compiled variants stay those of their option flags.
-// A staged block is an 8-bit block (the caller starts chunks on block boundaries), so each 8-bit
-// block is decoded and re-encoded whole, with its new absmax as its scale.
+// a param copy) runs the float32 loops above over blocks of kStage elements, through an
+// accessor whose loads widen 16-bit arrays and decode 8-bit codes (with their block's scale) in
+// registers, and whose stores round to 16 bits (to nearest even, or stochastically for bfloat16
+// params) and write the param copy. The new 8-bit state of a block waits in an L1 buffer, since
+// its scale is the block's new absmax, and is encoded when the loop ends (one pass over memory
+// still). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8); an
+// accessor gives each array its type: Fixed, at compile time, for the common combinations
+// (mixed), Dynamic, by a branch per vector, for the others. The optimizers' loops are the
+// float32 ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller
+// starts chunks on block boundaries), so each 8-bit block is decoded and re-encoded whole.
+//
+// Measured against the former driver (each block decoded into float buffers, the loop run over
+// them, the buffers encoded), AdamW on avx512 (Sapphire Rapids), 64K elements in cache, thread
+// CPU time per element, best of 15 x 100 steps, 3 interleaved runs: fp32 params + 8-bit state
+// 0.99-1.02 -> 0.79-0.86 ns, bf16 params/grads/state (SR) 1.05-1.10 -> 0.81-0.84, bf16 + 8-bit
+// state 1.29-1.33 -> 1.06-1.10, fp32 master + bf16 grads and copy 0.65-0.68 -> 0.50-0.51; the
+// all-fp32 loop 0.39-0.41. What is left is the conversions' integer work (the loop is no
+// longer waiting on anything else): 512-bit integer ops issue on two ports of this core, and a
+// bf16 + 8-bit AdamW vector of 16 elements takes about a hundred of them.
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
 
-void widen(DType dtype, const std::uint16_t* src, float* dst, std::size_t n) {
-    if (dtype == kBFloat16)
-        for_each_lane<float>(n, [&](auto vec, std::size_t i) { load_bf16<decltype(vec)>(src + i).store(dst + i); });
-    else
-        for_each_lane<float>(n, [&](auto vec, std::size_t i) { load_f16<decltype(vec)>(src + i).store(dst + i); });
+std::size_t bytes_per_element(DType dtype) {
+    return dtype == kFloat32 ? 4 : dtype == kQuant8Signed || dtype == kQuant8Unsigned ? 1 : 2;
 }
 
-// Round to nearest even.
-void narrow(const float* src, DType dtype, std::uint16_t* dst, std::size_t n) {
-    if (dtype == kBFloat16)
-        for_each_lane<float>(n, [&](auto vec, std::size_t i) { store_bf16(decltype(vec)::load(src + i), dst + i); });
-    else
-        for_each_lane<float>(n, [&](auto vec, std::size_t i) { store_f16(decltype(vec)::load(src + i), dst + i); });
+// Element lo of the chunk's array k (null for an unused array)
+template <class T>
+T* element(const MixedChunk& m, std::size_t k, std::size_t lo) {
+    return m.data[k] ? static_cast<T*>(m.data[k]) + lo : nullptr;
 }
 
-// Stochastic rounding to bfloat16 of elements index, index + 1, ... (index's low 32 bits count
-// them; the caller keeps a block within one 2^32 run, under its key).
-void narrow_stochastic(const float* src, std::uint16_t* dst, std::size_t n, std::uint64_t index, RoundingKey key) {
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
+// One block of a mixed call: elements [lo, lo + n) of the chunk, and how they are rounded.
+struct BlockAt {
+    std::size_t lo;
+    std::uint32_t index;  // the low 32 bits of the index of element lo in its tensor
+    RoundingKey key;      // stochastic rounding's key of the block (rounding_key)
+    float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded after the loop
+};
+
+// How one array of a block is stored: each type reads a vector of it as floats, writes a
+// vector of floats to it, asks for its cache lines ahead (float32 only, as the all-float32
+// loops do; the others are asked for by block, see mixed), and finishes the block.
+struct Float32 {
+    float* p;
+    Float32(const MixedChunk& m, std::size_t k, const BlockAt& b) : p(element<float>(m, k, b.lo)) {}
+    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return V::load(p + i); }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { x.store(p + i); }
+    FUSEDOPT_INLINE void prefetch(std::size_t i) const { FUSEDOPT_ISA_NS::prefetch(p + i + kPrefetchBytes / 4); }
+    void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
+    static bool fits(const MixedChunk& m, std::size_t k) { return m.dtype[k] == kFloat32; }
+};
+
+// bfloat16 (F16 = false) or float16, rounded to nearest even
+template <bool F16>
+struct Half {
+    std::uint16_t* p;
+    Half(const MixedChunk& m, std::size_t k, const BlockAt& b) : p(element<std::uint16_t>(m, k, b.lo)) {}
+    explicit Half(std::uint16_t* at) : p(at) {}
+    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const {
+        return F16 ? load_f16<V>(p + i) : load_bf16<V>(p + i);
+    }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
+        if constexpr (F16) store_f16(x, p + i);
+        else store_bf16(x, p + i);
+    }
+    FUSEDOPT_INLINE void prefetch(std::size_t) const {}
+    void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
+    static bool fits(const MixedChunk& m, std::size_t k) {
+        return m.dtype[k] == (F16 ? kFloat16 : kBFloat16) && !(k == 0 && m.stochastic_rounding);
+    }
+};
+
+// bfloat16 params rounded stochastically: element index + i draws its bits by its index
+struct BFloat16Stochastic {
+    std::uint16_t* p;
+    std::uint32_t index;
+    RoundingKey key;
+    BFloat16Stochastic(const MixedChunk& m, std::size_t k, const BlockAt& b)
+        : p(element<std::uint16_t>(m, k, b.lo)), index(b.index), key(b.key) {}
+    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return load_bf16<V>(p + i); }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
         using U = UintVec<V>;
-        const U bits = random_bits(U::iota(static_cast<std::uint32_t>(index + i)), key.a, key.b);
-        store_bf16_adding(V::load(src + i), bits & U(0xFFFFu), dst + i);
-    });
-}
+        const U bits = random_bits(U::iota(index + static_cast<std::uint32_t>(i)), key.a, key.b);
+        store_bf16_adding(x, bits & U(0xFFFFu), p + i);
+    }
+    FUSEDOPT_INLINE void prefetch(std::size_t) const {}
+    void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
+    static bool fits(const MixedChunk& m, std::size_t k) {
+        return k == 0 && m.dtype[k] == kBFloat16 && m.stochastic_rounding;
+    }
+};
+
+// 8-bit state: decoded as loaded; the new values wait in the block's buffer for its absmax
+template <bool SIGNED>
+struct Quant8 {
+    std::uint8_t* codes;
+    float scale;
+    float* staged;
+    Quant8(const MixedChunk& m, std::size_t k, const BlockAt& b)
+        : codes(element<std::uint8_t>(m, k, b.lo)),
+          scale(m.data[k] ? m.scales[k][b.lo / kStage] : 0.0f),
+          staged(b.staged[k]) {}
+    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const {
+        return decode<SIGNED>(UintVec<V>::load_u8(codes + i), V(scale));
+    }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { x.store(staged + i); }
+    FUSEDOPT_INLINE void prefetch(std::size_t) const {}
+    void finish(const MixedChunk& m, std::size_t k, const BlockAt& b, std::size_t n) const {
+        m.scales[k][b.lo / kStage] = encode_block<SIGNED>(staged, codes, n);
+    }
+    static bool fits(const MixedChunk& m, std::size_t k) {
+        return m.dtype[k] == (SIGNED ? kQuant8Signed : kQuant8Unsigned);
+    }
+};
+
+// The param copy beside fp32 master params: none, bfloat16 or float16 (to nearest even)
+struct NoCopy {
+    NoCopy(const MixedChunk&, const BlockAt&) {}
+    template <class V> FUSEDOPT_INLINE void store(V, std::size_t) const {}
+    static bool fits(const MixedChunk& m) { return m.copy == nullptr; }
+};
+template <bool F16>
+struct HalfCopy : Half<F16> {
+    HalfCopy(const MixedChunk& m, const BlockAt& b) : Half<F16>(m.copy ? static_cast<std::uint16_t*>(m.copy) + b.lo : nullptr) {}
+    static bool fits(const MixedChunk& m) { return m.copy != nullptr && m.copy_dtype == (F16 ? kFloat16 : kBFloat16); }
+};
+
+// The arrays of a block, each in the storage type of its slot, chosen when the call is compiled
+// for the storage combinations that are common (Storage below): no branch in the loop.
+template <class Copy, class... Arrays>
+struct Fixed {
+    static constexpr std::size_t N = sizeof...(Arrays);
+    std::tuple<Arrays...> a;
+    Copy copy;
+    template <std::size_t... K>
+    Fixed(const MixedChunk& m, const BlockAt& b, std::index_sequence<K...>)
+        : a(Arrays(m, K, b)...), copy(m, b) {}
+    Fixed(const MixedChunk& m, const BlockAt& b) : Fixed(m, b, std::index_sequence_for<Arrays...>{}) {}
+
+    template <class V, std::size_t K>
+    FUSEDOPT_INLINE V load(V v, Slot<K>, std::size_t i) const { return std::get<K>(a).load(v, i); }
+    template <std::size_t K, class V>
+    FUSEDOPT_INLINE void store(Slot<K>, V x, std::size_t i) const {
+        std::get<K>(a).store(x, i);
+        if constexpr (K == 0) copy.store(x, i);
+    }
+    template <std::size_t K>
+    FUSEDOPT_INLINE void prefetch(Slot<K>, std::size_t i) const { std::get<K>(a).prefetch(i); }
+    template <std::size_t... K>
+    void finish(const MixedChunk& m, const BlockAt& b, std::size_t n, std::index_sequence<K...>) const {
+        ((K != 1 && m.data[K] != nullptr ? std::get<K>(a).finish(m, K, b, n) : void()), ...);
+    }
+    void finish(const MixedChunk& m, const BlockAt& b, std::size_t n) const {
+        finish(m, b, n, std::index_sequence_for<Arrays...>{});
+    }
+    // every array used is of its slot's type (an unused one, null, may be anything)
+    template <std::size_t... K>
+    static bool fits(const MixedChunk& m, std::index_sequence<K...>) {
+        return Copy::fits(m) && ((m.data[K] == nullptr || Arrays::fits(m, K)) && ...);
+    }
+    static bool fits(const MixedChunk& m) { return fits(m, std::index_sequence_for<Arrays...>{}); }
+};
+
+// Any other combination: each array's storage found at run time, by a branch per vector
+// (predicted, but it keeps the compiler from hoisting the conversions' constants).
+template <std::size_t NARRAYS>
+struct Dynamic {
+    const MixedChunk& m;
+    const BlockAt& b;
+    Dynamic(const MixedChunk& chunk, const BlockAt& at) : m(chunk), b(at) {}
+
+    template <class F>
+    FUSEDOPT_INLINE void with_storage(std::size_t k, F&& f) const {
+        switch (m.dtype[k]) {
+            case kFloat32: f(Float32(m, k, b)); break;
+            case kFloat16: f(Half<true>(m, k, b)); break;
+            case kQuant8Signed: f(Quant8<true>(m, k, b)); break;
+            case kQuant8Unsigned: f(Quant8<false>(m, k, b)); break;
+            default:
+                if (k == 0 && m.stochastic_rounding) f(BFloat16Stochastic(m, k, b));
+                else f(Half<false>(m, k, b));
+        }
+    }
+    template <class V, std::size_t K>
+    FUSEDOPT_INLINE V load(V v, Slot<K>, std::size_t i) const {
+        V out;
+        with_storage(K, [&](const auto& s) { out = s.load(v, i); });
+        return out;
+    }
+    template <std::size_t K, class V>
+    FUSEDOPT_INLINE void store(Slot<K>, V x, std::size_t i) const {
+        with_storage(K, [&](const auto& s) { s.store(x, i); });
+        if constexpr (K == 0) {
+            if (m.copy == nullptr) return;
+            if (m.copy_dtype == kBFloat16) HalfCopy<false>(m, b).store(x, i);
+            else HalfCopy<true>(m, b).store(x, i);
+        }
+    }
+    template <std::size_t K>
+    FUSEDOPT_INLINE void prefetch(Slot<K>, std::size_t i) const {
+        if (m.dtype[K] == kFloat32) Float32(m, K, b).prefetch(i);
+    }
+    void finish(const MixedChunk&, const BlockAt&, std::size_t n) const {
+        for (std::size_t k = 0; k < NARRAYS; ++k)
+            if (k != 1 && m.data[k] != nullptr) with_storage(k, [&](const auto& s) { s.finish(m, k, b, n); });
+    }
+};
 
 // Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter).
 std::size_t block_length(std::size_t n, std::uint64_t index) {
@@ -256,29 +478,24 @@ std::size_t block_length(std::size_t n, std::uint64_t index) {
     return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap}));
 }
 
-std::size_t bytes_per_element(DType dtype) {
-    return dtype == kFloat32 ? 4 : dtype == kQuant8Signed || dtype == kQuant8Unsigned ? 1 : 2;
-}
-
-// Asks for the cache lines of elements [lo, hi) of a staged array. The conversion loops read
-// the 16-bit and 8-bit arrays without prefetching (the float32 ones are read by the update
-// loops, which prefetch for themselves), and each block is decoded, updated and encoded in L1
-// for a few hundred ns with no load from memory in flight: asked for two blocks ahead, the
-// lines arrive during that time. Measured, AdamW at 16M, 1 thread, CPU time, medians of
-// 3 x 12 interleaved steps: bf16 params+grads+state (SR) 1.24-1.29 -> 1.15-1.18 ns/element,
-// bf16 + 8-bit state 1.47-1.54 -> 1.36-1.47, fp32 + 8-bit state 1.12-1.16 -> 1.09-1.14; in
-// cache (64K) the bf16 modes ~3% slower (the prefetch instructions; noise is of that size).
+// Asks for the cache lines of elements [lo, hi) of a 16-bit or 8-bit array. Each block is
+// updated in L1 for a few hundred ns with no load of these arrays in flight (the loops prefetch
+// only their float32 arrays): asked for two blocks ahead, the lines arrive during that time.
+// Measured with the former driver, AdamW at 16M, 1 thread, CPU time, medians of 3 x 12
+// interleaved steps: bf16 params+grads+state (SR) 1.24-1.29 -> 1.15-1.18 ns/element, bf16 +
+// 8-bit state 1.47-1.54 -> 1.36-1.47, fp32 + 8-bit state 1.12-1.16 -> 1.09-1.14.
 void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_t hi) {
     const std::size_t size = bytes_per_element(dtype);
     const char* p = static_cast<const char*>(data);
     for (std::size_t b = lo * size; b < hi * size; b += 64) prefetch(p + b);
 }
 
-// Array 1 is the grad (read only) in every optimizer; the others are written.
-template <class Config, std::size_t NARRAYS, void (*UPDATE)(const Config&, void* const*, std::size_t)>
-void mixed(const Config& c, const MixedChunk& m) {
+// The blocks of a chunk, each updated through an accessor A (Fixed or Dynamic).
+template <class Config, std::size_t NARRAYS, class Update, class A>
+void run_blocks(const Config& c, const MixedChunk& m) {
     alignas(64) float staged[NARRAYS][kStage];
-    void* block[NARRAYS];
+    BlockAt b{};
+    b.staged = staged;
     for (std::size_t lo = 0, len = 0; lo < m.n; lo += len) {
         const std::uint64_t index = m.offset + lo;
         len = block_length(m.n - lo, index);
@@ -286,40 +503,57 @@ void mixed(const Config& c, const MixedChunk& m) {
         for (std::size_t k = 0; k < NARRAYS; ++k)
             if (m.data[k] != nullptr && m.dtype[k] != kFloat32) prefetch_elements(m.data[k], m.dtype[k], from, to);
         if (m.copy) prefetch_elements(m.copy, m.copy_dtype, from, to);
-        for (std::size_t k = 0; k < NARRAYS; ++k) {
-            if (m.data[k] == nullptr || m.dtype[k] == kFloat32) {
-                block[k] = m.data[k] ? static_cast<float*>(m.data[k]) + lo : nullptr;
-            } else if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
-                const std::uint8_t* codes = static_cast<const std::uint8_t*>(m.data[k]) + lo;
-                const float scale = m.scales[k][lo / kStage];
-                if (m.dtype[k] == kQuant8Signed)
-                    decode_block<true>(codes, scale, staged[k], len);
-                else
-                    decode_block<false>(codes, scale, staged[k], len);
-                block[k] = staged[k];
-            } else {
-                widen(m.dtype[k], static_cast<const std::uint16_t*>(m.data[k]) + lo, staged[k], len);
-                block[k] = staged[k];
-            }
-        }
-        UPDATE(c, block, len);
-        for (std::size_t k = 0; k < NARRAYS; ++k) {
-            if (k == 1 || m.data[k] == nullptr || m.dtype[k] == kFloat32) continue;
-            if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
-                std::uint8_t* codes = static_cast<std::uint8_t*>(m.data[k]) + lo;
-                m.scales[k][lo / kStage] = m.dtype[k] == kQuant8Signed ? encode_block<true>(staged[k], codes, len)
-                                                                       : encode_block<false>(staged[k], codes, len);
-                continue;
-            }
-            std::uint16_t* dst = static_cast<std::uint16_t*>(m.data[k]) + lo;
-            if (k == 0 && m.stochastic_rounding)
-                narrow_stochastic(staged[0], dst, len, index, rounding_key(m.seed, m.step, m.tensor, index >> 32));
-            else
-                narrow(staged[k], m.dtype[k], dst, len);
-        }
-        if (m.copy) narrow(static_cast<const float*>(block[0]), m.copy_dtype, static_cast<std::uint16_t*>(m.copy) + lo, len);
+        b.lo = lo;
+        b.index = static_cast<std::uint32_t>(index);
+        if (m.stochastic_rounding && (lo == 0 || b.index == 0))  // a new run of 2^32 elements (block_length)
+            b.key = rounding_key(m.seed, m.step, m.tensor, index >> 32);
+        const A a(m, b);
+        Update::run(c, a, len);
+        a.finish(m, b, len);
     }
 }
+
+// The storage combinations compiled without branches (the bench's modes): bf16 params (rounded
+// stochastically) and grads with bf16 or 8-bit state, fp32 params with 8-bit state, fp32
+// master params with bf16 grads and a bf16 copy. Signed 8-bit state in slot 2 (exp_avg,
+// momentum_buffer), unsigned after it (exp_avg_sq, max_exp_avg_sq).
+template <std::size_t NARRAYS, class Copy, class P, class G, class S2, class S3>
+using FixedOf = std::conditional_t<NARRAYS == 3, Fixed<Copy, P, G, S2>, Fixed<Copy, P, G, S2, S3, S3>>;
+
+template <class Config, std::size_t NARRAYS, class Update, class First, class... Rest>
+void run_first_fitting(const Config& c, const MixedChunk& m) {
+    if constexpr (sizeof...(Rest) == 0) {
+        run_blocks<Config, NARRAYS, Update, First>(c, m);  // Dynamic, which fits all
+    } else {
+        if (First::fits(m)) return run_blocks<Config, NARRAYS, Update, First>(c, m);
+        run_first_fitting<Config, NARRAYS, Update, Rest...>(c, m);
+    }
+}
+
+template <class Config, std::size_t NARRAYS, class Update>
+void mixed(const Config& c, const MixedChunk& m) {
+    using BF16 = Half<false>;
+    run_first_fitting<Config, NARRAYS, Update,
+                      FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, BF16, BF16>,
+                      FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Quant8<true>, Quant8<false>>,
+                      FixedOf<NARRAYS, NoCopy, Float32, Float32, Quant8<true>, Quant8<false>>,
+                      FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Float32, Float32>,
+                      Dynamic<NARRAYS>>(c, m);
+}
+
+// Runs an optimizer's loops over an accessor, for mixed
+#define FUSEDOPT_UPDATE(name, Config)                                                   \
+    struct name##_update {                                                              \
+        template <class A>                                                              \
+        static void run(const Config& c, const A& a, std::size_t n) {                   \
+            name##_arrays<float>(c, a, n);                                              \
+        }                                                                               \
+    }
+FUSEDOPT_UPDATE(sgd, SgdConfig);
+FUSEDOPT_UPDATE(adagrad, AdagradConfig);
+FUSEDOPT_UPDATE(rmsprop, RmspropConfig);
+FUSEDOPT_UPDATE(adam, AdamConfig);
+#undef FUSEDOPT_UPDATE
 
 void random_bits_of(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
                     std::uint32_t* out, std::size_t n) {
@@ -359,10 +593,10 @@ void register_optim(KernelTable& t) {
     FUSEDOPT_REGISTER(t, adagrad);
     FUSEDOPT_REGISTER(t, rmsprop);
     FUSEDOPT_REGISTER(t, adam);
-    t.sgd_mixed = mixed<SgdConfig, 3, sgd<float>>;
-    t.adagrad_mixed = mixed<AdagradConfig, 3, adagrad<float>>;
-    t.rmsprop_mixed = mixed<RmspropConfig, 5, rmsprop<float>>;
-    t.adam_mixed = mixed<AdamConfig, 5, adam<float>>;
+    t.sgd_mixed = mixed<SgdConfig, 3, sgd_update>;
+    t.adagrad_mixed = run_blocks<AdagradConfig, 3, adagrad_update, Dynamic<3>>;
+    t.rmsprop_mixed = run_blocks<RmspropConfig, 5, rmsprop_update, Dynamic<5>>;
+    t.adam_mixed = mixed<AdamConfig, 5, adam_update>;
     t.random_bits = random_bits_of;
     t.nonfinite_probe16[kBFloat16] = nonfinite_probe16<kBFloat16>;
     t.nonfinite_probe16[kFloat16] = nonfinite_probe16<kFloat16>;

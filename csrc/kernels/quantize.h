@@ -34,15 +34,18 @@
 // python/fusedopt/reference.py (quantize_blockwise, dequantize_blockwise) is the same code in
 // NumPy, bitwise.
 //
-// The loops below are plain element loops over one block (in L1): integer ops on the bits and
-// one float multiply, which the compiler vectorizes for each ISA (the scalar ISA is built with
-// auto-vectorization off and runs them one element at a time; all ISAs give the same bits, as
-// the ops are exact or one IEEE rounding each).
+// The codec is written once per vector over the vector layer's integer lanes (decode, encode:
+// integer ops on the bits and one float multiply, each exact or one IEEE rounding, so every ISA
+// and the one-lane tail give the same bits). The optimizers' blockwise driver (optim.cpp) calls
+// them inside its update loop: codes are decoded as the loop loads them and the new state is
+// kept in a block buffer whose absmax is known only at the block's end, then encoded.
 #pragma once
 #include <cfloat>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#include "../simd/vec.h"
 
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
@@ -67,34 +70,50 @@ inline float float_of(std::uint32_t b) {
     return x;
 }
 
-// |x| / scale rounded to the nearest code magnitude; y = |x| * (1 / scale) in [0, 1 + 2^-23]
-// (which underflows to 0 for |x| far below the scale: x_nonzero says whether x was 0).
-template <bool SIGNED>
-inline std::uint32_t encode_magnitude(float y, bool x_nonzero) {
-    const std::uint32_t b = bits_of(y);
-    // round the 20 low bits away, to nearest, ties to even (a carry moves up into the exponent)
-    const std::int32_t k = static_cast<std::int32_t>((b + 0x7FFFFu + ((b >> 20) & 1u)) >> 20) -
-                           static_cast<std::int32_t>(kOffset<SIGNED>);
-    // below the smallest code (1.25 * 2^e): signed rounds to the nearer of 0 and the smallest
-    // code; unsigned never rounds a nonzero value to 0
-    const float half_smallest = 0.5f * float_of((kOffset<true> + 1u) << 20);
-    const std::int32_t smallest = (SIGNED ? y > half_smallest : x_nonzero) ? 1 : 0;
-    return static_cast<std::uint32_t>(k > smallest ? k : smallest);  // k if k >= 1, else 0 or 1
+}  // namespace quant
+
+// One vector of code lanes c (0 .. 255) of a block with the given scale -> its values:
+//   value = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
+template <bool SIGNED, class V>
+FUSEDOPT_INLINE V decode(UintVec<V> c, V scale) {
+    using U = UintVec<V>;
+    const U k = SIGNED ? c & U(0x7Fu) : c;
+    U bits = select(cmpeq(k, U(0u)), U(0u), (k + U(quant::kOffset<SIGNED>)) << 20);
+    if constexpr (SIGNED) bits = bits | ((c & U(0x80u)) << 24);
+    return as_float(bits) * scale;
 }
 
-}  // namespace quant
+// One vector of x -> its code lanes, for a block whose absmax is usable (>= FLT_MIN) with
+// inv = 1 / absmax and nonzero_bits = kMagnitude, or unusable with inv = 0, nonzero_bits = 0
+// (every element to code 0, the sign bit kept):
+//   code = sign | nearest k to |x| * inv
+// y = |x| * inv is in [0, 1 + 2^-23] (it underflows to 0 for |x| far below the absmax, so
+// "x != 0" is asked of x's bits). The 20 low bits of y are rounded away, to nearest, ties to
+// even (a carry moves up into the exponent). Below the smallest code (1.25 * 2^e) signed rounds
+// to the nearer of 0 and the smallest code; unsigned never rounds a nonzero value to 0.
+template <bool SIGNED, class V>
+FUSEDOPT_INLINE UintVec<V> encode(V x, V inv, UintVec<V> nonzero_bits) {
+    using U = UintVec<V>;
+    const U b = as_uint(x);
+    const U y = as_uint(as_float(b & U(quant::kMagnitude)) * inv);
+    const U k = ((y + U(0x7FFFFu) + ((y >> 20) & U(1u))) >> 20) - U(quant::kOffset<SIGNED>);  // as int32, may be < 0
+    // signed: y > half the smallest code; unsigned: x != 0. As the sign bit of h - y and of
+    // 0 - |x| (both operands in [0, 2^31); on y's bits, as y >= 0 is finite: integer order is
+    // float order)
+    const U smallest = SIGNED ? (U(((quant::kOffset<true> + 1u) << 20) - (1u << 23)) - y) >> 31
+                              : (U(0u) - (b & nonzero_bits)) >> 31;
+    const U code = max_signed(k, smallest);  // k if k >= 1, else 0 or 1
+    if constexpr (SIGNED) return code | ((b >> 24) & U(0x80u));
+    return code;
+}
 
 // n <= kQuantBlock codes of one block -> out[0..n), scale = the block's absmax
 template <bool SIGNED>
 void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_t n) {
-    //   out = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
-    for (std::size_t i = 0; i < n; ++i) {
-        const std::uint32_t c = codes[i];
-        const std::uint32_t k = SIGNED ? c & 0x7Fu : c;
-        const std::uint32_t sign = SIGNED ? (c & 0x80u) << 24 : 0u;
-        const std::uint32_t magnitude = k != 0 ? (k + quant::kOffset<SIGNED>) << 20 : 0u;
-        out[i] = quant::float_of(magnitude | sign) * scale;
-    }
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        decode<SIGNED>(UintVec<V>::load_u8(codes + i), V(scale)).store(out + i);
+    });
 }
 
 // in[0..n) -> n codes; returns the block's new scale (absmax of in[0..n))
@@ -113,18 +132,13 @@ float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
             codes[i] = static_cast<std::uint8_t>(SIGNED ? (quant::bits_of(in[i]) >> 24) & 0x80u : 0u);
         return quant::float_of(0x7FC00000u);
     }
-    // inv = 0 sends every element to code 0 (the sign bit kept) when the absmax is 0 or subnormal
     const bool usable = absmax >= FLT_MIN;
     const float inv = usable ? 1.0f / absmax : 0.0f;
-    const std::uint32_t nonzero_bits = usable ? quant::kMagnitude : 0u;  // unsigned: x != 0 -> code >= 1
-    //   code = sign | nearest k to |x| * (1 / absmax)
-    for (std::size_t i = 0; i < n; ++i) {
-        const std::uint32_t b = quant::bits_of(in[i]);
-        const float y = quant::float_of(b & quant::kMagnitude) * inv;
-        const std::uint32_t sign = SIGNED ? (b >> 24) & 0x80u : 0u;
-        const bool nonzero = (b & nonzero_bits) != 0;
-        codes[i] = static_cast<std::uint8_t>(quant::encode_magnitude<SIGNED>(y, nonzero) | sign);
-    }
+    const std::uint32_t nonzero_bits = usable ? quant::kMagnitude : 0u;
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        encode<SIGNED>(V::load(in + i), V(inv), UintVec<V>(nonzero_bits)).store_u8(codes + i);
+    });
     return usable ? absmax : 0.0f;
 }
 

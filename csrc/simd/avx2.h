@@ -126,6 +126,14 @@ struct Vec<std::uint32_t> {
         __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0x08);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
     }
+    static Vec load_u8(const std::uint8_t* p) {
+        return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    }
+    void store_u8(std::uint8_t* p) const {  // lanes < 256: packed to bytes within each 128-bit half, then joined
+        const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(v, v), _mm256_setzero_si256());
+        const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(joined));
+    }
     friend Vec operator+(Vec a, Vec b) { return _mm256_add_epi32(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm256_sub_epi32(a.v, b.v); }
     friend Vec operator*(Vec a, Vec b) { return _mm256_mullo_epi32(a.v, b.v); }
@@ -136,6 +144,7 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return _mm256_slli_epi32(a.v, s); }
     friend Vec cmpgt(Vec a, Vec b) { return _mm256_cmpgt_epi32(a.v, b.v); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm256_cmpeq_epi32(a.v, b.v); }
+    friend Vec max_signed(Vec a, Vec b) { return _mm256_max_epi32(a.v, b.v); }
     friend Vec select(Vec mask, Vec a, Vec b) { return _mm256_blendv_epi8(b.v, a.v, mask.v); }
 };
 

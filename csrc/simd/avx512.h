@@ -130,6 +130,12 @@ struct Vec<std::uint32_t> {
     void store_u16(std::uint16_t* p) const {  // lanes < 65536
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
     }
+    static Vec load_u8(const std::uint8_t* p) {
+        return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    void store_u8(std::uint8_t* p) const {  // lanes < 256
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+    }
     friend Vec operator+(Vec a, Vec b) { return _mm512_add_epi32(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm512_sub_epi32(a.v, b.v); }
     friend Vec operator*(Vec a, Vec b) { return _mm512_mullo_epi32(a.v, b.v); }
@@ -140,6 +146,7 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return _mm512_slli_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec cmpgt(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpgt_epi32_mask(a.v, b.v)); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpeq_epi32_mask(a.v, b.v)); }
+    friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
     friend Vec select(Vec mask, Vec a, Vec b) { return _mm512_ternarylogic_epi32(mask.v, a.v, b.v, 0xCA); }
 };
 

@@ -26,12 +26,11 @@ V load_bf16(const std::uint16_t* p) {
 // up with probability (distance from the value truncated) / ulp, so unbiased. Finite values
 // round to inf when they round past bfloat16's largest; inf stays inf; NaN stays a NaN of the
 // same sign and top payload bits, made quiet (truncation alone could turn it into inf).
+// (inf needs no case of its own: inf + add < the next exponent, so the high half stays inf.)
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
     const U b = as_uint(x);
-    const U magnitude = b & U(0x7FFFFFFFu);
-    const U kept = (b >> 16) | (cmpgt(magnitude, U(0x7F800000u)) & U(0x0040u));
-    select(cmpgt(magnitude, U(0x7F7FFFFFu)), kept, (b + add) >> 16).store_u16(p);
+    select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), (b >> 16) | U(0x0040u), (b + add) >> 16).store_u16(p);
 }
 
 template <class V>

@@ -124,6 +124,16 @@ struct Vec<std::uint32_t> {
     void store(std::uint32_t* p) const { vst1q_u32(p, v); }
     static Vec load_u16(const std::uint16_t* p) { return vmovl_u16(vld1_u16(p)); }
     void store_u16(std::uint16_t* p) const { vst1_u16(p, vmovn_u32(v)); }  // lanes < 65536
+    static Vec load_u8(const std::uint8_t* p) {
+        std::uint32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(bytes)))));
+    }
+    void store_u8(std::uint8_t* p) const {  // lanes < 256
+        const uint16x4_t words = vmovn_u32(v);
+        const std::uint32_t bytes = vget_lane_u32(vreinterpret_u32_u8(vmovn_u16(vcombine_u16(words, words))), 0);
+        std::memcpy(p, &bytes, sizeof(bytes));
+    }
     friend Vec operator+(Vec a, Vec b) { return vaddq_u32(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return vsubq_u32(a.v, b.v); }
     friend Vec operator*(Vec a, Vec b) { return vmulq_u32(a.v, b.v); }
@@ -134,6 +144,9 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return vshlq_u32(a.v, vdupq_n_s32(s)); }
     friend Vec cmpgt(Vec a, Vec b) { return vcgtq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)); }
     friend Vec cmpeq(Vec a, Vec b) { return vceqq_u32(a.v, b.v); }
+    friend Vec max_signed(Vec a, Vec b) {
+        return vreinterpretq_u32_s32(vmaxq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)));
+    }
     friend Vec select(Vec mask, Vec a, Vec b) { return vbslq_u32(mask.v, a.v, b.v); }
 };
 

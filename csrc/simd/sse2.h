@@ -127,6 +127,17 @@ struct Vec<std::uint32_t> {
         __m128i s = _mm_srai_epi32(_mm_slli_epi32(v, 16), 16);
         _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(s, s));
     }
+    static Vec load_u8(const std::uint8_t* p) {
+        int bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        const __m128i zero = _mm_setzero_si128();
+        return _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
+    }
+    void store_u8(std::uint8_t* p) const {  // lanes < 256, so neither pack saturates
+        const __m128i words = _mm_packs_epi32(v, v);
+        const int bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
+        std::memcpy(p, &bytes, sizeof(bytes));
+    }
     friend Vec operator+(Vec a, Vec b) { return _mm_add_epi32(a.v, b.v); }
     friend Vec operator-(Vec a, Vec b) { return _mm_sub_epi32(a.v, b.v); }
     // SSE2 has no 32-bit low multiply: even and odd lanes by the 32x32->64 multiply
@@ -143,6 +154,7 @@ struct Vec<std::uint32_t> {
     friend Vec operator<<(Vec a, int s) { return _mm_slli_epi32(a.v, s); }
     friend Vec cmpgt(Vec a, Vec b) { return _mm_cmpgt_epi32(a.v, b.v); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm_cmpeq_epi32(a.v, b.v); }
+    friend Vec max_signed(Vec a, Vec b) { return select(cmpgt(a, b), a, b); }  // SSE2 has no pmaxsd
     friend Vec select(Vec mask, Vec a, Vec b) {
         return _mm_or_si128(_mm_and_si128(mask.v, a.v), _mm_andnot_si128(mask.v, b.v));
     }

@@ -5,6 +5,16 @@
 #pragma once
 #include <cstddef>
 
+// For a per-vector helper that must inline into its loop: with several in one loop body, GCC's
+// size heuristics otherwise leave a call per vector (measured in optim.cpp's mixed loops).
+#if defined(__GNUC__)
+#define FUSEDOPT_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FUSEDOPT_INLINE __forceinline
+#else
+#define FUSEDOPT_INLINE inline
+#endif
+
 #if defined(FUSEDOPT_ISA_AVX512)
 #define FUSEDOPT_HAS_FMA 1
 #include "avx512.h"

@@ -293,16 +293,24 @@ def _codec_rows(threads: Sequence[int], quick: bool) -> list[Row]:
     return rows
 
 
-def rows(quick: bool, threads: list[int]) -> list[Row]:
-    """Every row of the section: the codec alone, then each (optimizer, size, threads, mode)."""
+def rows(quick: bool, threads: list[int], sizes: Sequence[str] | None = None,
+         optimizers: Sequence[str] | None = None, codec: bool = True) -> list[Row]:
+    """Every row of the section: the codec alone, then each (optimizer, size, threads, mode);
+    sizes and optimizers (default: all, or 64K only when quick) and codec select a part."""
     if not threads or any(t < 1 for t in threads):
         raise ValueError(f"threads must be a non-empty list of counts >= 1, got {threads}")
+    if sizes is None:
+        sizes = ["64K"] if quick else [*SIZES, "resnet50"]
+    unknown = [s for s in sizes if s not in SIZES and s != "resnet50"]
+    unknown += [o for o in optimizers or () if o not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"unknown sizes or optimizers: {unknown}")
     before = fusedopt.get_num_threads()
     out: list[Row] = []
     try:
-        out += _codec_rows(threads, quick)
-        sizes = ["64K"] if quick else ["64K", "1M", "16M", "resnet50"]
-        for optimizer in OPTIMIZERS:
+        if codec:
+            out += _codec_rows(threads, quick)
+        for optimizer in optimizers or OPTIMIZERS:
             for size in sizes:
                 print(f"  {optimizer} {size}", file=sys.stderr)
                 out += _step_rows(optimizer, size, threads, quick)
@@ -362,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="64K only, fewer repeats")
     parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--sizes", default=None, help="comma-separated sizes of 64K,1M,16M,resnet50 (default: all)")
+    parser.add_argument("--optimizers", default=None, help="comma-separated of " + ",".join(OPTIMIZERS))
+    parser.add_argument("--no-codec", action="store_true", help="skip the codec rows")
     args = parser.parse_args(argv)
     if args.threads is None:
         threads = sorted({1, fusedopt.get_num_threads()})
@@ -373,7 +384,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if any(t < 1 for t in threads):
             parser.error("--threads: counts must be >= 1")
     print(f"fusedopt {fusedopt.__version__}, ISA {fusedopt.isa()}, threads {threads}", file=sys.stderr)
-    result = rows(args.quick, threads)
+    try:
+        result = rows(args.quick, threads, args.sizes.split(",") if args.sizes else None,
+                      args.optimizers.split(",") if args.optimizers else None, not args.no_codec)
+    except ValueError as e:
+        parser.error(str(e))
     print(table(result))
     if args.json:
         import json
