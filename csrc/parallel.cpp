@@ -162,7 +162,8 @@ void for_each_chunk(const TensorBatch& b,
     };
 
     const std::size_t nthreads = static_cast<std::size_t>(get_num_threads());
-    const std::size_t ntasks = std::min(nthreads, std::max<std::size_t>(1, total / kMinElementsPerThread));
+    const std::size_t per_thread = b.min_elements_per_thread ? b.min_elements_per_thread : kMinElementsPerThread;
+    const std::size_t ntasks = std::min(nthreads, std::max<std::size_t>(1, total / per_thread));
     if (ntasks <= 1) {
         run_range(0, total);
         return;

@@ -35,6 +35,7 @@ struct TensorBatch {
     std::size_t arrays_per_tensor = 0;
     std::size_t elem_size = 0;
     std::size_t cut_multiple = 0;  // cut points at multiples of this many elements of their tensor (0: 64 bytes)
+    std::size_t min_elements_per_thread = 0;  // 0: kMinElementsPerThread
     std::vector<void*> ptrs;
     std::vector<std::size_t> sizes;
 };
