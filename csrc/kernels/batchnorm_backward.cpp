@@ -41,6 +41,44 @@ void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_outp
     }
 }
 
+// With xhat = (x - mean) * invstd:
+//   dweight = sum(g * xhat) = invstd * sum_dy_xmu;   dbias = sum(g) = sum_dy
+// training: dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
+//              = a * g - k * (x - mean) + c,  a = invstd * w,
+//                k = a * invstd^2 * sum_dy_xmu / n,  c = -a * sum_dy / n
+// eval:     dx = a * g   (mean and invstd are constants)
+// (A function of T only, as Normalization in the forward.)
+template <class T>
+struct Coefficients {
+    std::vector<T> a, k, c;
+    explicit Coefficients(std::size_t channels) : a(channels), k(channels), c(channels) {}
+    void finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums);
+};
+
+template <class T>
+void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums) {
+    const T* weight = static_cast<const T*>(args.weight);
+    const T* save_invstd = static_cast<const T*>(args.save_invstd);
+    T* dweight = static_cast<T*>(args.dweight);
+    T* dbias = static_cast<T*>(args.dbias);
+    const double n = static_cast<double>(p.outer * p.inner);
+    for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
+        const std::size_t ch = p.channel_begin(t) + j;
+        const double invstd = static_cast<double>(save_invstd[ch]);
+        const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
+        const double a_c = invstd * w;
+        a[ch] = static_cast<T>(a_c);
+        if (args.training) {
+            k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
+            c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
+        }
+        if (dweight) {
+            dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
+            dbias[ch] = static_cast<T>(sums[j].dy);
+        }
+    }
+}
+
 template <class T, class Layout, int MASK, int TRAINING>
 void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
     const ReluMask mask = Option<MASK>::get(args.relu_mask);
@@ -48,43 +86,17 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
     const T* dy = static_cast<const T*>(args.dy);
     const T* x = static_cast<const T*>(args.x);
     const void* relu_output = args.relu_output;
-    const T* weight = static_cast<const T*>(args.weight);
     const T* save_mean = static_cast<const T*>(args.save_mean);
-    const T* save_invstd = static_cast<const T*>(args.save_invstd);
     T* dx = static_cast<T*>(args.dx);
-    T* dweight = static_cast<T*>(args.dweight);
-    T* dbias = static_cast<T*>(args.dbias);
-    const double n = static_cast<double>(p.outer * p.inner);
-    const bool need_sums = training || dweight != nullptr;
+    const bool need_sums = training || args.dweight != nullptr;
 
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
         if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums, s);
     };
 
-    // With xhat = (x - mean) * invstd:
-    //   dweight = sum(g * xhat) = invstd * sum_dy_xmu;   dbias = sum(g) = sum_dy
-    // training: dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
-    //              = a * g - k * (x - mean) + c,  a = invstd * w,
-    //                k = a * invstd^2 * sum_dy_xmu / n,  c = -a * sum_dy / n
-    // eval:     dx = a * g   (mean and invstd are constants)
-    std::vector<T> a(p.channels), k(p.channels), c(p.channels);
-    auto finish = [&](std::size_t t, const GradSums* sums) {
-        for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
-            const std::size_t ch = p.channel_begin(t) + j;
-            const double invstd = static_cast<double>(save_invstd[ch]);
-            const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
-            const double a_c = invstd * w;
-            a[ch] = static_cast<T>(a_c);
-            if (training) {
-                k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
-                c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
-            }
-            if (dweight) {
-                dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
-                dbias[ch] = static_cast<T>(sums[j].dy);
-            }
-        }
-    };
+    Coefficients<T> coef(p.channels);
+    auto finish = [&](std::size_t t, const GradSums* sums) { coef.finish(args, p, t, sums); };
+    const T *a = coef.a.data(), *k = coef.k.data(), *c = coef.c.data();
 
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
@@ -108,7 +120,9 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
         if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    run_tiles<GradSums, T>(p, reduce, finish, apply);
+    // dy, dx, x (always read for the sums but in eval without dweight), the mask
+    const std::size_t mask_bytes = mask == ReluMask::kValues ? sizeof(T) : mask == ReluMask::kBool ? 1 : 0;
+    run_tiles<GradSums, T>(p, p.total() * (3 * sizeof(T) + mask_bytes), reduce, finish, apply);
 }
 
 template <class T>

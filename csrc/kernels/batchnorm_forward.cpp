@@ -87,11 +87,29 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
     }
 }
 
-template <class T, class Layout, int RELU>
-void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
-    const bool relu = Option<RELU>::get(args.relu);
-    const T* x = static_cast<const T*>(args.x);
-    T* y = static_cast<T*>(args.y);
+// The normalizing pass computes y = (x - mean_hi) * scale + shift, where
+//   scale = invstd * weight
+//   shift = bias - (mean - mean_hi) * scale,    mean_hi = mean rounded to T
+// x - mean_hi is exact when x is near the mean, and only the rounding residue of the mean
+// (|mean - mean_hi| <= half an ulp of the mean) goes into shift: no cancellation even when
+// |mean| >> std. For double data mean_hi == mean.
+// (A function of T only, one copy for every layout and option: the per-channel loops'
+// branches on the optional arrays would otherwise be compiled into every copy of the pass.)
+template <class T>
+struct Normalization {
+    std::vector<T> mean_hi, scale, shift;
+    explicit Normalization(std::size_t channels) : mean_hi(channels), scale(channels), shift(channels) {}
+    void finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t t, const Moments* moments);
+};
+
+// Training: normalize with the batch statistics and update the running ones
+//   var = m2 / n (biased);  invstd = 1 / sqrt(var + eps)
+//   running_mean = momentum * mean + (1 - momentum) * running_mean
+//   running_var  = momentum * m2 / (n - 1) + (1 - momentum) * running_var   (unbiased)
+// Eval: normalize with the running statistics
+//   invstd = 1 / sqrt(running_var + eps)
+template <class T>
+void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t t, const Moments* moments) {
     const T* weight = static_cast<const T*>(args.weight);
     const T* bias = static_cast<const T*>(args.bias);
     T* running_mean = static_cast<T*>(args.running_mean);
@@ -100,15 +118,21 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
     T* save_invstd = static_cast<T*>(args.save_invstd);
     const double n = static_cast<double>(p.outer * p.inner);
     const double momentum = args.momentum, eps = args.eps;
-
-    // The normalizing pass computes y = (x - mean_hi) * scale + shift, where
-    //   scale = invstd * weight
-    //   shift = bias - (mean - mean_hi) * scale,    mean_hi = mean rounded to T
-    // x - mean_hi is exact when x is near the mean, and only the rounding residue of the mean
-    // (|mean - mean_hi| <= half an ulp of the mean) goes into shift: no cancellation even when
-    // |mean| >> std. For double data mean_hi == mean.
-    std::vector<T> mean_hi(p.channels), scale(p.channels), shift(p.channels);
-    auto set_normalization = [&](std::size_t c, double mean, double invstd) {
+    for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
+        const std::size_t c = p.channel_begin(t) + k;
+        double mean, invstd;
+        if (args.training) {
+            const Moments& m = moments[k];
+            mean = m.mean;
+            invstd = 1.0 / std::sqrt(m.m2 / n + eps);
+            if (running_mean) {
+                running_mean[c] = static_cast<T>(momentum * m.mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
+                running_var[c] = static_cast<T>(momentum * (m.m2 / (n - 1.0)) + (1.0 - momentum) * static_cast<double>(running_var[c]));
+            }
+        } else {
+            mean = static_cast<double>(running_mean[c]);
+            invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+        }
         const double w = weight ? static_cast<double>(weight[c]) : 1.0;
         const double b = bias ? static_cast<double>(bias[c]) : 0.0;
         const double scale_c = invstd * w;
@@ -117,36 +141,19 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         shift[c] = static_cast<T>(b - (mean - static_cast<double>(mean_hi[c])) * scale_c);
         save_mean[c] = static_cast<T>(mean);
         save_invstd[c] = static_cast<T>(invstd);
-    };
+    }
+}
 
+template <class T, class Layout, int RELU>
+void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
+    const bool relu = Option<RELU>::get(args.relu);
+    const T* x = static_cast<const T*>(args.x);
+    T* y = static_cast<T*>(args.y);
+    Normalization<T> norm(p.channels);
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
-        forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
+        if (args.training) forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
     };
-
-    // Training: normalize with the batch statistics and update the running ones
-    //   var = m2 / n (biased);  invstd = 1 / sqrt(var + eps)
-    //   running_mean = momentum * mean + (1 - momentum) * running_mean
-    //   running_var  = momentum * m2 / (n - 1) + (1 - momentum) * running_var   (unbiased)
-    auto finish_training = [&](std::size_t t, const Moments* moments) {
-        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
-            const std::size_t c = p.channel_begin(t) + k;
-            const Moments& m = moments[k];
-            const double invstd = 1.0 / std::sqrt(m.m2 / n + eps);
-            if (running_mean) {
-                running_mean[c] = static_cast<T>(momentum * m.mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
-                running_var[c] = static_cast<T>(momentum * (m.m2 / (n - 1.0)) + (1.0 - momentum) * static_cast<double>(running_var[c]));
-            }
-            set_normalization(c, m.mean, invstd);
-        }
-    };
-    // Eval: normalize with the running statistics
-    //   invstd = 1 / sqrt(running_var + eps)
-    auto finish_eval = [&](std::size_t t, const Moments*) {
-        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
-            const std::size_t c = p.channel_begin(t) + k;
-            set_normalization(c, static_cast<double>(running_mean[c]), 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
-        }
-    };
+    auto finish = [&](std::size_t t, const Moments* moments) { norm.finish(args, p, t, moments); };
 
     //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
     // (max(-inf, y) = y without it, in the copy that reads relu at run time: no branch)
@@ -154,9 +161,9 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
         std::vector<T> s0, s1, s2;
         const bool wrap = wraps_rows<T>(p, stream);
-        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0, wrap);
-        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1, wrap);
-        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2, wrap);
+        const auto m = Layout::values(&norm.mean_hi[c0], p.inner, nch, s0, wrap);
+        const auto sc = Layout::values(&norm.scale[c0], p.inner, nch, s1, wrap);
+        const auto sh = Layout::values(&norm.shift[c0], p.inner, nch, s2, wrap);
         const bool backward = stream && store_backward(y, {x});
         const T floor = relu ? T(0) : -std::numeric_limits<T>::infinity();
         for (std::size_t bi = b0; bi < b1; ++bi) {
@@ -170,10 +177,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    if (args.training)
-        run_tiles<Moments, T>(p, reduce, finish_training, apply);
-    else
-        run_tiles<Moments, T>(p, [](std::size_t, std::size_t, std::size_t, Moments*, Scratch<T>&) {}, finish_eval, apply);
+    run_tiles<Moments, T>(p, 2 * p.total() * sizeof(T), reduce, finish, apply);  // x, y
 }
 
 template <class T>

@@ -28,21 +28,19 @@
 // results are bitwise identical for any number of threads.
 // Included only by the ISA copies (namespace fusedopt::<isa>), each of which gets its own.
 #pragma once
-// GCC's -O3 unswitches every inner loop on each condition that does not change in it (stream,
-// whole_rows, the options read at run time: see Option), up to 8 copies of a loop: that was
-// half of these files' compile time, for no speed that the benchmark shows (measured ...).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-unswitch-loops")
-#endif
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <initializer_list>
 #include <numeric>
 #include <type_traits>
 #include <vector>
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
+#endif
 
 #include "../dispatch.h"
 #include "../parallel.h"
@@ -78,7 +76,6 @@ constexpr std::size_t kColumnBlockElems = 32768;
 constexpr std::size_t kGroupElems = 1 << 17;
 constexpr std::size_t kShiftSample = 32;  // forward: elements per channel that set a group's first shift
 constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: each tile whole in one task
-constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
 constexpr std::size_t kTileRunsPerThread = 8;  // fused path: tasks per thread (runs of neighbouring tiles)
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
 constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
@@ -175,10 +172,36 @@ struct Plan {
     }
 };
 
-// Runs task(0 .. ntasks) on the thread pool, or inline when the call is too small to split.
+// The L2 cache of one core of the machine this runs on, in bytes, read once (the one place
+// the batch-norm kernels learn a cache size): sysconf where the C library reports it (glibc),
+// else Linux's sysfs, else 256 KiB, the smallest L2 of the cores this project has run on.
+inline std::size_t l2_cache_bytes() {
+    static const std::size_t bytes = [] {
+        long n = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (n <= 0) {
+            if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r")) {
+                char unit = 0;
+                if (std::fscanf(f, "%ld%c", &n, &unit) >= 1) n *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+                std::fclose(f);
+            }
+        }
+        return n > 0 ? static_cast<std::size_t>(n) : std::size_t(256) << 10;
+    }();
+    return bytes;
+}
+
+// Runs task(0 .. ntasks) on the thread pool, or inline when the call is small: when the arrays
+// it reads and writes (`bytes`) fit in one core's L2. There they are usually found (the
+// caller's last call, a layer's output just written), and another thread would fetch its half
+// from that L2 and cost a wake-up of several microseconds besides (measured with a constant
+// 2^16 elements instead, on 2 threads: (8, 512, 7, 7) and (256, 1024) slower than on 1).
+// Which tasks run where never changes a result.
 template <class F>
-void run_tasks(std::size_t ntasks, std::size_t total_elems, F&& task) {
-    if (ntasks <= 1 || total_elems < kMinParallelElems) {
+void run_tasks(std::size_t ntasks, std::size_t bytes, F&& task) {
+    if (ntasks <= 1 || bytes <= l2_cache_bytes()) {
         for (std::size_t i = 0; i < ntasks; ++i) task(i);
         return;
     }
@@ -329,8 +352,10 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stre
                 put(v, stream, i, col);
                 i += decltype(v)::size;
                 col += decltype(v)::size;
-                if (whole_rows)
-                    while (col >= b.col_end) col -= ncols;  // rows shorter than a vector wrap more than once
+                // only whole rows wrap (more than once for rows shorter than a vector); a run of
+                // one row ends where col reaches col_end (no test of whole_rows: GCC would make a
+                // copy of the loop for each value)
+                while (col >= b.col_end) col -= ncols;
             };
             while (i < head) step(Scalar<T>{}, std::false_type{});
             while (i < lines) step(Vec<T>{}, std::true_type{});
@@ -506,8 +531,9 @@ struct Scratch {
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
+//   bytes: of the arrays the call reads and writes (see run_tasks)
 template <class Partial, class T, class Reduce, class Finish, class Apply>
-void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // per thread, kept from task to task and call to call: small tiles cost a few microseconds
     // or less, which allocating them for each would double
     thread_local Scratch<T> scratch;
@@ -517,7 +543,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
         // lines back and forth (measured on 2 threads, a tile per task: (32, 256, 14, 14)
         // forward no faster than on 1, (8, 512, 7, 7) slower).
         const std::size_t runs = std::min(p.ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
-        run_tasks(runs, p.total(), [&](std::size_t r) {
+        run_tasks(runs, bytes, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
             for (std::size_t t = r * p.ntiles / runs; t < (r + 1) * p.ntiles / runs; ++t) {
                 partial.assign(p.tile_channels, Partial{});
@@ -530,7 +556,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     }
     std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
-    run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
+    run_tasks(p.ntiles * p.groups, bytes, [&](std::size_t task) {
         const std::size_t t = task / p.groups, g = task % p.groups;
         reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
@@ -545,7 +571,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
     // depend on the order.
     const std::size_t ntasks = p.ntiles * p.groups;
-    run_tasks(ntasks, p.total(), [&](std::size_t i) {
+    run_tasks(ntasks, bytes, [&](std::size_t i) {
         const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
         apply(t, p.group_begin(g), p.group_end(g));
