@@ -108,7 +108,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
         const bool backward = stream && store_backward(dx, {dy, training ? x : nullptr, mask == ReluMask::kValues ? relu_output : nullptr});
         for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T>(p, t, p.block(t, bi), dx, stream, backward, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V g = masked_grad<V>(dy, relu_output, mask, i);
                 if (training)

@@ -327,7 +327,9 @@ template <class T>
 bool wraps_rows(const Plan& p, bool stream) {
     return stream || (!p.planar && p.row_len * sizeof(T) < kShortRowBytes);
 }
-template <class T, class Body>
+// (PER_COLUMN: whether body uses col; the planar layout's values are the same in every column,
+// and its loops then keep no column count: measured, 1 thread, (8, 512, 7, 7) float 9-12% faster.)
+template <class T, bool PER_COLUMN, class Body>
 void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stream, bool backward, Body body) {
     constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
@@ -353,11 +355,13 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stre
             auto step = [&](auto v, auto stream) {
                 put(v, stream, i, col);
                 i += decltype(v)::size;
-                col += decltype(v)::size;
-                // only whole rows wrap (more than once for rows shorter than a vector); a run of
-                // one row ends where col reaches col_end (no test of whole_rows: GCC would make a
-                // copy of the loop for each value)
-                while (col >= b.col_end) col -= ncols;
+                if constexpr (PER_COLUMN) {
+                    col += decltype(v)::size;
+                    // only whole rows wrap (more than once for rows shorter than a vector); a run
+                    // of one row ends where col reaches col_end (no test of whole_rows: GCC would
+                    // make a copy of the loop for each value)
+                    while (col >= b.col_end) col -= ncols;
+                }
             };
             while (i < head) step(Scalar<T>{}, std::false_type{});
             while (i < lines) step(Vec<T>{}, std::true_type{});
@@ -368,8 +372,10 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stre
             auto step = [&](auto v, auto stream) {
                 constexpr std::size_t size = decltype(v)::size;
                 i -= size;
-                while (col < b.col_begin + size) col += ncols;  // only whole rows wrap
-                col -= size;
+                if constexpr (PER_COLUMN) {
+                    while (col < b.col_begin + size) col += ncols;  // only whole rows wrap
+                    col -= size;
+                }
                 put(v, stream, i, col);
             };
             while (i > vectors) step(Scalar<T>{}, std::false_type{});
@@ -385,6 +391,7 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stre
 // sums[channel_in_tile * NS + s]) and Values: per-column access to per-channel values.
 
 struct Planar {
+    static constexpr bool kPerColumn = false;  // see apply_block
     template <class A>
     struct Values {  // the tile's one channel: the same value in every column
         A value;
@@ -409,6 +416,7 @@ struct Planar {
 };
 
 struct Columns {
+    static constexpr bool kPerColumn = true;
     template <class A>
     struct Values {  // one value per column of the tile
         const A* column;
