@@ -1,5 +1,6 @@
 // Arguments of the batch-normalization kernels, checked and filled in by bindings_batchnorm.cpp.
-// ISA-independent: dispatch.h and every ISA copy of batchnorm.cpp share these definitions.
+// ISA-independent: dispatch.h and every ISA copy of batchnorm_forward.cpp and
+// batchnorm_backward.cpp share these definitions.
 #pragma once
 #include <cstddef>
 

@@ -1,5 +1,8 @@
 // Batch normalization forward and backward, written once over the vector layer and compiled
-// once per ISA (torch.nn.functional.batch_norm semantics; formulas in fusedopt/batchnorm.py).
+// once per ISA (torch.nn.functional.batch_norm semantics; formulas in fusedopt/batchnorm.py):
+// this header holds what both passes share (the work decomposition, the sums, the elementwise
+// loop, the two layouts, the task runner); batchnorm_forward.cpp and batchnorm_backward.cpp,
+// two translation units per ISA so that the build's two cores share them, hold the passes.
 //
 // x is viewed as (outer, C, inner): rows of C * inner elements, channel c owning columns
 // [c * inner, (c + 1) * inner) of every row. Two layouts of the work:
@@ -23,15 +26,21 @@
 // costs twice the vector instructions, which is what bounded the statistics passes. Every
 // block, group and merge order depends only on the shape, never on the thread count, so
 // results are bitwise identical for any number of threads.
+// Included only by the ISA copies (namespace fusedopt::<isa>), each of which gets its own.
+#pragma once
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <initializer_list>
 #include <numeric>
 #include <type_traits>
 #include <vector>
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
+#endif
 
 #include "../dispatch.h"
 #include "../parallel.h"
@@ -40,7 +49,6 @@
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 namespace {
-
 constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
 constexpr std::size_t kBlockElems = 8192;      // planar: 32 KB of float: the second pass hits L1/L2
 // planar: a block's rows are a whole row length apart, often a multiple of 4 KiB (256 channels
@@ -68,7 +76,6 @@ constexpr std::size_t kColumnBlockElems = 32768;
 constexpr std::size_t kGroupElems = 1 << 17;
 constexpr std::size_t kShiftSample = 32;  // forward: elements per channel that set a group's first shift
 constexpr std::size_t kMinTilesForFused = 16;  // at least this many tiles: each tile whole in one task
-constexpr std::size_t kMinParallelElems = 1 << 16;  // below: waking workers costs more than it saves
 constexpr std::size_t kTileRunsPerThread = 8;  // fused path: tasks per thread (runs of neighbouring tiles)
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
 constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
@@ -86,6 +93,23 @@ void with_flag(bool b, F&& f) {
     else
         f(std::false_type{});
 }
+
+// The options of a call (forward: the fused ReLU; backward: the ReLU mask, training or eval)
+// are template arguments of the float kernels, a copy per value, and read at run time by the
+// double ones: one copy per layout (with the output streaming a run-time flag for all, the
+// copies per ISA went from 64 to 16 and the compile time of these files from 46 to 17 s of
+// CPU for avx512). Option<V>::get(value) is the option: V itself, or with V = kRunTime the
+// argument (a loop-invariant branch, or a max with -inf for the ReLU). Measured, 1 thread,
+// float64, against a copy per option: (16, 64, 56, 56), (32, 14, 14, 256) and (256, 1024)
+// within +-4% (the noise); (8, 512, 7, 7) backward with a ReLU mask or in eval mode ~10% slower.
+constexpr int kRunTime = -1;
+template <class T>
+constexpr bool kOptionsAtRunTime = std::is_same_v<T, double>;
+template <int V>
+struct Option {
+    template <class A>
+    static A get(A value) { return V == kRunTime ? value : static_cast<A>(V); }
+};
 
 // ---- the work decomposition (a function of the shape only) ----------------------------------
 
@@ -150,10 +174,37 @@ struct Plan {
     }
 };
 
-// Runs task(0 .. ntasks) on the thread pool, or inline when the call is too small to split.
+// The L2 cache of one core of the machine this runs on, in bytes, read once (the one place
+// the batch-norm kernels learn a cache size): sysconf where the C library reports it (glibc),
+// else Linux's sysfs, else 256 KiB, the smallest L2 of the cores this project has run on.
+inline std::size_t l2_cache_bytes() {
+    static const std::size_t bytes = [] {
+        long n = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (n <= 0) {
+            if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r")) {
+                char unit = 0;
+                if (std::fscanf(f, "%ld%c", &n, &unit) >= 1) n *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+                std::fclose(f);
+            }
+        }
+        return n > 0 ? static_cast<std::size_t>(n) : std::size_t(256) << 10;
+    }();
+    return bytes;
+}
+
+// Runs task(0 .. ntasks) on the thread pool, or inline when the call is small: when the arrays
+// it reads and writes (`bytes`) take at most twice one core's L2. Those of the caller's last
+// call are there or in the other L2, the task's share is a few microseconds of work, and
+// another thread would fetch its half from the caller's L2 and cost a wake-up besides
+// (measured with a constant 2^16 elements instead, 2 threads against 1, 2 MB L2: (8, 512,
+// 7, 7) forward (1.6 MB) and backward (2.4 MB), (256, 1024) forward (2 MB) and backward
+// (3 MB) 15-30% slower in every run). Which tasks run where never changes a result.
 template <class F>
-void run_tasks(std::size_t ntasks, std::size_t total_elems, F&& task) {
-    if (ntasks <= 1 || total_elems < kMinParallelElems) {
+void run_tasks(std::size_t ntasks, std::size_t bytes, F&& task) {
+    if (ntasks <= 1 || bytes <= 2 * l2_cache_bytes()) {
         for (std::size_t i = 0; i < ntasks; ++i) task(i);
         return;
     }
@@ -261,7 +312,7 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 
 // out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
 // is i's column within the tile, for per-column values), one row at a time, in increasing i or
-// (backward, see store_backward) decreasing i. STREAM: whole cache lines are written with
+// (backward, see store_backward) decreasing i. stream: whole cache lines are written with
 // non-temporal stores (aligned vectors), the partial lines at either end of a run with
 // ordinary ones: a line written both ways would flush the write-combining buffer on every
 // store, about ten times slower. So that short rows do not leave partial lines everywhere, a
@@ -271,24 +322,28 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 // otherwise cost more than their vectors. Scalar<T> rounds as Vec<T> does, so the values are
 // the same either way. (body is taken by value: a local copy, which the stores cannot alias,
 // stays in registers.)
-// Whether a pass may run across row ends (apply_block's runs of whole rows; with STREAM false,
+// Whether a pass may run across row ends (apply_block's runs of whole rows; with stream false,
 // also Columns::short_row_sums): per-column values must then wrap (see Columns::values).
-template <class T, bool STREAM>
-bool wraps_rows(const Plan& p) {
-    return STREAM || (!p.planar && p.row_len * sizeof(T) < kShortRowBytes);
+template <class T>
+bool wraps_rows(const Plan& p, bool stream) {
+    return stream || (!p.planar && p.row_len * sizeof(T) < kShortRowBytes);
 }
-template <class T, bool STREAM, class Body>
-void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool backward, Body body) {
+// (PER_COLUMN: whether body uses col; the planar layout's values are the same in every column,
+// and its loops then keep no column count: measured, 1 thread, float, in separate runs on a busy
+// machine, against keeping one: (32, 64, 56, 56) backward 3.89 -> 3.67 ms, (32, 256, 14, 14)
+// 1.00 -> 0.93 ms.)
+template <class T, bool PER_COLUMN, class Body>
+void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stream, bool backward, Body body) {
     constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
-    const bool whole_rows = ncols == p.row_len && wraps_rows<T, STREAM>(p);
+    const bool whole_rows = ncols == p.row_len && wraps_rows<T>(p, stream);
     const std::size_t nruns = whole_rows ? 1 : rows, run_len = whole_rows ? rows * ncols : ncols;
     for (std::size_t r = 0; r < nruns; ++r) {
         const std::size_t begin = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, end = begin + run_len;
         // [begin, head) ordinary stores up to a line boundary, [head, lines) whole lines,
         // [lines, vectors) vectors, [vectors, end) one element at a time
         std::size_t head = begin, lines = begin;
-        if constexpr (STREAM) {
+        if (stream) {
             const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + begin) / sizeof(T) % kLine;
             head = std::min(end, begin + (misaligned ? kLine - misaligned : 0));
             lines = head + (end - head) / kLine * kLine;
@@ -303,9 +358,13 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool back
             auto step = [&](auto v, auto stream) {
                 put(v, stream, i, col);
                 i += decltype(v)::size;
-                col += decltype(v)::size;
-                if (whole_rows)
-                    while (col >= b.col_end) col -= ncols;  // rows shorter than a vector wrap more than once
+                if constexpr (PER_COLUMN) {
+                    col += decltype(v)::size;
+                    // only whole rows wrap (more than once for rows shorter than a vector); a run
+                    // of one row ends where col reaches col_end (no test of whole_rows: GCC would
+                    // make a copy of the loop for each value)
+                    while (col >= b.col_end) col -= ncols;
+                }
             };
             while (i < head) step(Scalar<T>{}, std::false_type{});
             while (i < lines) step(Vec<T>{}, std::true_type{});
@@ -316,8 +375,10 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool back
             auto step = [&](auto v, auto stream) {
                 constexpr std::size_t size = decltype(v)::size;
                 i -= size;
-                while (col < b.col_begin + size) col += ncols;  // only whole rows wrap
-                col -= size;
+                if constexpr (PER_COLUMN) {
+                    while (col < b.col_begin + size) col += ncols;  // only whole rows wrap
+                    col -= size;
+                }
                 put(v, stream, i, col);
             };
             while (i > vectors) step(Scalar<T>{}, std::false_type{});
@@ -333,6 +394,7 @@ void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool back
 // sums[channel_in_tile * NS + s]) and Values: per-column access to per-channel values.
 
 struct Planar {
+    static constexpr bool kPerColumn = false;  // see apply_block
     template <class A>
     struct Values {  // the tile's one channel: the same value in every column
         A value;
@@ -357,6 +419,7 @@ struct Planar {
 };
 
 struct Columns {
+    static constexpr bool kPerColumn = true;
     template <class A>
     struct Values {  // one value per column of the tile
         const A* column;
@@ -424,7 +487,7 @@ struct Columns {
         scratch.assign(NS * ncols, 0.0);
         double* const acc = scratch.data();
         const std::size_t period = std::lcm(ncols, Vec<T>::size) / Vec<T>::size;  // vectors until the columns repeat
-        const bool short_rows = ncols == row_len && wraps_rows<T, false>(p) && ncols % Vec<T>::size != 0;
+        const bool short_rows = ncols == row_len && wraps_rows<T>(p, false) && ncols % Vec<T>::size != 0;
         if (short_rows && period == 3) {
             short_row_sums<T, NS, 3>(p, b, term, acc);
         } else if (short_rows && 4 % period == 0) {
@@ -481,8 +544,9 @@ struct Scratch {
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
+//   bytes: of the arrays the call reads and writes (see run_tasks)
 template <class Partial, class T, class Reduce, class Finish, class Apply>
-void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // per thread, kept from task to task and call to call: small tiles cost a few microseconds
     // or less, which allocating them for each would double
     thread_local Scratch<T> scratch;
@@ -492,7 +556,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
         // lines back and forth (measured on 2 threads, a tile per task: (32, 256, 14, 14)
         // forward no faster than on 1, (8, 512, 7, 7) slower).
         const std::size_t runs = std::min(p.ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
-        run_tasks(runs, p.total(), [&](std::size_t r) {
+        run_tasks(runs, bytes, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
             for (std::size_t t = r * p.ntiles / runs; t < (r + 1) * p.ntiles / runs; ++t) {
                 partial.assign(p.tile_channels, Partial{});
@@ -505,7 +569,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     }
     std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
-    run_tasks(p.ntiles * p.groups, p.total(), [&](std::size_t task) {
+    run_tasks(p.ntiles * p.groups, bytes, [&](std::size_t task) {
         const std::size_t t = task / p.groups, g = task % p.groups;
         reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
@@ -520,7 +584,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
     // depend on the order.
     const std::size_t ntasks = p.ntiles * p.groups;
-    run_tasks(ntasks, p.total(), [&](std::size_t i) {
+    run_tasks(ntasks, bytes, [&](std::size_t i) {
         const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
         apply(t, p.group_begin(g), p.group_end(g));
@@ -537,11 +601,11 @@ struct Moments {
 //   m2 = m2_a + m2_b + delta^2 * n_a * n_b / n
 // ratio = n_b / n and cross = n_a * n_b / n are passed in: the channels of a tile share their
 // counts, so a block merge computes them once for all channels. With n_a == 0 the result is b.
-Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {
+inline Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {
     const double delta = b.mean - a.mean;
     return {a.n + b.n, a.mean + delta * ratio, a.m2 + b.m2 + delta * delta * cross};
 }
-Moments merge(const Moments& a, const Moments& b) {
+inline Moments merge(const Moments& a, const Moments& b) {
     const double ratio = b.n / (a.n + b.n);
     return merge(a, b, ratio, a.n * ratio);
 }
@@ -550,272 +614,8 @@ Moments merge(const Moments& a, const Moments& b) {
 struct GradSums {
     double dy = 0.0, dy_xmu = 0.0;
 };
-GradSums merge(const GradSums& a, const GradSums& b) { return {a.dy + b.dy, a.dy_xmu + b.dy_xmu}; }
+inline GradSums merge(const GradSums& a, const GradSums& b) { return {a.dy + b.dy, a.dy_xmu + b.dy_xmu}; }
 
-// ---- forward ----------------------------------------------------------------------------------
-
-// Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
-// form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
-//   d      = x - shift                     (exact in T for x near the shift)
-//   mean_b = shift + sum(d) / n_b
-//   m2_b   = sum(d^2) - sum(d)^2 / n_b
-// The shift is the mean of the blocks merged so far, rounded to T; a group's first block
-// takes the mean of its first rows, at least kShiftSample elements of each channel (off by
-// ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
-// over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
-// subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
-// exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
-// still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
-// the sums over d can run in T (see RunSums) without losing the deviations; usually x is
-// read once.
-// (A function of T and Layout only: forward's ReLU and streaming variants share one copy.
-// The per-element lambdas capture by value: the compiler would otherwise reload every
-// captured pointer after each store.)
-template <class T, class Layout>
-void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0, std::size_t b1, Moments* moments,
-                        Scratch<T>& s) {
-    const std::size_t nch = p.tile_nchannels(t);
-    s.means.resize(nch);  // the shift of each channel
-    for (std::size_t bi = b0; bi < b1; ++bi) {
-        const Block b = p.block(t, bi);
-        const double count = p.channel_count(b);
-        if (bi == b0) {
-            Block sample = b;
-            const std::size_t row_elems = p.planar ? b.col_end - b.col_begin : p.inner;  // per channel
-            sample.row_end = std::min(b.row_end, b.row_begin + (kShiftSample + row_elems - 1) / row_elems);
-            s.sums.assign(nch, 0.0);
-            Layout::template reduce_block<T, 1>(p, t, sample, [x](auto v, std::size_t i, std::size_t, auto* acc) {
-                using V = decltype(v);
-                acc[0] = acc[0] + V::load(x + i);
-            }, s.sums.data(), s.acc);
-            const double sample_count = p.channel_count(sample);
-            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] / sample_count);
-        } else {
-            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
-        }
-        // Planar blocks are rows of one channel far apart: the pass prefetches the next
-        // block. Columns blocks follow each other in memory, which the hardware prefetches
-        // better alone (software prefetches measured 20% slower there).
-        const std::ptrdiff_t ahead = std::is_same_v<Layout, Planar> ? p.next_block_distance(t, bi) : 0;
-        auto deviation_sums = [&] {
-            const auto shift = Layout::values(s.means.data(), p.inner, nch, s.expanded, wraps_rows<T, false>(p));
-            s.sums.assign(2 * nch, 0.0);
-            Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
-                using V = decltype(v);
-                if constexpr (std::is_same_v<Layout, Planar>) prefetch(x + i + ahead);
-                V d = V::load(x + i) - shift.at(v, col);
-                acc[0] = acc[0] + d;
-                acc[1] = fmadd(d, d, acc[1]);
-            }, s.sums.data(), s.acc);
-        };
-        deviation_sums();
-        bool reshift = false;
-        for (std::size_t c = 0; c < nch; ++c) {
-            const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-            if (sum_d * (sum_d / count) > 0.5 * sum_d2) {
-                reshift = true;
-                s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d / count);
-            }
-        }
-        if (reshift) deviation_sums();
-        // every channel of the tile has seen the same blocks: one count for all
-        const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
-        for (std::size_t c = 0; c < nch; ++c) {
-            const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-            const Moments block{count, static_cast<double>(s.means[c]) + sum_d / count,
-                                std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
-            moments[c] = merge(moments[c], block, ratio, cross);
-        }
-    }
-}
-
-template <class T, class Layout, bool RELU, bool STREAM>
-void forward(const BatchNormForwardArgs& args, const Plan& p) {
-    const T* x = static_cast<const T*>(args.x);
-    T* y = static_cast<T*>(args.y);
-    const T* weight = static_cast<const T*>(args.weight);
-    const T* bias = static_cast<const T*>(args.bias);
-    T* running_mean = static_cast<T*>(args.running_mean);
-    T* running_var = static_cast<T*>(args.running_var);
-    T* save_mean = static_cast<T*>(args.save_mean);
-    T* save_invstd = static_cast<T*>(args.save_invstd);
-    const double n = static_cast<double>(p.outer * p.inner);
-    const double momentum = args.momentum, eps = args.eps;
-
-    // The normalizing pass computes y = (x - mean_hi) * scale + shift, where
-    //   scale = invstd * weight
-    //   shift = bias - (mean - mean_hi) * scale,    mean_hi = mean rounded to T
-    // x - mean_hi is exact when x is near the mean, and only the rounding residue of the mean
-    // (|mean - mean_hi| <= half an ulp of the mean) goes into shift: no cancellation even when
-    // |mean| >> std. For double data mean_hi == mean.
-    std::vector<T> mean_hi(p.channels), scale(p.channels), shift(p.channels);
-    auto set_normalization = [&](std::size_t c, double mean, double invstd) {
-        const double w = weight ? static_cast<double>(weight[c]) : 1.0;
-        const double b = bias ? static_cast<double>(bias[c]) : 0.0;
-        const double scale_c = invstd * w;
-        mean_hi[c] = static_cast<T>(mean);
-        scale[c] = static_cast<T>(scale_c);
-        shift[c] = static_cast<T>(b - (mean - static_cast<double>(mean_hi[c])) * scale_c);
-        save_mean[c] = static_cast<T>(mean);
-        save_invstd[c] = static_cast<T>(invstd);
-    };
-
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
-        forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
-    };
-
-    // Training: normalize with the batch statistics and update the running ones
-    //   var = m2 / n (biased);  invstd = 1 / sqrt(var + eps)
-    //   running_mean = momentum * mean + (1 - momentum) * running_mean
-    //   running_var  = momentum * m2 / (n - 1) + (1 - momentum) * running_var   (unbiased)
-    auto finish_training = [&](std::size_t t, const Moments* moments) {
-        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
-            const std::size_t c = p.channel_begin(t) + k;
-            const Moments& m = moments[k];
-            const double invstd = 1.0 / std::sqrt(m.m2 / n + eps);
-            if (running_mean) {
-                running_mean[c] = static_cast<T>(momentum * m.mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
-                running_var[c] = static_cast<T>(momentum * (m.m2 / (n - 1.0)) + (1.0 - momentum) * static_cast<double>(running_var[c]));
-            }
-            set_normalization(c, m.mean, invstd);
-        }
-    };
-    // Eval: normalize with the running statistics
-    //   invstd = 1 / sqrt(running_var + eps)
-    auto finish_eval = [&](std::size_t t, const Moments*) {
-        for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
-            const std::size_t c = p.channel_begin(t) + k;
-            set_normalization(c, static_cast<double>(running_mean[c]), 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
-        }
-    };
-
-    //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
-        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        std::vector<T> s0, s1, s2;
-        const bool wrap = wraps_rows<T, STREAM>(p);
-        const auto m = Layout::values(&mean_hi[c0], p.inner, nch, s0, wrap);
-        const auto sc = Layout::values(&scale[c0], p.inner, nch, s1, wrap);
-        const auto sh = Layout::values(&shift[c0], p.inner, nch, s2, wrap);
-        const bool backward = STREAM && store_backward(y, {x});
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), y, backward, [x, m, sc, sh](auto v, std::size_t i, std::size_t col) {
-                using V = decltype(v);
-                V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
-                if constexpr (RELU) out = max(V(T(0)), out);  // max(0, NaN) is NaN, as torch.relu
-                return out;
-            });
-        }
-        if (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
-    };
-
-    if (args.training)
-        run_tiles<Moments, T>(p, reduce, finish_training, apply);
-    else
-        run_tiles<Moments, T>(p, [](std::size_t, std::size_t, std::size_t, Moments*, Scratch<T>&) {}, finish_eval, apply);
-}
-
-// ---- backward ---------------------------------------------------------------------------------
-
-// dy with the ReLU gradient applied: dy where relu_output > 0, else 0.
-template <ReluMask MASK, class V, class T>
-V masked_grad(const T* dy, const void* relu_output, std::size_t i) {
-    V g = V::load(dy + i);
-    if constexpr (MASK == ReluMask::kValues)
-        g = where_positive(V::load(static_cast<const T*>(relu_output) + i), g);
-    else if constexpr (MASK == ReluMask::kBool)
-        g = where_positive(V::load_u8(static_cast<const std::uint8_t*>(relu_output) + i), g);
-    return g;
-}
-
-// Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
-//   sum_dy     = sum(g)
-//   sum_dy_xmu = sum(g * (x - mean))
-// (A function of T, Layout and MASK only: shared by training and eval, streamed or not.)
-template <class T, class Layout, ReluMask MASK>
-void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_output, const T* save_mean, std::size_t t,
-                   std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
-    const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-    const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T, false>(p));
-    for (std::size_t bi = b0; bi < b1; ++bi) {
-        s.sums.assign(2 * nch, 0.0);
-        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
-            using V = decltype(v);
-            V g = masked_grad<MASK, V>(dy, relu_output, i);
-            acc[0] = acc[0] + g;
-            acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
-        }, s.sums.data(), s.acc);
-        for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
-    }
-}
-
-template <class T, class Layout, ReluMask MASK, bool TRAINING, bool STREAM>
-void backward(const BatchNormBackwardArgs& args, const Plan& p) {
-    const T* dy = static_cast<const T*>(args.dy);
-    const T* x = static_cast<const T*>(args.x);
-    const void* relu_output = args.relu_output;
-    const T* weight = static_cast<const T*>(args.weight);
-    const T* save_mean = static_cast<const T*>(args.save_mean);
-    const T* save_invstd = static_cast<const T*>(args.save_invstd);
-    T* dx = static_cast<T*>(args.dx);
-    T* dweight = static_cast<T*>(args.dweight);
-    T* dbias = static_cast<T*>(args.dbias);
-    const double n = static_cast<double>(p.outer * p.inner);
-    const bool need_sums = TRAINING || dweight != nullptr;
-
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
-        if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, save_mean, t, b0, b1, sums, s);
-    };
-
-    // With xhat = (x - mean) * invstd:
-    //   dweight = sum(g * xhat) = invstd * sum_dy_xmu;   dbias = sum(g) = sum_dy
-    // training: dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
-    //              = a * g - k * (x - mean) + c,  a = invstd * w,
-    //                k = a * invstd^2 * sum_dy_xmu / n,  c = -a * sum_dy / n
-    // eval:     dx = a * g   (mean and invstd are constants)
-    std::vector<T> a(p.channels), k(p.channels), c(p.channels);
-    auto finish = [&](std::size_t t, const GradSums* sums) {
-        for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
-            const std::size_t ch = p.channel_begin(t) + j;
-            const double invstd = static_cast<double>(save_invstd[ch]);
-            const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
-            const double a_c = invstd * w;
-            a[ch] = static_cast<T>(a_c);
-            if (TRAINING) {
-                k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
-                c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
-            }
-            if (dweight) {
-                dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
-                dbias[ch] = static_cast<T>(sums[j].dy);
-            }
-        }
-    };
-
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
-        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        std::vector<T> s0, s1, s2, s3;
-        const bool wrap = wraps_rows<T, STREAM>(p);
-        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, wrap);
-        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, wrap);
-        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, wrap);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
-        const bool backward = STREAM && store_backward(dx, {dy, TRAINING ? x : nullptr, MASK == ReluMask::kValues ? relu_output : nullptr});
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, STREAM>(p, t, p.block(t, bi), dx, backward, [dy, x, relu_output, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
-                using V = decltype(v);
-                V g = masked_grad<MASK, V>(dy, relu_output, i);
-                if constexpr (TRAINING)
-                    return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
-                else
-                    return a_v.at(v, col) * g;
-            });
-        }
-        if (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
-    };
-
-    run_tiles<GradSums, T>(p, reduce, finish, apply);
-}
 
 // ---- entry points -------------------------------------------------------------------------------
 
@@ -827,40 +627,6 @@ void with_layout(const Plan& p, F&& f) {
         f(Columns{});
 }
 
-template <class T>
-void batchnorm_forward(const BatchNormForwardArgs& args) {
-    const Plan p(args.shape);
-    with_layout(p, [&](auto layout) {
-        with_flag(args.relu, [&](auto relu) {
-            with_flag(p.total() * sizeof(T) >= kStreamMinBytes,
-                      [&](auto stream) { forward<T, decltype(layout), relu, stream>(args, p); });
-        });
-    });
-}
-
-template <class T>
-void batchnorm_backward(const BatchNormBackwardArgs& args) {
-    const Plan p(args.shape);
-    with_layout(p, [&](auto layout) {
-        with_flag(args.training, [&](auto training) {
-            with_flag(p.total() * sizeof(T) >= kStreamMinBytes, [&](auto stream) {
-                using L = decltype(layout);
-                switch (args.relu_mask) {
-                    case ReluMask::kNone: backward<T, L, ReluMask::kNone, training, stream>(args, p); break;
-                    case ReluMask::kValues: backward<T, L, ReluMask::kValues, training, stream>(args, p); break;
-                    case ReluMask::kBool: backward<T, L, ReluMask::kBool, training, stream>(args, p); break;
-                }
-            });
-        });
-    });
-}
-
 }  // namespace
-
-void register_batchnorm(KernelTable& t) {
-    FUSEDOPT_REGISTER(t, batchnorm_forward);
-    FUSEDOPT_REGISTER(t, batchnorm_backward);
-}
-
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

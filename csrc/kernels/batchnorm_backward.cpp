@@ -1,0 +1,156 @@
+// Batch normalization backward (see batchnorm_tiles.h for the layouts and the work decomposition).
+#include "batchnorm_tiles.h"
+
+namespace fusedopt {
+namespace FUSEDOPT_ISA_NS {
+namespace {
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// dy with the ReLU gradient applied: dy where relu_output > 0, else 0. (mask is a constant
+// in the copies that fix it, see Option.)
+template <class V, class T>
+V masked_grad(const T* dy, const void* relu_output, ReluMask mask, std::size_t i) {
+    V g = V::load(dy + i);
+    if (mask == ReluMask::kValues)
+        g = where_positive(V::load(static_cast<const T*>(relu_output) + i), g);
+    else if (mask == ReluMask::kBool)
+        g = where_positive(V::load_u8(static_cast<const std::uint8_t*>(relu_output) + i), g);
+    return g;
+}
+
+// Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
+//   sum_dy     = sum(g)
+//   sum_dy_xmu = sum(g * (x - mean))
+// (A function of T, Layout and MASK only: shared by training and eval, streamed or not.)
+template <class T, class Layout, int MASK>
+void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_output, ReluMask relu_mask,
+                   const T* save_mean, std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
+    const ReluMask mask = Option<MASK>::get(relu_mask);
+    const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+    const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T>(p, false));
+    for (std::size_t bi = b0; bi < b1; ++bi) {
+        s.sums.assign(2 * nch, 0.0);
+        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mask, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+            using V = decltype(v);
+            V g = masked_grad<V>(dy, relu_output, mask, i);
+            acc[0] = acc[0] + g;
+            acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
+        }, s.sums.data(), s.acc);
+        for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
+    }
+}
+
+// With xhat = (x - mean) * invstd:
+//   dweight = sum(g * xhat) = invstd * sum_dy_xmu;   dbias = sum(g) = sum_dy
+// training: dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
+//              = a * g - k * (x - mean) + c,  a = invstd * w,
+//                k = a * invstd^2 * sum_dy_xmu / n,  c = -a * sum_dy / n
+// eval:     dx = a * g   (mean and invstd are constants)
+// (A function of T only, as Normalization in the forward.)
+template <class T>
+struct Coefficients {
+    std::vector<T> a, k, c;
+    explicit Coefficients(std::size_t channels) : a(channels), k(channels), c(channels) {}
+    void finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums);
+};
+
+template <class T>
+void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums) {
+    const T* weight = static_cast<const T*>(args.weight);
+    const T* save_invstd = static_cast<const T*>(args.save_invstd);
+    T* dweight = static_cast<T*>(args.dweight);
+    T* dbias = static_cast<T*>(args.dbias);
+    const double n = static_cast<double>(p.outer * p.inner);
+    for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
+        const std::size_t ch = p.channel_begin(t) + j;
+        const double invstd = static_cast<double>(save_invstd[ch]);
+        const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
+        const double a_c = invstd * w;
+        a[ch] = static_cast<T>(a_c);
+        if (args.training) {
+            k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
+            c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
+        }
+        if (dweight) {
+            dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
+            dbias[ch] = static_cast<T>(sums[j].dy);
+        }
+    }
+}
+
+template <class T, class Layout, int MASK, int TRAINING>
+void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
+    const ReluMask mask = Option<MASK>::get(args.relu_mask);
+    const bool training = Option<TRAINING>::get(args.training);
+    const T* dy = static_cast<const T*>(args.dy);
+    const T* x = static_cast<const T*>(args.x);
+    const void* relu_output = args.relu_output;
+    const T* save_mean = static_cast<const T*>(args.save_mean);
+    T* dx = static_cast<T*>(args.dx);
+    const bool need_sums = training || args.dweight != nullptr;
+
+    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
+        if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums, s);
+    };
+
+    Coefficients<T> coef(p.channels);
+    auto finish = [&](std::size_t t, const GradSums* sums) { coef.finish(args, p, t, sums); };
+    const T *a = coef.a.data(), *k = coef.k.data(), *c = coef.c.data();
+
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
+        const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+        std::vector<T> s0, s1, s2, s3;
+        const bool wrap = wraps_rows<T>(p, stream);
+        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, wrap);
+        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, wrap);
+        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, wrap);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
+        const bool backward = stream && store_backward(dx, {dy, training ? x : nullptr, mask == ReluMask::kValues ? relu_output : nullptr});
+        for (std::size_t bi = b0; bi < b1; ++bi) {
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+                using V = decltype(v);
+                V g = masked_grad<V>(dy, relu_output, mask, i);
+                if (training)
+                    return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
+                else
+                    return a_v.at(v, col) * g;
+            });
+        }
+        if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
+    };
+
+    // dy, dx, x (always read for the sums but in eval without dweight), the mask
+    const std::size_t mask_bytes = mask == ReluMask::kValues ? sizeof(T) : mask == ReluMask::kBool ? 1 : 0;
+    run_tiles<GradSums, T>(p, p.total() * (3 * sizeof(T) + mask_bytes), reduce, finish, apply);
+}
+
+template <class T>
+void batchnorm_backward(const BatchNormBackwardArgs& args) {
+    const Plan p(args.shape);
+    const bool stream = p.total() * sizeof(T) >= kStreamMinBytes;
+    with_layout(p, [&](auto layout) {
+        using L = decltype(layout);
+        if constexpr (kOptionsAtRunTime<T>) {
+            backward<T, L, kRunTime, kRunTime>(args, p, stream);
+        } else {
+            with_flag(args.training, [&](auto training) {
+                constexpr int TRAINING = training;
+                switch (args.relu_mask) {
+                    case ReluMask::kNone: backward<T, L, int(ReluMask::kNone), TRAINING>(args, p, stream); break;
+                    case ReluMask::kValues: backward<T, L, int(ReluMask::kValues), TRAINING>(args, p, stream); break;
+                    case ReluMask::kBool: backward<T, L, int(ReluMask::kBool), TRAINING>(args, p, stream); break;
+                }
+            });
+        }
+    });
+}
+
+}  // namespace
+
+void register_batchnorm_backward(KernelTable& t) {
+    FUSEDOPT_REGISTER(t, batchnorm_backward);
+}
+
+}  // namespace FUSEDOPT_ISA_NS
+}  // namespace fusedopt
