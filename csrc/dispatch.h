@@ -43,7 +43,7 @@ struct KernelTable {
     void (*random_bits)(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
                         std::uint32_t* out, std::size_t n);
     double (*nonfinite_probe16[4])(const void* x, std::size_t n, double scale);  // [kBFloat16], [kFloat16]: as nonfinite_probe
-    void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm.cpp, indexed by DType
+    void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm_forward.cpp, indexed by DType
     void (*batchnorm_backward[2])(const BatchNormBackwardArgs&);
     ElementwiseKernel<StreamConfig> stream[2];  // the benchmark's bandwidth probe
     // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks

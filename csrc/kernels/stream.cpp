@@ -18,7 +18,7 @@ namespace FUSEDOPT_ISA_NS {
 namespace {
 
 // The array counts are template parameters so the inner loops unroll as the kernels' do.
-// STREAM: the write-only array's whole cache lines by non-temporal stores, as batchnorm.cpp's
+// STREAM: the write-only array's whole cache lines by non-temporal stores, as batch norm's (batchnorm_tiles.h)
 // apply_block writes large outputs (aligned vectors; ordinary stores up to the first line).
 template <class T, int RW, int RO, int WO, bool STREAM>
 void stream_loop(void* const* a, std::size_t n) {

@@ -100,7 +100,7 @@ std::vector<T> uniform(Rng& rng, std::size_t n, double lo, double hi) {
 // ---- memory ------------------------------------------------------------------------------------
 
 // The arrays of one call, each starting kGuardBytes + its offset past a page boundary (so the
-// distances between arrays modulo 4 KiB, which batchnorm.cpp's store order depends on, are
+// distances between arrays modulo 4 KiB, which batch norm's store order (batchnorm_tiles.h) depends on, are
 // the offsets' differences), every other byte kSentinel.
 constexpr std::size_t kPage = 4096, kGuardBytes = 128;
 constexpr unsigned char kSentinel = 0xA5;
