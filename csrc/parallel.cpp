@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -13,6 +14,9 @@
 #endif
 #if defined(__linux__)
 #include <sched.h>
+#endif
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
 #endif
 
 namespace fusedopt {
@@ -205,6 +209,27 @@ std::vector<double> reduce_blocks(const TensorBatch& b, std::size_t role,
             out[j] = block(blocks[j].ptr, blocks[j].n);
     });
     return out;
+}
+
+// The L2 cache of one core of the machine this runs on, in bytes, read once (the one place
+// the kernels learn a cache size): sysconf where the C library reports it (glibc),
+// else Linux's sysfs, else 256 KiB, the smallest L2 of the cores this project has run on.
+std::size_t l2_cache_bytes() {
+    static const std::size_t bytes = [] {
+        long n = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        if (n <= 0) {
+            if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r")) {
+                char unit = 0;
+                if (std::fscanf(f, "%ld%c", &n, &unit) >= 1) n *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+                std::fclose(f);
+            }
+        }
+        return n > 0 ? static_cast<std::size_t>(n) : std::size_t(256) << 10;
+    }();
+    return bytes;
 }
 
 }  // namespace fusedopt

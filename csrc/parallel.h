@@ -47,6 +47,10 @@ struct TensorBatch {
 // 10-50% slower on 2 threads than on 1 (bench), while 1M-element Adam ran 1.9x faster.
 constexpr std::size_t kMinElementsPerThread = 131072;
 
+// The L2 cache of one core of this machine, in bytes (read at the first call; see parallel.cpp):
+// thresholds that depend on what stays in cache come from it, not from one machine's constant.
+std::size_t l2_cache_bytes();
+
 // chunk(arrays, n, tensor, offset): n elements of tensor `tensor` from its element `offset`.
 void for_each_chunk(const TensorBatch& batch,
                     const std::function<void(void* const*, std::size_t, std::size_t, std::size_t)>& chunk);

@@ -33,14 +33,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <initializer_list>
 #include <numeric>
 #include <type_traits>
 #include <vector>
-#if __has_include(<unistd.h>)
-#include <unistd.h>  // sysconf
-#endif
 
 #include "../dispatch.h"
 #include "../parallel.h"
@@ -173,27 +169,6 @@ struct Plan {
         return static_cast<double>((b.row_end - b.row_begin) * (planar ? b.col_end - b.col_begin : inner));
     }
 };
-
-// The L2 cache of one core of the machine this runs on, in bytes, read once (the one place
-// the batch-norm kernels learn a cache size): sysconf where the C library reports it (glibc),
-// else Linux's sysfs, else 256 KiB, the smallest L2 of the cores this project has run on.
-inline std::size_t l2_cache_bytes() {
-    static const std::size_t bytes = [] {
-        long n = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-        n = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        if (n <= 0) {
-            if (std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index2/size", "r")) {
-                char unit = 0;
-                if (std::fscanf(f, "%ld%c", &n, &unit) >= 1) n *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
-                std::fclose(f);
-            }
-        }
-        return n > 0 ? static_cast<std::size_t>(n) : std::size_t(256) << 10;
-    }();
-    return bytes;
-}
 
 // Runs task(0 .. ntasks) on the thread pool, or inline when the call is small: when the arrays
 // it reads and writes (`bytes`) take at most twice one core's L2. Those of the caller's last
