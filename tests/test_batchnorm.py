@@ -207,6 +207,32 @@ def test_out_arguments_are_written_and_returned():
     assert np.array_equal(dx_out, batchnorm_backward(dy, x, weight, save_mean, save_invstd)[0])
 
 
+def test_large_fresh_outputs_never_reuse_live_memory():
+    """Outputs of 8 MB or more made without out= come from the buffers of freed earlier outputs
+    of the same size (bindings_batchnorm.cpp): one still alive, even only through a view, is
+    never handed out again, and every fresh output holds what out= gets."""
+    shape = (4, 8, 256, 256)  # 8 MiB of float32: the smallest size that is pooled
+    x1, weight, bias, _, _, dy = make_case(shape, 1, np.float32, seed=5)
+    x2 = make_case(shape, 1, np.float32, seed=6)[0]
+    outputs = []
+    for _ in range(4):  # more outputs alive than the pool keeps buffers
+        y, save_mean, save_invstd = batchnorm_forward(x1, weight, bias)
+        dx, _, _ = batchnorm_backward(dy, x1, weight, save_mean, save_invstd)
+        outputs += [y[1:], dx[:, 2:]]  # views: the arrays themselves are dropped
+        del y, dx
+    y_want = batchnorm_forward(x1, weight, bias, out=np.empty_like(x1))[0]
+    dx_want = batchnorm_backward(dy, x1, weight, save_mean, save_invstd, out=np.empty_like(x1))[0]
+    for _ in range(3):  # freed outputs are reused: every buffer in turn
+        y2, m2, s2 = batchnorm_forward(x2, weight, bias)
+        dx2, _, _ = batchnorm_backward(dy, x2, weight, m2, s2)
+        assert not any(np.shares_memory(a, b) for a in outputs for b in (y2, dx2))
+        assert np.array_equal(y2, batchnorm_forward(x2, weight, bias, out=np.empty_like(x2))[0])
+        assert np.array_equal(dx2, batchnorm_backward(dy, x2, weight, m2, s2, out=np.empty_like(x2))[0])
+        del y2, dx2
+    for k in range(0, len(outputs), 2):
+        assert np.array_equal(outputs[k], y_want[1:]) and np.array_equal(outputs[k + 1], dx_want[:, 2:])
+
+
 def test_axis_spellings_agree():
     x, weight, bias, _, _, _ = make_case((3, 4, 5, 6), -1, np.float64)
     y1 = batchnorm_forward(x, weight, bias, axis=-1)[0]

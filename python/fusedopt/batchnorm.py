@@ -9,6 +9,9 @@ like. Statistics reduce over every other axis. Per-channel arrays (weight, bias,
 statistics, save_mean, save_invstd) have shape (C,) and x's dtype. All arguments are checked
 before anything is written: a call that raises leaves every array byte-identical. Arrays that
 are written (out, running statistics) are never copied and must not overlap any other argument.
+Without out, outputs of 8 MB or more reuse the memory of freed earlier outputs of the same size
+(up to two buffers are kept): a fresh mapping that large costs its page faults and zeroing on
+every call, more than the pass itself.
 
 Precision: per block of rows, deviations from a shift near the channel's mean are summed in
 x's dtype over runs of at most 16 terms per vector lane, and those sums accumulate in float64;
