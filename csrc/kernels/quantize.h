@@ -44,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../simd/vec.h"
 
@@ -121,11 +122,24 @@ template <bool SIGNED>
 float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
     // the absmax on the bits: for non-negative floats integer order is float order, and every
     // NaN's bits are above inf's, so one integer max finds both the absmax and any inf/NaN
+    // (magnitudes are below 2^31, where the signed max of the lanes is their unsigned max)
+    using U = UintVec<Vec<float>>;
+    U lanes_max(0u);
     std::uint32_t absmax_bits = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        const std::uint32_t b = quant::bits_of(in[i]) & quant::kMagnitude;
-        absmax_bits = b > absmax_bits ? b : absmax_bits;
-    }
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        const UintVec<V> b = as_uint(V::load(in + i)) & UintVec<V>(quant::kMagnitude);
+        if constexpr (std::is_same_v<UintVec<V>, U>) {
+            lanes_max = max_signed(lanes_max, b);
+        } else {
+            std::uint32_t lane;
+            b.store(&lane);
+            absmax_bits = lane > absmax_bits ? lane : absmax_bits;
+        }
+    });
+    std::uint32_t lanes[U::size];
+    lanes_max.store(lanes);
+    for (const std::uint32_t lane : lanes) absmax_bits = lane > absmax_bits ? lane : absmax_bits;
     const float absmax = quant::float_of(absmax_bits);
     if (absmax_bits >= 0x7F800000u) {  // an inf or a NaN: codes 0 (and the signs), scale NaN
         for (std::size_t i = 0; i < n; ++i)
