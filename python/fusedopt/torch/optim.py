@@ -41,6 +41,7 @@ from __future__ import annotations
 import inspect
 import operator
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
@@ -395,9 +396,12 @@ class _FusedStep(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
         steps = []  # (plan, grad views of its params, hyperparameters)
+        calls = elements = 0
+        # C-level maps rather than comprehensions and generators: right after a step's kernel has
+        # evicted the caches, each Python frame this runs costs microseconds
         for group in self.param_groups:
             grads = list(map(_get_grad, group["params"]))
-            present = [g is not None for g in grads]
+            present = list(map(operator.is_not, grads, repeat(None)))
             plan = plans.get(id(group))
             if plan is None or not plan.holds(group, present, self.state) or plan.structure != self._structure(group):
                 plan = plans[id(group)] = self._plan(group, present)
@@ -406,6 +410,8 @@ class _FusedStep(torch.optim.Optimizer):
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
             steps.append((plan, self._grad_views(grads), self._hyperparameters(group)))
+            calls += len(plan.calls)
+            elements += plan.elements
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
             current = {id(group) for group in self.param_groups}
             for key in [key for key in plans if key not in current]:
@@ -413,9 +419,9 @@ class _FusedStep(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss
         scale = None if grad_scale is None else float(grad_scale)
-        if sum(len(plan.calls) for plan, _, _ in steps) > 1:
+        if calls > 1:
             self._check_calls(steps)
-        if sum(plan.elements for plan, _, _ in steps) >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
+        if elements >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
             if not _torch_openmp:
                 _torch_openmp.append(_omp.find())
             if _torch_openmp[0] is not None:
@@ -433,7 +439,7 @@ class _FusedStep(torch.optim.Optimizer):
     # ---- the plan -------------------------------------------------------------------------------
 
     def _structure(self, group: dict[str, Any]) -> tuple[bool, ...]:
-        return tuple(spec.needed(group) for spec in self._specs())
+        return tuple([spec.needed(group) for spec in self._specs()])
 
     def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
