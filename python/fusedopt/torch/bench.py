@@ -80,7 +80,7 @@ class Setup:
         self.taken["kernel"] += 1
         fusedopt.adamw_(*self.views, step=self.taken["kernel"], lr=LR)
 
-    def steps(self) -> dict[str, Callable[[], None]]:
+    def steps(self) -> dict[str, Callable[[], object]]:
         return dict(zip(IMPLEMENTATIONS, (self.fusedopt_torch, self.torch_fused, self.functional, self.kernel)))
 
 
@@ -111,7 +111,7 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"best_ms": min(times) * 1e3, "median_ms": statistics.median(times) * 1e3}
 
 
-def timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
