@@ -3,6 +3,7 @@ what its fusedopt calls need besides the grads, kept between steps while it stil
 from __future__ import annotations
 
 import operator
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,9 +27,9 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "elements", "group", "group_params", "new_state", "params", "present", "ptrs", "state",
-                 "state_dicts", "step_counts", "steps", "structure", "taken", "watched_dicts", "watched_keys",
-                 "watched_tensors")
+    __slots__ = ("calls", "elements", "first_step", "group", "group_params", "new_state", "params", "present", "ptrs",
+                 "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "taken", "watched_dicts",
+                 "watched_keys", "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -39,6 +40,7 @@ class _Plan:
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
         self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
+        self.state_keys: list[Any] = []               # the optimizer's state dict's keys and values at build time
         self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of
         self.watched_keys: list[str] = []
         self.watched_tensors: list[torch.Tensor] = []
@@ -47,14 +49,19 @@ class _Plan:
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
         self.elements = 0                              # in the params with a grad
         self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
+        self.first_step: int | None = None            # the steps every param had taken at build time (None: unequal)
         self.taken = 0                                 # steps taken with the plan: added to each call's step
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
-        """Whether the plan is still the one for this group (C-level maps: this runs every step)."""
+        """Whether the plan is still the one for this group (C-level maps: this runs every step).
+        The params' state dicts are checked as the whole state dict's keys and values, in order,
+        being the same objects: looking each param up would call torch's Python Tensor.__hash__
+        per param (a new entry for another group's param makes this plan again, once)."""
         return (self.group is group and self.state is state and self.present == present
                 and len(group["params"]) == len(self.group_params)
                 and all(map(operator.is_, group["params"], self.group_params))
                 and list(map(_data_ptr, self.params)) == self.ptrs
-                and all(map(operator.is_, map(state.get, self.params), self.state_dicts))
+                and len(state) * 2 == len(self.state_keys)
+                and all(map(operator.is_, chain(state, state.values()), self.state_keys))
                 and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),
                             self.watched_tensors)))

@@ -11,8 +11,8 @@ mixes them) on NumPy views of the tensors' own memory. What a call needs besides
 (the views of params and state, the calls' layout, the step counters) is worked out once and
 kept in a plan per group; a later step checks the plan still holds (the same params with a
 grad, at the same addresses, with the same state tensors) and only converts the new grads.
-The step counters of a plan's params are 0-d views into one tensor, so one add_ counts the
-step for all of them.
+The step counters of a plan's params are 0-d views into one tensor, so one write (through
+NumPy) counts the step for all of them.
 
 Low precision: every class takes fusedopt.optim's keyword-only options, with the same meaning
 (see fusedopt.optim.Optimizer): state_dtype="float32" | "bfloat16" | "int8", master_weights,
@@ -41,6 +41,7 @@ from __future__ import annotations
 import inspect
 import operator
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, ClassVar, NamedTuple, overload
 
 import numpy as np
@@ -74,7 +75,11 @@ __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 # the milliseconds by which a spinning worker slows a large step right after backward. A step
 # under 2 * 131072 elements runs on one thread anyway (csrc/parallel.h, kMinElementsPerThread),
 # and torch's spinning worker then holds the other core, not the step's. Between that and this
-# threshold, whether parking pays could not be measured apart from the machine's noise.
+# threshold, whether parking pays could not be measured apart from the machine's noise; on a
+# loaded machine (the 2-core VM with three compilers running) parking inside the MLP's step
+# (269K elements, 2 threads) right after backward made it slower, not faster: median 4.2 ms
+# against 3.4, upper quartile 11.8 against 7.3 (100 alternating rounds), as waking the threads
+# the region needs waits for the scheduler.
 PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
 _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
@@ -395,9 +400,12 @@ class _FusedStep(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
         steps = []  # (plan, grad views of its params, hyperparameters)
+        calls = elements = 0
+        # C-level maps rather than comprehensions and generators: right after a step's kernel has
+        # evicted the caches, each Python frame this runs costs microseconds
         for group in self.param_groups:
             grads = list(map(_get_grad, group["params"]))
-            present = [g is not None for g in grads]
+            present = list(map(operator.is_not, grads, repeat(None)))
             plan = plans.get(id(group))
             if plan is None or not plan.holds(group, present, self.state) or plan.structure != self._structure(group):
                 plan = plans[id(group)] = self._plan(group, present)
@@ -406,6 +414,8 @@ class _FusedStep(torch.optim.Optimizer):
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
             steps.append((plan, self._grad_views(grads), self._hyperparameters(group)))
+            calls += len(plan.calls)
+            elements += plan.elements
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
             current = {id(group) for group in self.param_groups}
             for key in [key for key in plans if key not in current]:
@@ -413,9 +423,9 @@ class _FusedStep(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss
         scale = None if grad_scale is None else float(grad_scale)
-        if sum(len(plan.calls) for plan, _, _ in steps) > 1:
+        if calls > 1:
             self._check_calls(steps)
-        if sum(plan.elements for plan, _, _ in steps) >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
+        if elements >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
             if not _torch_openmp:
                 _torch_openmp.append(_omp.find())
             if _torch_openmp[0] is not None:
@@ -433,7 +443,7 @@ class _FusedStep(torch.optim.Optimizer):
     # ---- the plan -------------------------------------------------------------------------------
 
     def _structure(self, group: dict[str, Any]) -> tuple[bool, ...]:
-        return tuple(spec.needed(group) for spec in self._specs())
+        return tuple([spec.needed(group) for spec in self._specs()])
 
     def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
@@ -487,8 +497,10 @@ class _FusedStep(torch.optim.Optimizer):
                                             for argument in state_views[positions[0]]},
                                     step=step_argument))
         if self._counts_steps and plan.params:
-            # one tensor of counters, torch's dtype: a step counts for all params with one add_
+            # one tensor of counters, torch's dtype: a step counts for all params with one write
             plan.steps = torch.tensor(steps_taken, dtype=step_dtype)
+            if steps_taken.count(steps_taken[0]) == len(steps_taken):
+                plan.first_step = steps_taken[0]
             new_state = {id(p): new for p, new in plan.new_state}
             for i, (p, existing) in enumerate(zip(plan.params, plan.state_dicts)):
                 counter = plan.steps[i]
@@ -499,6 +511,7 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.watched_dicts.append(existing)
                     plan.watched_keys.append("step")
                     plan.watched_tensors.append(counter)
+        plan.state_keys = [*self.state, *self.state.values()]
         return plan
 
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
@@ -554,12 +567,16 @@ class _FusedStep(torch.optim.Optimizer):
     def _taken(self, plan: _Plan) -> None:
         """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
         if plan.steps is not None:
-            # through NumPy: torch's add_ on this tiny tensor costs ~90 us right after the kernel
-            # has evicted the caches (the dispatcher's code and data), NumPy's add ~25
+            # through NumPy: right after the kernel has evicted the caches, torch's add_ on this
+            # tiny tensor costs 60-80 us (the dispatcher's code and data), NumPy's add 12-17, and
+            # fill, which counts params that all took the same steps, 9-12 (best-median of 300)
             if plan.step_counts is None:
                 plan.step_counts = plan.steps.numpy()
-            np.add(plan.step_counts, 1, out=plan.step_counts)
             plan.taken += 1
+            if plan.first_step is not None:
+                plan.step_counts.fill(plan.first_step + plan.taken)
+            else:
+                np.add(plan.step_counts, 1, out=plan.step_counts)
         torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
         if plan.new_state:
             for p, new in plan.new_state:
