@@ -493,7 +493,9 @@ def run_parked_and_not(monkeypatch, fo, _omp, time):
     print("other threads' CPU in the 30 ms after a step (ms): parked", [s / 1e6 for s in spent[1]],
           "not parked", [s / 1e6 for s in spent[1 << 60]])
     assert len(parks) == 6
-    assert max(spent[1]) < 3e6  # measured <= 0.03 ms (not parked: up to 3.6 ms on a loaded machine)
+    # measured: parked <= 0.03 ms, not parked a median of 3-4 ms; the median, since on a loaded
+    # machine one 30 ms window in six once caught a worker that the OS had kept off the CPU
+    assert sorted(spent[1])[len(spent[1]) // 2] < 0.5e6
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
 
