@@ -12,23 +12,6 @@ namespace {
 
 // ---- forward ----------------------------------------------------------------------------------
 
-// Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
-// form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
-//   d      = x - shift                     (exact in T for x near the shift)
-//   mean_b = shift + sum(d) / n_b
-//   m2_b   = sum(d^2) - sum(d)^2 / n_b
-// The shift is the mean of the blocks merged so far, rounded to T; a group's first block
-// takes the mean of its first rows, at least kShiftSample elements of each channel (off by
-// ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
-// over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
-// subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
-// exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
-// still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
-// the sums over d can run in T (see RunSums) without losing the deviations; usually x is
-// read once.
-// (A function of T and Layout only: forward's ReLU and streaming variants share one copy.
-// The per-element lambdas capture by value: the compiler would otherwise reload every
-// captured pointer after each store.)
 // forward_statistics of a small channel (small_channel: the tile is one block): the same
 // shift (the mean of the first row, at least kShiftSample values) and the same sums, in one
 // go (see small_channel_sums).
@@ -57,6 +40,23 @@ Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
     return {n, static_cast<double>(shift) + sums[0] / n, std::max(0.0, sums[1] - sums[0] * (sums[0] / n))};
 }
 
+// Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
+// form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
+//   d      = x - shift                     (exact in T for x near the shift)
+//   mean_b = shift + sum(d) / n_b
+//   m2_b   = sum(d^2) - sum(d)^2 / n_b
+// The shift is the mean of the blocks merged so far, rounded to T; a group's first block
+// takes the mean of its first rows, at least kShiftSample elements of each channel (off by
+// ~1/sqrt(kShiftSample) standard deviations, which the check below tolerates; a sum pass
+// over the whole first block made (8, 512, 7, 7) forward 15% slower, (256, 1024) 16%). The
+// subtraction cancels only when the shift is far from the block's mean; when sum(d)^2 / n_b
+// exceeds half of sum(d^2) (the shift is more than ~1 standard deviation off) the block,
+// still in cache, is read again with shift = mean_b. Then m2_b loses at most one bit, and
+// the sums over d can run in T (see RunSums) without losing the deviations; usually x is
+// read once.
+// (A function of T and Layout only: forward's ReLU and streaming variants share one copy.
+// The per-element lambdas capture by value: the compiler would otherwise reload every
+// captured pointer after each store.)
 template <class T, class Layout>
 void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0, std::size_t b1, Moments* moments,
                         Scratch<T>& s) {
