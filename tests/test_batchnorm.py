@@ -48,6 +48,8 @@ LAYOUTS = [
     ((64, 2, 64, 72), 1),  # planar, few channels: 2 groups of blocks (the split path: >= 2^18 per channel)
     ((8, 64, 32, 20), -1),  # channels-last, 2 groups of blocks
     ((12000, 6), 1),  # columns, rows shorter than 256 bytes and not whole vectors: several blocks
+    ((8, 5, 7, 7), 1),  # planar, small channels summed in one go (a row tail each)
+    ((16, 3, 64), 1),  # planar, small channels of whole vectors
 ]
 
 
@@ -313,7 +315,7 @@ def test_gradients_by_finite_differences(isa, shape, axis, training, relu):
 
 
 @pytest.mark.parametrize("shape,axis", [((8, 3, 40, 40), 1), ((8, 3, 5, 5), 1), ((8, 20, 20, 3), -1),
-                                        ((3000, 3), 1)])
+                                        ((3000, 3), 1), ((8, 3, 7, 7), 1)])
 @pytest.mark.parametrize("mean", [1e4, 1e5, 1e6])
 def test_large_mean_float32(isa, shape, axis, mean):
     """std 1 around a large mean: y within 1e-4 of the float64 truth on the same float32 x
@@ -335,7 +337,8 @@ def test_large_mean_float32(isa, shape, axis, mean):
     assert rel_err(save_invstd, invstd_true) <= 1e-6
 
 
-@pytest.mark.parametrize("shape,axis", [((64, 3, 40, 40), 1), ((16384, 3, 2), 1), ((64, 40, 40, 3), -1)])
+@pytest.mark.parametrize("shape,axis", [((64, 3, 40, 40), 1), ((16384, 3, 2), 1), ((64, 40, 40, 3), -1),
+                                        ((8, 3, 7, 7), 1)])
 @pytest.mark.parametrize("trend", [1e-3, 1.0, 1e3])
 def test_drifting_mean_float32(isa, shape, axis, trend):
     """A mean that moves along the batch (sorted or drifting data): each block's shift, taken
@@ -399,6 +402,7 @@ def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
     ((48, 32, 32, 8), -1),  # channels-last, 3 groups
     ((16, 64, 64, 6), -1),  # channels-last, short rows that are not whole vectors, 3 groups
     ((64, 600), 1),  # columns, several tiles
+    ((8, 40, 7, 7), 1),  # planar, small channels summed in one go
 ])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bitwise_identical_for_any_thread_count(isa, threads, shape, axis, dtype):

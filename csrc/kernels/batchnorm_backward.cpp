@@ -28,14 +28,27 @@ void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_outp
                    const T* save_mean, std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
     const ReluMask mask = Option<MASK>::get(relu_mask);
     const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
+    auto term = [dy, x, relu_output, mask](auto v, std::size_t i, auto mean, auto* acc) {
+        using V = decltype(v);
+        V g = masked_grad<V>(dy, relu_output, mask, i);
+        acc[0] = acc[0] + g;
+        acc[1] = fmadd(g, V::load(x + i) - mean, acc[1]);
+    };
+    if constexpr (std::is_same_v<Layout, Planar>) {
+        if (small_channel<T>(p)) {  // b0 == 0, b1 == 1: the whole tile
+            double sum[2];
+            small_channel_sums<T, 2>(p, t, p.outer, [term, m = save_mean[c0]](auto v, std::size_t i, auto* acc) {
+                term(v, i, decltype(v)(m), acc);
+            }, sum);
+            sums[0] = {sum[0], sum[1]};
+            return;
+        }
+    }
     const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T>(p, false));
     for (std::size_t bi = b0; bi < b1; ++bi) {
         s.sums.assign(2 * nch, 0.0);
-        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [dy, x, relu_output, mask, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
-            using V = decltype(v);
-            V g = masked_grad<V>(dy, relu_output, mask, i);
-            acc[0] = acc[0] + g;
-            acc[1] = fmadd(g, V::load(x + i) - mean.at(v, col), acc[1]);
+        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [term, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+            term(v, i, mean.at(v, col), acc);
         }, s.sums.data(), s.acc);
         for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
     }

@@ -12,6 +12,34 @@ namespace {
 
 // ---- forward ----------------------------------------------------------------------------------
 
+// forward_statistics of a small channel (small_channel: the tile is one block): the same
+// shift (the mean of the first row, at least kShiftSample values) and the same sums, in one
+// go (see small_channel_sums).
+template <class T>
+Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
+    const double n = static_cast<double>(p.outer * p.inner);
+    double first_row;
+    small_channel_sums<T, 1>(p, t, 1, [x](auto v, std::size_t i, auto* acc) {
+        acc[0] = acc[0] + decltype(v)::load(x + i);
+    }, &first_row);
+    T shift = static_cast<T>(first_row / static_cast<double>(p.inner));
+    double sums[2];
+    auto deviation_sums = [&] {
+        small_channel_sums<T, 2>(p, t, p.outer, [x, shift](auto v, std::size_t i, auto* acc) {
+            using V = decltype(v);
+            V d = V::load(x + i) - V(shift);
+            acc[0] = acc[0] + d;
+            acc[1] = fmadd(d, d, acc[1]);
+        }, sums);
+    };
+    deviation_sums();
+    if (sums[0] * (sums[0] / n) > 0.5 * sums[1]) {
+        shift = static_cast<T>(static_cast<double>(shift) + sums[0] / n);
+        deviation_sums();
+    }
+    return {n, static_cast<double>(shift) + sums[0] / n, std::max(0.0, sums[1] - sums[0] * (sums[0] / n))};
+}
+
 // Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
 // form of the corrected two-pass algorithm (Chan, Golub & LeVeque), per channel:
 //   d      = x - shift                     (exact in T for x near the shift)
@@ -32,6 +60,12 @@ namespace {
 template <class T, class Layout>
 void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0, std::size_t b1, Moments* moments,
                         Scratch<T>& s) {
+    if constexpr (std::is_same_v<Layout, Planar>) {
+        if (small_channel<T>(p)) {  // b0 == 0, b1 == 1: the whole tile
+            moments[0] = small_channel_moments<T>(p, x, t);
+            return;
+        }
+    }
     const std::size_t nch = p.tile_nchannels(t);
     s.means.resize(nch);  // the shift of each channel
     for (std::size_t bi = b0; bi < b1; ++bi) {

@@ -202,6 +202,17 @@ void add_widened(V v, double* p) {
     }
 }
 
+// The lanes of v widened to double and added up (VD as in add_widened).
+template <class V, class VD = Vec<double>>
+double widened_sum(V v) {
+    if constexpr (V::size == 1)
+        return static_cast<double>(v.v);
+    else if constexpr (std::is_same_v<typename V::value_type, double>)
+        return reduce_add(v);
+    else
+        return reduce_add(VD::widen_low(v) + VD::widen_high(v));
+}
+
 // Sums of NS terms over the contiguous runs of a block. add_run(n, term): term(v, i, acc) adds
 // element i's terms (vectors V = decltype(v) of T) into acc[0 .. NS), for i in [0, n). Terms
 // are added in T by four independent accumulators (hiding the add latency), which are added
@@ -260,6 +271,43 @@ struct RunSums {
             for (double lane : lanes[s]) sums[s] += lane;
     }
 };
+
+// A planar tile (one channel) small enough to be summed in one go (small_channel): the sums
+// of NS terms over its rows in four vector accumulators of T and one Scalar<T> for the row
+// tails, widened into double once, at the end. No block, no double lanes in memory, no lane
+// by lane addition: for a 7x7 channel of 8 rows the block machinery (a sample pass, the
+// deviation pass, their merges) cost ~380 cycles more than the sums themselves. The lanes are
+// filled as RunSums fills them (a row's last vectors in different accumulators) and
+// small_channel admits only tiles where no lane of the four or of the tail holds more than
+// kSumLaneTerms terms: the same rounding bound. term(v, i, acc) as in RunSums, for the
+// elements i of the rows [0, rows) of tile t.
+template <class T>
+bool small_channel(const Plan& p) {
+    constexpr std::size_t W = Vec<T>::size, U = 4;
+    if (!p.planar || W == 1 || p.blocks_per_tile != 1 || p.groups != 1) return false;
+    return p.outer * ((p.inner / W + U - 1) / U) <= kSumLaneTerms && p.outer * (p.inner % W) <= kSumLaneTerms;
+}
+template <class T, std::size_t NS, class Term>
+void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
+    using V = Vec<T>;
+    constexpr std::size_t W = V::size, U = 4;
+    V acc[U][NS];
+    Scalar<T> tail[NS];
+    for (auto& a : acc)
+        for (auto& s : a) s = V(T(0));
+    for (auto& s : tail) s = Scalar<T>(T(0));
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::size_t row = r * p.row_len + p.tile_offset(t), end = row + p.inner;
+        std::size_t i = row;
+        for (; i + U * W <= end; i += U * W)
+            for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
+        for (std::size_t u = 0; u + 1 < U && i + W <= end; ++u, i += W) term(V{}, i, acc[u]);
+        for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+    }
+    for (std::size_t s = 0; s < NS; ++s) {
+        sums[s] = widened_sum((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s])) + static_cast<double>(tail[s].v);
+    }
+}
 
 // Streamed stores go the other way through memory when out is a little ahead of an input
 // modulo 4 KiB (as arrays from the heap often are): going forward, every load of that input
