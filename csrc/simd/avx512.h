@@ -175,7 +175,9 @@ inline void f16c_store(Vec<float> x, std::uint16_t* p) {
 // vfpclassps test) is left to convert.h's integer rounding, as is every vector on a CPU without
 // the instruction (checked once, when the module loads). The avx512 copy is compiled without
 // -mavx512bf16 (it runs on Skylake-X), so the instruction is written in assembly, which the
-// compiler does not check against the target. Returns false when it stored nothing.
+// compiler does not check against the target (GCC/Clang syntax: MSVC keeps the integer rounding).
+// Returns false when it stored nothing.
+#if defined(__GNUC__)
 #define FUSEDOPT_HAS_BF16_CVT 1
 inline const bool kHasAvx512Bf16 = [] {
     __builtin_cpu_init();
@@ -188,6 +190,7 @@ inline bool bf16_cvt_store(Vec<float> x, std::uint16_t* p) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     return true;
 }
+#endif
 
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt
