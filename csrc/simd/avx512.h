@@ -168,17 +168,6 @@ inline void f16c_store(Vec<float> x, std::uint16_t* p) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// float -> bfloat16 by adding `add` to the float's bits and keeping the high half (convert.h's
-// store_bf16_adding) for a vector without a NaN: the NaN lanes' own rounding costs five 512-bit
-// integer ops per vector, the vfpclassps test that skips it one. Returns false, having stored
-// nothing, for a vector with a NaN.
-#define FUSEDOPT_HAS_NAN_TEST 1
-inline bool bf16_store_adding_no_nan(Vec<float> x, Vec<std::uint32_t> add, std::uint16_t* p) {
-    if (_mm512_fpclass_ps_mask(x.v, 0x81) != 0) return false;  // 0x01 quiet NaN, 0x80 signaling NaN
-    ((as_uint(x) + add) >> 16).store_u16(p);
-    return true;
-}
-
 // float -> bfloat16 to nearest even by AVX512_BF16's vcvtneps2bf16 (Cooper Lake, Sapphire Rapids,
 // Zen 4), one instruction where the integer rounding of convert.h takes about ten 512-bit integer
 // ops. It gives convert.h's bits (NaN: quiet, same sign and top payload bits; inf and overflow as

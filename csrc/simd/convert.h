@@ -30,10 +30,6 @@ V load_bf16(const std::uint16_t* p) {
 // (inf needs no case of its own: inf + add < the next exponent, so the high half stays inf.)
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
-#ifdef FUSEDOPT_HAS_NAN_TEST
-    if constexpr (V::size > 1)
-        if (bf16_store_adding_no_nan(x, add, p)) return;
-#endif
     const U b = as_uint(x);
     select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), (b >> 16) | U(0x0040u), (b + add) >> 16).store_u16(p);
 }
