@@ -326,6 +326,17 @@ def test_bench_rows_and_table():
         bench_lowbit.rows(True, [0])
 
 
+def test_bench_times_foreign_steps_in_a_child_process():
+    """The optional 8-bit libraries are timed by a child process (here with torch's own fused
+    step, which _torch_step builds for any other library name): one (best, median) per thread count."""
+    pytest.importorskip("torch")
+    from fusedopt import bench_lowbit
+
+    times = bench_lowbit._foreign_times("torch", "adamw", "64K", [1, 2], quick=True)
+    assert sorted(times) == [1, 2]
+    assert all(0 < best <= median for best, median in times.values())
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd_momentum"])
 def test_fused_8bit_state_is_the_codec_around_the_fp32_update(isa, threads, optimizer):
     """An update over QuantizedState (the blockwise driver) gives the bits of: dequantize, the

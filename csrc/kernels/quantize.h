@@ -80,7 +80,7 @@ FUSEDOPT_INLINE V decode(UintVec<V> c, V scale) {
     using U = UintVec<V>;
     const U k = SIGNED ? c & U(0x7Fu) : c;
     U bits = select(cmpeq(k, U(0u)), U(0u), (k + U(quant::kOffset<SIGNED>)) << 20);
-    if constexpr (SIGNED) bits = bits | ((c & U(0x80u)) << 24);
+    if constexpr (SIGNED) bits = bits | ((c << 24) & U(0x80000000u));  // one vpternlogd with the or
     return as_float(bits) * scale;
 }
 

@@ -144,10 +144,16 @@ struct Vec<std::uint32_t> {
     friend Vec operator^(Vec a, Vec b) { return _mm512_xor_si512(a.v, b.v); }
     friend Vec operator>>(Vec a, int s) { return _mm512_srli_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec operator<<(Vec a, int s) { return _mm512_slli_epi32(a.v, static_cast<unsigned>(s)); }
-    friend Vec cmpgt(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpgt_epi32_mask(a.v, b.v)); }
-    friend Vec cmpeq(Vec a, Vec b) { return _mm512_movm_epi32(_mm512_cmpeq_epi32_mask(a.v, b.v)); }
+    // Compares give a mask register, not a vector of lane masks: select on it is one blend (or
+    // folds into the op that feeds it, as a zero-masked shift), where a vector mask costs a
+    // vpmovm2d and a vpternlogd on the two ports that every 512-bit integer op competes for.
+    struct Mask {
+        __mmask16 m;
+    };
+    friend Mask cmpgt(Vec a, Vec b) { return {_mm512_cmpgt_epi32_mask(a.v, b.v)}; }
+    friend Mask cmpeq(Vec a, Vec b) { return {_mm512_cmpeq_epi32_mask(a.v, b.v)}; }
     friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
-    friend Vec select(Vec mask, Vec a, Vec b) { return _mm512_ternarylogic_epi32(mask.v, a.v, b.v, 0xCA); }
+    friend Vec select(Mask mask, Vec a, Vec b) { return _mm512_mask_blend_epi32(mask.m, b.v, a.v); }
 };
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }
@@ -161,6 +167,30 @@ inline Vec<float> f16c_load(const std::uint16_t* p) {
 inline void f16c_store(Vec<float> x, std::uint16_t* p) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+
+// float -> bfloat16 to nearest even by AVX512_BF16's vcvtneps2bf16 (Cooper Lake, Sapphire Rapids,
+// Zen 4), one instruction where the integer rounding of convert.h takes about ten 512-bit integer
+// ops. It gives convert.h's bits (NaN: quiet, same sign and top payload bits; inf and overflow as
+// the integer add) but for fp32 subnormals, which it reads as zero: a vector with one (the
+// vfpclassps test) is left to convert.h's integer rounding, as is every vector on a CPU without
+// the instruction (checked once, when the module loads). The avx512 copy is compiled without
+// -mavx512bf16 (it runs on Skylake-X), so the instruction is written in assembly, which the
+// compiler does not check against the target (GCC/Clang syntax: MSVC keeps the integer rounding).
+// Returns false when it stored nothing.
+#if defined(__GNUC__)
+#define FUSEDOPT_HAS_BF16_CVT 1
+inline const bool kHasAvx512Bf16 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+}();
+inline bool bf16_cvt_store(Vec<float> x, std::uint16_t* p) {
+    if (!kHasAvx512Bf16 || _mm512_fpclass_ps_mask(x.v, 0x20) != 0) return false;  // 0x20: subnormal
+    __m256i h;
+    asm("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(x.v));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+    return true;
+}
+#endif
 
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

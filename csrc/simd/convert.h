@@ -3,8 +3,9 @@
 // each ISA (Vec<std::uint32_t> / Scalar<std::uint32_t>). Every ISA gives the same bits: the
 // integer routines are exact by construction, and the F16C/AVX-512F float16 conversions the
 // x86 paths use round to nearest even with subnormals kept, as the integer routine does
-// (tests/test_mixed_precision.py compares them). AVX-512 BF16's vcvtneps2bf16 is not used:
-// it flushes subnormals to zero, which the other ISAs would have to imitate.
+// (tests/test_mixed_precision.py compares them). AVX-512 BF16's vcvtneps2bf16, where the CPU
+// has it, rounds the vectors without an fp32 subnormal (which it would flush to zero; see
+// avx512.h's bf16_cvt_store): the same bits.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -35,6 +36,10 @@ void store_bf16_adding(V x, U add, std::uint16_t* p) {
 
 template <class V>
 void store_bf16(V x, std::uint16_t* p) {
+#ifdef FUSEDOPT_HAS_BF16_CVT
+    if constexpr (V::size > 1)
+        if (bf16_cvt_store(x, p)) return;
+#endif
     using U = UintVec<V>;
     store_bf16_adding(x, U(0x7FFFu) + ((as_uint(x) >> 16) & U(1u)), p);
 }

@@ -13,7 +13,13 @@ at 64K, 1M and 16M params and over ResNet-50's 161 tensors, each beside
       arrays (the probe cannot mix dtypes; the 8-bit scales' 4 bytes per 256 params are left out);
     - torch's fused fp32 step and torch's fused step on bf16 params (bf16 state, as torch keeps it),
     - for AdamW, when installed (optional; never a dependency): bitsandbytes' AdamW8bit and
-      torchao's AdamW8bit on the same fp32 tensors.
+      torchao's AdamW8bit on the same fp32 tensors, each timed in a child process of its own
+      (python -m fusedopt.bench_lowbit --foreign LIBRARY:OPTIMIZER:SIZE), so that neither shares
+      a process with the torch and fusedopt steps it is compared with: bitsandbytes' CPU library
+      brings a second OpenMP runtime (the system libgomp, beside torch's own, and not bound by
+      torch.set_num_threads) and torchao its torch.compile'd kernels. With both in the process, an
+      idle full run's torch fused fp32 AdamW column came out ~3x a standalone timing (85 vs 28-30
+      ms at 16M, 0.38 vs 0.16 ms at 64K, 1 thread) while fusedopt's columns matched the main bench.
 Every implementation of a case is timed in interleaved batches (one batch of each in turn, then
 again), best and median of the repeats; the table shows ratios of best times from one run.
 A mode whose call raises TypeError (a keyword or dtype this build does not take yet) is listed
@@ -27,8 +33,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -235,9 +244,11 @@ def _step_rows(optimizer: str, size: str, threads: Sequence[int], quick: bool) -
         problems[mode.name] = problem
     others: dict[str, Fn | None] = {"torch fp32": _torch_step(optimizer, shapes, "float32"),
                                     "torch bf16": _torch_step(optimizer, shapes, "bfloat16")}
+    foreign: dict[str, dict[int, tuple[float, float]]] = {}
     if optimizer == "adamw":
-        for library in ("bitsandbytes", "torchao"):
-            others[library] = _torch_step(optimizer, shapes, "float32", library) if _have(library) else None
+        for library in FOREIGN:
+            if _have(library):
+                foreign[library] = _foreign_times(library, optimizer, size, threads, quick)
     rows = []
     for t in threads:
         _set_threads(t)
@@ -260,8 +271,42 @@ def _step_rows(optimizer: str, size: str, threads: Sequence[int], quick: bool) -
                 row["probe_s"], row["probe_median_s"] = timed[mode.name + " probe"]
             for name in others:
                 row[f"{name}_s"], row[f"{name}_median_s"] = timed.get(name, (None, None))
+            for library, times in foreign.items():
+                row[f"{library}_s"], row[f"{library}_median_s"] = times.get(t, (None, None))
             rows.append(row)
     return rows
+
+
+FOREIGN = ("bitsandbytes", "torchao")  # the optional 8-bit AdamWs, each timed in a child process
+
+
+def _foreign_times(library: str, optimizer: str, size: str, threads: Sequence[int],
+                   quick: bool) -> dict[int, tuple[float, float]]:
+    """threads -> (best, median) seconds of `library`'s step, timed by a child process of this
+    module (see the module's docstring for why); {} when the library refuses or the child fails."""
+    cmd = [sys.executable, "-m", "fusedopt.bench_lowbit", "--foreign", f"{library}:{optimizer}:{size}",
+           "--threads", ",".join(map(str, threads))] + (["--quick"] if quick else [])
+    # the child imports this fusedopt, wherever the parent found it
+    path = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__))),
+                            os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, check=False)
+    if done.returncode != 0:
+        print(f"  {library} {optimizer} {size}: child failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+        return {}
+    times: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {int(t): (best, median) for t, (best, median) in times.items()}
+
+
+def _foreign_child(spec: str, threads: Sequence[int], quick: bool) -> None:
+    """The child of _foreign_times: prints {threads: [best, median]} as one JSON line."""
+    library, optimizer, size = spec.split(":")
+    step = _torch_step(optimizer, _shapes(size), "float32", library)
+    out: dict[int, tuple[float, float]] = {}
+    if step is not None:
+        for t in threads:
+            _set_threads(t)
+            out[t] = _interleaved({library: step}, 0.02 if quick else 0.15, 3 if quick else 5)[library]
+    print(json.dumps(out))
 
 
 def _codec_rows(threads: Sequence[int], quick: bool) -> list[Row]:
@@ -373,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated sizes of 64K,1M,16M,resnet50 (default: all)")
     parser.add_argument("--optimizers", default=None, help="comma-separated of " + ",".join(OPTIMIZERS))
     parser.add_argument("--no-codec", action="store_true", help="skip the codec rows")
+    parser.add_argument("--foreign", default=None, help=argparse.SUPPRESS)  # LIBRARY:OPTIMIZER:SIZE, see _foreign_times
     args = parser.parse_args(argv)
     if args.threads is None:
         threads = sorted({1, fusedopt.get_num_threads()})
@@ -383,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--threads takes comma-separated integers, got {args.threads!r}")
         if any(t < 1 for t in threads):
             parser.error("--threads: counts must be >= 1")
+    if args.foreign:
+        _foreign_child(args.foreign, threads, args.quick)
+        return
     print(f"fusedopt {fusedopt.__version__}, ISA {fusedopt.isa()}, threads {threads}", file=sys.stderr)
     try:
         result = rows(args.quick, threads, args.sizes.split(",") if args.sizes else None,
@@ -391,8 +440,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(e))
     print(table(result))
     if args.json:
-        import json
-
         with open(args.json, "w") as f:
             json.dump({"lowbit_rows": result}, f, indent=1)
 
