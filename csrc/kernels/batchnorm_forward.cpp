@@ -12,6 +12,17 @@ namespace {
 
 // ---- forward ----------------------------------------------------------------------------------
 
+// The moments of count values from the sums of their deviations from shift, d = x - shift:
+//   mean = shift + sum(d) / count,   M2 = sum(d^2) - sum(d)^2 / count
+inline Moments shifted_moments(double count, double shift, double sum_d, double sum_d2) {
+    return {count, shift + sum_d / count, std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
+}
+// A shift so far from the mean that sum(d)^2 / count, subtracted, would cancel more than half of
+// sum(d^2): the sums are taken again around the mean they gave.
+inline bool shift_too_far(double count, double sum_d, double sum_d2) {
+    return sum_d * (sum_d / count) > 0.5 * sum_d2;
+}
+
 // forward_statistics of a small channel (small_channel: the tile is one block): the same
 // shift (the mean of the first row, at least kShiftSample values) and the same sums, in one
 // go (see small_channel_sums).
@@ -33,11 +44,11 @@ Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
         }, sums);
     };
     deviation_sums();
-    if (sums[0] * (sums[0] / n) > 0.5 * sums[1]) {
+    if (shift_too_far(n, sums[0], sums[1])) {
         shift = static_cast<T>(static_cast<double>(shift) + sums[0] / n);
         deviation_sums();
     }
-    return {n, static_cast<double>(shift) + sums[0] / n, std::max(0.0, sums[1] - sums[0] * (sums[0] / n))};
+    return shifted_moments(n, static_cast<double>(shift), sums[0], sums[1]);
 }
 
 // Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
@@ -104,7 +115,7 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
         bool reshift = false;
         for (std::size_t c = 0; c < nch; ++c) {
             const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-            if (sum_d * (sum_d / count) > 0.5 * sum_d2) {
+            if (shift_too_far(count, sum_d, sum_d2)) {
                 reshift = true;
                 s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d / count);
             }
@@ -114,9 +125,8 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
         const double ratio = count / (moments[0].n + count), cross = moments[0].n * ratio;
         for (std::size_t c = 0; c < nch; ++c) {
             const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
-            const Moments block{count, static_cast<double>(s.means[c]) + sum_d / count,
-                                std::max(0.0, sum_d2 - sum_d * (sum_d / count))};
-            moments[c] = merge(moments[c], block, ratio, cross);
+            moments[c] = merge(moments[c], shifted_moments(count, static_cast<double>(s.means[c]), sum_d, sum_d2),
+                               ratio, cross);
         }
     }
 }

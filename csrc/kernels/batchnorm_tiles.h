@@ -244,7 +244,7 @@ struct RunSums {
     }
     void widen() {
         for (std::size_t s = 0; s < NS; ++s) {
-            add_widened((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]), lanes[s]);
+            add_widened(combined(s), lanes[s]);
             lanes[s][0] += static_cast<double>(tail[s].v);
         }
         clear();
@@ -258,13 +258,21 @@ struct RunSums {
             if (vector_terms + vectors > kSumLaneTerms || tail_terms + tails > kSumLaneTerms) widen();
             vector_terms += vectors;
             tail_terms += tails;
-            std::size_t i = begin;
-            for (; i + U * W <= end; i += U * W)
-                for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
-            for (std::size_t u = 0; u + 1 < U && i + W <= end; ++u, i += W) term(V{}, i, acc[u]);
-            for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+            add_elements(begin, end, term, acc, tail);
         }
     }
+    // term for the elements [begin, end) into the four accumulators and the tail: whole groups
+    // of four vectors, then the last vectors in different accumulators, then one at a time
+    template <class Term>
+    static void add_elements(std::size_t begin, std::size_t end, Term& term, V (&acc)[U][NS], Scalar<T> (&tail)[NS]) {
+        std::size_t i = begin;
+        for (; i + U * W <= end; i += U * W)
+            for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
+        for (std::size_t u = 0; u + 1 < U && i + W <= end; ++u, i += W) term(V{}, i, acc[u]);
+        for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+    }
+    // the four accumulators of term s, added pairwise
+    V combined(std::size_t s) const { return (acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]); }
     void add_to(double* sums) {
         widen();
         for (std::size_t s = 0; s < NS; ++s)
@@ -289,24 +297,12 @@ bool small_channel(const Plan& p) {
 }
 template <class T, std::size_t NS, class Term>
 void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
-    using V = Vec<T>;
-    constexpr std::size_t W = V::size, U = 4;
-    V acc[U][NS];
-    Scalar<T> tail[NS];
-    for (auto& a : acc)
-        for (auto& s : a) s = V(T(0));
-    for (auto& s : tail) s = Scalar<T>(T(0));
-    for (std::size_t r = 0; r < rows; ++r) {
-        const std::size_t row = r * p.row_len + p.tile_offset(t), end = row + p.inner;
-        std::size_t i = row;
-        for (; i + U * W <= end; i += U * W)
-            for (std::size_t u = 0; u < U; ++u) term(V{}, i + u * W, acc[u]);
-        for (std::size_t u = 0; u + 1 < U && i + W <= end; ++u, i += W) term(V{}, i, acc[u]);
-        for (; i < end; ++i) term(Scalar<T>{}, i, tail);
+    RunSums<T, NS> r;  // only its accumulators: small_channel bounds the terms per lane
+    for (std::size_t row = 0; row < rows; ++row) {
+        const std::size_t begin = row * p.row_len + p.tile_offset(t);
+        RunSums<T, NS>::add_elements(begin, begin + p.inner, term, r.acc, r.tail);
     }
-    for (std::size_t s = 0; s < NS; ++s) {
-        sums[s] = widened_sum((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s])) + static_cast<double>(tail[s].v);
-    }
+    for (std::size_t s = 0; s < NS; ++s) sums[s] = widened_sum(r.combined(s)) + static_cast<double>(r.tail[s].v);
 }
 
 // Streamed stores go the other way through memory when out is a little ahead of an input
