@@ -635,9 +635,12 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     cases = [((4, 3, 5, 6), 1, "NCHW"), ((4, 5, 6, 3), -1, "NHWC")]
     monkeypatch.setattr(bench, "_BATCHNORM_CASES", cases)
     rows = bench.rows(True, [1])
-    assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC"]
+    assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC",
+                                         "network 3x (1x1 conv + BN + ReLU) 2x8x8x8 NCHW"]
     for r in rows:
-        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in bench.IMPLEMENTATIONS)
+        names = bench.IMPLEMENTATIONS if r["case"].startswith("batchnorm") else ("torch", "module")
+        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in names)
+        assert r["case"].startswith("batchnorm") or "bare_best_s" not in r
     assert bench.table(rows).count("\n") == 1 + len(rows)
     case = bench.Case((4, 5, 6, 3), -1)
     case.step("bare")()
@@ -645,3 +648,11 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     x = case.x["module"]
     assert x.is_contiguous(memory_format=torch.channels_last) and x.grad is not None
     assert rel_err(case.dx, x.grad) <= TOL_TORCH
+    case.step("pooled")()
+    assert rel_err(torch.from_numpy(case.held_dx), x.grad.permute(0, 2, 3, 1)) <= TOL_TORCH
+    # the network's two models compute the same thing
+    network = bench.Network(True)
+    for name in network.models:
+        network.step(name)()
+    grads = [[p.grad for p in m.parameters()] for m in network.models.values()]
+    assert all(a is not None and b is not None and rel_err(a, b) <= TOL_TORCH for a, b in zip(*grads))
