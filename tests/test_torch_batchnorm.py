@@ -636,7 +636,7 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     monkeypatch.setattr(bench, "_BATCHNORM_CASES", cases)
     rows = bench.rows(True, [1])
     assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC",
-                                         "network 3x (1x1 conv + BN + ReLU) 2x8x8x8 NCHW"]
+                                         "network 3x (1x1 conv + BN + ReLU) 2x8x8x8 NHWC"]
     for r in rows:
         names = bench.IMPLEMENTATIONS if r["case"].startswith("batchnorm") else ("torch", "module")
         assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in names)

@@ -15,7 +15,7 @@ part that is not the outputs' memory. channels-last cases (NHWC) run on torch.ch
 tensors.
 
 A last row per thread count times a small network instead of one layer: three 1x1 conv +
-batch norm + ReLU layers (NETWORK), forward + backward of a loss, torch.nn.BatchNorm2d against
+batch norm + ReLU layers (NETWORK, channels_last), forward + backward of a loss, torch.nn.BatchNorm2d against
 fusedopt's BatchNorm2d (torch and module columns only): every layer's activations are alive at
 once between the forward and the backward, as in training.
 
@@ -43,7 +43,7 @@ from .batchnorm import BatchNorm1d, BatchNorm2d
 
 IMPLEMENTATIONS = ("torch", "module", "bare", "pooled")
 # the network row: (N, C, H, W) of its input and of each layer, layers
-NETWORK = ((16, 64, 56, 56), 3)
+NETWORK = ((8, 64, 56, 56), 3)
 
 
 class Case:
@@ -118,12 +118,13 @@ class Network:
             shape = (2, 8, 8, 8)
         torch.manual_seed(0)
         C = shape[1]
-        self.x = torch.randn(shape)
+        self.x = torch.randn(shape).to(memory_format=torch.channels_last)  # oneDNN's convolutions' layout
         self.models = {}
         for name, bn in (("torch", torch.nn.BatchNorm2d), ("module", BatchNorm2d)):
             torch.manual_seed(1)  # the same convolutions in both
             self.models[name] = torch.nn.Sequential(*(m for _ in range(layers) for m in (
-                torch.nn.Conv2d(C, C, 1, bias=False), bn(C), torch.nn.ReLU(inplace=True))))
+                torch.nn.Conv2d(C, C, 1, bias=False), bn(C), torch.nn.ReLU(inplace=True)))).to(
+                memory_format=torch.channels_last)
 
     def step(self, name: str) -> Callable[[], None]:
         model, x = self.models[name], self.x
@@ -155,7 +156,7 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
                     row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
                 out.append(row)
         network = Network(quick)
-        label = f"network {NETWORK[1]}x (1x1 conv + BN + ReLU) {'x'.join(map(str, network.x.shape))} NCHW"
+        label = f"network {NETWORK[1]}x (1x1 conv + BN + ReLU) {'x'.join(map(str, network.x.shape))} NHWC"
         for n in threads:
             set_threads(n)
             times = time_interleaved({name: network.step(name) for name in network.models}, min_batch, repeats)
