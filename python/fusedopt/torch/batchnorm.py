@@ -18,27 +18,27 @@ dtype. The input is used in its own memory layout without a copy: contiguous (N,
 the channel axis 1, or channels-last (torch.channels_last, channels_last_3d, or any (N, C, L...)
 whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with axis -1; the
 output and the input's gradient are in that same layout. An input in any other layout is copied
-to a contiguous one first.
-
-Memory: the output and the input's gradient are the kernels' own outputs (batchnorm_forward and
-batchnorm_backward without out=) as tensors on the same memory (torch.from_numpy). Those of 64 KiB
-or more come from fusedopt's output pool, which takes a buffer back when the last tensor, array or
-view using it dies and hands it to the next output of the same size: a training loop's steps run
-on memory already faulted in, instead of first-touch page faults on fresh memory every step. The
-pool holds at most the largest total of such outputs that were alive at once (one per batch-norm
-layer between its forward and backward, plus the gradients in flight); idle, those bytes stay
-kept for the next step until fusedopt.batchnorm.release_output_buffers() frees them. Every other call (CUDA, half precision, mixed dtypes,
-empty input, tensor subclasses with __torch_function__, mismatched shapes) is handed to
+to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
+tensor subclasses with __torch_function__, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
+
+Memory: the output and the input's gradient are the kernels' own outputs (batchnorm_forward and
+batchnorm_backward without out=) as tensors on the same memory (torch.from_numpy). Those of 64
+KiB or more come from fusedopt's output pool, which takes a buffer back when the last tensor,
+array or view using it dies and hands it to the next output of the same size: a training loop's
+steps run on memory already faulted in, instead of first-touch page faults on fresh memory every
+step. The pool holds at most the largest total of such outputs that were alive at once (one per
+batch-norm layer between its forward and backward, plus the gradients in flight); idle, those
+bytes stay kept for the next step until fusedopt.batchnorm.release_output_buffers() frees them.
 
 Differences from torch: the backward is once-differentiable (no double backward: torch raises
 a clear RuntimeError if it is attempted); it computes the input's gradient even when only
 weight and bias need theirs (one pass of the kernel writes all three; None is returned for what
 was not asked for); and a 3-d (N, C, L) input whose memory is (N, L, C) gives an output in that
 layout too (torch has no memory format for 3-d tensors and returns a contiguous one); the output
-and the input's gradient have storage that cannot be resized (resize_ raises, as on any tensor
-made by torch.from_numpy).
+and the input's gradient have storage that cannot grow (resize_ to more elements raises, as on
+any tensor made by torch.from_numpy).
 """
 from __future__ import annotations
 
