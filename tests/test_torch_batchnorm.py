@@ -597,6 +597,23 @@ def test_pooled_outputs_in_the_input_layout_and_usable_in_place(layout: str) -> 
     assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
 
 
+def test_saved_tensors_are_version_checked() -> None:
+    """The pooled output saved for the backward (BatchNormReLU2d's y) and the input are
+    version-checked as torch's own saved tensors are: modified in place after the forward, the
+    backward raises torch's error instead of using changed values."""
+    gen = torch.Generator().manual_seed(14)
+    leaf = torch.randn(POOLED, generator=gen, requires_grad=True)
+    y = BatchNormReLU2d(8)(leaf)
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(torch.ones_like(y))
+    x = leaf * 1  # not a leaf: may be modified in place
+    y = BatchNorm2d(8)(x)
+    x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(torch.ones_like(y))
+
+
 def test_training_loop_memory_stays_within_the_pool_bound() -> None:
     """Three conv + BN + ReLU layers trained for a few steps: every step after the first runs on
     the pool's buffers (no new memory), the pool never holds more than its high-water mark, and
