@@ -10,11 +10,14 @@
 #include <sys/mman.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <iterator>
 #include <new>
 #include <optional>
 #include <string>
@@ -120,38 +123,66 @@ void check_no_overlap(const std::vector<Named>& arrays) {
     }
 }
 
-// Outputs the call allocates (no out=) of kStreamMinBytes or more come from buffers that
-// earlier such outputs gave back when they were freed. A fresh allocation that large is often a
-// new mapping (glibc maps anything over 32 MiB afresh on every malloc, and unmaps it on free),
-// whose every page the kernel faults in and zeroes at the first write: measured (128, 64, 32,
-// 32) float forward, 33.5 MB, 1 thread, thread CPU time: +147-171% without out= against with
-// it. Training steps repeat their shapes, so a buffer of the exact size that the previous
-// step's output freed serves the next one. At most kPoolBuffers buffers are kept (the oldest
-// freed first); an output is given back only when its array and every view of it are gone.
+// Outputs the call allocates (no out=) of kPoolMinBytes or more come from buffers that earlier
+// such outputs gave back when their last reference died (the array, any view of it, a torch
+// tensor made by torch.from_numpy). A fresh allocation that large is often memory the process
+// has not touched since the allocator took it from the system (glibc maps blocks over its mmap
+// threshold afresh and unmaps them on free, and gives back the free top of its heap), whose
+// every 4 KiB page the kernel faults in and zeroes at the first write: ~1 us a page on this
+// KVM guest, measured (128, 64, 32, 32) float forward, 33.5 MB, 1 thread, thread CPU time:
+// +147-171% without out= against with it. Training steps repeat their shapes, so a buffer of
+// the exact size that an earlier step's output freed serves the next one.
+//
+// Bound: a network keeps one output per batch-norm layer alive from its forward to its
+// backward, so the pool keeps what its outputs needed at once and no more: the memory it holds
+// (outputs in use + freed buffers kept) never exceeds the largest total of its outputs that
+// were in use at the same time (high_water). Idle, it holds at most high_water bytes of freed
+// buffers; release() frees them (the oldest freed are also the first dropped when a new size
+// needs room).
 class OutputPool {
   public:
-    static constexpr std::size_t kPoolBuffers = 2, kAlign = 64;
+    static constexpr std::size_t kAlign = 64;
     static OutputPool& get() {
         static OutputPool* pool = new OutputPool;  // never destroyed: arrays may outlive the module
         return *pool;
     }
     void* take(std::size_t bytes) {
+        std::vector<void*> dropped;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            for (auto it = free_.begin(); it != free_.end(); ++it) {
+            // the most recently freed buffer of this size: the likeliest to be still in cache
+            for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
                 if (it->bytes != bytes) continue;
                 void* p = it->ptr;
-                free_.erase(it);
+                free_.erase(std::next(it).base());
+                free_bytes_ -= bytes;
+                live_bytes_ += bytes;
                 return p;
             }
+            // a new buffer: first drop the oldest freed ones while the total would pass high_water
+            const std::size_t limit = std::max(high_water_, live_bytes_ + bytes);
+            std::size_t n = 0;
+            while (n < free_.size() && live_bytes_ + free_bytes_ + bytes > limit) {
+                dropped.push_back(free_[n].ptr);
+                free_bytes_ -= free_[n].bytes;
+                ++n;
+            }
+            free_.erase(free_.begin(), free_.begin() + static_cast<std::ptrdiff_t>(n));
+            live_bytes_ += bytes;  // counted before the allocation, so that a failure undoes it below
+            high_water_ = std::max(high_water_, live_bytes_);
         }
+        for (void* p : dropped) std::free(p);
         void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
-        if (!p) throw std::bad_alloc();
+        if (!p) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            live_bytes_ -= bytes;
+            throw std::bad_alloc();
+        }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
         // transparent huge pages where the system gives them on request, as numpy asks for its
         // own arrays of 4 MiB or more (fewer TLB misses on a pass over the array)
         const std::uintptr_t page = 4096, start = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
-        if (start < reinterpret_cast<std::uintptr_t>(p) + bytes)
+        if (bytes >= (std::size_t(4) << 20) && start < reinterpret_cast<std::uintptr_t>(p) + bytes)
             madvise(reinterpret_cast<void*>(start), reinterpret_cast<std::uintptr_t>(p) + bytes - start, MADV_HUGEPAGE);
 #endif
         return p;
@@ -159,10 +190,30 @@ class OutputPool {
     void give_back(void* p, std::size_t bytes) {
         std::lock_guard<std::mutex> lock(mutex_);
         free_.push_back({p, bytes});
-        if (free_.size() > kPoolBuffers) {
-            std::free(free_.front().ptr);
-            free_.erase(free_.begin());
+        live_bytes_ -= bytes;
+        free_bytes_ += bytes;
+    }
+    // Frees every buffer kept and starts high_water again from the outputs in use; returns the
+    // bytes freed.
+    std::size_t release() {
+        std::vector<Buffer> dropped;
+        std::size_t bytes;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            dropped.swap(free_);
+            bytes = free_bytes_;
+            free_bytes_ = 0;
+            high_water_ = live_bytes_;
         }
+        for (const Buffer& b : dropped) std::free(b.ptr);
+        return bytes;
+    }
+    struct Stats {
+        std::size_t live_bytes, free_bytes, free_buffers, high_water;
+    };
+    Stats stats() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return {live_bytes_, free_bytes_, free_.size(), high_water_};
     }
 
   private:
@@ -171,13 +222,23 @@ class OutputPool {
         std::size_t bytes;
     };
     std::mutex mutex_;
-    std::vector<Buffer> free_;
+    std::vector<Buffer> free_;  // oldest freed first
+    std::size_t live_bytes_ = 0, free_bytes_ = 0, high_water_ = 0;
 };
+
+// Outputs below this come from NumPy's allocator (malloc). Measured on the 2-core KVM guest
+// (two arrays alive at once, allocated, filled, freed, repeated; minor faults per call, thread
+// CPU): up to 128 KiB malloc's free lists hand back memory already touched (0 faults); from 256
+// KiB on, a fresh array faulted in every page on every call in a NumPy-only process (256 KiB:
+// 102 us against 14 us refilling a kept array; 1 MiB: 520 against 102) and none after torch
+// was imported: it depends on what the heap went through before, which a pool does not. A pool
+// entry costs about a microsecond (capsule, lock); 64 KiB is 16 pages, 4 us to fill.
+constexpr std::size_t kPoolMinBytes = std::size_t(64) << 10;
 
 py::array new_like(const py::array& x) {
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     const auto bytes = static_cast<std::size_t>(x.nbytes());
-    if (bytes < kStreamMinBytes) return py::array(x.dtype(), shape);
+    if (bytes < kPoolMinBytes) return py::array(x.dtype(), shape);
     struct Owned {
         void* ptr;
         std::size_t bytes;
@@ -338,6 +399,17 @@ void bind_batchnorm(py::module_& m) {
     m.def("batchnorm_backward", &batchnorm_backward,
           "(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out) -> (dx, dweight, dbias); "
           "see fusedopt.batchnorm.batchnorm_backward");
+    m.def("output_pool_release", [] { return OutputPool::get().release(); },
+          "Frees the batch-norm output buffers kept for reuse; returns the bytes freed.");
+    m.def("output_pool_stats", [] {
+        const OutputPool::Stats s = OutputPool::get().stats();
+        py::dict d;
+        d["live_bytes"] = s.live_bytes;
+        d["free_bytes"] = s.free_bytes;
+        d["free_buffers"] = s.free_buffers;
+        d["high_water"] = s.high_water;
+        return d;
+    }, "The batch-norm output pool: bytes in use, bytes and buffers kept freed, high_water.");
 }
 
 }  // namespace fusedopt

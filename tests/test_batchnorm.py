@@ -15,6 +15,8 @@ Tolerances (err = max|got - want| / max(1, max|want|), want computed in float64)
            relative to the sums of absolute values (abs_sums).
 The stability tests use the issue's absolute bound (1e-4) on y; the measured error is ~7e-7.
 """
+import gc
+
 import numpy as np
 import pytest
 
@@ -209,15 +211,15 @@ def test_out_arguments_are_written_and_returned():
     assert np.array_equal(dx_out, batchnorm_backward(dy, x, weight, save_mean, save_invstd)[0])
 
 
-def test_large_fresh_outputs_never_reuse_live_memory():
-    """Outputs of 8 MB or more made without out= come from the buffers of freed earlier outputs
+@pytest.mark.parametrize("shape", [(4, 8, 256, 256), (2, 4, 64, 32)], ids=["8MiB", "64KiB"])
+def test_large_fresh_outputs_never_reuse_live_memory(shape):
+    """Outputs of 64 KiB or more made without out= come from the buffers of freed earlier outputs
     of the same size (bindings_batchnorm.cpp): one still alive, even only through a view, is
     never handed out again, and every fresh output holds what out= gets."""
-    shape = (4, 8, 256, 256)  # 8 MiB of float32: the smallest size that is pooled
     x1, weight, bias, _, _, dy = make_case(shape, 1, np.float32, seed=5)
     x2 = make_case(shape, 1, np.float32, seed=6)[0]
     outputs = []
-    for _ in range(4):  # more outputs alive than the pool keeps buffers
+    for _ in range(4):  # several outputs alive while freed ones are reused
         y, save_mean, save_invstd = batchnorm_forward(x1, weight, bias)
         dx, _, _ = batchnorm_backward(dy, x1, weight, save_mean, save_invstd)
         outputs += [y[1:], dx[:, 2:]]  # views: the arrays themselves are dropped
@@ -233,6 +235,43 @@ def test_large_fresh_outputs_never_reuse_live_memory():
         del y2, dx2
     for k in range(0, len(outputs), 2):
         assert np.array_equal(outputs[k], y_want[1:]) and np.array_equal(outputs[k + 1], dx_want[:, 2:])
+
+
+def test_output_pool_reuses_and_is_bounded_by_its_high_water():
+    """The pool hands a freed buffer to the next output of its size (the same memory, no new
+    one), never holds more than the most its outputs had alive at once, and
+    release_output_buffers frees what it keeps."""
+    from fusedopt.batchnorm import output_buffer_stats, release_output_buffers
+
+    x, weight, bias, _, _, dy = make_case((4, 8, 32, 32), 1, np.float32)  # 128 KiB: pooled
+    small = make_case((2, 3, 4, 5), 1, np.float32)[0]  # 480 bytes: NumPy's allocator
+    gc.collect()  # outputs of earlier tests in reference cycles: freed now, not during the test
+    release_output_buffers()
+    base = output_buffer_stats()
+    assert base["free_bytes"] == base["free_buffers"] == 0 and base["high_water"] == base["live_bytes"]
+    ys = [batchnorm_forward(x, weight, bias)[0] for _ in range(3)]  # three alive at once (a 3-layer net)
+    assert output_buffer_stats()["live_bytes"] - base["live_bytes"] == 3 * x.nbytes
+    pointers = {y.ctypes.data for y in ys}
+    del ys
+    stats = output_buffer_stats()
+    assert stats["free_bytes"] == 3 * x.nbytes and stats["high_water"] == base["live_bytes"] + 3 * x.nbytes
+    for _ in range(5):  # the next steps reuse those buffers: no new memory
+        again = [batchnorm_forward(x, weight, bias)[0] for _ in range(3)]
+        assert {y.ctypes.data for y in again} == pointers
+        del again
+    assert output_buffer_stats() == stats
+    batchnorm_forward(small, None, None)  # below the pool's size: not counted
+    assert output_buffer_stats() == stats
+    # another size: the oldest freed buffers make room, the total stays within high_water
+    x2 = make_case((4, 8, 32, 64), 1, np.float32)[0]  # 2x the size
+    y2 = batchnorm_forward(x2, None, None)[0]
+    stats2 = output_buffer_stats()
+    assert stats2["high_water"] == stats["high_water"]
+    assert stats2["live_bytes"] + stats2["free_bytes"] <= stats2["high_water"]
+    assert stats2["free_bytes"] == x.nbytes and stats2["free_buffers"] == 1
+    del y2
+    assert release_output_buffers() == x.nbytes + x2.nbytes
+    assert output_buffer_stats() == base
 
 
 def test_axis_spellings_agree():

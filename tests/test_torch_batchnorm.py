@@ -82,15 +82,17 @@ def torch_single_thread() -> Any:
 @pytest.fixture
 def spy(monkeypatch: Any) -> list[dict[str, Any]]:
     """Records each kernel call the modules make: which function, axis, and the data pointers of
-    x and out (NumPy views: to show that no copy of the input was made)."""
+    x and of the output the kernel wrote (NumPy views: to show that no copy of the input was made
+    and that the module returns the kernel's output itself)."""
     calls: list[dict[str, Any]] = []
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def spied(*args: Any, **kwargs: Any) -> Any:
             x = args[1] if name == "backward" else args[0]
+            result = fn(*args, **kwargs)
             calls.append({"fn": name, "axis": kwargs["axis"], "x_ptr": x.ctypes.data,
-                          "out_ptr": kwargs["out"].ctypes.data})
-            return fn(*args, **kwargs)
+                          "out_ptr": result[0].ctypes.data})
+            return result
         return spied
 
     monkeypatch.setattr(fbn, "batchnorm_forward", wrap("forward", fbn.batchnorm_forward))
@@ -531,6 +533,117 @@ def test_module_in_a_model_trains_like_torch(isa: str) -> None:
         assert rel_err(a, b) <= 1e-5, name  # 5 steps of a network: 2x the one-layer tolerance
 
 
+# ---- outputs from fusedopt's output pool -------------------------------------------------------
+
+
+POOLED = (4, 8, 32, 32)  # 128 KiB of float32: pooled outputs (64 KiB or more)
+
+
+def test_pooled_output_never_handed_out_while_a_tensor_uses_it(spy: list[dict[str, Any]]) -> None:
+    """y and x.grad live on pooled buffers that only the tensors (torch.from_numpy) keep: while
+    they live, no later output gets their memory, and they keep their values; once they die,
+    the next steps run on their buffers again."""
+    gen = torch.Generator().manual_seed(11)
+    bn = BatchNorm2d(8)
+    x = torch.randn(POOLED, generator=gen).requires_grad_()
+    dy = torch.randn(POOLED, generator=gen)
+    y = bn(x)
+    y.backward(dy)
+    kept = [y, x.grad]  # a tensor's storage holds the array that holds the buffer
+    assert x.grad is not None and spy[0]["out_ptr"] == y.data_ptr() and spy[1]["out_ptr"] == x.grad.data_ptr()
+    values = [t.detach().clone() for t in kept]
+    x.grad = None
+    for _ in range(4):
+        x2 = torch.randn(POOLED, generator=gen).requires_grad_()
+        y2 = bn(x2)
+        y2.backward(dy)
+        assert x2.grad is not None
+        assert {y2.data_ptr(), x2.grad.data_ptr()}.isdisjoint({t.data_ptr() for t in kept})
+        del x2, y2
+    assert all(torch.equal(t.detach(), v) for t, v in zip(kept, values))
+    freed = {t.data_ptr() for t in kept}
+    del kept, y
+    x3 = torch.randn(POOLED, generator=gen).requires_grad_()
+    y3 = bn(x3)
+    y3.backward(dy)
+    assert x3.grad is not None
+    reused = {y3.data_ptr(), x3.grad.data_ptr()}
+    # every buffer freed before went back to the pool, and these came from it
+    assert reused <= {c["out_ptr"] for c in spy}
+    assert freed <= {c["out_ptr"] for c in spy}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pooled_outputs_in_the_input_layout_and_usable_in_place(layout: str) -> None:
+    """The pooled output and gradient have x's layout (channels_last strides, not a copy), are not
+    views (autograd refuses in-place ops on a view returned by a custom Function: an in-place
+    ReLU after the module must work), and match torch's module through an in-place ReLU."""
+    gen = torch.Generator().manual_seed(12)
+    x = in_layout(torch.randn(POOLED, generator=gen), layout).requires_grad_()
+    x2 = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    dy = in_layout(torch.randn(POOLED, generator=gen), layout)
+    ours, theirs = BatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    y, y_ref = ours(x), theirs(x2)
+    assert y._base is None and not y._is_view()
+    assert y.stride() == y_ref.stride() and is_channels_last(y) == (layout == "channels_last")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.relu_(y)
+    torch.relu_(y_ref)
+    y.backward(dy)
+    y_ref.backward(dy)
+    assert x.grad is not None and x2.grad is not None
+    assert x.grad.stride() == x2.grad.stride()
+    assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
+
+
+def test_saved_tensors_are_version_checked() -> None:
+    """The pooled output saved for the backward (BatchNormReLU2d's y) and the input are
+    version-checked as torch's own saved tensors are: modified in place after the forward, the
+    backward raises torch's error instead of using changed values."""
+    gen = torch.Generator().manual_seed(14)
+    leaf = torch.randn(POOLED, generator=gen, requires_grad=True)
+    y = BatchNormReLU2d(8)(leaf)
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(torch.ones_like(y))
+    x = leaf * 1  # not a leaf: may be modified in place
+    y = BatchNorm2d(8)(x)
+    x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(torch.ones_like(y))
+
+
+def test_training_loop_memory_stays_within_the_pool_bound() -> None:
+    """Three conv + BN + ReLU layers trained for a few steps: every step after the first runs on
+    the pool's buffers (no new memory), the pool never holds more than its high-water mark, and
+    release_output_buffers gives the kept memory back."""
+    import gc
+
+    from fusedopt.batchnorm import output_buffer_stats, release_output_buffers
+
+    torch.manual_seed(13)
+    layers: list[Any] = []
+    for c_in, c_out in ((3, 8), (8, 8), (8, 8)):
+        layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), BatchNorm2d(c_out), torch.nn.ReLU(inplace=True)]
+    model = torch.nn.Sequential(*layers).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+    gc.collect()
+    release_output_buffers()
+    base = output_buffer_stats()
+    seen = []
+    for _ in range(4):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        seen.append(output_buffer_stats())
+    assert all(s == seen[0] for s in seen)  # the same buffers every step
+    assert seen[0]["live_bytes"] == base["live_bytes"]  # none alive after the step
+    assert seen[0]["free_bytes"] == seen[0]["high_water"] - base["live_bytes"] > 0
+    assert release_output_buffers() == seen[0]["free_bytes"]
+
+
 def test_bench_rows_and_table(monkeypatch: Any) -> None:
     """The bench's rows on two small shapes (NCHW and NHWC): every implementation timed, and
     the bench's kernel calls computing what the module computes."""
@@ -539,9 +652,12 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     cases = [((4, 3, 5, 6), 1, "NCHW"), ((4, 5, 6, 3), -1, "NHWC")]
     monkeypatch.setattr(bench, "_BATCHNORM_CASES", cases)
     rows = bench.rows(True, [1])
-    assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC"]
+    assert [r["case"] for r in rows] == ["batchnorm 4x3x5x6 NCHW", "batchnorm 4x5x6x3 NHWC",
+                                         "network 3x (1x1 conv + BN + ReLU) 2x8x8x8 NHWC"]
     for r in rows:
-        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in bench.IMPLEMENTATIONS)
+        names = bench.IMPLEMENTATIONS if r["case"].startswith("batchnorm") else ("torch", "module")
+        assert all(0 < r[f"{name}_best_s"] <= r[f"{name}_median_s"] for name in names)
+        assert r["case"].startswith("batchnorm") or "bare_best_s" not in r
     assert bench.table(rows).count("\n") == 1 + len(rows)
     case = bench.Case((4, 5, 6, 3), -1)
     case.step("bare")()
@@ -549,3 +665,11 @@ def test_bench_rows_and_table(monkeypatch: Any) -> None:
     x = case.x["module"]
     assert x.is_contiguous(memory_format=torch.channels_last) and x.grad is not None
     assert rel_err(case.dx, x.grad) <= TOL_TORCH
+    case.step("pooled")()
+    assert rel_err(torch.from_numpy(case.held_dx), x.grad.permute(0, 2, 3, 1)) <= TOL_TORCH
+    # the network's two models compute the same thing
+    network = bench.Network(True)
+    for name in network.models:
+        network.step(name)()
+    grads = [[p.grad for p in m.parameters()] for m in network.models.values()]
+    assert all(a is not None and b is not None and rel_err(a, b) <= TOL_TORCH for a, b in zip(*grads))

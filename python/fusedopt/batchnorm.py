@@ -9,9 +9,13 @@ like. Statistics reduce over every other axis. Per-channel arrays (weight, bias,
 statistics, save_mean, save_invstd) have shape (C,) and x's dtype. All arguments are checked
 before anything is written: a call that raises leaves every array byte-identical. Arrays that
 are written (out, running statistics) are never copied and must not overlap any other argument.
-Without out, outputs of 8 MB or more reuse the memory of freed earlier outputs of the same size
-(up to two buffers are kept): a fresh mapping that large costs its page faults and zeroing on
-every call, more than the pass itself.
+Without out, outputs of 64 KiB or more come from an output pool: the buffer of an earlier output
+of the same size, taken back when its last reference (array, view, torch.from_numpy tensor) died,
+else a new one. Fresh memory costs a page fault and zeroing per 4 KiB page at the first write
+(~1 us a page on the KVM guest this was measured on), as much as the pass itself on large
+outputs. The pool holds at most the largest total of its outputs that were alive at once
+(output_buffer_stats()["high_water"]), dropping the oldest freed buffers first when a new size
+needs room; release_output_buffers() frees what it keeps.
 
 Precision: per block of rows, deviations from a shift near the channel's mean are summed in
 x's dtype over runs of at most 16 terms per vector lane, and those sums accumulate in float64;
@@ -95,3 +99,19 @@ def batchnorm_backward(dy: Array, x: Array, weight: Array | None, save_mean: Arr
         return _core.batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out)
     except TypeError as e:
         raise _argument_error(e, batchnorm_backward, locals()) from None
+
+
+def release_output_buffers() -> int:
+    """Frees the buffers that batchnorm_forward / batchnorm_backward keep for outputs made without
+    out= (and so the fusedopt.torch batch-norm modules' outputs and input gradients); returns the
+    bytes freed. Outputs still alive are not touched and return to the pool when they die; the
+    pool's bound (high_water) starts again from them. Call it after training, or between phases
+    whose shapes differ, to give the memory back."""
+    return int(_core.output_pool_release())
+
+
+def output_buffer_stats() -> dict[str, int]:
+    """The output pool: live_bytes (outputs alive now), free_bytes and free_buffers (kept for
+    reuse), high_water (the largest live_bytes since the start or the last release: live_bytes +
+    free_bytes never exceeds it)."""
+    return {k: int(v) for k, v in _core.output_pool_stats().items()}

@@ -17,17 +17,28 @@ weight, bias and running statistics (those given) contiguous, of shape (C,) and 
 dtype. The input is used in its own memory layout without a copy: contiguous (N, C, ...) with
 the channel axis 1, or channels-last (torch.channels_last, channels_last_3d, or any (N, C, L...)
 whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with axis -1; the
-output and the input's gradient are allocated by torch in that same layout. An input in any other
-layout is copied to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes,
-empty input, tensor subclasses with __torch_function__, mismatched shapes) is handed to
+output and the input's gradient are in that same layout. An input in any other layout is copied
+to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
+tensor subclasses with __torch_function__, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
+
+Memory: the output and the input's gradient are the kernels' own outputs (batchnorm_forward and
+batchnorm_backward without out=) as tensors on the same memory (torch.from_numpy). Those of 64
+KiB or more come from fusedopt's output pool, which takes a buffer back when the last tensor,
+array or view using it dies and hands it to the next output of the same size: a training loop's
+steps run on memory already faulted in, instead of first-touch page faults on fresh memory every
+step. The pool holds at most the largest total of such outputs that were alive at once (one per
+batch-norm layer between its forward and backward, plus the gradients in flight); idle, those
+bytes stay kept for the next step until fusedopt.batchnorm.release_output_buffers() frees them.
 
 Differences from torch: the backward is once-differentiable (no double backward: torch raises
 a clear RuntimeError if it is attempted); it computes the input's gradient even when only
 weight and bias need theirs (one pass of the kernel writes all three; None is returned for what
 was not asked for); and a 3-d (N, C, L) input whose memory is (N, L, C) gives an output in that
-layout too (torch has no memory format for 3-d tensors and returns a contiguous one).
+layout too (torch has no memory format for 3-d tensors and returns a contiguous one); the output
+and the input's gradient have storage that cannot grow (resize_ to more elements raises, as on
+any tensor made by torch.from_numpy).
 """
 from __future__ import annotations
 
@@ -59,11 +70,14 @@ def _kernel_layout(x: Tensor) -> tuple[Tensor, tuple[int, ...] | None]:
     return x.contiguous(), None
 
 
-def _empty_like(x: Tensor, perm: tuple[int, ...] | None) -> Tensor:
-    """An output in x's layout: contiguous (also for a tensor that is both contiguous and
-    channels-last through size-1 dimensions, as torch's batch_norm returns it), or x's own
-    channels-last strides (empty_like keeps a dense tensor's strides)."""
-    return torch.empty_like(x, memory_format=torch.contiguous_format) if perm is None else torch.empty_like(x)
+def _tensor(a: np.ndarray, perm: tuple[int, ...] | None) -> Tensor:
+    """A kernel output (x's kernel-order shape) as the (N, C, ...) tensor torch users expect, on
+    the same memory, whose lifetime keeps the array (and so its pooled buffer) alive: contiguous,
+    or with x's channels-last strides. The NumPy array is transposed, not the tensor: a torch view
+    returned by an autograd.Function refuses in-place ops (nn.ReLU(inplace=True) after the module)."""
+    if perm is not None:
+        a = a.transpose((0, a.ndim - 1, *range(1, a.ndim - 1)))
+    return torch.from_numpy(a)
 
 
 def _array(t: Tensor, perm: tuple[int, ...] | None = None) -> np.ndarray:
@@ -91,11 +105,11 @@ class _BatchNormFunction(torch.autograd.Function):
                 running_var: Tensor | None, training: bool, momentum: float, eps: float,
                 relu: bool) -> Tensor:
         x_used, perm = _kernel_layout(x)
-        y = _empty_like(x_used, perm)
-        _, save_mean, save_invstd = batchnorm_forward(
+        y_array, save_mean, save_invstd = batchnorm_forward(
             _array(x_used, perm), _optional_array(weight), _optional_array(bias), _optional_array(running_mean),
             _optional_array(running_var), training=training, momentum=momentum, eps=eps,
-            axis=1 if perm is None else -1, relu=relu, out=_array(y, perm))
+            axis=1 if perm is None else -1, relu=relu)
+        y = _tensor(y_array, perm)
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.save_mean, ctx.save_invstd, ctx.training = save_mean, save_invstd, training
         ctx.bias_given = bias is not None
@@ -111,12 +125,11 @@ class _BatchNormFunction(torch.autograd.Function):
             weight = torch.ones(x.shape[1], dtype=x.dtype)
         # autograd may hand a gradient in another layout than y's, or expanded: then a copy
         dy_array = np.ascontiguousarray(_array(dy, perm))
-        dx = _empty_like(x_used, perm)
-        _, dweight, dbias = batchnorm_backward(
+        dx, dweight, dbias = batchnorm_backward(
             dy_array, _array(x_used, perm), _optional_array(weight), ctx.save_mean, ctx.save_invstd,
             axis=1 if perm is None else -1, training=ctx.training,
-            relu_output=None if y is None else _array(y, perm), out=_array(dx, perm))
-        return (dx if need_x else None,
+            relu_output=None if y is None else _array(y, perm))
+        return (_tensor(dx, perm) if need_x else None,
                 torch.from_numpy(dweight) if need_weight else None,
                 torch.from_numpy(dbias) if need_bias and ctx.bias_given else None,
                 None, None, None, None, None, None)

@@ -8,10 +8,16 @@ updated:
   module   fusedopt.torch.batchnorm.BatchNorm2d / BatchNorm1d on the same data
   bare     fusedopt.batchnorm_forward + batchnorm_backward on the module's own tensors, writing
            into outputs allocated once: the kernels' time through the tensor API
-  alloc    bare, with y and dx allocated by torch.empty_like on every call, dx kept until the
-           next call: the module's allocations (torch's module makes the same ones)
-module / bare is the module's whole overhead (allocation, autograd, Python); module / alloc the
-part that is not allocation. channels-last cases (NHWC) run on torch.channels_last tensors.
+  pooled   bare without out=: y and dx are the kernels' own outputs (fusedopt's output pool, as
+           the module's are), y alive until the backward, dx kept until the next call (x.grad)
+module / bare is the module's whole overhead (outputs, autograd, Python); module / pooled the
+part that is not the outputs' memory. channels-last cases (NHWC) run on torch.channels_last
+tensors.
+
+A last row per thread count times a small network instead of one layer: three 1x1 conv +
+batch norm + ReLU layers (NETWORK, channels_last), forward + backward of a loss, torch.nn.BatchNorm2d against
+fusedopt's BatchNorm2d (torch and module columns only): every layer's activations are alive at
+once between the forward and the backward, as in training.
 
 Each implementation is timed in batches of calls long enough to time (min_batch seconds), the
 implementations interleaved in each repeat (in a rotating order), and each one's best and median
@@ -35,7 +41,9 @@ from ..bench.cli import machine_info, set_threads
 from ..bench.timing import time_interleaved
 from .batchnorm import BatchNorm1d, BatchNorm2d
 
-IMPLEMENTATIONS = ("torch", "module", "bare", "alloc")
+IMPLEMENTATIONS = ("torch", "module", "bare", "pooled")
+# the network row: (N, C, H, W) of its input and of each layer, layers
+NETWORK = ((8, 64, 56, 56), 3)
 
 
 class Case:
@@ -57,7 +65,7 @@ class Case:
                   for name in self.modules}
         self.dy = dy
         self.y, self.dx = torch.empty_like(x), torch.empty_like(x)
-        self.held_dx: torch.Tensor | None = None
+        self.held_dx: Any = None
         self.kernel_x = self._view(self.x["module"])
         self.kernel_dy = self._view(dy)
         _, self.save_mean, self.save_invstd = self._forward(self.y)
@@ -65,14 +73,17 @@ class Case:
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.perm is None else t.permute(self.perm)
 
-    def _forward(self, y: torch.Tensor) -> Any:
+    def _forward(self, y: torch.Tensor | None) -> Any:
         m = self.modules["module"]
         return fusedopt.batchnorm_forward(self.kernel_x, m.weight, m.bias, m.running_mean, m.running_var,
-                                          momentum=0.1, eps=m.eps, axis=self.axis, out=self._view(y))
+                                          momentum=0.1, eps=m.eps, axis=self.axis,
+                                          out=None if y is None else self._view(y))
 
-    def _backward(self, dx: torch.Tensor) -> Any:
+    def _backward(self, dx: torch.Tensor | None, save_mean: Any = None, save_invstd: Any = None) -> Any:
         return fusedopt.batchnorm_backward(self.kernel_dy, self.kernel_x, self.modules["module"].weight,
-                                           self.save_mean, self.save_invstd, axis=self.axis, out=self._view(dx))
+                                           self.save_mean if save_mean is None else save_mean,
+                                           self.save_invstd if save_invstd is None else save_invstd,
+                                           axis=self.axis, out=None if dx is None else self._view(dx))
 
     def step(self, name: str) -> Callable[[], None]:
         """One training step of implementation `name`."""
@@ -90,19 +101,44 @@ class Case:
                 self._backward(self.dx)
             return bare
 
-        def alloc() -> None:  # the module's allocations and their lifetimes
+        def pooled() -> None:  # the module's outputs and their lifetimes
             self.held_dx = None  # the previous step's dx, freed as the module step's x.grad = None
-            y = torch.empty_like(self.x["module"])
-            self._forward(y)
-            dx = torch.empty_like(self.x["module"])
-            self._backward(dx)
-            self.held_dx = dx  # kept until the next step, as x.grad
-        return alloc
+            y, save_mean, save_invstd = self._forward(None)
+            self.held_dx = self._backward(None, save_mean, save_invstd)[0]  # kept as x.grad is
+            del y  # alive until here, as the module's output is through its backward
+        return pooled
+
+
+class Network:
+    """NETWORK's layers, with torch's BatchNorm2d ("torch") or fusedopt's ("module")."""
+
+    def __init__(self, quick: bool) -> None:
+        shape, layers = NETWORK
+        if quick:
+            shape = (2, 8, 8, 8)
+        torch.manual_seed(0)
+        C = shape[1]
+        self.x = torch.randn(shape).to(memory_format=torch.channels_last)  # oneDNN's convolutions' layout
+        self.models = {}
+        for name, bn in (("torch", torch.nn.BatchNorm2d), ("module", BatchNorm2d)):
+            torch.manual_seed(1)  # the same convolutions in both
+            self.models[name] = torch.nn.Sequential(*(m for _ in range(layers) for m in (
+                torch.nn.Conv2d(C, C, 1, bias=False), bn(C), torch.nn.ReLU(inplace=True)))).to(
+                memory_format=torch.channels_last)
+
+    def step(self, name: str) -> Callable[[], None]:
+        model, x = self.models[name], self.x
+
+        def network_step() -> None:
+            model.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+        return network_step
 
 
 def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
     """One row per BN shape and thread count: best and median seconds per step of each
-    implementation (keys f"{name}_best_s", f"{name}_median_s")."""
+    implementation (keys f"{name}_best_s", f"{name}_median_s"); then the network's rows (torch
+    and module only; --quick: a tiny input)."""
     # short batches, many repeats: on a shared machine the best of many short batches is the
     # likeliest to have run without being preempted
     min_batch, repeats = (0.01, 5) if quick else (0.02, 21)
@@ -119,6 +155,15 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
                 for name, t in times.items():
                     row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
                 out.append(row)
+        network = Network(quick)
+        label = f"network {NETWORK[1]}x (1x1 conv + BN + ReLU) {'x'.join(map(str, network.x.shape))} NHWC"
+        for n in threads:
+            set_threads(n)
+            times = time_interleaved({name: network.step(name) for name in network.models}, min_batch, repeats)
+            row = {"case": label, "elements": network.x.numel(), "threads": n, "repeats": repeats}
+            for name, t in times.items():
+                row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
+            out.append(row)
     finally:
         fusedopt.set_num_threads(before[0])
         torch.set_num_threads(before[1])
@@ -128,19 +173,22 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: ms per step (best / median); torch / module as the ratio of the best
     times and of the medians (> 1: the module is faster); the overheads from the best times."""
-    head = ["case", "thr", "torch.nn", "fusedopt module", "torch / module", "bare kernels", "bare + alloc",
-            "module / bare", "module / (bare + alloc)"]
+    head = ["case", "thr", "torch.nn", "fusedopt module", "torch / module", "bare kernels", "bare, pooled outputs",
+            "module / bare", "module / pooled"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ms(r: dict[str, Any], name: str) -> str:
+        if name + "_best_s" not in r:  # the network row
+            return "-"
         return f"{r[name + '_best_s'] * 1e3:.3f} / {r[name + '_median_s'] * 1e3:.3f}"
 
+    def ratio(r: dict[str, Any], a: str, b: str) -> str:
+        return "-" if b + "_best_s" not in r else f"{r[a + '_best_s'] / r[b + '_best_s']:.3f}"
+
     for r in rows:
-        best = {name: r[f"{name}_best_s"] for name in IMPLEMENTATIONS}
         cells = [r["case"], str(r["threads"]), ms(r, "torch"), ms(r, "module"),
-                 f"{best['torch'] / best['module']:.2f} / {r['torch_median_s'] / r['module_median_s']:.2f}",
-                 ms(r, "bare"), ms(r, "alloc"),
-                 f"{best['module'] / best['bare']:.3f}", f"{best['module'] / best['alloc']:.3f}"]
+                 f"{r['torch_best_s'] / r['module_best_s']:.2f} / {r['torch_median_s'] / r['module_median_s']:.2f}",
+                 ms(r, "bare"), ms(r, "pooled"), ratio(r, "module", "bare"), ratio(r, "module", "pooled")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
