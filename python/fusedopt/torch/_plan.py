@@ -3,8 +3,8 @@ what its fusedopt calls need besides the grads, kept between steps while it stil
 from __future__ import annotations
 
 import operator
-from itertools import chain
 from collections.abc import Callable
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
