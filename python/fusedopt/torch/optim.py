@@ -84,12 +84,13 @@ PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
 _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
 _get_grad = operator.attrgetter("grad")
+_as_ndarray = torch.Tensor.numpy
+_profiler_enabled = torch.autograd._profiler_enabled
 
 
 def _no_entries(group: dict[str, Any]) -> tuple[()]:
+    """The group entries that decide the state of a class whose state is always the same: none."""
     return ()
-_as_ndarray = torch.Tensor.numpy
-_profiler_enabled = torch.autograd._profiler_enabled
 
 
 class _StateSpec(NamedTuple):
@@ -553,17 +554,14 @@ class _FusedStep(torch.optim.Optimizer):
         return plan
 
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
-        """NumPy views of the grads. Tensor.numpy is the fast path (~0.6 us a grad); a grad it
-        refuses (or a bfloat16 one) goes through fusedopt's one conversion, for its view or its
-        error. (Not kept between steps: the views would keep grads that zero_grad() let go alive.)"""
-        try:
-            return list(map(_as_ndarray, grads))
-        except (TypeError, RuntimeError):
-            for i, g in enumerate(grads):
-                if g.layout != torch.strided:
-                    raise RuntimeError(f"fusedopt.torch.{type(self).__name__} does not support sparse gradients "
-                                       f"(grad {i} of a param group is {g.layout})") from None
-            return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
+        """NumPy views of grads of which Tensor.numpy (the step's fast path) refused one: each goes
+        through fusedopt's one conversion, for its view (a bfloat16 grad) or its error. (Grad views
+        are not kept between steps: they would keep grads that zero_grad() let go alive.)"""
+        for i, g in enumerate(grads):
+            if g.layout != torch.strided:
+                raise RuntimeError(f"fusedopt.torch.{type(self).__name__} does not support sparse gradients "
+                                   f"(grad {i} of a param group is {g.layout})")
+        return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
 
     def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
