@@ -48,3 +48,34 @@ def test_hooks_run_and_may_replace_the_arguments():
         reference.step()
     torch.testing.assert_close(p.detach(), reference.param_groups[0]["params"][0].detach())
     assert float(opt.state[p]["step"]) == 3.0
+
+
+def test_the_step_tells_autograd_the_params_changed():
+    """A graph that saved a param before the step cannot be backpropagated after it (torch's
+    in-place check), as with torch.optim: the step counts the params' versions."""
+    p, opt = _optimizer()
+    loss = (p * p).sum()  # saves p for backward
+    version = p._version
+    opt.step()
+    assert p._version == version + 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_group_entry_that_decides_the_state_is_followed_between_steps():
+    """SGD's momentum set from 0 to 0.9 after some steps (a momentum buffer starts from the next
+    grad, as in torch) and back: the step's plan notices the entries that decide which state a
+    group keeps."""
+    torch.manual_seed(0)
+    start = torch.randn(5)
+    ps = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    opt = fusedopt.torch.SGD([ps[0]], lr=0.1)
+    ref = torch.optim.SGD([ps[1]], lr=0.1, foreach=False)
+    for momentum in (0.0, 0.0, 0.9, 0.9, 0.9, 0.0, 0.5):
+        grad = torch.randn(5)
+        for p, o in ((ps[0], opt), (ps[1], ref)):
+            o.param_groups[0]["momentum"] = momentum
+            p.grad = grad.clone()
+            o.step()
+        torch.testing.assert_close(ps[0].detach(), ps[1].detach(), rtol=1e-6, atol=1e-6)
+    assert "momentum_buffer" in opt.state[ps[0]]

@@ -3,6 +3,7 @@ what its fusedopt calls need besides the grads, kept between steps while it stil
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from itertools import chain
 from typing import Any, NamedTuple
 
@@ -28,8 +29,8 @@ class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
     __slots__ = ("calls", "elements", "first_step", "group", "group_params", "new_state", "params", "present", "ptrs",
-                 "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "taken", "watched_dicts",
-                 "watched_keys", "watched_tensors")
+                 "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "structure_of",
+                 "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -37,6 +38,8 @@ class _Plan:
         self.group_params: list[torch.Tensor] = []    # group["params"] as it was
         self.present: list[bool] = []                 # which of them had a grad
         self.structure: tuple[bool, ...] = ()         # which state tensors the group keeps
+        self.structure_of: Callable[[dict[str, Any]], Any] = tuple  # the group entries that decide it
+        self.structure_values: Any = ()               # their values at build time
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
         self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
@@ -48,7 +51,7 @@ class _Plan:
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
         self.elements = 0                              # in the params with a grad
-        self.step_counts: np.ndarray | None = None    # steps as NumPy, made by the first step taken
+        self.step_counts: np.ndarray | None = None    # steps as NumPy (a view of it)
         self.first_step: int | None = None            # the steps every param had taken at build time (None: unequal)
         self.taken = 0                                 # steps taken with the plan: added to each call's step
 
@@ -58,6 +61,7 @@ class _Plan:
         being the same objects: looking each param up would call torch's Python Tensor.__hash__
         per param (a new entry for another group's param makes this plan again, once)."""
         return (self.group is group and self.state is state and self.present == present
+                and self.structure_of(group) == self.structure_values
                 and len(group["params"]) == len(self.group_params)
                 and all(map(operator.is_, group["params"], self.group_params))
                 and list(map(_data_ptr, self.params)) == self.ptrs

@@ -17,7 +17,10 @@ torch's OpenMP pool), against the same step after the same backward with torch's
 workers put to sleep first, untimed (fusedopt.torch._omp; a 50 ms sleep where that is not
 available): the same caches, no worker spinning. (after backward) / (workers asleep) is what
 torch's spinning workers cost the step, (workers asleep) / (back to back) what the caches that
-backward evicted cost it. The machine may be shared: compare ratios from one run.
+backward evicted cost it. At 1 thread torch has no workers to put to sleep: both columns time
+the same step after the same backward, and their ratio is the run's noise. The machine may be
+shared: compare ratios from one run (on a loaded machine the 2-thread rows mostly time the
+scheduler; thread CPU time, interleaved, is steadier for the 1-thread step's overhead).
 """
 from __future__ import annotations
 

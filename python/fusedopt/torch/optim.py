@@ -85,16 +85,23 @@ _torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step tha
 
 _get_grad = operator.attrgetter("grad")
 _as_ndarray = torch.Tensor.numpy
+_profiler_enabled = torch.autograd._profiler_enabled
+
+
+def _no_entries(group: dict[str, Any]) -> tuple[()]:
+    """The group entries that decide the state of a class whose state is always the same: none."""
+    return ()
 
 
 class _StateSpec(NamedTuple):
     """One per-param state tensor: torch's name, the fusedopt keyword for the list of them,
-    whether a group with these hyperparameters keeps it, and its 8-bit code (signed, or
-    unsigned for non-negative state)."""
+    whether a group with these hyperparameters keeps it, its 8-bit code (signed, or unsigned for
+    non-negative state), and the group entry that `needed` reads (None: none)."""
     name: str
     argument: str
     needed: Callable[[dict[str, Any]], bool]
     signed: bool
+    key: str | None = None
 
 
 _MASTER = (_StateSpec(MASTER_PARAM, "master_params", _always, False),)
@@ -386,7 +393,7 @@ class _FusedStep(torch.optim.Optimizer):
         # step's kernel has evicted the caches, a fifth of a small model's step. So torch's own
         # wrapper runs only when it has something to do: hooks, or a profiler listening.
         if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
-                or _global_optimizer_post_hooks or torch.autograd._profiler_enabled()):
+                or _global_optimizer_post_hooks or _profiler_enabled()):
             loss: float | None = _hooked_step(self, closure)
             return loss
         return self._fused_step(closure)
@@ -401,19 +408,26 @@ class _FusedStep(torch.optim.Optimizer):
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
         steps = []  # (plan, grad views of its params, hyperparameters)
         calls = elements = 0
-        # C-level maps rather than comprehensions and generators: right after a step's kernel has
-        # evicted the caches, each Python frame this runs costs microseconds
+        # C-level maps and no method calls per group but the hyperparameters': right after a
+        # step's kernel has evicted the caches (the MLP's 4 MB of params, grads and state pass
+        # through a 2 MB L2), each Python frame and each kind of torch call runs cold: the first
+        # Tensor.numpy() costs ~38 us then (0.6 warm), each further one ~2.5; the first
+        # data_ptr() or .grad ~8-13 us (median of 300, 2-core Sapphire Rapids)
         for group in self.param_groups:
             grads = list(map(_get_grad, group["params"]))
             present = list(map(operator.is_not, grads, repeat(None)))
             plan = plans.get(id(group))
-            if plan is None or not plan.holds(group, present, self.state) or plan.structure != self._structure(group):
+            if plan is None or not plan.holds(group, present, self.state):
                 plan = plans[id(group)] = self._plan(group, present)
             if not plan.params:
                 continue
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
-            steps.append((plan, self._grad_views(grads), self._hyperparameters(group)))
+            try:  # Tensor.numpy: ~0.6 us a grad; fusedopt's conversion names a grad it refuses
+                views = list(map(_as_ndarray, grads))
+            except (TypeError, RuntimeError):
+                views = self._grad_views(grads)
+            steps.append((plan, views, self._hyperparameters(group)))
             calls += len(plan.calls)
             elements += plan.elements
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
@@ -430,20 +444,42 @@ class _FusedStep(torch.optim.Optimizer):
                 _torch_openmp.append(_omp.find())
             if _torch_openmp[0] is not None:
                 _torch_openmp[0].park_workers()
-        for plan, grads, hyperparameters in steps:
+        update = type(self)._update
+        for plan, views, hyperparameters in steps:
             for call in plan.calls:
-                call_grads = grads if call.positions is None else [grads[i] for i in call.positions]
-                step = {} if call.step is None else {"step": call.step + plan.taken}
-                type(self)._update(call.params, call_grads, **call.states, **hyperparameters, **step,
-                                   grad_scale=scale)
+                call_grads = views if call.positions is None else [views[i] for i in call.positions]
+                if call.step is None:
+                    update(call.params, call_grads, **call.states, **hyperparameters, grad_scale=scale)
+                else:
+                    update(call.params, call_grads, **call.states, **hyperparameters, step=call.step + plan.taken,
+                           grad_scale=scale)
+        # the step is taken: count it (through NumPy: right after the kernel has evicted the
+        # caches, torch's add_ on the tiny counter tensor costs 60-80 us, the dispatcher's code and
+        # data; NumPy's fill 9-12), and tell autograd the params changed
         for plan, _, _ in steps:
-            self._taken(plan)
+            plan.taken += 1
+            if plan.step_counts is not None:
+                if plan.first_step is not None:
+                    plan.step_counts.fill(plan.first_step + plan.taken)
+                else:
+                    np.add(plan.step_counts, 1, out=plan.step_counts)
+            torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
+            if plan.new_state:
+                for p, new in plan.new_state:
+                    self.state[p].update(new)
+                del plans[id(plan.group)]  # the next step plans with the kept state
         return loss
 
     # ---- the plan -------------------------------------------------------------------------------
 
     def _structure(self, group: dict[str, Any]) -> tuple[bool, ...]:
         return tuple([spec.needed(group) for spec in self._specs()])
+
+    def _structure_values(self) -> Callable[[dict[str, Any]], Any]:
+        """A C-level function of a group giving the entries its structure depends on: a plan
+        holds while they are unchanged, checked without calling each spec's `needed`."""
+        keys = sorted({spec.key for spec in self._specs() if spec.key is not None})
+        return operator.itemgetter(*keys) if keys else _no_entries
 
     def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
@@ -453,6 +489,8 @@ class _FusedStep(torch.optim.Optimizer):
         plan.group, plan.state, plan.present = group, self.state, present
         plan.group_params = list(group["params"])
         plan.structure = self._structure(group)
+        plan.structure_of = self._structure_values()
+        plan.structure_values = plan.structure_of(group)
         specs = [spec for spec, needed in zip(self._specs(), plan.structure) if needed]
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
         param_views, state_views, steps_taken = [], [], []
@@ -499,6 +537,7 @@ class _FusedStep(torch.optim.Optimizer):
         if self._counts_steps and plan.params:
             # one tensor of counters, torch's dtype: a step counts for all params with one write
             plan.steps = torch.tensor(steps_taken, dtype=step_dtype)
+            plan.step_counts = plan.steps.numpy()
             if steps_taken.count(steps_taken[0]) == len(steps_taken):
                 plan.first_step = steps_taken[0]
             new_state = {id(p): new for p, new in plan.new_state}
@@ -515,17 +554,14 @@ class _FusedStep(torch.optim.Optimizer):
         return plan
 
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
-        """NumPy views of the grads. Tensor.numpy is the fast path (~0.6 us a grad); a grad it
-        refuses (or a bfloat16 one) goes through fusedopt's one conversion, for its view or its
-        error. (Not kept between steps: the views would keep grads that zero_grad() let go alive.)"""
-        try:
-            return list(map(_as_ndarray, grads))
-        except (TypeError, RuntimeError):
-            for i, g in enumerate(grads):
-                if g.layout != torch.strided:
-                    raise RuntimeError(f"fusedopt.torch.{type(self).__name__} does not support sparse gradients "
-                                       f"(grad {i} of a param group is {g.layout})") from None
-            return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
+        """NumPy views of grads of which Tensor.numpy (the step's fast path) refused one: each goes
+        through fusedopt's one conversion, for its view (a bfloat16 grad) or its error. (Grad views
+        are not kept between steps: they would keep grads that zero_grad() let go alive.)"""
+        for i, g in enumerate(grads):
+            if g.layout != torch.strided:
+                raise RuntimeError(f"fusedopt.torch.{type(self).__name__} does not support sparse gradients "
+                                   f"(grad {i} of a param group is {g.layout})")
+        return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
 
     def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
@@ -564,25 +600,6 @@ class _FusedStep(torch.optim.Optimizer):
             raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
                              "must be distinct")
 
-    def _taken(self, plan: _Plan) -> None:
-        """After a plan's calls: count the step, keep new state, tell autograd the params changed."""
-        if plan.steps is not None:
-            # through NumPy: right after the kernel has evicted the caches, torch's add_ on this
-            # tiny tensor costs 60-80 us (the dispatcher's code and data), NumPy's add 12-17, and
-            # fill, which counts params that all took the same steps, 9-12 (best-median of 300)
-            if plan.step_counts is None:
-                plan.step_counts = plan.steps.numpy()
-            plan.taken += 1
-            if plan.first_step is not None:
-                plan.step_counts.fill(plan.first_step + plan.taken)
-            else:
-                np.add(plan.step_counts, 1, out=plan.step_counts)
-        torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
-        if plan.new_state:
-            for p, new in plan.new_state:
-                self.state[p].update(new)
-            self.__dict__["_fusedopt_plans"].pop(id(plan.group), None)  # the next step plans with the kept state
-
 
 # ---- the optimizers ---------------------------------------------------------------------------------
 
@@ -596,7 +613,8 @@ _FusedStep.step.hooked = True  # type: ignore[attr-defined]
 class SGD(_FusedStep, torch.optim.SGD):
     """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) on fusedopt.sgd_."""
     _update = staticmethod(functional.sgd_)
-    _states = (_StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] != 0, True),)
+    _states = (_StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] != 0, True,
+                          "momentum"),)
 
     @property
     def _counts_steps(self) -> bool:  # type: ignore[override]
@@ -642,8 +660,8 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
     instead of torch's sqrt(square_avg) + eps."""
     _update = staticmethod(functional.rmsprop_)
     _states = (_StateSpec("square_avg", "square_avgs", _always, False),
-               _StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] > 0, True),
-               _StateSpec("grad_avg", "grad_avgs", lambda group: bool(group["centered"]), True))
+               _StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] > 0, True, "momentum"),
+               _StateSpec("grad_avg", "grad_avgs", lambda group: bool(group["centered"]), True, "centered"))
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -677,7 +695,8 @@ class Adam(_FusedStep, torch.optim.Adam):
     _update = staticmethod(functional.adam_)
     _states = (_StateSpec("exp_avg", "exp_avgs", _always, True),
                _StateSpec("exp_avg_sq", "exp_avg_sqs", _always, False),
-               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", lambda group: bool(group["amsgrad"]), False))
+               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", lambda group: bool(group["amsgrad"]), False,
+                          "amsgrad"))
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
