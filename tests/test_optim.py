@@ -85,9 +85,9 @@ def make_problem(name, sizes, dtype, seed=0):
     return params, state, grads
 
 
-def run(module, name, opts, params, state, grads_per_step):
+def run(module, name, opts, params, state, grads_per_step, first_step=1):
     fn = getattr(module, name + "_")
-    for step, grads in enumerate(grads_per_step, start=1):
+    for step, grads in enumerate(grads_per_step, start=first_step):
         extra = {"step": step} if name in TAKES_STEP else {}
         fn(params, grads, **state, **opts, **extra)
 
@@ -224,17 +224,22 @@ def problems(draw):
 def test_property_matches_reference(problem):
     name, opts, sizes, dtype, seed = problem
     params, state, grads = make_problem(name, sizes, dtype, seed)
-    grads = grads[:3]
-    ref_params, ref_state = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()}
-    with np.errstate(all="ignore"):  # extreme hyperparameters may overflow in both
-        run(fusedopt, name, opts, params, state, grads)
-        run(reference, name, opts, ref_params, ref_state, grads)
     # Hyperparameters near their limits amplify one rounding difference (e.g. alpha ~ 1 makes
     # sqrt(square_avg) tiny), so these random cases get a looser, still ulp-scale, tolerance.
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
-    for got, want in zip(results(params, state), results(ref_params, ref_state)):
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, **tol)
+    # Each step starts both from the reference's arrays: random hyperparameters also draw
+    # unstable maps (RMSprop, lr 0.3, weight_decay 0.95, eps 6e-5: g + weight_decay * param near
+    # 0 divided by ~eps), where an FMA's one-ulp difference in the first step grows ~10x a step,
+    # and compounding it over steps would test the map's conditioning, not the kernel.
+    for step in range(1, 4):
+        ref_params, ref_state = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()}
+        with np.errstate(all="ignore"):  # extreme hyperparameters may overflow in both
+            run(fusedopt, name, opts, params, state, grads[step - 1:step], first_step=step)
+            run(reference, name, opts, ref_params, ref_state, grads[step - 1:step], first_step=step)
+        for got, want in zip(results(params, state), results(ref_params, ref_state)):
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, **tol)
+                g[...] = w
 
 
 # ---- against torch.optim, when torch is importable --------------------------------------------
