@@ -346,7 +346,12 @@ struct BFloat16Stochastic {
     template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return load_bf16<V>(p + i); }
     template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
         using U = UintVec<V>;
-        const U bits = random_bits(U::iota(index + static_cast<std::uint32_t>(i)), key.a, key.b);
+        const std::uint32_t start = index + static_cast<std::uint32_t>(i);
+        U bits;
+        if constexpr (V::size > 1)  // a vector of a block starts on a multiple of its width (block_length)
+            bits = random_bits_aligned(start, random_lanes<U>(key.a), key.a, key.b);
+        else
+            bits = random_bits(U::iota(start), key.a, key.b);
         store_bf16_adding(x, bits & U(0xFFFFu), p + i);
     }
     FUSEDOPT_INLINE void prefetch(std::size_t) const {}
@@ -472,10 +477,15 @@ struct Dynamic {
     }
 };
 
-// Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter).
+// Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter), and
+// at the first multiple of the vector width, so that every later block's vectors start on one
+// (random_bits_aligned). A chunk with 8-bit state starts on an 8-bit block, a multiple of both,
+// so its blocks are never cut short.
 std::size_t block_length(std::size_t n, std::uint64_t index) {
+    constexpr std::size_t W = Vec<float>::size;
     const std::uint64_t to_wrap = (std::uint64_t(1) << 32) - (index & 0xFFFFFFFFu);
-    return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap}));
+    const std::uint64_t to_aligned = index % W == 0 ? kStage : W - index % W;
+    return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap, to_aligned}));
 }
 
 // Asks for the cache lines of elements [lo, hi) of a 16-bit or 8-bit array. Each block is

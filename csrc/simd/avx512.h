@@ -153,7 +153,21 @@ struct Vec<std::uint32_t> {
     friend Mask cmpgt(Vec a, Vec b) { return {_mm512_cmpgt_epi32_mask(a.v, b.v)}; }
     friend Mask cmpeq(Vec a, Vec b) { return {_mm512_cmpeq_epi32_mask(a.v, b.v)}; }
     friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
+    friend Vec min_signed(Vec a, Vec b) { return _mm512_min_epi32(a.v, b.v); }
     friend Vec select(Mask mask, Vec a, Vec b) { return _mm512_mask_blend_epi32(mask.m, b.v, a.v); }
+    // x << s where k != 0, else 0: one zero-masked shift (and a vptestmd, which the compiler can
+    // fold with the op computing k), where the generic form (quantize.h) takes a compare and a blend
+    friend Vec shift_left_where_nonzero(Vec k, Vec x, unsigned s) {
+        return _mm512_maskz_slli_epi32(_mm512_test_epi32_mask(k.v, k.v), x.v, s);
+    }
+    // the low bytes of the lanes of a, b, c, d (each < 256) -> p[0..64): two vpackusdw, one
+    // vpackuswb and one vpermd, where four vpmovdb take eight uops on port 5
+    friend void store_u8x4(Vec a, Vec b, Vec c, Vec d, std::uint8_t* p) {
+        const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(a.v, b.v), _mm512_packus_epi32(c.v, d.v));
+        // 32-bit group 4 * l + j of bytes holds elements 4 * l .. 4 * l + 3 of the j-th vector
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_storeu_si512(p, _mm512_permutexvar_epi32(order, bytes));
+    }
 };
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }

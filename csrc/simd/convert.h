@@ -112,5 +112,20 @@ U random_bits(U index, std::uint32_t key_a, std::uint32_t key_b) {
     return lowbias32((index ^ U(key_a)) + U(key_b));
 }
 
+// random_bits(U::iota(start), key_a, key_b) for a start that is a multiple of the vector width
+// W (a power of 2), with two vector ops before the mix where the form above takes four: the
+// lanes' start + l (l < W) have the low bits of l and the high bits of start, so
+//   ((start + l) ^ key_a) + key_b = ((start ^ (key_a & -W)) + key_b) + (l ^ (key_a & (W - 1)))
+// (the last term has only the low bits, which the first leaves 0): one broadcast of a scalar,
+// one add of a per-key vector of lanes, lanes = random_lanes<U>(key_a).
+template <class U>
+U random_lanes(std::uint32_t key_a) {
+    return U::iota(0u) ^ U(key_a & (static_cast<std::uint32_t>(U::size) - 1u));
+}
+template <class U>
+U random_bits_aligned(std::uint32_t start, U lanes, std::uint32_t key_a, std::uint32_t key_b) {
+    return lowbias32(U((start ^ (key_a & ~(static_cast<std::uint32_t>(U::size) - 1u))) + key_b) + lanes);
+}
+
 }  // namespace FUSEDOPT_ISA_NS
 }  // namespace fusedopt

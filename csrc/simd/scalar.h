@@ -80,9 +80,12 @@ struct Scalar {
         return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? ~T(0) : T(0);
     }
     friend Scalar cmpeq(Scalar a, Scalar b) { return a.v == b.v ? ~T(0) : T(0); }
-    // the larger of a and b as signed 32-bit integers
+    // the larger (smaller) of a and b as signed 32-bit integers
     friend Scalar max_signed(Scalar a, Scalar b) {
         return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? a.v : b.v;
+    }
+    friend Scalar min_signed(Scalar a, Scalar b) {
+        return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? b.v : a.v;
     }
     // a where mask is all ones, b where it is 0
     friend Scalar select(Scalar mask, Scalar a, Scalar b) { return mask.v ? a.v : b.v; }
