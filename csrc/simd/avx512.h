@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include "../dispatch.h"
 #include "scalar.h"
 
 namespace fusedopt {
@@ -130,6 +131,14 @@ struct Vec<std::uint32_t> {
     void store_u16(std::uint16_t* p) const {  // lanes < 65536
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
     }
+    // the high 16 bits of the lanes -> p[0..16): the two high bytes of each lane gathered to the
+    // low half of each 128-bit lane (vpshufb), then those halves together (vpermq)
+    friend void store_u16_high(Vec x, std::uint16_t* p) {
+        const __m512i high = _mm512_shuffle_epi8(
+            x.v, _mm512_set4_epi32(-1, -1, 0x0F0E0B0A, 0x07060302));  // per 128 bits: bytes 2,3, 6,7, 10,11, 14,15
+        const __m512i joined = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), high);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(joined));
+    }
     static Vec load_u8(const std::uint8_t* p) {
         return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
@@ -190,15 +199,12 @@ inline void f16c_store(Vec<float> x, std::uint16_t* p) {
 // the instruction (checked once, when the module loads). The avx512 copy is compiled without
 // -mavx512bf16 (it runs on Skylake-X), so the instruction is written in assembly, which the
 // compiler does not check against the target (GCC/Clang syntax: MSVC keeps the integer rounding).
-// Returns false when it stored nothing.
+// Whether the CPU has it is dispatch.cpp's to say (cpu_features_in_use, with the ISAs; tests
+// turn it off there to run the integer rounding here). Returns false when it stored nothing.
 #if defined(__GNUC__)
 #define FUSEDOPT_HAS_BF16_CVT 1
-inline const bool kHasAvx512Bf16 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-}();
 inline bool bf16_cvt_store(Vec<float> x, std::uint16_t* p) {
-    if (!kHasAvx512Bf16 || _mm512_fpclass_ps_mask(x.v, 0x20) != 0) return false;  // 0x20: subnormal
+    if (!cpu_features_in_use.avx512bf16 || _mm512_fpclass_ps_mask(x.v, 0x20) != 0) return false;  // 0x20: subnormal
     __m256i h;
     asm("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(x.v));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);

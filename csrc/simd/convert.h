@@ -28,10 +28,17 @@ V load_bf16(const std::uint16_t* p) {
 // round to inf when they round past bfloat16's largest; inf stays inf; NaN stays a NaN of the
 // same sign and top payload bits, made quiet (truncation alone could turn it into inf).
 // (inf needs no case of its own: inf + add < the next exponent, so the high half stays inf.)
+// The high halves are taken after the select (NaN: the high half of b | 0x400000), so that an
+// ISA may store them without a shift (avx512.h's store_u16_high: one vpshufb and one vpermq where
+// a shift and vpmovdw take three uops).
+template <class U>
+FUSEDOPT_INLINE void store_u16_high(U x, std::uint16_t* p) {
+    (x >> 16).store_u16(p);
+}
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
     const U b = as_uint(x);
-    select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), (b >> 16) | U(0x0040u), (b + add) >> 16).store_u16(p);
+    store_u16_high(select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), b | U(0x00400000u), b + add), p);
 }
 
 template <class V>
