@@ -114,7 +114,9 @@ FUSEDOPT_INLINE UintVec<V> encode(V x, V inv) {
     const U b = as_uint(x);
     const U magnitude = b & U(quant::kMagnitude);
     const U y = as_uint(as_float(magnitude) * inv);
-    const U k = ((y + U(0x7FFFFu) + ((y >> 20) & U(1u))) >> 20) - U(quant::kOffset<SIGNED>);  // as int32, may be < 0
+    // k = ((y + 0x7FFFF + (bit 20 of y)) >> 20) - kOffset, with kOffset << 20 taken from the sum
+    // instead (as int32, it may be < 0: the shift is arithmetic, a floor division either way)
+    const U k = shift_right_signed(y + U(0x7FFFFu - (quant::kOffset<SIGNED> << 20)) + ((y >> 20) & U(1u)), 20);
     // signed: y > half the smallest code, as the sign bit of h - y (both in [0, 2^31); on y's
     // bits, as y >= 0 is finite: integer order is float order); unsigned: x != 0, as min(|x|, 1)
     // on |x|'s bits (< 2^31)

@@ -146,6 +146,7 @@ struct Vec<std::uint32_t> {
     friend Vec cmpeq(Vec a, Vec b) { return _mm256_cmpeq_epi32(a.v, b.v); }
     friend Vec max_signed(Vec a, Vec b) { return _mm256_max_epi32(a.v, b.v); }
     friend Vec min_signed(Vec a, Vec b) { return _mm256_min_epi32(a.v, b.v); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm256_srai_epi32(a.v, s); }
     friend Vec select(Vec mask, Vec a, Vec b) { return _mm256_blendv_epi8(b.v, a.v, mask.v); }
 };
 

@@ -163,6 +163,7 @@ struct Vec<std::uint32_t> {
     friend Mask cmpeq(Vec a, Vec b) { return {_mm512_cmpeq_epi32_mask(a.v, b.v)}; }
     friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
     friend Vec min_signed(Vec a, Vec b) { return _mm512_min_epi32(a.v, b.v); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm512_srai_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec select(Mask mask, Vec a, Vec b) { return _mm512_mask_blend_epi32(mask.m, b.v, a.v); }
     // x << s where k != 0, else 0: one zero-masked shift (and a vptestmd, which the compiler can
     // fold with the op computing k), where the generic form (quantize.h) takes a compare and a blend

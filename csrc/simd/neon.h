@@ -150,6 +150,9 @@ struct Vec<std::uint32_t> {
     friend Vec min_signed(Vec a, Vec b) {
         return vreinterpretq_u32_s32(vminq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)));
     }
+    friend Vec shift_right_signed(Vec a, int s) {
+        return vreinterpretq_u32_s32(vshlq_s32(vreinterpretq_s32_u32(a.v), vdupq_n_s32(-s)));
+    }
     friend Vec select(Vec mask, Vec a, Vec b) { return vbslq_u32(mask.v, a.v, b.v); }
 };
 

@@ -87,6 +87,11 @@ struct Scalar {
     friend Scalar min_signed(Scalar a, Scalar b) {
         return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? b.v : a.v;
     }
+    // a >> s as a signed 32-bit integer (the sign bit copied in; a floor division by 2^s)
+    friend Scalar shift_right_signed(Scalar a, int s) {
+        const std::int32_t x = static_cast<std::int32_t>(a.v);
+        return static_cast<T>(x < 0 ? ~(~x >> s) : x >> s);
+    }
     // a where mask is all ones, b where it is 0
     friend Scalar select(Scalar mask, Scalar a, Scalar b) { return mask.v ? a.v : b.v; }
 };

@@ -156,6 +156,7 @@ struct Vec<std::uint32_t> {
     friend Vec cmpeq(Vec a, Vec b) { return _mm_cmpeq_epi32(a.v, b.v); }
     friend Vec max_signed(Vec a, Vec b) { return select(cmpgt(a, b), a, b); }  // SSE2 has no pmaxsd
     friend Vec min_signed(Vec a, Vec b) { return select(cmpgt(a, b), b, a); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm_srai_epi32(a.v, s); }
     friend Vec select(Vec mask, Vec a, Vec b) {
         return _mm_or_si128(_mm_and_si128(mask.v, a.v), _mm_andnot_si128(mask.v, b.v));
     }
