@@ -372,7 +372,7 @@ struct Quant8 {
           scale(m.data[k] ? m.scales[k][b.lo / kStage] : 0.0f),
           staged(b.staged[k]) {}
     template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const {
-        return decode<SIGNED>(UintVec<V>::load_u8(codes + i), V(scale));
+        return decode<SIGNED>(codes + i, V(scale));
     }
     template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { x.store(staged + i); }
     FUSEDOPT_INLINE void prefetch(std::size_t) const {}

@@ -89,14 +89,17 @@ FUSEDOPT_INLINE void store_u8x4(U a, U b, U c, U d, std::uint8_t* p) {
     d.store_u8(p + 3 * U::size);
 }
 
-// One vector of code lanes c (0 .. 255) of a block with the given scale -> its values:
+// One vector of codes at p of a block with the given scale -> their values:
 //   value = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
+// Signed codes are loaded sign-extended (no dearer than zero-extended), so that the sign bit is
+// in place.
 template <bool SIGNED, class V>
-FUSEDOPT_INLINE V decode(UintVec<V> c, V scale) {
+FUSEDOPT_INLINE V decode(const std::uint8_t* p, V scale) {
     using U = UintVec<V>;
+    const U c = SIGNED ? U::load_s8(p) : U::load_u8(p);
     const U k = SIGNED ? c & U(0x7Fu) : c;
     U bits = shift_left_where_nonzero(k, k + U(quant::kOffset<SIGNED>), 20);
-    if constexpr (SIGNED) bits = bits | ((c << 24) & U(0x80000000u));  // one vpternlogd with the or
+    if constexpr (SIGNED) bits = bits | (c & U(0x80000000u));  // one vpternlogd
     return as_float(bits) * scale;
 }
 
@@ -132,7 +135,7 @@ template <bool SIGNED>
 void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_t n) {
     for_each_lane<float>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        decode<SIGNED>(UintVec<V>::load_u8(codes + i), V(scale)).store(out + i);
+        decode<SIGNED>(codes + i, V(scale)).store(out + i);
     });
 }
 

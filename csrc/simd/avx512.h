@@ -142,6 +142,9 @@ struct Vec<std::uint32_t> {
     static Vec load_u8(const std::uint8_t* p) {
         return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended
+        return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
     void store_u8(std::uint8_t* p) const {  // lanes < 256
         _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
     }

@@ -129,6 +129,11 @@ struct Vec<std::uint32_t> {
         std::memcpy(&bytes, p, sizeof(bytes));
         return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(bytes)))));
     }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended
+        std::uint32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        return vreinterpretq_u32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(bytes))))));
+    }
     void store_u8(std::uint8_t* p) const {  // lanes < 256
         const uint16x4_t words = vmovn_u32(v);
         const std::uint32_t bytes = vget_lane_u32(vreinterpret_u32_u8(vmovn_u16(vcombine_u16(words, words))), 0);

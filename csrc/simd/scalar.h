@@ -69,6 +69,9 @@ struct Scalar {
     static Scalar iota(T start) { return start; }  // start, start + 1, ... (one lane: start)
     static Scalar load_u16(const std::uint16_t* p) { return Scalar(static_cast<T>(*p)); }
     void store_u16(std::uint16_t* p) const { *p = static_cast<std::uint16_t>(v); }  // v < 65536
+    static Scalar load_s8(const std::uint8_t* p) {  // sign-extended
+        return static_cast<T>(static_cast<std::int32_t>(static_cast<std::int8_t>(*p)));
+    }
     void store_u8(std::uint8_t* p) const { *p = static_cast<std::uint8_t>(v); }  // v < 256
     friend Scalar operator&(Scalar a, Scalar b) { return a.v & b.v; }
     friend Scalar operator|(Scalar a, Scalar b) { return a.v | b.v; }
