@@ -183,8 +183,8 @@ def test_avx512_bf16_rounding_with_and_without_avx512_bf16(tmp_path):
     runs = {}
     for off in ("", "avx512bf16"):
         env = dict(os.environ, FUSEDOPT_ISA="avx512", FUSEDOPT_CPU_FEATURES_OFF=off)
-        r = subprocess.run([sys.executable, "-c", BF16_ROUNDINGS, str(tmp_path / "x.npy"), str(tmp_path / f"{off}.npz")],
-                           env=env, capture_output=True, text=True, timeout=120)
+        args = [sys.executable, "-c", BF16_ROUNDINGS, str(tmp_path / "x.npy"), str(tmp_path / f"{off}.npz")]
+        r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         if off:
             assert "avx512bf16" not in r.stdout.split()
