@@ -280,7 +280,16 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // state 1.29-1.33 -> 1.06-1.10, fp32 master + bf16 grads and copy 0.65-0.68 -> 0.50-0.51; the
 // all-fp32 loop 0.39-0.41. What is left is the conversions' integer work (the loop is no
 // longer waiting on anything else): 512-bit integer ops issue on two ports of this core, and a
-// bf16 + 8-bit AdamW vector of 16 elements takes about a hundred of them.
+// bf16 + 8-bit AdamW vector of 16 elements took about a hundred of them. Fewer since (counted in
+// the avx512 object: the update loop ~55, the two states' absmax and encoding ~25): codes packed
+// four vectors at a time, the codec's selects, offsets and signs folded into fewer ops, the
+// random bits' counter one broadcast, bf16 high halves stored without a shift. Interleaved, the
+// same machine under load, best of 11 x 15 x 50 steps at 64K (thread CPU ns/element, spread
+// ~4%): fp32 + 8-bit 0.788 -> 0.723, bf16 + 8-bit (SR) 1.069 -> 0.966, SGD fp32 + 8-bit 0.383 ->
+// 0.336, SGD bf16 + 8-bit 0.631 -> 0.577; at 16M, best of 3 x 3 x 3: 0.992 -> 0.925, 0.993 ->
+// 0.889. Tried and not kept: encoding a block's codes inside the next block's loop (to fill the
+// divider's idle time): slower, 0.835 -> 0.867 (fp32 + 8-bit) and 1.13 -> 1.24 (bf16 + 8-bit);
+// an absmax by vrangeps (one op, not two): it drops NaNs, which must poison the block.
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
