@@ -634,6 +634,8 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("isa", [] { return std::string(kernels().isa); }, "The ISA whose kernels run now.");
     m.def("available_isas", &available_isas, "ISAs compiled in that this CPU can run, worst first.");
+    m.def("cpu_features", &cpu_features,
+          "Optional CPU features the kernels use beyond their ISA's baseline (less FUSEDOPT_CPU_FEATURES_OFF).");
     m.def("set_isa", [](const std::string& name) {
         try {
             set_isa(name);

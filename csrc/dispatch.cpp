@@ -1,6 +1,8 @@
 #include "dispatch.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 
 // Each ISA's copy of the kernels fills its table (csrc/kernels/table.cpp, compiled per ISA).
@@ -21,6 +23,9 @@ FUSEDOPT_DECLARE_ISA(neon)
 #endif
 
 namespace fusedopt {
+
+CpuFeatures cpu_features_in_use;
+
 namespace {
 
 struct IsaEntry {
@@ -42,6 +47,49 @@ bool cpu_has_avx512() {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
 #endif
+#ifdef FUSEDOPT_HAVE_AVX512
+bool cpu_has_avx512bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
+
+struct FeatureEntry {
+    const char* name;
+    bool CpuFeatures::*flag;
+    bool (*supported)();
+};
+std::vector<FeatureEntry> features() {
+    return {
+#ifdef FUSEDOPT_HAVE_AVX512
+        {"avx512bf16", &CpuFeatures::avx512bf16, cpu_has_avx512bf16},
+#endif
+    };
+}
+
+// What the CPU has, less FUSEDOPT_CPU_FEATURES_OFF
+CpuFeatures detect_features() {
+    CpuFeatures found;
+    for (const FeatureEntry& f : features()) found.*f.flag = f.supported();
+    const char* off = std::getenv("FUSEDOPT_CPU_FEATURES_OFF");
+    std::string names = off ? off : "";
+    for (std::size_t at = 0; at < names.size();) {
+        const std::size_t comma = std::min(names.find(',', at), names.size());
+        const std::string name = names.substr(at, comma - at);
+        at = comma + 1;
+        if (name.empty()) continue;
+        bool known = false;
+        std::string all;
+        for (const FeatureEntry& f : features()) {
+            all += (all.empty() ? "" : ", ") + std::string(f.name);
+            if (name == f.name) {
+                found.*f.flag = false;
+                known = true;
+            }
+        }
+        if (!known)
+            throw std::invalid_argument("FUSEDOPT_CPU_FEATURES_OFF: unknown CPU feature '" + name +
+                                        "'; known to this build: " + (all.empty() ? "none" : all));
+    }
+    return found;
+}
 
 // Worst first: the default is the last supported entry.
 const IsaEntry kIsas[] = {
@@ -64,6 +112,7 @@ constexpr std::size_t kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 struct Tables {
     KernelTable table[kNumIsas];
     Tables() {
+        cpu_features_in_use = detect_features();
         for (std::size_t i = 0; i < kNumIsas; ++i) {
             table[i] = KernelTable{};
             table[i].isa = kIsas[i].name;
@@ -88,6 +137,14 @@ const KernelTable* best() {
 std::atomic<const KernelTable*> active{nullptr};
 
 }  // namespace
+
+std::vector<std::string> cpu_features() {
+    tables();
+    std::vector<std::string> names;
+    for (const FeatureEntry& f : features())
+        if (cpu_features_in_use.*f.flag) names.push_back(f.name);
+    return names;
+}
 
 std::vector<std::string> available_isas() {
     std::vector<std::string> names;

@@ -59,6 +59,19 @@ struct KernelTable {
     void (*dequantize_blockwise)(const unsigned char* codes, const float* scales, float* out, std::size_t n, bool is_signed);
 };
 
+// Optional CPU features beyond an ISA's baseline, which that ISA's kernels use where the CPU has
+// them. Detected in one place with the ISAs (dispatch.cpp), when the kernel tables are built,
+// before any kernel runs; a feature named in the environment variable FUSEDOPT_CPU_FEATURES_OFF
+// (comma-separated, e.g. "avx512bf16") is taken as absent, so that tests can run on this CPU the
+// paths of the CPUs without it (an unknown name is an std::invalid_argument, from the first
+// kernels() or cpu_features() call).
+struct CpuFeatures {
+    bool avx512bf16 = false;  // vcvtneps2bf16: the avx512 copy's float -> bfloat16 (simd/avx512.h)
+};
+extern CpuFeatures cpu_features_in_use;
+// the names of the features in cpu_features_in_use
+std::vector<std::string> cpu_features();
+
 // ISAs compiled into this build that this CPU (and OS) can run, worst first.
 std::vector<std::string> available_isas();
 // Makes `name` the active table; throws std::invalid_argument naming the usable ones otherwise.

@@ -15,6 +15,10 @@ Oracles, on every ISA, with tails and unaligned starts:
   bits, the NumPy generator against _core.random_bits, unbiased within 5 standard errors,
   bitwise across thread counts and ISAs.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -140,6 +144,55 @@ def test_param_copy_conversion_bitwise(isa, copy_dtype, offset):
         # x86's rule (F16C): quiet, same sign, top payload bits
         want_nan = (bits(x[nan]) >> 16 & 0x8000) | 0x7E00 | (bits(x[nan]) >> 13 & 0x3FF)
         assert np.array_equal(bits(copy)[nan], want_nan.astype(np.uint16))
+
+
+# a child process: the param copy of x (bfloat16, to nearest even, aligned and not) and a few
+# mixed steps with bfloat16 params rounded to nearest and bfloat16 state, saved to argv[2]; prints
+# the optional CPU features the kernels used
+BF16_ROUNDINGS = '''
+import sys
+import numpy as np, ml_dtypes, fusedopt
+from fusedopt import _core
+bf16 = np.dtype(ml_dtypes.bfloat16)
+x = np.load(sys.argv[1])
+out = {}
+for offset in (0, 1):
+    p = np.concatenate([np.zeros(offset, np.float32), x])[offset:]
+    copy = np.zeros(p.size, bf16)
+    fusedopt.sgd_(p, np.zeros_like(p), lr=0.0, param_copies=copy)
+    out[f"copy{offset}"] = copy.view(np.uint16)
+rng = np.random.default_rng(3)
+p, g = (rng.standard_normal((2, 4099)) * np.array([[1.0], [1e-3]])).astype(np.float32).astype(bf16)
+m, v = np.zeros_like(p), np.zeros_like(p)
+for step in (1, 2, 3):
+    fusedopt.adam_(p, g, m, v, step=step, lr=0.01, weight_decay=0.1)
+out.update(p=p.view(np.uint16), m=m.view(np.uint16), v=v.view(np.uint16))
+np.savez(sys.argv[2], **out)
+print(" ".join(_core.cpu_features()))
+'''
+
+
+@pytest.mark.skipif("avx512" not in fusedopt.available_isas(), reason="no avx512 path on this CPU")
+def test_avx512_bf16_rounding_with_and_without_avx512_bf16(tmp_path):
+    """The avx512 copy rounds float32 to bfloat16 by vcvtneps2bf16 where the CPU has AVX512_BF16,
+    by integer ops where it does not (Skylake-X): the second run, in a child process with
+    FUSEDOPT_CPU_FEATURES_OFF=avx512bf16, gives the first's bits and the reference's."""
+    x = float_patterns(np.random.default_rng(1), 5000)
+    np.save(tmp_path / "x.npy", x)
+    want = bits(reference.to_bfloat16(x))
+    runs = {}
+    for off in ("", "avx512bf16"):
+        env = dict(os.environ, FUSEDOPT_ISA="avx512", FUSEDOPT_CPU_FEATURES_OFF=off)
+        args = [sys.executable, "-c", BF16_ROUNDINGS, str(tmp_path / "x.npy"), str(tmp_path / f"{off}.npz")]
+        r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        if off:
+            assert "avx512bf16" not in r.stdout.split()
+        runs[off] = np.load(tmp_path / f"{off}.npz")
+        for offset in (0, 1):
+            assert np.array_equal(runs[off][f"copy{offset}"], want), (off, offset)
+    for k in ("p", "m", "v"):
+        assert np.array_equal(runs[""][k], runs["avx512bf16"][k]), k
 
 
 @pytest.mark.parametrize("dt", [BF16, F16], ids=["bf16", "f16"])

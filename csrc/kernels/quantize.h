@@ -73,36 +73,58 @@ inline float float_of(std::uint32_t b) {
 
 }  // namespace quant
 
-// One vector of code lanes c (0 .. 255) of a block with the given scale -> its values:
+// The generic forms of two integer-lane ops that an ISA may do in fewer instructions (avx512.h
+// defines its own, which overload resolution prefers to these templates):
+// x << s where k != 0, else 0
+template <class U>
+FUSEDOPT_INLINE U shift_left_where_nonzero(U k, U x, unsigned s) {
+    return select(cmpeq(k, U(0u)), U(0u), x << static_cast<int>(s));
+}
+// the low bytes of the lanes of a, b, c, d (each < 256) -> p[0 .. 4 * U::size)
+template <class U>
+FUSEDOPT_INLINE void store_u8x4(U a, U b, U c, U d, std::uint8_t* p) {
+    a.store_u8(p);
+    b.store_u8(p + U::size);
+    c.store_u8(p + 2 * U::size);
+    d.store_u8(p + 3 * U::size);
+}
+
+// One vector of codes at p of a block with the given scale -> their values:
 //   value = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
+// Signed codes are loaded sign-extended (no dearer than zero-extended), so that the sign bit is
+// in place.
 template <bool SIGNED, class V>
-FUSEDOPT_INLINE V decode(UintVec<V> c, V scale) {
+FUSEDOPT_INLINE V decode(const std::uint8_t* p, V scale) {
     using U = UintVec<V>;
+    const U c = SIGNED ? U::load_s8(p) : U::load_u8(p);
     const U k = SIGNED ? c & U(0x7Fu) : c;
-    U bits = select(cmpeq(k, U(0u)), U(0u), (k + U(quant::kOffset<SIGNED>)) << 20);
-    if constexpr (SIGNED) bits = bits | ((c << 24) & U(0x80000000u));  // one vpternlogd with the or
+    U bits = shift_left_where_nonzero(k, k + U(quant::kOffset<SIGNED>), 20);
+    if constexpr (SIGNED) bits = bits | (c & U(0x80000000u));  // one vpternlogd
     return as_float(bits) * scale;
 }
 
 // One vector of x -> its code lanes, for a block whose absmax is usable (>= FLT_MIN) with
-// inv = 1 / absmax and nonzero_bits = kMagnitude, or unusable with inv = 0, nonzero_bits = 0
-// (every element to code 0, the sign bit kept):
+// inv = 1 / absmax, or (signed code only) unusable with inv = 0 (every element to code 0, the
+// sign bit kept):
 //   code = sign | nearest k to |x| * inv
 // y = |x| * inv is in [0, 1 + 2^-23] (it underflows to 0 for |x| far below the absmax, so
 // "x != 0" is asked of x's bits). The 20 low bits of y are rounded away, to nearest, ties to
 // even (a carry moves up into the exponent). Below the smallest code (1.25 * 2^e) signed rounds
 // to the nearer of 0 and the smallest code; unsigned never rounds a nonzero value to 0.
 template <bool SIGNED, class V>
-FUSEDOPT_INLINE UintVec<V> encode(V x, V inv, UintVec<V> nonzero_bits) {
+FUSEDOPT_INLINE UintVec<V> encode(V x, V inv) {
     using U = UintVec<V>;
     const U b = as_uint(x);
-    const U y = as_uint(as_float(b & U(quant::kMagnitude)) * inv);
-    const U k = ((y + U(0x7FFFFu) + ((y >> 20) & U(1u))) >> 20) - U(quant::kOffset<SIGNED>);  // as int32, may be < 0
-    // signed: y > half the smallest code; unsigned: x != 0. As the sign bit of h - y and of
-    // 0 - |x| (both operands in [0, 2^31); on y's bits, as y >= 0 is finite: integer order is
-    // float order)
+    const U magnitude = b & U(quant::kMagnitude);
+    const U y = as_uint(as_float(magnitude) * inv);
+    // k = ((y + 0x7FFFF + (bit 20 of y)) >> 20) - kOffset, with kOffset << 20 taken from the sum
+    // instead (as int32, it may be < 0: the shift is arithmetic, a floor division either way)
+    const U k = shift_right_signed(y + U(0x7FFFFu - (quant::kOffset<SIGNED> << 20)) + ((y >> 20) & U(1u)), 20);
+    // signed: y > half the smallest code, as the sign bit of h - y (both in [0, 2^31); on y's
+    // bits, as y >= 0 is finite: integer order is float order); unsigned: x != 0, as min(|x|, 1)
+    // on |x|'s bits (< 2^31)
     const U smallest = SIGNED ? (U(((quant::kOffset<true> + 1u) << 20) - (1u << 23)) - y) >> 31
-                              : (U(0u) - (b & nonzero_bits)) >> 31;
+                              : min_signed(magnitude, U(1u));
     const U code = max_signed(k, smallest);  // k if k >= 1, else 0 or 1
     if constexpr (SIGNED) return code | ((b >> 24) & U(0x80u));
     return code;
@@ -113,7 +135,7 @@ template <bool SIGNED>
 void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_t n) {
     for_each_lane<float>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        decode<SIGNED>(UintVec<V>::load_u8(codes + i), V(scale)).store(out + i);
+        decode<SIGNED>(codes + i, V(scale)).store(out + i);
     });
 }
 
@@ -147,11 +169,22 @@ float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
         return quant::float_of(0x7FC00000u);
     }
     const bool usable = absmax >= FLT_MIN;
+    if (!usable && !SIGNED) {  // all codes 0 (encode's "x != 0" assumes a usable absmax)
+        std::memset(codes, 0, n);
+        return 0.0f;
+    }
     const float inv = usable ? 1.0f / absmax : 0.0f;
-    const std::uint32_t nonzero_bits = usable ? quant::kMagnitude : 0u;
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
-        encode<SIGNED>(V::load(in + i), V(inv), UintVec<V>(nonzero_bits)).store_u8(codes + i);
+    // four vectors at a time where the ISA packs their codes together (store_u8x4), then the rest
+    using V = Vec<float>;
+    constexpr std::size_t W = V::size;
+    std::size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W)
+        store_u8x4(encode<SIGNED>(V::load(in + i), V(inv)), encode<SIGNED>(V::load(in + i + W), V(inv)),
+                   encode<SIGNED>(V::load(in + i + 2 * W), V(inv)), encode<SIGNED>(V::load(in + i + 3 * W), V(inv)),
+                   codes + i);
+    for_each_lane<float>(n - i, [&](auto vec, std::size_t j) {
+        using VV = decltype(vec);
+        encode<SIGNED>(VV::load(in + i + j), VV(inv)).store_u8(codes + i + j);
     });
     return usable ? absmax : 0.0f;
 }

@@ -129,6 +129,9 @@ struct Vec<std::uint32_t> {
     static Vec load_u8(const std::uint8_t* p) {
         return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended
+        return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    }
     void store_u8(std::uint8_t* p) const {  // lanes < 256: packed to bytes within each 128-bit half, then joined
         const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(v, v), _mm256_setzero_si256());
         const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
@@ -145,6 +148,8 @@ struct Vec<std::uint32_t> {
     friend Vec cmpgt(Vec a, Vec b) { return _mm256_cmpgt_epi32(a.v, b.v); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm256_cmpeq_epi32(a.v, b.v); }
     friend Vec max_signed(Vec a, Vec b) { return _mm256_max_epi32(a.v, b.v); }
+    friend Vec min_signed(Vec a, Vec b) { return _mm256_min_epi32(a.v, b.v); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm256_srai_epi32(a.v, s); }
     friend Vec select(Vec mask, Vec a, Vec b) { return _mm256_blendv_epi8(b.v, a.v, mask.v); }
 };
 

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include "../dispatch.h"
 #include "scalar.h"
 
 namespace fusedopt {
@@ -130,8 +131,19 @@ struct Vec<std::uint32_t> {
     void store_u16(std::uint16_t* p) const {  // lanes < 65536
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(v));
     }
+    // the high 16 bits of the lanes -> p[0..16): the two high bytes of each lane gathered to the
+    // low half of each 128-bit lane (vpshufb), then those halves together (vpermq)
+    friend void store_u16_high(Vec x, std::uint16_t* p) {
+        const __m512i high = _mm512_shuffle_epi8(
+            x.v, _mm512_set4_epi32(-1, -1, 0x0F0E0B0A, 0x07060302));  // per 128 bits: bytes 2,3, 6,7, 10,11, 14,15
+        const __m512i joined = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), high);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_castsi512_si256(joined));
+    }
     static Vec load_u8(const std::uint8_t* p) {
         return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended
+        return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
     void store_u8(std::uint8_t* p) const {  // lanes < 256
         _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
@@ -153,7 +165,22 @@ struct Vec<std::uint32_t> {
     friend Mask cmpgt(Vec a, Vec b) { return {_mm512_cmpgt_epi32_mask(a.v, b.v)}; }
     friend Mask cmpeq(Vec a, Vec b) { return {_mm512_cmpeq_epi32_mask(a.v, b.v)}; }
     friend Vec max_signed(Vec a, Vec b) { return _mm512_max_epi32(a.v, b.v); }
+    friend Vec min_signed(Vec a, Vec b) { return _mm512_min_epi32(a.v, b.v); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm512_srai_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec select(Mask mask, Vec a, Vec b) { return _mm512_mask_blend_epi32(mask.m, b.v, a.v); }
+    // x << s where k != 0, else 0: one zero-masked shift (and a vptestmd, which the compiler can
+    // fold with the op computing k), where the generic form (quantize.h) takes a compare and a blend
+    friend Vec shift_left_where_nonzero(Vec k, Vec x, unsigned s) {
+        return _mm512_maskz_slli_epi32(_mm512_test_epi32_mask(k.v, k.v), x.v, s);
+    }
+    // the low bytes of the lanes of a, b, c, d (each < 256) -> p[0..64): two vpackusdw, one
+    // vpackuswb and one vpermd, where four vpmovdb take eight uops on port 5
+    friend void store_u8x4(Vec a, Vec b, Vec c, Vec d, std::uint8_t* p) {
+        const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(a.v, b.v), _mm512_packus_epi32(c.v, d.v));
+        // 32-bit group 4 * l + j of bytes holds elements 4 * l .. 4 * l + 3 of the j-th vector
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_storeu_si512(p, _mm512_permutexvar_epi32(order, bytes));
+    }
 };
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }
@@ -176,15 +203,12 @@ inline void f16c_store(Vec<float> x, std::uint16_t* p) {
 // the instruction (checked once, when the module loads). The avx512 copy is compiled without
 // -mavx512bf16 (it runs on Skylake-X), so the instruction is written in assembly, which the
 // compiler does not check against the target (GCC/Clang syntax: MSVC keeps the integer rounding).
-// Returns false when it stored nothing.
+// Whether the CPU has it is dispatch.cpp's to say (cpu_features_in_use, with the ISAs; tests
+// turn it off there to run the integer rounding here). Returns false when it stored nothing.
 #if defined(__GNUC__)
 #define FUSEDOPT_HAS_BF16_CVT 1
-inline const bool kHasAvx512Bf16 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-}();
 inline bool bf16_cvt_store(Vec<float> x, std::uint16_t* p) {
-    if (!kHasAvx512Bf16 || _mm512_fpclass_ps_mask(x.v, 0x20) != 0) return false;  // 0x20: subnormal
+    if (!cpu_features_in_use.avx512bf16 || _mm512_fpclass_ps_mask(x.v, 0x20) != 0) return false;  // 0x20: subnormal
     __m256i h;
     asm("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(x.v));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);

@@ -28,10 +28,17 @@ V load_bf16(const std::uint16_t* p) {
 // round to inf when they round past bfloat16's largest; inf stays inf; NaN stays a NaN of the
 // same sign and top payload bits, made quiet (truncation alone could turn it into inf).
 // (inf needs no case of its own: inf + add < the next exponent, so the high half stays inf.)
+// The high halves are taken after the select (NaN: the high half of b | 0x400000), so that an
+// ISA may store them without a shift (avx512.h's store_u16_high: one vpshufb and one vpermq where
+// a shift and vpmovdw take three uops).
+template <class U>
+FUSEDOPT_INLINE void store_u16_high(U x, std::uint16_t* p) {
+    (x >> 16).store_u16(p);
+}
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
     const U b = as_uint(x);
-    select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), (b >> 16) | U(0x0040u), (b + add) >> 16).store_u16(p);
+    store_u16_high(select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), b | U(0x00400000u), b + add), p);
 }
 
 template <class V>
@@ -110,6 +117,21 @@ U lowbias32(U x) {
 template <class U>
 U random_bits(U index, std::uint32_t key_a, std::uint32_t key_b) {
     return lowbias32((index ^ U(key_a)) + U(key_b));
+}
+
+// random_bits(U::iota(start), key_a, key_b) for a start that is a multiple of the vector width
+// W (a power of 2), with two vector ops before the mix where the form above takes four: the
+// lanes' start + l (l < W) have the low bits of l and the high bits of start, so
+//   ((start + l) ^ key_a) + key_b = ((start ^ (key_a & -W)) + key_b) + (l ^ (key_a & (W - 1)))
+// (the last term has only the low bits, which the first leaves 0): one broadcast of a scalar,
+// one add of a per-key vector of lanes, lanes = random_lanes<U>(key_a).
+template <class U>
+U random_lanes(std::uint32_t key_a) {
+    return U::iota(0u) ^ U(key_a & (static_cast<std::uint32_t>(U::size) - 1u));
+}
+template <class U>
+U random_bits_aligned(std::uint32_t start, U lanes, std::uint32_t key_a, std::uint32_t key_b) {
+    return lowbias32(U((start ^ (key_a & ~(static_cast<std::uint32_t>(U::size) - 1u))) + key_b) + lanes);
 }
 
 }  // namespace FUSEDOPT_ISA_NS

@@ -129,6 +129,11 @@ struct Vec<std::uint32_t> {
         std::memcpy(&bytes, p, sizeof(bytes));
         return vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(bytes)))));
     }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended
+        std::uint32_t bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        return vreinterpretq_u32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(bytes))))));
+    }
     void store_u8(std::uint8_t* p) const {  // lanes < 256
         const uint16x4_t words = vmovn_u32(v);
         const std::uint32_t bytes = vget_lane_u32(vreinterpret_u32_u8(vmovn_u16(vcombine_u16(words, words))), 0);
@@ -146,6 +151,12 @@ struct Vec<std::uint32_t> {
     friend Vec cmpeq(Vec a, Vec b) { return vceqq_u32(a.v, b.v); }
     friend Vec max_signed(Vec a, Vec b) {
         return vreinterpretq_u32_s32(vmaxq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)));
+    }
+    friend Vec min_signed(Vec a, Vec b) {
+        return vreinterpretq_u32_s32(vminq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)));
+    }
+    friend Vec shift_right_signed(Vec a, int s) {
+        return vreinterpretq_u32_s32(vshlq_s32(vreinterpretq_s32_u32(a.v), vdupq_n_s32(-s)));
     }
     friend Vec select(Vec mask, Vec a, Vec b) { return vbslq_u32(mask.v, a.v, b.v); }
 };

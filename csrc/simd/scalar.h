@@ -69,6 +69,9 @@ struct Scalar {
     static Scalar iota(T start) { return start; }  // start, start + 1, ... (one lane: start)
     static Scalar load_u16(const std::uint16_t* p) { return Scalar(static_cast<T>(*p)); }
     void store_u16(std::uint16_t* p) const { *p = static_cast<std::uint16_t>(v); }  // v < 65536
+    static Scalar load_s8(const std::uint8_t* p) {  // sign-extended
+        return static_cast<T>(static_cast<std::int32_t>(static_cast<std::int8_t>(*p)));
+    }
     void store_u8(std::uint8_t* p) const { *p = static_cast<std::uint8_t>(v); }  // v < 256
     friend Scalar operator&(Scalar a, Scalar b) { return a.v & b.v; }
     friend Scalar operator|(Scalar a, Scalar b) { return a.v | b.v; }
@@ -80,9 +83,17 @@ struct Scalar {
         return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? ~T(0) : T(0);
     }
     friend Scalar cmpeq(Scalar a, Scalar b) { return a.v == b.v ? ~T(0) : T(0); }
-    // the larger of a and b as signed 32-bit integers
+    // the larger (smaller) of a and b as signed 32-bit integers
     friend Scalar max_signed(Scalar a, Scalar b) {
         return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? a.v : b.v;
+    }
+    friend Scalar min_signed(Scalar a, Scalar b) {
+        return static_cast<std::int32_t>(a.v) > static_cast<std::int32_t>(b.v) ? b.v : a.v;
+    }
+    // a >> s as a signed 32-bit integer (the sign bit copied in; a floor division by 2^s)
+    friend Scalar shift_right_signed(Scalar a, int s) {
+        const std::int32_t x = static_cast<std::int32_t>(a.v);
+        return static_cast<T>(x < 0 ? ~(~x >> s) : x >> s);
     }
     // a where mask is all ones, b where it is 0
     friend Scalar select(Scalar mask, Scalar a, Scalar b) { return mask.v ? a.v : b.v; }

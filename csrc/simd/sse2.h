@@ -133,6 +133,12 @@ struct Vec<std::uint32_t> {
         const __m128i zero = _mm_setzero_si128();
         return _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero), zero);
     }
+    static Vec load_s8(const std::uint8_t* p) {  // sign-extended: each byte to the top of its lane, then down
+        int bytes;
+        std::memcpy(&bytes, p, sizeof(bytes));
+        const __m128i zero = _mm_setzero_si128();
+        return _mm_srai_epi32(_mm_unpacklo_epi16(zero, _mm_unpacklo_epi8(zero, _mm_cvtsi32_si128(bytes))), 24);
+    }
     void store_u8(std::uint8_t* p) const {  // lanes < 256, so neither pack saturates
         const __m128i words = _mm_packs_epi32(v, v);
         const int bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
@@ -155,6 +161,8 @@ struct Vec<std::uint32_t> {
     friend Vec cmpgt(Vec a, Vec b) { return _mm_cmpgt_epi32(a.v, b.v); }
     friend Vec cmpeq(Vec a, Vec b) { return _mm_cmpeq_epi32(a.v, b.v); }
     friend Vec max_signed(Vec a, Vec b) { return select(cmpgt(a, b), a, b); }  // SSE2 has no pmaxsd
+    friend Vec min_signed(Vec a, Vec b) { return select(cmpgt(a, b), b, a); }
+    friend Vec shift_right_signed(Vec a, int s) { return _mm_srai_epi32(a.v, s); }
     friend Vec select(Vec mask, Vec a, Vec b) {
         return _mm_or_si128(_mm_and_si128(mask.v, a.v), _mm_andnot_si128(mask.v, b.v));
     }
