@@ -136,9 +136,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
 
     // dy, dx, x (always read for the sums but in eval without dweight), the mask
     const std::size_t mask_bytes = mask == ReluMask::kValues ? sizeof(T) : mask == ReluMask::kBool ? 1 : 0;
-    // (no batches of small tiles: measured (8, 512, 7, 7), 1 thread, best of 15, two rounds:
-    // 90-96 us one tile at a time, 94-102 in batches of 16, 32 or 64 KiB)
-    run_tiles<GradSums, T>(p, p.total() * (3 * sizeof(T) + mask_bytes), false, reduce, finish, apply);
+    run_tiles<GradSums, T>(p, p.total() * (3 * sizeof(T) + mask_bytes), reduce, finish, apply);
 }
 
 template <class T>

@@ -232,7 +232,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    run_tiles<Moments, T>(p, 2 * p.total() * sizeof(T), true, reduce, finish, apply);  // x, y
+    run_tiles<Moments, T>(p, 2 * p.total() * sizeof(T), reduce, finish, apply);  // x, y
 }
 
 template <class T>

@@ -78,7 +78,9 @@ constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns s
 constexpr std::size_t kSumLaneTerms = 16;      // planar: terms a T lane adds up before widening into double
 // run_tiles: tiles of one block go through the stages in batches of up to this many bytes of
 // the call's arrays (measured, (8, 512, 7, 7) forward, 1 thread, best of 15, two rounds: one
-// tile at a time 78 us; 16 KiB 69-72, 32 KiB 67-71, 64 KiB 70-71)
+// tile at a time 78 us; 16 KiB 69-72, 32 KiB 67-71, 64 KiB 70-71; backward with 32 KiB, best
+// of 5 in 6 alternating runs: (8, 512, 7, 7) 89-92 -> 84-89 us, (1, 512, 7, 7) 17.6-18.3 ->
+// 14.3-15.8)
 constexpr std::size_t kBatchBytes = 32768;
 constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 // apply_block: a block of whole rows shorter than this is one run (measured, 1 thread,
@@ -568,9 +570,8 @@ struct Scratch {
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
 //   bytes: of the arrays the call reads and writes (see run_tasks)
-//   batch_tiles: whether tiles of one block go through the stages in batches (see below)
 template <class Partial, class T, class Reduce, class Finish, class Apply>
-void run_tiles(const Plan& p, std::size_t bytes, bool batch_tiles, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // per thread, kept from task to task and call to call: small tiles cost a few microseconds
     // or less, which allocating them for each would double
     thread_local Scratch<T> scratch;
@@ -580,13 +581,13 @@ void run_tiles(const Plan& p, std::size_t bytes, bool batch_tiles, Reduce&& redu
         // lines back and forth (measured on 2 threads, a tile per task: (32, 256, 14, 14)
         // forward no faster than on 1, (8, 512, 7, 7) slower).
         const std::size_t runs = std::min(p.ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
-        // With batch_tiles, tiles of one block go through the stages a batch of them at a time
+        // Tiles of one block go through the stages a batch of them at a time
         // (kBatchBytes of the arrays, so that the batch is still in cache for its elementwise
         // pass): the per-channel chains of dependent operations (the sums' reductions, the
         // divisions and square roots of finish) of neighbouring tiles then overlap instead of
-        // following each other, and finish works on a vector of channels at a time.
+        // following each other, and the forward's finish works on a vector of channels at a time.
         const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, p.ntiles));
-        const std::size_t batch = batch_tiles && p.blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
+        const std::size_t batch = p.blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
         run_tasks(runs, bytes, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
             const std::size_t run_end = (r + 1) * p.ntiles / runs;
