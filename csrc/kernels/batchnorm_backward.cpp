@@ -65,18 +65,19 @@ template <class T>
 struct Coefficients {
     std::vector<T> a, k, c;
     explicit Coefficients(std::size_t channels) : a(channels), k(channels), c(channels) {}
-    void finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums);
+    void finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t c0, std::size_t nch, const GradSums* sums);
 };
 
 template <class T>
-void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t t, const GradSums* sums) {
+void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, std::size_t c0, std::size_t nch,
+                             const GradSums* sums) {
     const T* weight = static_cast<const T*>(args.weight);
     const T* save_invstd = static_cast<const T*>(args.save_invstd);
     T* dweight = static_cast<T*>(args.dweight);
     T* dbias = static_cast<T*>(args.dbias);
     const double n = static_cast<double>(p.outer * p.inner);
-    for (std::size_t j = 0; j < p.tile_nchannels(t); ++j) {
-        const std::size_t ch = p.channel_begin(t) + j;
+    for (std::size_t j = 0; j < nch; ++j) {
+        const std::size_t ch = c0 + j;
         const double invstd = static_cast<double>(save_invstd[ch]);
         const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
         const double a_c = invstd * w;
@@ -108,7 +109,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
     };
 
     Coefficients<T> coef(p.channels);
-    auto finish = [&](std::size_t t, const GradSums* sums) { coef.finish(args, p, t, sums); };
+    auto finish = [&](std::size_t c0, std::size_t nch, const GradSums* sums) { coef.finish(args, p, c0, nch, sums); };
     const T *a = coef.a.data(), *k = coef.k.data(), *c = coef.c.data();
 
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {

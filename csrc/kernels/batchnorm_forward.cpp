@@ -143,7 +143,7 @@ template <class T>
 struct Normalization {
     std::vector<T> mean_hi, scale, shift;
     explicit Normalization(std::size_t channels) : mean_hi(channels), scale(channels), shift(channels) {}
-    void finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t t, const Moments* moments);
+    void finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t c0, std::size_t nch, const Moments* moments);
 };
 
 // Training: normalize with the batch statistics and update the running ones
@@ -153,7 +153,8 @@ struct Normalization {
 // Eval: normalize with the running statistics
 //   invstd = 1 / sqrt(running_var + eps)
 template <class T>
-void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t t, const Moments* moments) {
+void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, std::size_t c0, std::size_t nch,
+                              const Moments* moments) {
     const T* weight = static_cast<const T*>(args.weight);
     const T* bias = static_cast<const T*>(args.bias);
     T* running_mean = static_cast<T*>(args.running_mean);
@@ -162,29 +163,39 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
     T* save_invstd = static_cast<T*>(args.save_invstd);
     const double n = static_cast<double>(p.outer * p.inner);
     const double momentum = args.momentum, eps = args.eps;
-    for (std::size_t k = 0; k < p.tile_nchannels(t); ++k) {
-        const std::size_t c = p.channel_begin(t) + k;
-        double mean, invstd;
-        if (args.training) {
-            const Moments& m = moments[k];
-            mean = m.mean;
-            invstd = 1.0 / std::sqrt(m.m2 / n + eps);
-            if (running_mean) {
-                running_mean[c] = static_cast<T>(momentum * m.mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
-                running_var[c] = static_cast<T>(momentum * (m.m2 / (n - 1.0)) + (1.0 - momentum) * static_cast<double>(running_var[c]));
-            }
-        } else {
-            mean = static_cast<double>(running_mean[c]);
-            invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps);
+    const bool update_running = args.training && running_mean;
+    // The divisions and square roots a vector of channels at a time (the same operations,
+    // rounded as the scalar ones): invstd = 1 / sqrt(var_sum / divisor + eps), with var_sum =
+    // m2 and divisor = n in training, running_var and 1 in eval (x / 1 == x); unbiased = m2 / (n - 1)
+    thread_local std::vector<double> invstd, unbiased;
+    invstd.resize(nch);
+    unbiased.resize(nch);
+    for (std::size_t k = 0; k < nch; ++k)
+        invstd[k] = args.training ? moments[k].m2 : static_cast<double>(running_var[c0 + k]);
+    auto roots = [&, divisor = args.training ? n : 1.0](auto v, std::size_t k) {
+        using V = decltype(v);
+        const V var_sum = V::load(&invstd[k]);
+        if (update_running) (var_sum / V(n - 1.0)).store(&unbiased[k]);
+        (V(1.0) / sqrt(var_sum / V(divisor) + V(eps))).store(&invstd[k]);
+    };
+    std::size_t j = 0;
+    for (; j + Vec<double>::size <= nch; j += Vec<double>::size) roots(Vec<double>{}, j);
+    for (; j < nch; ++j) roots(Scalar<double>{}, j);
+    for (std::size_t k = 0; k < nch; ++k) {
+        const std::size_t c = c0 + k;
+        const double mean = args.training ? moments[k].mean : static_cast<double>(running_mean[c]);
+        if (update_running) {
+            running_mean[c] = static_cast<T>(momentum * mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
+            running_var[c] = static_cast<T>(momentum * unbiased[k] + (1.0 - momentum) * static_cast<double>(running_var[c]));
         }
         const double w = weight ? static_cast<double>(weight[c]) : 1.0;
         const double b = bias ? static_cast<double>(bias[c]) : 0.0;
-        const double scale_c = invstd * w;
+        const double scale_c = invstd[k] * w;
         mean_hi[c] = static_cast<T>(mean);
         scale[c] = static_cast<T>(scale_c);
         shift[c] = static_cast<T>(b - (mean - static_cast<double>(mean_hi[c])) * scale_c);
         save_mean[c] = static_cast<T>(mean);
-        save_invstd[c] = static_cast<T>(invstd);
+        save_invstd[c] = static_cast<T>(invstd[k]);
     }
 }
 
@@ -197,7 +208,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
     auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
         if (args.training) forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
     };
-    auto finish = [&](std::size_t t, const Moments* moments) { norm.finish(args, p, t, moments); };
+    auto finish = [&](std::size_t c0, std::size_t nch, const Moments* moments) { norm.finish(args, p, c0, nch, moments); };
 
     //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
     // (max(-inf, y) = y without it, in the copy that reads relu at run time: no branch)

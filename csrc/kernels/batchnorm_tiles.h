@@ -76,6 +76,12 @@ constexpr std::size_t kTileRunsPerThread = 8;  // fused path: tasks per thread (
 constexpr std::size_t kColumnRowsPerPass = 16;  // columns: rows added in T per widening into double
 constexpr std::size_t kColumnVecsPerPass = 4;   // columns: vectors of columns summed side by side
 constexpr std::size_t kSumLaneTerms = 16;      // planar: terms a T lane adds up before widening into double
+// run_tiles: tiles of one block go through the stages in batches of up to this many bytes of
+// the call's arrays (measured, (8, 512, 7, 7) forward, 1 thread, best of 15, two rounds: one
+// tile at a time 78 us; 16 KiB 69-72, 32 KiB 67-71, 64 KiB 70-71; backward with 32 KiB, best
+// of 5 in 6 alternating runs: (8, 512, 7, 7) 89-92 -> 84-89 us, (1, 512, 7, 7) 17.6-18.3 ->
+// 14.3-15.8)
+constexpr std::size_t kBatchBytes = 32768;
 constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 // apply_block: a block of whole rows shorter than this is one run (measured, 1 thread,
 // (262144 / C, C) float, fwd + bwd: C = 8 546 -> 294 us, 20 544 -> 379, 32 318 -> 283, 48
@@ -559,7 +565,7 @@ struct Scratch {
 
 // Runs the three stages over every tile:
 //   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
-//   finish(t, partial): per-channel results from the merged partials
+//   finish(c0, nch, partial): per-channel results of channels [c0, c0 + nch) from their merged partials
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
@@ -575,13 +581,36 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
         // lines back and forth (measured on 2 threads, a tile per task: (32, 256, 14, 14)
         // forward no faster than on 1, (8, 512, 7, 7) slower).
         const std::size_t runs = std::min(p.ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
+        // Tiles of one block go through the stages a batch of them at a time
+        // (kBatchBytes of the arrays, so that the batch is still in cache for its elementwise
+        // pass): the per-channel chains of dependent operations (the sums' reductions, the
+        // divisions and square roots of finish) of neighbouring tiles then overlap instead of
+        // following each other, and the forward's finish works on a vector of channels at a time.
+        const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, p.ntiles));
+        const std::size_t batch = p.blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
         run_tasks(runs, bytes, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
-            for (std::size_t t = r * p.ntiles / runs; t < (r + 1) * p.ntiles / runs; ++t) {
-                partial.assign(p.tile_channels, Partial{});
-                reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
-                finish(t, partial.data());
-                apply(t, 0, p.blocks_per_tile);
+            const std::size_t run_end = (r + 1) * p.ntiles / runs;
+            if (batch == 1) {
+                // (the loop below with batches of one tile compiled slower than this one:
+                // measured, 1 thread, best of 5 in 4 alternating runs: (32, 256, 14, 14) forward
+                // 670-700 -> 840-890 us, (8, 512, 7, 7) backward 90-92 -> 99-103 us)
+                for (std::size_t t = r * p.ntiles / runs; t < run_end; ++t) {
+                    partial.assign(p.tile_channels, Partial{});
+                    reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
+                    finish(p.channel_begin(t), p.tile_nchannels(t), partial.data());
+                    apply(t, 0, p.blocks_per_tile);
+                }
+                return;
+            }
+            for (std::size_t t0 = r * p.ntiles / runs; t0 < run_end; t0 += batch) {
+                const std::size_t t1 = std::min(run_end, t0 + batch);
+                partial.assign((t1 - t0) * p.tile_channels, Partial{});
+                for (std::size_t t = t0; t < t1; ++t)
+                    reduce(t, 0, p.blocks_per_tile, &partial[(t - t0) * p.tile_channels], scratch);
+                const std::size_t c0 = p.channel_begin(t0);
+                finish(c0, p.channel_begin(t1 - 1) + p.tile_nchannels(t1 - 1) - c0, partial.data());
+                for (std::size_t t = t0; t < t1; ++t) apply(t, 0, p.blocks_per_tile);
             }
         });
         return;
@@ -596,7 +625,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
         Partial* first = group_partial(t, 0);
         for (std::size_t g = 1; g < p.groups; ++g)
             for (std::size_t c = 0; c < p.tile_nchannels(t); ++c) first[c] = merge(first[c], group_partial(t, g)[c]);
-        finish(t, first);
+        finish(p.channel_begin(t), p.tile_nchannels(t), first);
     }
     // The elementwise pass takes the groups last to first: the reduction read them first to last,
     // so the last ones are still in L2/L3 (measured, 1 thread: (32, 56, 56, 64) channels-last
