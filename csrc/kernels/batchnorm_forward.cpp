@@ -24,16 +24,18 @@ inline bool shift_too_far(double count, double sum_d, double sum_d2) {
 }
 
 // forward_statistics of a small channel (small_channel: the tile is one block): the same
-// shift (the mean of the first row, at least kShiftSample values) and the same sums, in one
-// go (see small_channel_sums).
+// shift (the mean of the first rows, at least kShiftSample values) and the same reshift rule,
+// the sums taken in one go (see small_channel_sums; they may round differently from the block
+// path's, within the same bound).
 template <class T>
 Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
     const double n = static_cast<double>(p.outer * p.inner);
-    double first_row;
-    small_channel_sums<T, 1>(p, t, 1, [x](auto v, std::size_t i, auto* acc) {
+    const std::size_t sample_rows = std::min(p.outer, (kShiftSample + p.inner - 1) / p.inner);
+    double sample_sum;
+    small_channel_sums<T, 1>(p, t, sample_rows, [x](auto v, std::size_t i, auto* acc) {
         acc[0] = acc[0] + decltype(v)::load(x + i);
-    }, &first_row);
-    T shift = static_cast<T>(first_row / static_cast<double>(p.inner));
+    }, &sample_sum);
+    T shift = static_cast<T>(sample_sum / static_cast<double>(sample_rows * p.inner));
     double sums[2];
     auto deviation_sums = [&] {
         small_channel_sums<T, 2>(p, t, p.outer, [x, shift](auto v, std::size_t i, auto* acc) {
@@ -178,9 +180,7 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
         if (update_running) (var_sum / V(n - 1.0)).store(&unbiased[k]);
         (V(1.0) / sqrt(var_sum / V(divisor) + V(eps))).store(&invstd[k]);
     };
-    std::size_t j = 0;
-    for (; j + Vec<double>::size <= nch; j += Vec<double>::size) roots(Vec<double>{}, j);
-    for (; j < nch; ++j) roots(Scalar<double>{}, j);
+    for_each_lane<double>(nch, roots);
     for (std::size_t k = 0; k < nch; ++k) {
         const std::size_t c = c0 + k;
         const double mean = args.training ? moments[k].mean : static_cast<double>(running_mean[c]);

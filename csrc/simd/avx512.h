@@ -200,9 +200,10 @@ inline void f16c_store(Vec<float> x, std::uint16_t* p) {
 // ops. It gives convert.h's bits (NaN: quiet, same sign and top payload bits; inf and overflow as
 // the integer add) but for fp32 subnormals, which it reads as zero: a vector with one (the
 // vfpclassps test) is left to convert.h's integer rounding, as is every vector on a CPU without
-// the instruction (checked once, when the module loads). The avx512 copy is compiled without
-// -mavx512bf16 (it runs on Skylake-X), so the instruction is written in assembly, which the
-// compiler does not check against the target (GCC/Clang syntax: MSVC keeps the integer rounding).
+// the instruction (detected once by dispatch.cpp, the flag read per vector). The avx512 copy is
+// compiled without -mavx512bf16 (it runs on Skylake-X), so the instruction is written in
+// assembly, which the compiler does not check against the target (GCC/Clang syntax: MSVC keeps
+// the integer rounding).
 // Whether the CPU has it is dispatch.cpp's to say (cpu_features_in_use, with the ISAs; tests
 // turn it off there to run the integer rounding here). Returns false when it stored nothing.
 #if defined(__GNUC__)

@@ -135,6 +135,17 @@ class Network:
         return network_step
 
 
+def _row(label: str, elements: int, threads: int, steps: dict[str, Callable[[], object]], min_batch: float,
+         repeats: int) -> dict[str, Any]:
+    """One row: `steps` timed interleaved on `threads` threads, each one's best and median."""
+    set_threads(threads)
+    times = time_interleaved(steps, min_batch, repeats)
+    row: dict[str, Any] = {"case": label, "elements": elements, "threads": threads, "repeats": repeats}
+    for name, t in times.items():
+        row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
+    return row
+
+
 def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
     """One row per BN shape and thread count: best and median seconds per step of each
     implementation (keys f"{name}_best_s", f"{name}_median_s"); then the network's rows (torch
@@ -149,21 +160,13 @@ def rows(quick: bool, threads: list[int]) -> list[dict[str, Any]]:
             label = f"batchnorm {'x'.join(map(str, shape))} {layout}"
             case = Case(shape, axis)
             for n in threads:
-                set_threads(n)
-                times = time_interleaved({name: case.step(name) for name in IMPLEMENTATIONS}, min_batch, repeats)
-                row: dict[str, Any] = {"case": label, "elements": case.n, "threads": n, "repeats": repeats}
-                for name, t in times.items():
-                    row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
-                out.append(row)
+                out.append(_row(label, case.n, n, {name: case.step(name) for name in IMPLEMENTATIONS}, min_batch,
+                                repeats))
         network = Network(quick)
         label = f"network {NETWORK[1]}x (1x1 conv + BN + ReLU) {'x'.join(map(str, network.x.shape))} NHWC"
         for n in threads:
-            set_threads(n)
-            times = time_interleaved({name: network.step(name) for name in network.models}, min_batch, repeats)
-            row = {"case": label, "elements": network.x.numel(), "threads": n, "repeats": repeats}
-            for name, t in times.items():
-                row[f"{name}_best_s"], row[f"{name}_median_s"] = min(t), statistics.median(t)
-            out.append(row)
+            out.append(_row(label, network.x.numel(), n, {name: network.step(name) for name in network.models},
+                            min_batch, repeats))
     finally:
         fusedopt.set_num_threads(before[0])
         torch.set_num_threads(before[1])

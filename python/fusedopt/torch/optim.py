@@ -63,7 +63,6 @@ from .._lowprec import (
 )
 from .._tensors import tensor_to_ndarray
 from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
-from ..optim import _always
 from . import _omp
 from ._plan import _Call, _Plan
 
@@ -94,17 +93,21 @@ def _no_entries(group: dict[str, Any]) -> tuple[()]:
 
 
 class _StateSpec(NamedTuple):
-    """One per-param state tensor: torch's name, the fusedopt keyword for the list of them,
-    whether a group with these hyperparameters keeps it, its 8-bit code (signed, or unsigned for
-    non-negative state), and the group entry that `needed` reads (None: none)."""
+    """One per-param state tensor: torch's name, the fusedopt keyword for the list of them, its
+    8-bit code (signed, or unsigned for non-negative state), and the group entry that decides
+    whether a group keeps it (None: always kept) with the test of that entry's value. A plan
+    holds while those entries are unchanged (_structure_values), so the entry is named once."""
     name: str
     argument: str
-    needed: Callable[[dict[str, Any]], bool]
     signed: bool
     key: str | None = None
+    kept_if: Callable[[Any], bool] = bool
+
+    def needed(self, group: dict[str, Any]) -> bool:
+        return self.key is None or self.kept_if(group[self.key])
 
 
-_MASTER = (_StateSpec(MASTER_PARAM, "master_params", _always, False),)
+_MASTER = (_StateSpec(MASTER_PARAM, "master_params", False),)
 _OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_size")  # optimizer-wide
 _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
 _NO_ROUNDING: dict[str, Any] = {}
@@ -613,8 +616,7 @@ _FusedStep.step.hooked = True  # type: ignore[attr-defined]
 class SGD(_FusedStep, torch.optim.SGD):
     """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) on fusedopt.sgd_."""
     _update = staticmethod(functional.sgd_)
-    _states = (_StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] != 0, True,
-                          "momentum"),)
+    _states = (_StateSpec("momentum_buffer", "momentum_buffers", True, "momentum", lambda momentum: momentum != 0),)
 
     @property
     def _counts_steps(self) -> bool:  # type: ignore[override]
@@ -641,7 +643,7 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     fusedopt.adagrad_. As torch, state is made for every param at construction, and a sum made
     later starts at the constructor's initial_accumulator_value."""
     _update = staticmethod(functional.adagrad_)
-    _states = (_StateSpec("sum", "state_sums", _always, False),)
+    _states = (_StateSpec("sum", "state_sums", False),)
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
@@ -659,9 +661,9 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
     fusedopt.rmsprop_; eps_inside_sqrt=True divides by sqrt(square_avg + eps), the textbook form,
     instead of torch's sqrt(square_avg) + eps."""
     _update = staticmethod(functional.rmsprop_)
-    _states = (_StateSpec("square_avg", "square_avgs", _always, False),
-               _StateSpec("momentum_buffer", "momentum_buffers", lambda group: group["momentum"] > 0, True, "momentum"),
-               _StateSpec("grad_avg", "grad_avgs", lambda group: bool(group["centered"]), True, "centered"))
+    _states = (_StateSpec("square_avg", "square_avgs", False),
+               _StateSpec("momentum_buffer", "momentum_buffers", True, "momentum", lambda momentum: momentum > 0),
+               _StateSpec("grad_avg", "grad_avgs", True, "centered"))
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -693,10 +695,9 @@ class Adam(_FusedStep, torch.optim.Adam):
     """torch.optim.Adam (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
     fusedopt.adam_."""
     _update = staticmethod(functional.adam_)
-    _states = (_StateSpec("exp_avg", "exp_avgs", _always, True),
-               _StateSpec("exp_avg_sq", "exp_avg_sqs", _always, False),
-               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", lambda group: bool(group["amsgrad"]), False,
-                          "amsgrad"))
+    _states = (_StateSpec("exp_avg", "exp_avgs", True),
+               _StateSpec("exp_avg_sq", "exp_avg_sqs", False),
+               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", False, "amsgrad"))
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
