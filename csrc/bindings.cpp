@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <functional>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <utility>
 #include <sstream>
@@ -657,6 +658,12 @@ PYBIND11_MODULE(_core, m) {
                                   std::string(py::repr(n)));
         set_num_threads(static_cast<int>(v));
     }, py::arg("n"), "Run kernels on up to n threads (1 <= n <= 1024; the CPU count by default).");
+    // The address of an OpenMP runtime's GOMP_parallel (0: fusedopt's own pool). Private:
+    // fusedopt.torch passes the one of the libgomp torch has loaded (see parallel.h).
+    m.def("_set_openmp_parallel", [](std::uintptr_t address) {
+        set_openmp_parallel(reinterpret_cast<OpenMPParallel>(address));
+    }, py::arg("address"));
+    m.def("_openmp_parallel", [] { return reinterpret_cast<std::uintptr_t>(get_openmp_parallel()); });
 
     // Positional only and without defaults: fusedopt/functional.py holds the keyword-only
     // signatures, defaults and docstrings (pybind11's keyword matching costs ~3 us a call).

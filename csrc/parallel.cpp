@@ -56,6 +56,11 @@ class ThreadPool {
             for (int i = 0; i < ntasks; ++i) task(i);
             return;
         }
+        if (OpenMPParallel openmp = get_openmp_parallel()) {
+            Region region{&task, ntasks, {0}};
+            openmp(&Region::body, &region, static_cast<unsigned>(nthreads), 0);
+            return;
+        }
         ensure_workers(nthreads - 1);
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -79,6 +84,17 @@ class ThreadPool {
     }
 
   private:
+    // A region run on an OpenMP runtime's team: each of its threads claims tasks until none is left.
+    struct Region {
+        const std::function<void(int)>* task;
+        int ntasks;
+        std::atomic<int> next;
+        static void body(void* data) {
+            auto* r = static_cast<Region*>(data);
+            for (int i = r->next.fetch_add(1); i < r->ntasks; i = r->next.fetch_add(1)) (*r->task)(i);
+        }
+    };
+
     void work() {
         for (int i = next_.fetch_add(1); i < ntasks_; i = next_.fetch_add(1)) (*task_)(i);
     }
@@ -130,9 +146,13 @@ class ThreadPool {
 // multi-threaded call, at the parent's thread count. The first pool is made when the module
 // loads, so that no thread can be inside a first-use initialization when the process forks.
 std::atomic<ThreadPool*> g_pool{new ThreadPool()};
+std::atomic<OpenMPParallel> g_openmp_parallel{nullptr};
 
 #if defined(__unix__) || defined(__APPLE__)
-void new_pool_in_child() { g_pool.store(new ThreadPool(), std::memory_order_release); }
+void new_pool_in_child() {
+    g_pool.store(new ThreadPool(), std::memory_order_release);
+    g_openmp_parallel.store(nullptr, std::memory_order_release);
+}
 const int g_atfork_registered = pthread_atfork(nullptr, nullptr, new_pool_in_child);
 #endif
 
@@ -143,6 +163,8 @@ ThreadPool& pool() { return *g_pool.load(std::memory_order_acquire); }
 int get_num_threads() { return g_num_threads.load(std::memory_order_relaxed); }
 void set_num_threads(int n) { g_num_threads.store(std::clamp(n, 1, kMaxThreads)); }
 void parallel_for(int ntasks, const std::function<void(int)>& task) { pool().run(ntasks, task); }
+void set_openmp_parallel(OpenMPParallel parallel) { g_openmp_parallel.store(parallel, std::memory_order_release); }
+OpenMPParallel get_openmp_parallel() { return g_openmp_parallel.load(std::memory_order_acquire); }
 
 void for_each_chunk(const TensorBatch& b,
                     const std::function<void(void* const*, std::size_t, std::size_t, std::size_t)>& chunk) {

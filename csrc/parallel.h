@@ -30,6 +30,19 @@ void set_num_threads(int n);
 // thread) runs its tasks on its own thread.
 void parallel_for(int ntasks, const std::function<void(int)>& task);
 
+// An OpenMP runtime's parallel-region entry point with libgomp's GOMP_parallel signature: runs
+// body(data) on num_threads threads, the caller among them, and returns when all are done.
+using OpenMPParallel = void (*)(void (*body)(void*), void* data, unsigned num_threads, unsigned flags);
+
+// Runs parallel_for's regions on that runtime's threads instead of the pool's (nullptr: the pool
+// again). fusedopt.torch hands it torch's libgomp: in a training loop the step follows torch's
+// backward, whose OpenMP workers spin for milliseconds after it; on their team the step's region
+// starts on workers already awake instead of competing with them for the cores. Which thread runs
+// a task never changes its result (tasks are claimed from a counter either way). A forked child
+// goes back to its own pool: libgomp's team does not survive fork.
+void set_openmp_parallel(OpenMPParallel parallel);
+OpenMPParallel get_openmp_parallel();
+
 // The arrays of a multi-tensor call: tensor t's k-th array is ptrs[t * arrays_per_tensor + k].
 struct TensorBatch {
     std::size_t arrays_per_tensor = 0;

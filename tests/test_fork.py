@@ -145,3 +145,68 @@ def test_multiprocessing_pool(tmp_path, method):
             print("ok")
     """)
     assert out.strip() == "ok"
+
+
+# fusedopt.torch runs fusedopt's regions on torch's libgomp team (fusedopt.torch.use_torch_threads).
+TORCH_TEAM = """
+import torch
+import fusedopt.torch
+from fusedopt import _core
+
+torch.set_num_threads(2)
+fusedopt.set_num_threads(2)
+if not fusedopt.torch.use_torch_threads():
+    print("skip: torch's parallel backend is not libgomp")
+    sys.exit(0)
+torch.ones(1 << 22).add_(1)  # a region of torch's: its team of 2 (the caller and one worker) exists
+"""
+
+
+def run_torch_script(tmp_path, body):
+    pytest.importorskip("torch")
+    out = run_script(tmp_path, TORCH_TEAM + textwrap.dedent(body))
+    if out.startswith("skip:"):
+        pytest.skip(out.strip())
+    return out
+
+
+def test_regions_run_on_torchs_openmp_threads(tmp_path):
+    """With torch's threads in use a 2-thread call adds no thread to the process (its region runs
+    on torch's team) and gives the 1-thread result; back on fusedopt's pool the pool's worker
+    appears."""
+    out = run_torch_script(tmp_path, """
+        want = one_thread_digest(7)
+        before = threads_in_process()
+        assert all(sgd_digest(7) == want for _ in range(3))
+        on_torch_team = threads_in_process()
+        fusedopt.torch.use_torch_threads(False)
+        assert _core._openmp_parallel() == 0
+        assert sgd_digest(7) == want
+        print(before, on_torch_team, threads_in_process())
+    """)
+    if out.split()[0] == "None":
+        pytest.skip("needs Linux's /proc/self/task")
+    before, on_torch_team, on_pool = map(int, out.split())
+    assert on_torch_team == before and on_pool == before + 1, out
+
+
+def test_forked_child_leaves_torchs_openmp_threads(tmp_path):
+    """libgomp's team does not survive fork: a child forked after regions ran on it runs its own
+    multi-threaded calls on a pool of its own, and the parent stays on torch's team."""
+    out = run_torch_script(tmp_path, """
+        want = one_thread_digest(8)
+        assert sgd_digest(8) == want
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ok = _core._openmp_parallel() == 0 and all(sgd_digest(8) == want for _ in range(3))
+                code = 0 if ok else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert _core._openmp_parallel() != 0 and sgd_digest(8) == want
+        print("ok")
+    """)
+    assert out.strip() == "ok"

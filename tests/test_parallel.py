@@ -11,7 +11,18 @@ import pytest
 
 import fusedopt
 from fusedopt import reference
+from fusedopt import _core
 from test_optim import make_problem, results, run
+
+
+@pytest.fixture(autouse=True)
+def own_pool():
+    """These tests are about fusedopt's own pool: where fusedopt.torch has been imported (by an
+    earlier test) its regions run on torch's OpenMP threads (tests/test_fork.py tests those)."""
+    before = _core._openmp_parallel()
+    _core._set_openmp_parallel(0)
+    yield
+    _core._set_openmp_parallel(before)
 
 
 def test_many_tensors_bitwise_equal_for_any_thread_count(threads):

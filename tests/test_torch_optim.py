@@ -438,68 +438,6 @@ def test_fusedopt_runs_the_step(monkeypatch):
     assert [n for n in calls if n] == [3, 3, 3, 3]  # (the others: each call's checks, on empty lists, first)
 
 
-# ---- torch's idle OpenMP workers ------------------------------------------------------------------------
-
-
-def other_threads_cpu_ns():
-    """CPU time (ns, /proc/self/task/*/schedstat) of every thread of this process but this one."""
-    import os
-    import threading
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        if int(tid) != threading.get_native_id():
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-    return total
-
-
-def test_a_large_step_puts_torchs_spinning_workers_to_sleep(monkeypatch, threads):
-    """After a torch op, torch's OpenMP workers spin for milliseconds; a large step first runs an
-    empty region of one thread more, after which they sleep: in the 30 ms after the step they take
-    (almost) no CPU. The step's numbers are unchanged (bitwise, against a step that does not park)."""
-    import time
-
-    import fusedopt.torch.optim as fo
-    from fusedopt.torch import _omp
-    if _omp.find() is None or not __import__("os").path.exists("/proc/self/task"):
-        pytest.skip("needs torch's libgomp, and Linux's /proc")
-    fusedopt.set_num_threads(2)
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # (another test may have left torch on 1)
-    try:
-        run_parked_and_not(monkeypatch, fo, _omp, time)
-    finally:
-        torch.set_num_threads(torch_threads)
-
-
-def run_parked_and_not(monkeypatch, fo, _omp, time):
-    parks = []
-    monkeypatch.setattr(_omp.TorchOpenMP, "park_workers",
-                        lambda self, real=_omp.TorchOpenMP.park_workers: parks.append(1) or real(self))
-    a, b = make_model(), make_model()
-    opt_a, opt_b = ft.Adam(a.parameters()), ft.Adam(b.parameters())
-    x = torch.randn(512, 512)
-    spent = {}
-    for inputs, y in batches(6):
-        for model, opt, threshold in ((a, opt_a, 1), (b, opt_b, 1 << 60)):
-            monkeypatch.setattr(fo, "PARK_TORCH_WORKERS_MIN_ELEMENTS", threshold)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(inputs), y).backward()
-            x @ x  # a parallel region: the workers spin after it
-            opt.step()
-            before = other_threads_cpu_ns()
-            time.sleep(0.03)
-            spent.setdefault(threshold, []).append(other_threads_cpu_ns() - before)
-    print("other threads' CPU in the 30 ms after a step (ms): parked", [s / 1e6 for s in spent[1]],
-          "not parked", [s / 1e6 for s in spent[1 << 60]])
-    assert len(parks) == 6
-    # measured: parked <= 0.03 ms, not parked a median of 3-4 ms; the median, since on a loaded
-    # machine one 30 ms window in six once caught a worker that the OS had kept off the CPU
-    assert sorted(spent[1])[len(spent[1]) // 2] < 0.5e6
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert torch.equal(p, q)
-
-
 def test_loading_a_state_dict_lets_the_old_state_go():
     """The plans hold views of the state tensors: after load_state_dict the old ones are freed."""
     import gc

@@ -1,4 +1,5 @@
-"""Putting torch's idle OpenMP workers to sleep before a step runs on fusedopt's own pool.
+"""fusedopt's parallel regions on torch's own OpenMP threads, and putting torch's idle workers
+to sleep.
 
 In a training loop the optimizer step follows backward, and torch's OpenMP workers (libgomp)
 spin for milliseconds after each parallel region before they sleep (GOMP_SPINCOUNT's 300,000
@@ -10,6 +11,13 @@ microseconds. torch's next region (of its usual size) retires the extra thread, 
 spin as before: torch's own speed is untouched. The region's body is a C function taking a
 pointer that does nothing with NULL (libc's free), so no thread needs the GIL (a region whose
 threads called back into Python cost 17-22 ms here: each waited for the GIL).
+
+Parking still costs the step a region of its own (120-140 us right after a backward, 2-core VM)
+and helps only steps large enough to amortize it. use_torch_threads, on by default once
+fusedopt.torch is imported, does without it: fusedopt's regions run on torch's libgomp team
+(GOMP_parallel, as DeepSpeed's CPU Adam runs on torch's OpenMP), so the spinning workers are the
+step's own threads, already awake. park_workers remains the bench's way to time a step without
+spinning workers.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ import ctypes
 import os
 
 import torch
+
+from .. import _core
 
 
 class TorchOpenMP:
@@ -28,6 +38,7 @@ class TorchOpenMP:
         self._parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
         self._parallel.restype = None
         self._noop = ctypes.cast(ctypes.CDLL(None).free, ctypes.c_void_p).value  # free(NULL): nothing
+        self.parallel_address: int = ctypes.cast(self._parallel, ctypes.c_void_p).value or 0
 
     def park_workers(self) -> None:
         """Make torch's idle OpenMP workers sleep now instead of spinning (see the module docstring)."""
@@ -52,3 +63,14 @@ def find() -> TorchOpenMP | None:
         except (OSError, AttributeError):
             continue
     return None
+
+
+def use_torch_threads(enabled: bool = True) -> bool:
+    """Run fusedopt's parallel regions (every multi-threaded fusedopt call of this process, on
+    tensors or arrays) on torch's OpenMP threads, or (False) on fusedopt's own pool. Returns
+    whether torch's threads are in use: False also where torch's parallel backend is not libgomp.
+    The thread count stays fusedopt.set_num_threads'; results are the same bits either way. A
+    forked child runs on its own pool (libgomp's threads do not survive fork)."""
+    runtime = find() if enabled else None
+    _core._set_openmp_parallel(runtime.parallel_address if runtime is not None else 0)
+    return runtime is not None

@@ -28,7 +28,7 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "elements", "first_step", "group", "group_params", "new_state", "params", "present", "ptrs",
+    __slots__ = ("calls", "first_step", "group", "group_params", "new_state", "params", "present", "ptrs",
                  "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "structure_of",
                  "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
 
@@ -50,7 +50,6 @@ class _Plan:
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
-        self.elements = 0                              # in the params with a grad
         self.step_counts: np.ndarray | None = None    # steps as NumPy (a view of it)
         self.first_step: int | None = None            # the steps every param had taken at build time (None: unequal)
         self.taken = 0                                 # steps taken with the plan: added to each call's step

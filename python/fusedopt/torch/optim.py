@@ -49,7 +49,6 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .. import _core, functional
-from .. import get_num_threads as _fusedopt_threads
 from .._checks import _array_problem, _memory, _step_error
 from .._lowprec import (
     MASTER_PARAM,
@@ -63,24 +62,9 @@ from .._lowprec import (
 )
 from .._tensors import tensor_to_ndarray
 from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
-from . import _omp
 from ._plan import _Call, _Plan
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
-
-# A step of at least this many elements on 2+ threads first puts torch's idle OpenMP workers to
-# sleep (fusedopt.torch._omp): 120-140 us right after a backward (best of 41, 2-core VM; it waits
-# for torch's workers to join, so on a loaded machine it can take a scheduler slice), against
-# the milliseconds by which a spinning worker slows a large step right after backward. A step
-# under 2 * 131072 elements runs on one thread anyway (csrc/parallel.h, kMinElementsPerThread),
-# and torch's spinning worker then holds the other core, not the step's. Between that and this
-# threshold, whether parking pays could not be measured apart from the machine's noise; on a
-# loaded machine (the 2-core VM with three compilers running) parking inside the MLP's step
-# (269K elements, 2 threads) right after backward made it slower, not faster: median 4.2 ms
-# against 3.4, upper quartile 11.8 against 7.3 (100 alternating rounds), as waking the threads
-# the region needs waits for the scheduler.
-PARK_TORCH_WORKERS_MIN_ELEMENTS = 1 << 22
-_torch_openmp: list[_omp.TorchOpenMP | None] = []  # found at the first step that parks
 
 _get_grad = operator.attrgetter("grad")
 _as_ndarray = torch.Tensor.numpy
@@ -410,7 +394,7 @@ class _FusedStep(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
         steps = []  # (plan, grad views of its params, hyperparameters)
-        calls = elements = 0
+        calls = 0
         # C-level maps and no method calls per group but the hyperparameters': right after a
         # step's kernel has evicted the caches (the MLP's 4 MB of params, grads and state pass
         # through a 2 MB L2), each Python frame and each kind of torch call runs cold: the first
@@ -432,7 +416,6 @@ class _FusedStep(torch.optim.Optimizer):
                 views = self._grad_views(grads)
             steps.append((plan, views, self._hyperparameters(group)))
             calls += len(plan.calls)
-            elements += plan.elements
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
             current = {id(group) for group in self.param_groups}
             for key in [key for key in plans if key not in current]:
@@ -442,11 +425,6 @@ class _FusedStep(torch.optim.Optimizer):
         scale = None if grad_scale is None else float(grad_scale)
         if calls > 1:
             self._check_calls(steps)
-        if elements >= PARK_TORCH_WORKERS_MIN_ELEMENTS and _fusedopt_threads() > 1:
-            if not _torch_openmp:
-                _torch_openmp.append(_omp.find())
-            if _torch_openmp[0] is not None:
-                _torch_openmp[0].park_workers()
         update = type(self)._update
         for plan, views, hyperparameters in steps:
             for call in plan.calls:
@@ -506,7 +484,6 @@ class _FusedStep(torch.optim.Optimizer):
             state: dict[str, Any] = self.state.get(p) or {}
             new = self._new_state(specs, state, p)
             plan.params.append(p)
-            plan.elements += p.numel()
             plan.ptrs.append(p.data_ptr())
             for spec in specs:
                 if spec.name not in new:
