@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import reference
-from fusedopt import _core
+from fusedopt import _core, reference
 from test_optim import make_problem, results, run
 
 

@@ -28,11 +28,11 @@ import math
 import numbers
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from . import _core, functional
+from . import _core, _states, functional
 from ._checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from ._checkpoint import load as load
 from ._checkpoint import save as save
@@ -49,30 +49,10 @@ from ._lowprec import (
     _state_dtype_of,
 )
 from ._lowprec import STATE_DTYPES as STATE_DTYPES
+from ._states import MASTER as _MASTER_SPEC
+from ._states import StateArray as StateArray
 from ._tensors import _bfloat16
 from .lowbit import QuantizedState, quantize, quantized_zeros_like
-
-
-def _always(hyperparameters: dict[str, Any]) -> bool:
-    return True
-
-
-def _zero(hyperparameters: dict[str, Any]) -> float:
-    return 0.0
-
-
-class StateArray(NamedTuple):
-    """One per-param state array of an optimizer, e.g. Adam's "exp_avg"."""
-    argument: str                   # the update function's keyword for the list of these arrays
-    signed: bool                    # its 8-bit code: signed (exp_avg, ...) or non-negative (exp_avg_sq, ...)
-    # whether a group with these hyperparameters uses it
-    needed: Callable[[dict[str, Any]], bool] = _always
-    # hyperparameters -> the value the array holds before the param's first step
-    fill: Callable[[dict[str, Any]], float] = _zero
-
-
-_MASTER_SPEC = StateArray("master_params", False)
-
 
 # The update-function calls of a step, as Optimizer._plan makes them: (group index, update keyword
 # arguments, param indices, step, {state argument: [arrays]})
@@ -769,8 +749,7 @@ class SGD(Optimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov momentum, L2 weight decay."""
     default_hyperparameters = dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False)
     update = staticmethod(functional.sgd_)
-    # its contents do not matter: the first step's call (step=1) sets a new buffer to the gradient, as torch does
-    state_arrays = {"momentum_buffer": StateArray("momentum_buffers", True, lambda h: h["momentum"] != 0)}
+    state_arrays = _states.named(_states.SGD)
     counts_steps = False
 
     def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, Any] | None) -> int | None:
@@ -789,8 +768,7 @@ class Adagrad(Optimizer):
     default_hyperparameters = dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                                    maximize=False)
     update = staticmethod(functional.adagrad_)
-    state_arrays = {
-        "sum": StateArray("state_sums", False, fill=lambda h: h["initial_accumulator_value"])}
+    state_arrays = _states.named(_states.ADAGRAD)
 
     def _checked_hyperparameters(self, group: dict[str, Any], where: str) -> dict[str, Any]:
         checked = super()._checked_hyperparameters(group, where)
@@ -810,11 +788,7 @@ class RMSprop(Optimizer):
     default_hyperparameters = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                                    maximize=False, eps_inside_sqrt=False)
     update = staticmethod(functional.rmsprop_)
-    state_arrays = {
-        "square_avg": StateArray("square_avgs", False),
-        "momentum_buffer": StateArray("momentum_buffers", True, lambda h: h["momentum"] > 0),
-        "grad_avg": StateArray("grad_avgs", True, lambda h: h["centered"]),
-    }
+    state_arrays = _states.named(_states.RMSPROP)
 
     def _step_argument(self, state: dict[str, Any], new_arrays: dict[str, Any] | None) -> int | None:
         # rmsprop_ takes no step (state["step"] is counted all the same, as torch does) unless it
@@ -827,11 +801,7 @@ class Adam(Optimizer):
     default_hyperparameters = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
                                    maximize=False, decoupled_weight_decay=False)
     update = staticmethod(functional.adam_)
-    state_arrays = {
-        "exp_avg": StateArray("exp_avgs", True),
-        "exp_avg_sq": StateArray("exp_avg_sqs", False),
-        "max_exp_avg_sq": StateArray("max_exp_avg_sqs", False, lambda h: h["amsgrad"]),
-    }
+    state_arrays = _states.named(_states.ADAM)
 
     def _update_kwargs(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(hyperparameters)

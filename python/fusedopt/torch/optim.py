@@ -42,13 +42,14 @@ import inspect
 import operator
 from collections.abc import Callable, Iterable
 from itertools import repeat
-from typing import Any, ClassVar, NamedTuple, overload
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .. import _core, functional
+from .. import _states as state_specs
 from .._checks import _array_problem, _memory, _step_error
 from .._lowprec import (
     MASTER_PARAM,
@@ -60,6 +61,7 @@ from .._lowprec import (
     _param_dtype_problem,
     _state_dtype_of,
 )
+from .._states import StateArray
 from .._tensors import tensor_to_ndarray
 from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
 from ._plan import _Call, _Plan
@@ -76,22 +78,7 @@ def _no_entries(group: dict[str, Any]) -> tuple[()]:
     return ()
 
 
-class _StateSpec(NamedTuple):
-    """One per-param state tensor: torch's name, the fusedopt keyword for the list of them, its
-    8-bit code (signed, or unsigned for non-negative state), and the group entry that decides
-    whether a group keeps it (None: always kept) with the test of that entry's value. A plan
-    holds while those entries are unchanged (_structure_values), so the entry is named once."""
-    name: str
-    argument: str
-    signed: bool
-    key: str | None = None
-    kept_if: Callable[[Any], bool] = bool
-
-    def needed(self, group: dict[str, Any]) -> bool:
-        return self.key is None or self.kept_if(group[self.key])
-
-
-_MASTER = (_StateSpec(MASTER_PARAM, "master_params", False),)
+_MASTER = (state_specs.MASTER,)
 _OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_size")  # optimizer-wide
 _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
 _NO_ROUNDING: dict[str, Any] = {}
@@ -128,7 +115,7 @@ class _FusedStep(torch.optim.Optimizer):
     _step_supports_amp_scaling = True  # torch.amp.GradScaler passes grad_scale/found_inf (see step)
 
     _update: ClassVar[Callable[..., bool]]
-    _states: ClassVar[tuple[_StateSpec, ...]]
+    _states: ClassVar[tuple[StateArray, ...]]
     _counts_steps: ClassVar[bool] = True  # keeps state["step"] (torch's SGD keeps none)
     _unsupported = ("capturable", "differentiable")
 
@@ -146,10 +133,6 @@ class _FusedStep(torch.optim.Optimizer):
     def _new_state_tensor(self, name: str, param: torch.Tensor) -> torch.Tensor:
         """A state tensor before the param's first step (torch: zeros of the param's layout)."""
         return torch.zeros_like(param, memory_format=torch.preserve_format)
-
-    def _state_fill(self, name: str) -> float:
-        """What _new_state_tensor fills state `name` with (for state in another dtype than the param's)."""
-        return 0.0
 
     # ---- low precision (the module docstring) --------------------------------------------------
 
@@ -189,11 +172,11 @@ class _FusedStep(torch.optim.Optimizer):
             return {"stochastic_rounding": True, "seed": group["seed"]}
         return _NO_ROUNDING
 
-    def _specs(self) -> tuple[_StateSpec, ...]:
+    def _specs(self) -> tuple[StateArray, ...]:
         """The per-param state specs: the class's, and the master param's with master_weights."""
         return self._states + _MASTER if self.defaults.get("master_weights") else self._states
 
-    def _new_state(self, specs: list[_StateSpec], state: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
+    def _new_state(self, specs: list[StateArray], state: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
         """The state tensors a param lacks before a step, in this optimizer's form."""
         new: dict[str, Any] = {}
         options, _ = self._low_precision()
@@ -208,7 +191,7 @@ class _FusedStep(torch.optim.Optimizer):
             if kind == "int8":
                 codes = torch.zeros(param.shape, dtype=torch.uint8)
                 scales = torch.zeros(-(-param.numel() // QUANT_BLOCK), dtype=torch.float32)
-                fill = self._state_fill(spec.name)
+                fill = spec.fill(self.defaults)
                 if fill:
                     quantize(np.full(tuple(param.shape), fill, np.float32), spec.signed,
                              out=QuantizedState(codes.numpy(), scales.numpy(), spec.signed))
@@ -218,10 +201,10 @@ class _FusedStep(torch.optim.Optimizer):
             if param.dtype == target or dtype is None:
                 new[spec.name] = self._new_state_tensor(spec.name, param)
             else:
-                new[spec.name] = torch.full(param.shape, self._state_fill(spec.name), dtype=target)
+                new[spec.name] = torch.full(param.shape, spec.fill(self.defaults), dtype=target)
         return new
 
-    def _state_view(self, spec: _StateSpec, tensors: dict[str, Any], i: int) -> np.ndarray | QuantizedState:
+    def _state_view(self, spec: StateArray, tensors: dict[str, Any], i: int) -> np.ndarray | QuantizedState:
         """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit state)."""
         tensor, scales = tensors[spec.name], tensors.get(spec.name + _SCALES)
         if tensor.dtype == torch.uint8 and scales is not None:
@@ -593,7 +576,7 @@ _FusedStep.step.hooked = True  # type: ignore[attr-defined]
 class SGD(_FusedStep, torch.optim.SGD):
     """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) on fusedopt.sgd_."""
     _update = staticmethod(functional.sgd_)
-    _states = (_StateSpec("momentum_buffer", "momentum_buffers", True, "momentum", lambda momentum: momentum != 0),)
+    _states = state_specs.SGD
 
     @property
     def _counts_steps(self) -> bool:  # type: ignore[override]
@@ -620,7 +603,7 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     fusedopt.adagrad_. As torch, state is made for every param at construction, and a sum made
     later starts at the constructor's initial_accumulator_value."""
     _update = staticmethod(functional.adagrad_)
-    _states = (_StateSpec("sum", "state_sums", False),)
+    _states = state_specs.ADAGRAD
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(lr=float(group["lr"]), lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
@@ -629,18 +612,13 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     def _new_state_tensor(self, name: str, param: torch.Tensor) -> torch.Tensor:
         return torch.full_like(param, self.defaults["initial_accumulator_value"], memory_format=torch.preserve_format)
 
-    def _state_fill(self, name: str) -> float:
-        return float(self.defaults["initial_accumulator_value"])
-
 
 class RMSprop(_FusedStep, torch.optim.RMSprop):
     """torch.optim.RMSprop (alpha, eps, weight_decay, momentum, centered, maximize) on
     fusedopt.rmsprop_; eps_inside_sqrt=True divides by sqrt(square_avg + eps), the textbook form,
     instead of torch's sqrt(square_avg) + eps."""
     _update = staticmethod(functional.rmsprop_)
-    _states = (_StateSpec("square_avg", "square_avgs", False),
-               _StateSpec("momentum_buffer", "momentum_buffers", True, "momentum", lambda momentum: momentum > 0),
-               _StateSpec("grad_avg", "grad_avgs", True, "centered"))
+    _states = state_specs.RMSPROP
 
     def __init__(self, params: Iterable[Any], lr: float | torch.Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0, centered: bool = False,
@@ -672,9 +650,7 @@ class Adam(_FusedStep, torch.optim.Adam):
     """torch.optim.Adam (betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay) on
     fusedopt.adam_."""
     _update = staticmethod(functional.adam_)
-    _states = (_StateSpec("exp_avg", "exp_avgs", True),
-               _StateSpec("exp_avg_sq", "exp_avg_sqs", False),
-               _StateSpec("max_exp_avg_sq", "max_exp_avg_sqs", False, "amsgrad"))
+    _states = state_specs.ADAM
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
