@@ -1,6 +1,16 @@
 // AVX-512 F/BW/DQ/VL: 16 floats / 8 doubles per vector (Skylake-X, Ice Lake, Zen 4 and later).
 #pragma once
+// GCC 12 warns falsely on its own avx512fintrin.h (_mm512_undefined_* under e.g. _mm512_cvtph_ps);
+// the warnings stay on for the kernels' code
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <cstdint>
 #include "../dispatch.h"
