@@ -104,8 +104,10 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
     T* dx = static_cast<T*>(args.dx);
     const bool need_sums = training || args.dweight != nullptr;
 
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
-        if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums, s);
+    auto reduce = [&](std::size_t t0, std::size_t t1, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
+        if (!need_sums) return;
+        for (std::size_t t = t0; t < t1; ++t)
+            backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums + (t - t0) * p.tile_channels, s);
     };
 
     Coefficients<T> coef(p.channels);

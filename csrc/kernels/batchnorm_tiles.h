@@ -302,7 +302,7 @@ bool small_channel(const Plan& p) {
     return p.outer * ((p.inner / W + U - 1) / U) <= kSumLaneTerms && p.outer * (p.inner % W) <= kSumLaneTerms;
 }
 template <class T, std::size_t NS, class Term>
-void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
+FUSEDOPT_INLINE void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
     RunSums<T, NS> r;  // only its accumulators: small_channel bounds the terms per lane
     for (std::size_t row = 0; row < rows; ++row) {
         const std::size_t begin = row * p.row_len + p.tile_offset(t);
@@ -564,7 +564,8 @@ struct Scratch {
 };
 
 // Runs the three stages over every tile:
-//   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
+//   reduce(t0, t1, b0, b1, partial, scratch): merge blocks [b0, b1) of each tile t of [t0, t1) into
+//       partial[(t - t0) * tile_channels + channel in tile] (t1 > t0 + 1 only for tiles of one block)
 //   finish(c0, nch, partial): per-channel results of channels [c0, c0 + nch) from their merged partials
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
@@ -597,7 +598,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
                 // 670-700 -> 840-890 us, (8, 512, 7, 7) backward 90-92 -> 99-103 us)
                 for (std::size_t t = r * p.ntiles / runs; t < run_end; ++t) {
                     partial.assign(p.tile_channels, Partial{});
-                    reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
+                    reduce(t, t + 1, 0, p.blocks_per_tile, partial.data(), scratch);
                     finish(p.channel_begin(t), p.tile_nchannels(t), partial.data());
                     apply(t, 0, p.blocks_per_tile);
                 }
@@ -606,8 +607,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
             for (std::size_t t0 = r * p.ntiles / runs; t0 < run_end; t0 += batch) {
                 const std::size_t t1 = std::min(run_end, t0 + batch);
                 partial.assign((t1 - t0) * p.tile_channels, Partial{});
-                for (std::size_t t = t0; t < t1; ++t)
-                    reduce(t, 0, p.blocks_per_tile, &partial[(t - t0) * p.tile_channels], scratch);
+                reduce(t0, t1, 0, p.blocks_per_tile, partial.data(), scratch);
                 const std::size_t c0 = p.channel_begin(t0);
                 finish(c0, p.channel_begin(t1 - 1) + p.tile_nchannels(t1 - 1) - c0, partial.data());
                 for (std::size_t t = t0; t < t1; ++t) apply(t, 0, p.blocks_per_tile);
@@ -619,7 +619,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
     run_tasks(p.ntiles * p.groups, bytes, [&](std::size_t task) {
         const std::size_t t = task / p.groups, g = task % p.groups;
-        reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
+        reduce(t, t + 1, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
     for (std::size_t t = 0; t < p.ntiles; ++t) {
         Partial* first = group_partial(t, 0);
