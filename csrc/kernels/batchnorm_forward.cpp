@@ -235,8 +235,10 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         const auto sh = Layout::values(&norm.shift[c0], p.inner, nch, s2, wrap);
         const bool backward = stream && store_backward(y, {x});
         const T floor = relu ? T(0) : -std::numeric_limits<T>::infinity();
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, [x, m, sc, sh, floor](auto v, std::size_t i, std::size_t col) {
+        const bool last_first = args.training;  // see apply_block
+        for (std::size_t k = b0; k < b1; ++k) {
+            const std::size_t bi = last_first ? b0 + b1 - 1 - k : k;
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, last_first, [x, m, sc, sh, floor](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if (RELU == kRunTime || RELU) out = max(V(floor), out);  // max(0, NaN) is NaN, as torch.relu
