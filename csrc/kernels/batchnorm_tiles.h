@@ -70,7 +70,9 @@ constexpr std::size_t kWholeRowMaxCols = 4096;
 // 189-209), (1024, 4096) forward 2452-2520 -> 2252-2284, NHWC (32, 14, 14, 256) forward
 // 787-847 -> 783-827; other shapes within noise. (256, 1024) is then one block, one group: a
 // call of that size runs on one thread anyway where L2 is >= 1 MB (run_tasks), not on a 512 KB
-// L2, where two groups could have run on two threads.
+// L2, where two groups could have run on two threads. Rows of more than 128 float columns make
+// blocks larger than 128 KB (1 MB at 1024 columns, 4 MB at 4096): a reshift's second read of
+// such a block (a shift over ~1 standard deviation off, rare) may come from L3 or memory.
 constexpr std::size_t kMinColumnBlockRows = 256;
 constexpr std::size_t kColumnBlockElems = 32768;
 // split path: at least this much work per task (when each group's first block took an extra
