@@ -394,6 +394,22 @@ def test_drifting_mean_float32(isa, shape, axis, trend):
     assert max(errs) <= 1e-6
 
 
+@pytest.mark.parametrize("shape", [(8, 40, 7, 7), (4, 40, 6, 6), (16, 24, 4, 8)])
+def test_some_channels_drifting_float32(isa, shape):
+    """Small channels get their statistics in batches, a step at a time for every channel of
+    the batch: channels far from their first rows' mean (every third drifts along the batch)
+    take their sums again beside channels that do not, each around its own large mean."""
+    rng = np.random.default_rng(5)
+    n0, C = shape[:2]
+    drift = np.where(np.arange(C) % 3 == 0, 10.0, 0.0).reshape(1, C, 1, 1) * np.arange(n0).reshape(n0, 1, 1, 1)
+    x = (1e4 * np.arange(1, C + 1).reshape(1, C, 1, 1) + drift + rng.standard_normal(shape)).astype(np.float32)
+    y, save_mean, save_invstd = batchnorm_forward(x)
+    y_true, mean_true, invstd_true = reference.batchnorm_forward(x.astype(np.float64))
+    assert float(np.max(np.abs(y - y_true))) <= 1e-4
+    assert rel_err(save_mean, mean_true) <= 1e-6
+    assert rel_err(save_invstd, invstd_true) <= 1e-6
+
+
 def test_large_mean_float64(isa):
     rng = np.random.default_rng(3)
     x = 1e9 + rng.standard_normal((16, 4, 9, 9))

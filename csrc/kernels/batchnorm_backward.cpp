@@ -104,8 +104,10 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
     T* dx = static_cast<T*>(args.dx);
     const bool need_sums = training || args.dweight != nullptr;
 
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
-        if (need_sums) backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums, s);
+    auto reduce = [&](std::size_t t0, std::size_t t1, std::size_t b0, std::size_t b1, GradSums* sums, Scratch<T>& s) {
+        if (!need_sums) return;
+        for (std::size_t t = t0; t < t1; ++t)
+            backward_sums<T, Layout, MASK>(p, dy, x, relu_output, mask, save_mean, t, b0, b1, sums + (t - t0) * p.tile_channels, s);
     };
 
     Coefficients<T> coef(p.channels);
@@ -121,8 +123,10 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
         const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, wrap);
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
         const bool backward = stream && store_backward(dx, {dy, training ? x : nullptr, mask == ReluMask::kValues ? relu_output : nullptr});
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+        const bool last_first = need_sums;  // see apply_block
+        for (std::size_t kb = b0; kb < b1; ++kb) {
+            const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V g = masked_grad<V>(dy, relu_output, mask, i);
                 if (training)

@@ -23,34 +23,46 @@ inline bool shift_too_far(double count, double sum_d, double sum_d2) {
     return sum_d * (sum_d / count) > 0.5 * sum_d2;
 }
 
-// forward_statistics of a small channel (small_channel: the tile is one block): the same
-// shift (the mean of the first rows, at least kShiftSample values) and the same reshift rule,
-// the sums taken in one go (see small_channel_sums; they may round differently from the block
-// path's, within the same bound).
+// forward_statistics of small channels (small_channel: each tile one block), tiles [t0, t1) into
+// moments[t - t0]: the same shift (the mean of the first rows, at least kShiftSample values) and
+// the same reshift rule, the sums taken in one go (see small_channel_sums; they may round
+// differently from the block path's, within the same bound). Each step is taken for every tile
+// before the next (the sample sums, then the deviation sums, then the moments): a channel's
+// steps are a chain of dependent operations (the sums, their reduction across lanes, a
+// division), and the tiles' independent chains overlap when they follow each other.
 template <class T>
-Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
+void small_channel_moments(const Plan& p, const T* x, std::size_t t0, std::size_t t1, Moments* moments) {
     const double n = static_cast<double>(p.outer * p.inner);
     const std::size_t sample_rows = std::min(p.outer, (kShiftSample + p.inner - 1) / p.inner);
-    double sample_sum;
-    small_channel_sums<T, 1>(p, t, sample_rows, [x](auto v, std::size_t i, auto* acc) {
-        acc[0] = acc[0] + decltype(v)::load(x + i);
-    }, &sample_sum);
-    T shift = static_cast<T>(sample_sum / static_cast<double>(sample_rows * p.inner));
-    double sums[2];
-    auto deviation_sums = [&] {
-        small_channel_sums<T, 2>(p, t, p.outer, [x, shift](auto v, std::size_t i, auto* acc) {
+    thread_local std::vector<T> shifts;
+    thread_local std::vector<double> sums;  // sum(d), sum(d^2) of each tile
+    shifts.resize(t1 - t0);
+    sums.resize(2 * (t1 - t0));
+    for (std::size_t t = t0; t < t1; ++t) {
+        double sample_sum;
+        small_channel_sums<T, 1>(p, t, sample_rows, [x](auto v, std::size_t i, auto* acc) {
+            acc[0] = acc[0] + decltype(v)::load(x + i);
+        }, &sample_sum);
+        shifts[t - t0] = static_cast<T>(sample_sum / static_cast<double>(sample_rows * p.inner));
+    }
+    auto deviation_sums = [&](std::size_t t) {
+        small_channel_sums<T, 2>(p, t, p.outer, [x, shift = shifts[t - t0]](auto v, std::size_t i, auto* acc) {
             using V = decltype(v);
             V d = V::load(x + i) - V(shift);
             acc[0] = acc[0] + d;
             acc[1] = fmadd(d, d, acc[1]);
-        }, sums);
+        }, &sums[2 * (t - t0)]);
     };
-    deviation_sums();
-    if (shift_too_far(n, sums[0], sums[1])) {
-        shift = static_cast<T>(static_cast<double>(shift) + sums[0] / n);
-        deviation_sums();
+    for (std::size_t t = t0; t < t1; ++t) deviation_sums(t);
+    for (std::size_t t = t0; t < t1; ++t) {
+        const double* const s = &sums[2 * (t - t0)];
+        T& shift = shifts[t - t0];
+        if (shift_too_far(n, s[0], s[1])) {
+            shift = static_cast<T>(static_cast<double>(shift) + s[0] / n);
+            deviation_sums(t);
+        }
+        moments[t - t0] = shifted_moments(n, static_cast<double>(shift), s[0], s[1]);
     }
-    return shifted_moments(n, static_cast<double>(shift), sums[0], sums[1]);
 }
 
 // Statistics of blocks [b0, b1) of tile t, merged block after block, by the shifted-data
@@ -73,12 +85,6 @@ Moments small_channel_moments(const Plan& p, const T* x, std::size_t t) {
 template <class T, class Layout>
 void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0, std::size_t b1, Moments* moments,
                         Scratch<T>& s) {
-    if constexpr (std::is_same_v<Layout, Planar>) {
-        if (small_channel<T>(p)) {  // b0 == 0, b1 == 1: the whole tile
-            moments[0] = small_channel_moments<T>(p, x, t);
-            return;
-        }
-    }
     const std::size_t nch = p.tile_nchannels(t);
     s.means.resize(nch);  // the shift of each channel
     for (std::size_t bi = b0; bi < b1; ++bi) {
@@ -205,8 +211,16 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
     const T* x = static_cast<const T*>(args.x);
     T* y = static_cast<T*>(args.y);
     Normalization<T> norm(p.channels);
-    auto reduce = [&](std::size_t t, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
-        if (args.training) forward_statistics<T, Layout>(p, x, t, b0, b1, moments, s);
+    auto reduce = [&](std::size_t t0, std::size_t t1, std::size_t b0, std::size_t b1, Moments* moments, Scratch<T>& s) {
+        if (!args.training) return;
+        if constexpr (std::is_same_v<Layout, Planar>) {
+            if (small_channel<T>(p)) {  // b0 == 0, b1 == 1: the whole tiles
+                small_channel_moments<T>(p, x, t0, t1, moments);
+                return;
+            }
+        }
+        for (std::size_t t = t0; t < t1; ++t)
+            forward_statistics<T, Layout>(p, x, t, b0, b1, moments + (t - t0) * p.tile_channels, s);
     };
     auto finish = [&](std::size_t c0, std::size_t nch, const Moments* moments) { norm.finish(args, p, c0, nch, moments); };
 
@@ -221,8 +235,10 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         const auto sh = Layout::values(&norm.shift[c0], p.inner, nch, s2, wrap);
         const bool backward = stream && store_backward(y, {x});
         const T floor = relu ? T(0) : -std::numeric_limits<T>::infinity();
-        for (std::size_t bi = b0; bi < b1; ++bi) {
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, [x, m, sc, sh, floor](auto v, std::size_t i, std::size_t col) {
+        const bool last_first = args.training;  // see apply_block
+        for (std::size_t k = b0; k < b1; ++k) {
+            const std::size_t bi = last_first ? b0 + b1 - 1 - k : k;
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, last_first, [x, m, sc, sh, floor](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if (RELU == kRunTime || RELU) out = max(V(floor), out);  // max(0, NaN) is NaN, as torch.relu

@@ -61,10 +61,19 @@ constexpr std::size_t kWholeRowMaxCols = 4096;
 // blocks of at least kMinColumnBlockRows rows and kColumnBlockElems elements (128 KB of float:
 // a block read again for a reshift still comes from L2). Measured 1 thread, 32 -> 128 rows:
 // (256, 1024) forward 0.198 -> 0.168 ms, (1024, 4096) 6.1 -> 4.0 ms, (6272, 256) 1.80 -> 1.45
-// ms (256 rows leave (256, 1024) one group, one thread); 8192 -> 32768 elements (128 -> 512
-// rows of 64 channels): (32, 56, 56, 64) forward 6.1-6.2 -> 5.2-5.3 ms, backward 8.2-8.3 ->
-// 7.4; (65536 * 4 / C, C) for C = 3 .. 64 even or up to 10% faster.
-constexpr std::size_t kMinColumnBlockRows = 128;
+// ms; 8192 -> 32768 elements (128 -> 512 rows of 64 channels): (32, 56, 56, 64) forward
+// 6.1-6.2 -> 5.2-5.3 ms, backward 8.2-8.3 -> 7.4; (65536 * 4 / C, C) for C = 3 .. 64 even or
+// up to 10% faster. 128 -> 256 rows: a block costs ~24 cycles per channel besides its sums
+// (the (129, 1024) forward takes 8 us more than (128, 1024)); measured, 1 thread, thread CPU,
+// best of 9-15 in 3 alternating runs: (256, 1024) forward 134-145 -> 105-131 us, backward
+// 193-201 -> 177-191 (with apply_block's last-to-first order; first to last the backward was
+// 189-209), (1024, 4096) forward 2452-2520 -> 2252-2284, NHWC (32, 14, 14, 256) forward
+// 787-847 -> 783-827; other shapes within noise. (256, 1024) is then one block, one group: a
+// call of that size runs on one thread anyway where L2 is >= 1 MB (run_tasks), not on a 512 KB
+// L2, where two groups could have run on two threads. Rows of more than 128 float columns make
+// blocks larger than 128 KB (1 MB at 1024 columns, 4 MB at 4096): a reshift's second read of
+// such a block (a shift over ~1 standard deviation off, rare) may come from L3 or memory.
+constexpr std::size_t kMinColumnBlockRows = 256;
 constexpr std::size_t kColumnBlockElems = 32768;
 // split path: at least this much work per task (when each group's first block took an extra
 // sum pass, 2^17 over 2^16 measured (32, 56, 56, 64) channels-last forward -4%, (256, 1024) -12%
@@ -302,7 +311,7 @@ bool small_channel(const Plan& p) {
     return p.outer * ((p.inner / W + U - 1) / U) <= kSumLaneTerms && p.outer * (p.inner % W) <= kSumLaneTerms;
 }
 template <class T, std::size_t NS, class Term>
-void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
+FUSEDOPT_INLINE void small_channel_sums(const Plan& p, std::size_t t, std::size_t rows, Term term, double* sums) {
     RunSums<T, NS> r;  // only its accumulators: small_channel bounds the terms per lane
     for (std::size_t row = 0; row < rows; ++row) {
         const std::size_t begin = row * p.row_len + p.tile_offset(t);
@@ -337,7 +346,13 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 
 // out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
 // is i's column within the tile, for per-column values), one row at a time, in increasing i or
-// (backward, see store_backward) decreasing i. stream: whole cache lines are written with
+// (backward, see store_backward) decreasing i within a row. last_first (a statistics pass has
+// just read the blocks first to last): the caller takes its blocks, and this their rows, last
+// to first, so that what that pass read last, still in L2, is read again before
+// the misses of this pass evict it (measured, 1 thread, with kMinColumnBlockRows 256: (256,
+// 1024) backward, x, dy and dx 3 MB, 201-209 us first to last, 188-191 last to first; without
+// a statistics pass first to last is faster: (32, 14, 14, 256) channels-last eval backward
+// 508-522 -> 565-574 us last to first). stream: whole cache lines are written with
 // non-temporal stores (aligned vectors), the partial lines at either end of a run with
 // ordinary ones: a line written both ways would flush the write-combining buffer on every
 // store, about ten times slower. So that short rows do not leave partial lines everywhere, a
@@ -358,12 +373,14 @@ bool wraps_rows(const Plan& p, bool stream) {
 // machine, against keeping one: (32, 64, 56, 56) backward 3.89 -> 3.67 ms, (32, 256, 14, 14)
 // 1.00 -> 0.93 ms.)
 template <class T, bool PER_COLUMN, class Body>
-void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stream, bool backward, Body body) {
+void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stream, bool backward, bool last_first,
+                 Body body) {
     constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
     const bool whole_rows = ncols == p.row_len && wraps_rows<T>(p, stream);
     const std::size_t nruns = whole_rows ? 1 : rows, run_len = whole_rows ? rows * ncols : ncols;
-    for (std::size_t r = 0; r < nruns; ++r) {
+    for (std::size_t k_run = 0; k_run < nruns; ++k_run) {
+        const std::size_t r = last_first ? nruns - 1 - k_run : k_run;
         const std::size_t begin = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, end = begin + run_len;
         // [begin, head) ordinary stores up to a line boundary, [head, lines) whole lines,
         // [lines, vectors) vectors, [vectors, end) one element at a time
@@ -564,7 +581,8 @@ struct Scratch {
 };
 
 // Runs the three stages over every tile:
-//   reduce(t, b0, b1, partial, scratch): merge blocks [b0, b1) of tile t into partial[channel in tile]
+//   reduce(t0, t1, b0, b1, partial, scratch): merge blocks [b0, b1) of each tile t of [t0, t1) into
+//       partial[(t - t0) * tile_channels + channel in tile] (t1 > t0 + 1 only for tiles of one block)
 //   finish(c0, nch, partial): per-channel results of channels [c0, c0 + nch) from their merged partials
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
@@ -597,7 +615,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
                 // 670-700 -> 840-890 us, (8, 512, 7, 7) backward 90-92 -> 99-103 us)
                 for (std::size_t t = r * p.ntiles / runs; t < run_end; ++t) {
                     partial.assign(p.tile_channels, Partial{});
-                    reduce(t, 0, p.blocks_per_tile, partial.data(), scratch);
+                    reduce(t, t + 1, 0, p.blocks_per_tile, partial.data(), scratch);
                     finish(p.channel_begin(t), p.tile_nchannels(t), partial.data());
                     apply(t, 0, p.blocks_per_tile);
                 }
@@ -606,8 +624,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
             for (std::size_t t0 = r * p.ntiles / runs; t0 < run_end; t0 += batch) {
                 const std::size_t t1 = std::min(run_end, t0 + batch);
                 partial.assign((t1 - t0) * p.tile_channels, Partial{});
-                for (std::size_t t = t0; t < t1; ++t)
-                    reduce(t, 0, p.blocks_per_tile, &partial[(t - t0) * p.tile_channels], scratch);
+                reduce(t0, t1, 0, p.blocks_per_tile, partial.data(), scratch);
                 const std::size_t c0 = p.channel_begin(t0);
                 finish(c0, p.channel_begin(t1 - 1) + p.tile_nchannels(t1 - 1) - c0, partial.data());
                 for (std::size_t t = t0; t < t1; ++t) apply(t, 0, p.blocks_per_tile);
@@ -619,7 +636,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
     run_tasks(p.ntiles * p.groups, bytes, [&](std::size_t task) {
         const std::size_t t = task / p.groups, g = task % p.groups;
-        reduce(t, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
+        reduce(t, t + 1, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
     for (std::size_t t = 0; t < p.ntiles; ++t) {
         Partial* first = group_partial(t, 0);
@@ -627,8 +644,9 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
             for (std::size_t c = 0; c < p.tile_nchannels(t); ++c) first[c] = merge(first[c], group_partial(t, g)[c]);
         finish(p.channel_begin(t), p.tile_nchannels(t), first);
     }
-    // The elementwise pass takes the groups last to first: the reduction read them first to last,
-    // so the last ones are still in L2/L3 (measured, 1 thread: (32, 56, 56, 64) channels-last
+    // The elementwise pass takes the groups last to first (and, after a statistics pass, each
+    // group's blocks and rows too, see apply_block): the reduction read them first to last, so
+    // the last ones are still in L2/L3 (measured, 1 thread: (32, 56, 56, 64) channels-last
     // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
     // depend on the order.
     const std::size_t ntasks = p.ntiles * p.groups;
