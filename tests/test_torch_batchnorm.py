@@ -617,6 +617,29 @@ def test_saved_tensors_are_version_checked() -> None:
         y.backward(torch.ones_like(y))
 
 
+@pytest.mark.parametrize("counter", ["int64", "float64", "int64_1d"])
+def test_num_batches_tracked_counted_as_torch(counter: str) -> None:
+    """momentum=None (the cumulative average, 1 / batches seen): torch's int64 0-d counter is
+    counted through a view of its memory, any other counter torch's way (add_); both give
+    torch's counts and running statistics."""
+    gen = torch.Generator().manual_seed(16)
+    ours, theirs = BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3, momentum=None)
+    for m in (ours, theirs):
+        if counter == "float64":
+            m.num_batches_tracked = torch.tensor(0.0, dtype=torch.float64)
+        elif counter == "int64_1d":
+            m.num_batches_tracked = torch.zeros(1, dtype=torch.int64)
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 6, generator=gen)
+        ours(x)
+        theirs(x)
+    assert ours.num_batches_tracked.dtype == theirs.num_batches_tracked.dtype
+    assert torch.equal(ours.num_batches_tracked, theirs.num_batches_tracked)
+    assert ours.num_batches_tracked.flatten()[0].item() == 3
+    for name in ("running_mean", "running_var"):
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) <= TOL_TORCH, name
+
+
 def test_replaced_saved_tensor_raises_before_any_view() -> None:
     """x's or weight's .data assigned between forward and backward (not version-checked) to a
     tensor the kernels do not take: a clear error, not a view of memory of another size."""

@@ -19,7 +19,7 @@ the channel axis 1, or channels-last (torch.channels_last, channels_last_3d, or 
 whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with axis -1; the
 output and the input's gradient are in that same layout. An input in any other layout is copied
 to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
-tensor subclasses with __torch_function__, mismatched shapes) is handed to
+lazily negated views, tensor subclasses with __torch_function__, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
 
@@ -31,6 +31,13 @@ steps run on memory already faulted in, instead of first-touch page faults on fr
 step. The pool holds at most the largest total of such outputs that were alive at once (one per
 batch-norm layer between its forward and backward, plus the gradients in flight); idle, those
 bytes stay kept for the next step until fusedopt.batchnorm.release_output_buffers() frees them.
+
+Cost: a step's time beyond its two kernels is the Python and torch code around them (module
+call, autograd.Function, the engine, AccumulateGrad, the tensors made from the outputs). The
+kernels stream their arrays through the core's L2, so that code runs from further out right
+after them: an empty autograd.Function round trip measured 67 us, 213 us right after reading 2
+MB (thread CPU time, 2-core Sapphire Rapids VM). Hence tensors reach the kernels as NumPy views
+made from data_ptr (_core.tensor_view) rather than Tensor.numpy() (four dispatched ops each).
 
 Differences from torch: the backward is once-differentiable (no double backward: torch raises
 a clear RuntimeError if it is attempted); it computes the input's gradient even when only
