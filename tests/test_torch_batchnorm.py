@@ -642,18 +642,24 @@ def test_num_batches_tracked_counted_as_torch(counter: str) -> None:
 
 def test_replaced_saved_tensor_raises_before_any_view() -> None:
     """x's or weight's .data assigned between forward and backward (not version-checked) to a
-    tensor the kernels do not take: a clear error, not a view of memory of another size."""
+    tensor the kernels do not take: a clear error, not a view of memory of another size. The
+    output's .data assigned does not reach the output autograd saved: the backward runs."""
     gen = torch.Generator().manual_seed(15)
-    for replace in ("x", "weight"):
+    for replace in ("x", "weight", "output"):
         x = torch.randn(4, 3, 5, 6, generator=gen, requires_grad=True)
-        bn = BatchNorm2d(3)
+        bn = BatchNormReLU2d(3)
         y = bn(x)
         if replace == "x":
             x.data = torch.randn(4, 3, 5, 6, generator=gen).half()
-        else:
+        elif replace == "weight":
             bn.weight.data = torch.ones(2)
+        else:
+            y.data = torch.ones(4, 3, 5, 6, dtype=torch.float16)
+            y.backward(torch.ones(4, 3, 5, 6))
+            assert x.grad is not None and x.grad.dtype == torch.float32
+            continue
         with pytest.raises(RuntimeError, match="replaced"):
-            y.backward(torch.ones_like(y))
+            y.backward(torch.ones(4, 3, 5, 6))
 
 
 def test_tensor_view_is_the_tensors_memory() -> None:

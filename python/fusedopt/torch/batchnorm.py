@@ -120,12 +120,18 @@ def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
     return torch.from_numpy(a)
 
 
+def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
+    """Whether t can be viewed as the kernels view x: a dense CPU tensor of x's dtype and shape,
+    not a negated view, in x's memory layout."""
+    return (t.dtype == x.dtype and t.is_cpu and t.layout == torch.strided and t.shape == x.shape and not t.is_neg()
+            and (_in_channels_last(t) if channels_last else t.is_contiguous()))
+
+
 def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int, ...]) -> np.ndarray:
     """dy in the kernels' layout of x: a view where autograd hands it in that layout (it may hand
     another layout, an expanded tensor, or another dtype), else a contiguous copy (or the
     kernel's dtype error)."""
-    if (dy.dtype == x.dtype and dy.is_cpu and dy.layout == torch.strided and dy.shape == x.shape
-            and not dy.is_neg() and (_in_channels_last(dy) if channels_last else dy.is_contiguous())):
+    if _like_x(dy, x, channels_last):
         return _view(dy, _NUMPY_DTYPES[x.dtype], shape)
     a = (dy.detach() if dy.requires_grad else dy).numpy()
     return np.ascontiguousarray(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a)
@@ -134,8 +140,9 @@ def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int,
 def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     """_BatchNormFunction.backward's work (once-differentiable: no graph of its own)."""
     x, weight, y = ctx.saved_tensors
-    # x and weight are the forward's, unchanged (version-checked), unless .data was assigned:
-    # then they are vetted again before any view of their memory is made
+    # x and weight are the forward's inputs, unchanged (version-checked), unless .data was
+    # assigned: so they are vetted again before any view of their memory is made. (y, an output,
+    # is saved as autograd's own snapshot of it, which .data assigned to y does not reach.)
     if not _kernels_take(x, (weight,)):
         raise RuntimeError("fusedopt batch norm: the input or weight saved for backward was replaced (.data "
                            "assigned) by a tensor the kernels do not take")
