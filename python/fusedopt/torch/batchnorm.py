@@ -121,9 +121,10 @@ def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
 
 
 def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
-    """Whether t can be viewed as the kernels view x: a dense CPU tensor of x's dtype and shape,
-    not a negated view, in x's memory layout."""
-    return (t.dtype == x.dtype and t.is_cpu and t.layout == torch.strided and t.shape == x.shape and not t.is_neg()
+    """Whether t can be viewed as the kernels view x: a plain dense CPU tensor (no subclass, whose
+    memory may not be its data) of x's dtype and shape, not a negated view, in x's memory layout."""
+    return (type(t) is Tensor and t.dtype == x.dtype and t.is_cpu and t.layout == torch.strided
+            and t.shape == x.shape and not t.is_neg()
             and (_in_channels_last(t) if channels_last else t.is_contiguous()))
 
 
