@@ -264,6 +264,21 @@ py::array new_channels(const py::array& x, std::size_t channels) {
 
 std::string shape_of(const py::array& x) { return shape_str(x); }
 
+// A NumPy array of `dtype` and C-contiguous `shape` on a torch tensor's memory (from
+// tensor.data_ptr()), with the tensor as its base, for fusedopt.torch.batchnorm's modules. One
+// call into torch instead of Tensor.numpy()'s four dispatched ops (detach, to, resolve_conj,
+// resolve_neg): right after a batch-norm kernel has streamed its arrays through the core's L2,
+// torch's and Python's code runs from further out, and a module step converts nine tensors.
+// The caller vouches for what this cannot see: a dense CPU tensor of that dtype, not a lazily
+// negated view, whose memory from data_ptr is C-contiguous in `shape`.
+py::array tensor_view(py::handle tensor, const py::dtype& dtype, const py::tuple& shape) {
+    std::vector<py::ssize_t> extents;
+    extents.reserve(shape.size());
+    for (py::handle n : shape) extents.push_back(n.cast<py::ssize_t>());
+    const auto address = tensor.attr("data_ptr")().cast<std::uintptr_t>();
+    return py::array(dtype, extents, std::vector<py::ssize_t>{}, reinterpret_cast<const void*>(address), tensor);
+}
+
 py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle running_mean_obj,
                             py::handle running_var_obj, bool training, double momentum, double eps, long long axis,
                             bool relu, py::handle out_obj) {
@@ -399,6 +414,9 @@ void bind_batchnorm(py::module_& m) {
     m.def("batchnorm_backward", &batchnorm_backward,
           "(dy, x, weight, save_mean, save_invstd, axis, training, relu_output, out) -> (dx, dweight, dbias); "
           "see fusedopt.batchnorm.batchnorm_backward");
+    m.def("tensor_view", &tensor_view,
+          "(tensor, dtype, shape) -> a NumPy array on tensor.data_ptr(), C-contiguous, the tensor its base; "
+          "for fusedopt.torch.batchnorm, which vets the tensor first");
     m.def("output_pool_release", [] { return OutputPool::get().release(); },
           "Frees the batch-norm output buffers kept for reuse; returns the bytes freed.");
     m.def("output_pool_stats", [] {

@@ -90,13 +90,13 @@ def spy(monkeypatch: Any) -> list[dict[str, Any]]:
         def spied(*args: Any, **kwargs: Any) -> Any:
             x = args[1] if name == "backward" else args[0]
             result = fn(*args, **kwargs)
-            calls.append({"fn": name, "axis": kwargs["axis"], "x_ptr": x.ctypes.data,
+            calls.append({"fn": name, "axis": args[5 if name == "backward" else 8], "x_ptr": x.ctypes.data,
                           "out_ptr": result[0].ctypes.data})
             return result
         return spied
 
-    monkeypatch.setattr(fbn, "batchnorm_forward", wrap("forward", fbn.batchnorm_forward))
-    monkeypatch.setattr(fbn, "batchnorm_backward", wrap("backward", fbn.batchnorm_backward))
+    monkeypatch.setattr(fbn, "_batchnorm_forward", wrap("forward", fbn._batchnorm_forward))
+    monkeypatch.setattr(fbn, "_batchnorm_backward", wrap("backward", fbn._batchnorm_backward))
     return calls
 
 
@@ -460,7 +460,7 @@ def test_one_value_per_channel_in_training_raises_as_torch() -> None:
 
 
 @pytest.mark.parametrize("case", ["dims", "eps0_train", "eps_negative_eval", "channels", "bfloat16", "float16",
-                                  "mixed_dtype", "empty", "float64_weight"])
+                                  "mixed_dtype", "empty", "float64_weight", "negated_view"])
 def test_other_cases_behave_as_torch(case: str) -> None:
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(4, 3, 5, 6, generator=gen)
@@ -484,6 +484,9 @@ def test_other_cases_behave_as_torch(case: str) -> None:
         x = torch.randn(0, 3, 5, 6)
     elif case == "float64_weight":
         ours.weight.data, theirs.weight.data = ours.weight.data.double(), theirs.weight.data.double()
+    elif case == "negated_view":  # memory holding -x: the kernels read raw memory, so torch computes it
+        x = torch._neg_view(-x)
+        assert x.is_neg()
     same_behaviour(lambda: ours(x), lambda: theirs(x))
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
@@ -612,6 +615,68 @@ def test_saved_tensors_are_version_checked() -> None:
     x.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward(torch.ones_like(y))
+
+
+@pytest.mark.parametrize("counter", ["int64", "float64", "int64_1d"])
+def test_num_batches_tracked_counted_as_torch(counter: str) -> None:
+    """momentum=None (the cumulative average, 1 / batches seen): torch's int64 0-d counter is
+    counted through a view of its memory, any other counter torch's way (add_); both give
+    torch's counts and running statistics."""
+    gen = torch.Generator().manual_seed(16)
+    ours, theirs = BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3, momentum=None)
+    for m in (ours, theirs):
+        if counter == "float64":
+            m.num_batches_tracked = torch.tensor(0.0, dtype=torch.float64)
+        elif counter == "int64_1d":
+            m.num_batches_tracked = torch.zeros(1, dtype=torch.int64)
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 6, generator=gen)
+        ours(x)
+        theirs(x)
+    assert ours.num_batches_tracked.dtype == theirs.num_batches_tracked.dtype
+    assert torch.equal(ours.num_batches_tracked, theirs.num_batches_tracked)
+    assert ours.num_batches_tracked.flatten()[0].item() == 3
+    for name in ("running_mean", "running_var"):
+        assert rel_err(getattr(ours, name), getattr(theirs, name)) <= TOL_TORCH, name
+
+
+def test_replaced_saved_tensor_raises_before_any_view() -> None:
+    """x's or weight's .data assigned between forward and backward (not version-checked) to a
+    tensor the kernels do not take: a clear error, not a view of memory of another size. The
+    output's .data assigned does not reach the output autograd saved: the backward runs."""
+    gen = torch.Generator().manual_seed(15)
+    for replace in ("x", "weight", "output"):
+        x = torch.randn(4, 3, 5, 6, generator=gen, requires_grad=True)
+        bn = BatchNormReLU2d(3)
+        y = bn(x)
+        if replace == "x":
+            x.data = torch.randn(4, 3, 5, 6, generator=gen).half()
+        elif replace == "weight":
+            bn.weight.data = torch.ones(2)
+        else:
+            y.data = torch.ones(4, 3, 5, 6, dtype=torch.float16)
+            y.backward(torch.ones(4, 3, 5, 6))
+            assert x.grad is not None and x.grad.dtype == torch.float32
+            continue
+        with pytest.raises(RuntimeError, match="replaced"):
+            y.backward(torch.ones(4, 3, 5, 6))
+
+
+def test_tensor_view_is_the_tensors_memory() -> None:
+    """_core.tensor_view (the modules' zero-copy view): the tensor's own bytes from its data_ptr
+    (an offset view included), writable, in the shape asked for, keeping the tensor alive."""
+    import numpy as np
+
+    from fusedopt import _core
+    base = torch.arange(24, dtype=torch.float64)
+    t = base[4:16]
+    view = _core.tensor_view(t, np.dtype(np.float64), (3, 4))
+    assert view.shape == (3, 4) and view.ctypes.data == t.data_ptr() and view.flags.writeable
+    assert np.array_equal(view, t.view(3, 4).numpy())
+    view[0, 0] = -1.0
+    assert base[4].item() == -1.0
+    del base, t
+    assert view[2, 3] == 15.0  # the base kept the memory
 
 
 def test_training_loop_memory_stays_within_the_pool_bound() -> None:

@@ -19,7 +19,7 @@ the channel axis 1, or channels-last (torch.channels_last, channels_last_3d, or 
 whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with axis -1; the
 output and the input's gradient are in that same layout. An input in any other layout is copied
 to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
-tensor subclasses with __torch_function__, mismatched shapes) is handed to
+lazily negated views, tensor subclasses with __torch_function__, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
 
@@ -31,6 +31,13 @@ steps run on memory already faulted in, instead of first-touch page faults on fr
 step. The pool holds at most the largest total of such outputs that were alive at once (one per
 batch-norm layer between its forward and backward, plus the gradients in flight); idle, those
 bytes stay kept for the next step until fusedopt.batchnorm.release_output_buffers() frees them.
+
+Cost: a step's time beyond its two kernels is the Python and torch code around them (module
+call, autograd.Function, the engine, AccumulateGrad, the tensors made from the outputs). The
+kernels stream their arrays through the core's L2, so that code runs from further out right
+after them: an empty autograd.Function round trip measured 67 us, 213 us right after reading 2
+MB (thread CPU time, 2-core Sapphire Rapids VM). Hence tensors reach the kernels as NumPy views
+made from data_ptr (_core.tensor_view) rather than Tensor.numpy() (four dispatched ops each).
 
 Differences from torch: the backward is once-differentiable (no double backward: torch raises
 a clear RuntimeError if it is attempted); it computes the input's gradient even when only
@@ -52,45 +59,111 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _NormBase
 from torch.overrides import has_torch_function_variadic
 
-from ..batchnorm import batchnorm_backward, batchnorm_forward
+from .. import _core
+
+# fusedopt.batchnorm's two kernels, positional (_core's signatures: the module passes vetted
+# arguments, without the keyword layer's checks)
+_batchnorm_forward = _core.batchnorm_forward
+_batchnorm_backward = _core.batchnorm_backward
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d", "batch_norm"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+# the torch dtypes the kernels take, and their NumPy dtypes
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32),
+                                                   torch.float64: np.dtype(np.float64)}
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-def _kernel_layout(x: Tensor) -> tuple[Tensor, tuple[int, ...] | None]:
-    """x, or a contiguous copy of it, and the permutation that makes it the kernels' C-contiguous
-    view: None for (N, C, ...) with axis 1, (0, 2, ..., 1) for channels-last with axis -1."""
+def _in_channels_last(t: Tensor) -> bool:
+    """Whether t's memory is ordered (N, L..., C): torch's own flag where a memory format names
+    that order (4-d, 5-d), else t's (N, L..., C) view tested (3-d)."""
+    memory_format = _CHANNELS_LAST.get(t.dim())
+    if memory_format is not None:
+        return bool(t.is_contiguous(memory_format=memory_format))
+    return t.dim() == 3 and bool(t.permute(0, 2, 1).is_contiguous())
+
+
+def _kernel_layout(x: Tensor) -> tuple[Tensor, bool]:
+    """x, or a contiguous copy of it, and whether the kernels take it as channels-last: False
+    for (N, C, ...) memory with axis 1, True for (N, L..., C) memory with axis -1."""
     if x.is_contiguous():
-        return x, None
-    perm = (0, *range(2, x.dim()), 1)
-    if x.dim() > 2 and x.permute(perm).is_contiguous():
-        return x, perm
-    return x.contiguous(), None
+        return x, False
+    if _in_channels_last(x):
+        return x, True
+    return x.contiguous(), False
 
 
-def _tensor(a: np.ndarray, perm: tuple[int, ...] | None) -> Tensor:
+def _kernel_shape(x: Tensor, channels_last: bool) -> tuple[int, ...]:
+    """The shape of x's memory as the kernels see it: (N, C, ...) or (N, L..., C)."""
+    shape = tuple(x.shape)
+    return (shape[0], *shape[2:], shape[1]) if channels_last else shape
+
+
+def _view(t: Tensor, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The kernels' NumPy view of a tensor _kernels_take has vetted (dense CPU memory of `dtype`,
+    not a negated view, C-contiguous in the kernels' `shape`): _core.tensor_view, one call into
+    torch (data_ptr) where Tensor.numpy() makes four dispatched ops."""
+    return _core.tensor_view(t, dtype, shape)
+
+
+def _optional_view(t: Tensor | None, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    return None if t is None else _view(t, dtype, shape)
+
+
+def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
     """A kernel output (x's kernel-order shape) as the (N, C, ...) tensor torch users expect, on
     the same memory, whose lifetime keeps the array (and so its pooled buffer) alive: contiguous,
     or with x's channels-last strides. The NumPy array is transposed, not the tensor: a torch view
     returned by an autograd.Function refuses in-place ops (nn.ReLU(inplace=True) after the module)."""
-    if perm is not None:
+    if channels_last:
         a = a.transpose((0, a.ndim - 1, *range(1, a.ndim - 1)))
     return torch.from_numpy(a)
 
 
-def _array(t: Tensor, perm: tuple[int, ...] | None = None) -> np.ndarray:
-    """The NumPy view of a tensor _kernels_take has vetted (CPU, strided, float32/float64), in the
-    kernels' order. This is what fusedopt._tensors.to_ndarray makes of such a tensor, without its
-    checks (done once per call in _kernels_take), and detach() only for a tensor that requires grad
-    (.numpy() refuses it): ~0.8 us a tensor, 1.3 with the detach, and a step converts ten."""
-    a: np.ndarray = (t.detach() if t.requires_grad else t).numpy()
-    return a if perm is None else a.transpose(perm)
+def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
+    """Whether t can be viewed as the kernels view x: a plain dense CPU tensor (no subclass, whose
+    memory may not be its data) of x's dtype and shape, not a negated view, in x's memory layout."""
+    return (type(t) is Tensor and t.dtype == x.dtype and t.is_cpu and t.layout == torch.strided
+            and t.shape == x.shape and not t.is_neg()
+            and (_in_channels_last(t) if channels_last else t.is_contiguous()))
 
 
-def _optional_array(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else _array(t)
+def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """dy in the kernels' layout of x: a view where autograd hands it in that layout (it may hand
+    another layout, an expanded tensor, or another dtype), else a contiguous copy (or the
+    kernel's dtype error)."""
+    if _like_x(dy, x, channels_last):
+        return _view(dy, _NUMPY_DTYPES[x.dtype], shape)
+    a = (dy.detach() if dy.requires_grad else dy).numpy()
+    return np.ascontiguousarray(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a)
+
+
+def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    """_BatchNormFunction.backward's work (once-differentiable: no graph of its own)."""
+    x, weight, y = ctx.saved_tensors
+    # x and weight are the forward's inputs, unchanged (version-checked), unless .data was
+    # assigned: so they are vetted again before any view of their memory is made. (y, an output,
+    # is saved as autograd's own snapshot of it, which .data assigned to y does not reach.)
+    if not _kernels_take(x, (weight,)):
+        raise RuntimeError("fusedopt batch norm: the input or weight saved for backward was replaced (.data "
+                           "assigned) by a tensor the kernels do not take")
+    x_used, channels_last = _kernel_layout(x)  # the same decision as forward's
+    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+    if weight is None and need_bias:  # the kernel sums dbias only beside dweight; w = 1 changes nothing
+        weight = torch.ones(x.shape[1], dtype=x.dtype)
+    dtype, shape = _NUMPY_DTYPES[x.dtype], _kernel_shape(x_used, channels_last)
+    dx, dweight, dbias = _batchnorm_backward(
+        _gradient_view(dy, x, channels_last, shape), _view(x_used, dtype, shape),
+        _optional_view(weight, dtype, (x.shape[1],)), ctx.save_mean, ctx.save_invstd, -1 if channels_last else 1,
+        ctx.training, None if y is None else _view(y, dtype, shape), None)
+    return (_tensor(dx, channels_last) if need_x else None,
+            torch.from_numpy(dweight) if need_weight else None,
+            torch.from_numpy(dbias) if need_bias and ctx.bias_given else None,
+            None, None, None, None, None, None)
+
+
+# with create_graph=True: torch's wrapper, whose outputs raise if differentiated again
+_backward_once_differentiable = once_differentiable(_backward)
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -104,47 +177,38 @@ class _BatchNormFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                 running_var: Tensor | None, training: bool, momentum: float, eps: float,
                 relu: bool) -> Tensor:
-        x_used, perm = _kernel_layout(x)
-        y_array, save_mean, save_invstd = batchnorm_forward(
-            _array(x_used, perm), _optional_array(weight), _optional_array(bias), _optional_array(running_mean),
-            _optional_array(running_var), training=training, momentum=momentum, eps=eps,
-            axis=1 if perm is None else -1, relu=relu)
-        y = _tensor(y_array, perm)
+        x_used, channels_last = _kernel_layout(x)
+        dtype, channels = _NUMPY_DTYPES[x.dtype], (x.shape[1],)
+        y_array, save_mean, save_invstd = _batchnorm_forward(
+            _view(x_used, dtype, _kernel_shape(x_used, channels_last)), _optional_view(weight, dtype, channels),
+            _optional_view(bias, dtype, channels), _optional_view(running_mean, dtype, channels),
+            _optional_view(running_var, dtype, channels), training, momentum, eps, -1 if channels_last else 1,
+            relu, None)
+        y = _tensor(y_array, channels_last)
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.save_mean, ctx.save_invstd, ctx.training = save_mean, save_invstd, training
         ctx.bias_given = bias is not None
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, y = ctx.saved_tensors
-        x_used, perm = _kernel_layout(x)  # the same decision as forward's: x is unchanged (version-checked)
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        if weight is None and need_bias:  # the kernel sums dbias only beside dweight; w = 1 changes nothing
-            weight = torch.ones(x.shape[1], dtype=x.dtype)
-        # autograd may hand a gradient in another layout than y's, or expanded: then a copy
-        dy_array = np.ascontiguousarray(_array(dy, perm))
-        dx, dweight, dbias = batchnorm_backward(
-            dy_array, _array(x_used, perm), _optional_array(weight), ctx.save_mean, ctx.save_invstd,
-            axis=1 if perm is None else -1, training=ctx.training,
-            relu_output=None if y is None else _array(y, perm))
-        return (_tensor(dx, perm) if need_x else None,
-                torch.from_numpy(dweight) if need_weight else None,
-                torch.from_numpy(dbias) if need_bias and ctx.bias_given else None,
-                None, None, None, None, None, None)
+        # grad mode is off in a backward unless create_graph=True: then once_differentiable's
+        # wrapper, whose no_grad block and checks a plain backward does without
+        if torch.is_grad_enabled():
+            return cast(tuple[Tensor | None, ...], _backward_once_differentiable(ctx, dy))
+        return _backward(ctx, dy)
 
 
 def _kernels_take(x: Tensor, per_channel: tuple[Tensor | None, ...]) -> bool:
     """Whether fusedopt's kernels compute this call (else torch's batch_norm does)."""
-    if not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided:
+    if not x.is_cpu or x.dtype not in _NUMPY_DTYPES or x.layout != torch.strided:
         return False
-    if x.dim() < 2 or x.numel() == 0 or has_torch_function_variadic(x, *per_channel):
+    if x.dim() < 2 or x.numel() == 0 or x.is_neg() or has_torch_function_variadic(x, *per_channel):
         return False
-    channels = x.shape[1]
+    channels = (x.shape[1],)
     for t in per_channel:
-        if t is not None and (not t.is_cpu or t.dtype != x.dtype or t.layout != torch.strided or t.dim() != 1
-                              or t.shape[0] != channels or not t.is_contiguous()):
+        if t is not None and (not t.is_cpu or t.dtype != x.dtype or t.layout != torch.strided or t.shape != channels
+                              or not t.is_contiguous() or t.is_neg()):
             return False
     return True
 
@@ -171,14 +235,18 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         input, weight, bias, running_mean, running_var, training, momentum, eps, relu))
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def _count_batch(counter: Tensor) -> int:
-    """num_batches_tracked += 1, and its new value. A plain 0-d CPU tensor (torch's buffer) is
-    counted through its NumPy view: right after a step's kernels have evicted the caches, torch's
-    add_ on it costs 60-80 us (the dispatcher's code and data), a NumPy fill 9-12 (best-median of
-    300, 2-core Sapphire Rapids VM). Any other counter (a tensor subclass, another device) by
-    torch's add_."""
-    if type(counter) is Tensor and counter.is_cpu and counter.dim() == 0 and not counter.requires_grad:
-        view = counter.numpy()
+    """num_batches_tracked += 1, and its new value. torch's buffer (a plain 0-d int64 CPU tensor)
+    is counted through a NumPy view of its memory (_core.tensor_view): right after a step's
+    kernels have evicted the caches, torch's add_ on it costs 60-80 us (the dispatcher's code and
+    data), a NumPy fill 9-12 (best-median of 300, 2-core Sapphire Rapids VM). Any other counter
+    (a tensor subclass, another device or dtype) by torch's add_."""
+    if (type(counter) is Tensor and counter.is_cpu and counter.dtype == torch.int64 and counter.shape == ()
+            and counter.layout == torch.strided and not counter.is_neg()):
+        view = _core.tensor_view(counter, _INT64, ())
         batches = int(view) + 1
         view.fill(batches)
         return batches
