@@ -290,6 +290,22 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // 0.889. Tried and not kept: encoding a block's codes inside the next block's loop (to fill the
 // divider's idle time): slower, 0.835 -> 0.867 (fp32 + 8-bit) and 1.13 -> 1.24 (bf16 + 8-bit);
 // an absmax by vrangeps (one op, not two): it drops NaNs, which must poison the block.
+// Since, stochastic rounding's bits come from one hash per two elements, made per block before
+// its loop (random_block): in the loop a bf16 param store is then the add of a loaded vector,
+// the NaN test, and the store of the high halves, and the Adam loops with bf16 and 8-bit state
+// are bound by the divider (a vsqrtps and a vdivps per 16 elements, ~22 cycles, measured; up to
+// ~40 other 512-bit ops fit beside them), not by the integer ops (counted in the avx512 object,
+// bf16 + 8-bit AdamW: ~50 -> ~36 vector ops per 16 elements). What is left above the all-fp32
+// loop is work outside the divider's shadow: the 8-bit blocks' absmax and encoding (~27 ops per
+// 16 elements for exp_avg and exp_avg_sq, ~0.27 ns/element) and the random bits (~6).
+// Measured with a C++ harness calling mixed<> directly (64K elements in cache, thread CPU
+// ns/element, best of 5 interleaved runs, load ~3): AdamW bf16 params+grads+state 0.629 ->
+// 0.557, bf16 + 8-bit 0.897 -> 0.839; SGD momentum bf16 0.448 -> 0.283, bf16 + 8-bit 0.534 ->
+// 0.438. Tried and not kept: the absmax taken in the update loop as it stores (Adam fp32 +
+// 8-bit 0.97x, bf16 + 8-bit 0.99x, but SGD 1.05-1.08x: SGD has no divider to hide it behind);
+// encode's "smallest code" by a max and a zero-masked shift (unsigned 0.127 -> 0.136 ns/element);
+// a vector reduction of the absmax lanes (no change); software prefetch 2-4 KB ahead for the
+// float32 arrays and 1-3 blocks for the 8-bit ones at 16M (within +-3%).
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
