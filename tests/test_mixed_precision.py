@@ -325,8 +325,15 @@ def test_random_bits_generator():
         assert np.mean(_core.random_bits(*other, 0, 64) == base) < 0.1
     # and the bits look uniform: each of the 16 bits the rounding uses is set about half the time
     b = _core.random_bits(9, 9, 0, 0, 1 << 16)
+    assert b.max() < (1 << 16)
     freq = [np.mean((b >> k) & 1) for k in range(16)]
     assert np.allclose(freq, 0.5, atol=0.01), freq
+    # the two elements whose bits are the halves of one hash (16 apart in a group of 32) and
+    # neighbours are uncorrelated: correlation within 5 standard errors of 0 (1/sqrt(n) each)
+    groups = b.reshape(-1, 2, 16).astype(np.float64)
+    for x, y in [(groups[:, 0], groups[:, 1]), (b[:-1].astype(np.float64), b[1:].astype(np.float64))]:
+        r = np.corrcoef(x.ravel(), y.ravel())[0, 1]
+        assert abs(r) < 5 / np.sqrt(x.size), r
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

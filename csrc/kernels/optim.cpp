@@ -290,6 +290,22 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // 0.889. Tried and not kept: encoding a block's codes inside the next block's loop (to fill the
 // divider's idle time): slower, 0.835 -> 0.867 (fp32 + 8-bit) and 1.13 -> 1.24 (bf16 + 8-bit);
 // an absmax by vrangeps (one op, not two): it drops NaNs, which must poison the block.
+// Since, stochastic rounding's bits come from one hash per two elements, made per block before
+// its loop (random_block): in the loop a bf16 param store is then the add of a loaded vector,
+// the NaN test, and the store of the high halves, and the Adam loops with bf16 and 8-bit state
+// are bound by the divider (a vsqrtps and a vdivps per 16 elements, ~22 cycles, measured; up to
+// ~40 other 512-bit ops fit beside them), not by the integer ops (counted in the avx512 object,
+// bf16 + 8-bit AdamW: ~50 -> ~36 vector ops per 16 elements). What is left above the all-fp32
+// loop is work outside the divider's shadow: the 8-bit blocks' absmax and encoding (~27 ops per
+// 16 elements for exp_avg and exp_avg_sq, ~0.27 ns/element) and the random bits (~6).
+// Measured with a C++ harness calling mixed<> directly (64K elements in cache, thread CPU
+// ns/element, best of 5 interleaved runs, load ~3): AdamW bf16 params+grads+state 0.629 ->
+// 0.557, bf16 + 8-bit 0.897 -> 0.839; SGD momentum bf16 0.448 -> 0.283, bf16 + 8-bit 0.534 ->
+// 0.438. Tried and not kept: the absmax taken in the update loop as it stores (Adam fp32 +
+// 8-bit 0.97x, bf16 + 8-bit 0.99x, but SGD 1.05-1.08x: SGD has no divider to hide it behind);
+// encode's "smallest code" by a max and a zero-masked shift (unsigned 0.127 -> 0.136 ns/element);
+// a vector reduction of the absmax lanes (no change); software prefetch 2-4 KB ahead for the
+// float32 arrays and 1-3 blocks for the 8-bit ones at 16M (within +-3%).
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
@@ -307,8 +323,7 @@ T* element(const MixedChunk& m, std::size_t k, std::size_t lo) {
 // One block of a mixed call: elements [lo, lo + n) of the chunk, and how they are rounded.
 struct BlockAt {
     std::size_t lo;
-    std::uint32_t index;  // the low 32 bits of the index of element lo in its tensor
-    RoundingKey key;      // stochastic rounding's key of the block (rounding_key)
+    const std::uint32_t* random;  // random[i]: stochastic rounding's bits of element lo + i
     float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded after the loop
 };
 
@@ -345,23 +360,15 @@ struct Half {
     }
 };
 
-// bfloat16 params rounded stochastically: element index + i draws its bits by its index
+// bfloat16 params rounded stochastically, with the block's random bits (random_block)
 struct BFloat16Stochastic {
     std::uint16_t* p;
-    std::uint32_t index;
-    RoundingKey key;
+    const std::uint32_t* random;
     BFloat16Stochastic(const MixedChunk& m, std::size_t k, const BlockAt& b)
-        : p(element<std::uint16_t>(m, k, b.lo)), index(b.index), key(b.key) {}
+        : p(element<std::uint16_t>(m, k, b.lo)), random(b.random) {}
     template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return load_bf16<V>(p + i); }
     template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
-        using U = UintVec<V>;
-        const std::uint32_t start = index + static_cast<std::uint32_t>(i);
-        U bits;
-        if constexpr (V::size > 1)  // a vector of a block starts on a multiple of its width (block_length)
-            bits = random_bits_aligned(start, random_lanes<U>(key.a), key.a, key.b);
-        else
-            bits = random_bits(U::iota(start), key.a, key.b);
-        store_bf16_adding(x, bits & U(0xFFFFu), p + i);
+        store_bf16_adding(x, UintVec<V>::load(random + i), p + i);
     }
     FUSEDOPT_INLINE void prefetch(std::size_t) const {}
     void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
@@ -486,15 +493,24 @@ struct Dynamic {
     }
 };
 
-// Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter), and
-// at the first multiple of the vector width, so that every later block's vectors start on one
-// (random_bits_aligned). A chunk with 8-bit state starts on an 8-bit block, a multiple of both,
-// so its blocks are never cut short.
+// Elements [index, index + n) cut where index's low 32 bits wrap (the random bits' counter and
+// key change there). A chunk with 8-bit state starts on an 8-bit block, a multiple of 2^32's
+// divisors up to 256, so its blocks are never cut short.
 std::size_t block_length(std::size_t n, std::uint64_t index) {
-    constexpr std::size_t W = Vec<float>::size;
     const std::uint64_t to_wrap = (std::uint64_t(1) << 32) - (index & 0xFFFFFFFFu);
-    const std::uint64_t to_aligned = index % W == 0 ? kStage : W - index % W;
-    return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap, to_aligned}));
+    return static_cast<std::size_t>(std::min<std::uint64_t>({kStage, n, to_wrap}));
+}
+
+// Stochastic rounding's bits of elements [index, index + n) of a block (index + n at most the
+// next 2^32 boundary) -> out: the whole groups of 32 holding them, out[index % 32] being
+// element index's. Made before the block's loop, a vector of hashes a group's 16 lanes at a
+// time (random_group), where a hash per element in the loop took twice the multiplies.
+constexpr std::size_t kRandomBuffer = kStage + kRandomGroup;
+void random_block(std::uint64_t index, std::size_t n, RoundingKey key, std::uint32_t* out) {
+    const std::uint32_t first = static_cast<std::uint32_t>(index) & ~static_cast<std::uint32_t>(kRandomGroup - 1);
+    const std::size_t end = static_cast<std::size_t>(index & (kRandomGroup - 1)) + n;
+    for (std::size_t g = 0; g < end; g += kRandomGroup)
+        random_group<Vec<std::uint32_t>>(first + static_cast<std::uint32_t>(g), key.a, key.b, out + g);
 }
 
 // Asks for the cache lines of elements [lo, hi) of a 16-bit or 8-bit array. Each block is
@@ -513,8 +529,10 @@ void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_
 template <class Config, std::size_t NARRAYS, class Update, class A>
 void run_blocks(const Config& c, const MixedChunk& m) {
     alignas(64) float staged[NARRAYS][kStage];
+    alignas(64) std::uint32_t random[kRandomBuffer];
     BlockAt b{};
     b.staged = staged;
+    RoundingKey key{};
     for (std::size_t lo = 0, len = 0; lo < m.n; lo += len) {
         const std::uint64_t index = m.offset + lo;
         len = block_length(m.n - lo, index);
@@ -523,9 +541,12 @@ void run_blocks(const Config& c, const MixedChunk& m) {
             if (m.data[k] != nullptr && m.dtype[k] != kFloat32) prefetch_elements(m.data[k], m.dtype[k], from, to);
         if (m.copy) prefetch_elements(m.copy, m.copy_dtype, from, to);
         b.lo = lo;
-        b.index = static_cast<std::uint32_t>(index);
-        if (m.stochastic_rounding && (lo == 0 || b.index == 0))  // a new run of 2^32 elements (block_length)
-            b.key = rounding_key(m.seed, m.step, m.tensor, index >> 32);
+        if (m.stochastic_rounding) {
+            if (lo == 0 || (index & 0xFFFFFFFFu) == 0)  // a new run of 2^32 elements (block_length)
+                key = rounding_key(m.seed, m.step, m.tensor, index >> 32);
+            random_block(index, len, key, random);
+            b.random = random + index % kRandomGroup;
+        }
         const A a(m, b);
         Update::run(c, a, len);
         a.finish(m, b, len);
@@ -574,16 +595,15 @@ FUSEDOPT_UPDATE(rmsprop, RmspropConfig);
 FUSEDOPT_UPDATE(adam, AdamConfig);
 #undef FUSEDOPT_UPDATE
 
+// The bits the stores of a stochastically rounded call add (random_block's, as uint32 < 65536)
 void random_bits_of(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
                     std::uint32_t* out, std::size_t n) {
+    alignas(64) std::uint32_t random[kRandomBuffer];
     for (std::size_t lo = 0, len = 0; lo < n; lo += len) {
         const std::uint64_t index = offset + lo;
         len = block_length(n - lo, index);
-        const RoundingKey key = rounding_key(seed, step, tensor, index >> 32);
-        for_each_lane<std::uint32_t>(len, [&](auto vec, std::size_t i) {
-            using U = decltype(vec);
-            random_bits(U::iota(static_cast<std::uint32_t>(index + i)), key.a, key.b).store(out + lo + i);
-        });
+        random_block(index, len, rounding_key(seed, step, tensor, index >> 32), random);
+        std::copy_n(random + index % kRandomGroup, len, out + lo);
     }
 }
 

@@ -134,6 +134,7 @@ struct Vec<std::uint32_t> {
         return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start)),
                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     }
+    static Vec load(const std::uint32_t* p) { return _mm512_loadu_si512(p); }
     void store(std::uint32_t* p) const { _mm512_storeu_si512(p, v); }
     static Vec load_u16(const std::uint16_t* p) {
         return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -195,6 +196,9 @@ struct Vec<std::uint32_t> {
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }
 inline Vec<float> as_float(Vec<std::uint32_t> x) { return _mm512_castsi512_ps(x.v); }
+// x is a NaN: one float compare into a mask register, where convert.h's generic form takes an
+// and and an integer compare
+inline Vec<std::uint32_t>::Mask is_nan(Vec<float> x) { return {_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q)}; }
 
 // float16 <-> float by the F16C/AVX-512F conversions (round to nearest even, subnormals kept)
 #define FUSEDOPT_HAS_F16C 1

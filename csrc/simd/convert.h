@@ -7,6 +7,7 @@
 // has it, rounds the vectors without an fp32 subnormal (which it would flush to zero; see
 // avx512.h's bf16_cvt_store): the same bits.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -35,10 +36,16 @@ template <class U>
 FUSEDOPT_INLINE void store_u16_high(U x, std::uint16_t* p) {
     (x >> 16).store_u16(p);
 }
+// x is a NaN, as a mask of lanes (an ISA with a float compare into a mask register overloads it)
+template <class V>
+FUSEDOPT_INLINE auto is_nan(V x) {
+    using U = UintVec<V>;
+    return cmpgt(as_uint(x) & U(0x7FFFFFFFu), U(0x7F800000u));
+}
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
     const U b = as_uint(x);
-    store_u16_high(select(cmpgt(b & U(0x7FFFFFFFu), U(0x7F800000u)), b | U(0x00400000u), b + add), p);
+    store_u16_high(select(is_nan(x), b | U(0x00400000u), b + add), p);
 }
 
 template <class V>
@@ -95,43 +102,59 @@ void store_f16(V x, std::uint16_t* p) {
 
 // ---- random bits of stochastic rounding ---------------------------------------------------
 
-// C. Wellons' lowbias32: an invertible 32-bit mix with low bias (hash-prospector).
+// C. Wellons' lowbias32 (an invertible 32-bit mix with low bias, hash-prospector) but for its
+// last step, lowbias32(x) = y ^ (y >> 16) with y = lowbias32_mix(x): the two 16-bit halves of
+// lowbias32(x) are (y ^ (y >> 16)) & 0xFFFF and y >> 16, so a caller that splits the output in
+// halves saves the last xor.
 template <class U>
-U lowbias32(U x) {
+U lowbias32_mix(U x) {
     x = x ^ (x >> 16);
     x = x * U(0x7FEB352Du);
     x = x ^ (x >> 15);
-    x = x * U(0x846CA68Bu);
-    return x ^ (x >> 16);
+    return x * U(0x846CA68Bu);
 }
 
-// The 32 random bits of the elements whose index's low 32 bits are `index`, under the key
-// (key_a, key_b) of (seed, step, tensor, index >> 32) (rounding_key in optim.h): one round of
-// lowbias32 over (index ^ key_a) + key_b. Keyed twice, so that two keys give unrelated
-// sequences: with x ^ key alone, step s+1 would get the bits of a permutation of step s's
-// elements (i -> i ^ a ^ a', within aligned ranges); with the add, element i of one key meets
-// element ((i ^ a) + b - b') ^ a' of the other, a random 32-bit distance away, outside the
-// tensor but for a fraction ~n / 2^32 of its elements. Two multiplies per element (the former
-// two rounds took four, and the 512-bit multiply is two uops on the one port it has: measured
-// in the commit that made this change).
-template <class U>
-U random_bits(U index, std::uint32_t key_a, std::uint32_t key_b) {
-    return lowbias32((index ^ U(key_a)) + U(key_b));
-}
+// The random bits of stochastic rounding: 16 per element, half of one lowbias32 output, so that
+// one hash serves two elements (the 512-bit multiply is two uops, and the hash was the largest
+// part of a bfloat16 store). Elements are taken in groups of 32 (kRandomGroup) from element 0
+// of the tensor; lane l < 16 of group q hashes the counter c = 16 q + l and gives element
+// 32 q + l the low half of lowbias32((c ^ key_a) + key_b), element 32 q + 16 + l the high half,
+// where (key_a, key_b) is the key of (seed, step, tensor, index >> 32) (rounding_key in optim.h)
+// and q, l count within the index's low 32 bits. In one formula, for element e (low 32 bits):
+//     bits(e) = (lowbias32((c ^ key_a) + key_b) >> (16 h)) & 0xFFFF,
+//     c = (e >> 5) * 16 + (e & 15),  h = (e >> 4) & 1.
+// Keyed twice, so that two keys give unrelated sequences: with c ^ key alone, step s+1 would
+// get the bits of a permutation of step s's elements (c -> c ^ a ^ a', within aligned ranges);
+// with the add, counter c of one key meets counter ((c ^ a) + b - b') ^ a' of the other, a
+// random 32-bit distance away, outside the tensor but for a fraction ~n / 2^32 of its elements.
+// One round of two multiplies (the former two rounds took four).
+constexpr std::size_t kRandomGroup = 32;
 
-// random_bits(U::iota(start), key_a, key_b) for a start that is a multiple of the vector width
-// W (a power of 2), with two vector ops before the mix where the form above takes four: the
-// lanes' start + l (l < W) have the low bits of l and the high bits of start, so
+// The hash inputs (c ^ key_a) + key_b of the counters start + l, l < U::size, for a start that
+// is a multiple of the vector width W (a power of 2), with two vector ops where the plain form
+// takes four: the lanes' start + l have the low bits of l and the high bits of start, so
 //   ((start + l) ^ key_a) + key_b = ((start ^ (key_a & -W)) + key_b) + (l ^ (key_a & (W - 1)))
 // (the last term has only the low bits, which the first leaves 0): one broadcast of a scalar,
-// one add of a per-key vector of lanes, lanes = random_lanes<U>(key_a).
+// one add of a vector of lanes.
 template <class U>
-U random_lanes(std::uint32_t key_a) {
-    return U::iota(0u) ^ U(key_a & (static_cast<std::uint32_t>(U::size) - 1u));
+U random_input(std::uint32_t start, std::uint32_t key_a, std::uint32_t key_b) {
+    const std::uint32_t low = static_cast<std::uint32_t>(U::size) - 1u;
+    return U((start ^ (key_a & ~low)) + key_b) + (U::iota(0u) ^ U(key_a & low));
 }
+
+// The bits of the 32 elements of the group starting at element `first` (a multiple of 32, of
+// the index's low 32 bits) -> out[0..32), as uint32 (< 65536) so that a store adds them with a
+// plain load.
 template <class U>
-U random_bits_aligned(std::uint32_t start, U lanes, std::uint32_t key_a, std::uint32_t key_b) {
-    return lowbias32(U((start ^ (key_a & ~(static_cast<std::uint32_t>(U::size) - 1u))) + key_b) + lanes);
+void random_group(std::uint32_t first, std::uint32_t key_a, std::uint32_t key_b, std::uint32_t* out) {
+    constexpr std::size_t W = U::size;
+    static_assert(W <= kRandomGroup / 2, "a vector of counters fits in a group's 16");
+    for (std::size_t l = 0; l < kRandomGroup / 2; l += W) {
+        const U y = lowbias32_mix(random_input<U>(first / 2 + static_cast<std::uint32_t>(l), key_a, key_b));
+        const U high = y >> 16;
+        ((y ^ high) & U(0xFFFFu)).store(out + l);
+        high.store(out + kRandomGroup / 2 + l);
+    }
 }
 
 }  // namespace FUSEDOPT_ISA_NS

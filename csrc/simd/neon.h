@@ -121,6 +121,7 @@ struct Vec<std::uint32_t> {
         static const std::uint32_t k[4] = {0, 1, 2, 3};
         return vaddq_u32(vdupq_n_u32(start), vld1q_u32(k));
     }
+    static Vec load(const std::uint32_t* p) { return vld1q_u32(p); }
     void store(std::uint32_t* p) const { vst1q_u32(p, v); }
     static Vec load_u16(const std::uint16_t* p) { return vmovl_u16(vld1_u16(p)); }
     void store_u16(std::uint16_t* p) const { vst1_u16(p, vmovn_u32(v)); }  // lanes < 65536

@@ -119,6 +119,7 @@ struct Vec<std::uint32_t> {
     static Vec iota(std::uint32_t start) {
         return _mm_add_epi32(_mm_set1_epi32(static_cast<int>(start)), _mm_setr_epi32(0, 1, 2, 3));
     }
+    static Vec load(const std::uint32_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
     void store(std::uint32_t* p) const { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
     static Vec load_u16(const std::uint16_t* p) {
         return _mm_unpacklo_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), _mm_setzero_si128());

@@ -310,7 +310,7 @@ def to_bfloat16(x: np.ndarray) -> np.ndarray:
 
 def stochastic_round_bfloat16(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 rounded up or down at random: add the low 16 bits of `bits` (uint32,
-    one per element, as random_bits gives them) to the float's bits and keep the high half, so
+    one per element, as random_bits gives them: < 65536) to the float's bits and keep the high half, so
     x rounds away from the value truncated with probability (distance / ulp). inf and NaN as in
     to_bfloat16."""
     return _bfloat16_round(x, bits)
@@ -351,9 +351,12 @@ def _lowbias32(x: np.ndarray) -> np.ndarray:
 
 def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.ndarray:
     """The generator of stochastic rounding in NumPy (fusedopt._core.random_bits is the
-    kernels'): element i of tensor t at a step gets lowbias32((lo ^ a) + b), where lo is
-    i's low 32 bits and (a, b) the two halves of splitmix64 chained over seed, step, t and
-    i >> 32. Returns uint32 bits of elements offset .. offset + n - 1."""
+    kernels'): 16 bits per element, half of one 32-bit hash, so that one hash serves two
+    elements. Element i of tensor t at a step, with lo = i's low 32 bits, hashes the counter
+    c = (lo >> 5) * 16 + (lo & 15) (the elements of each group of 32 pair up 16 apart) and
+    gets half h = (lo >> 4) & 1 of lowbias32((c ^ a) + b), where (a, b) are the two halves of
+    splitmix64 chained over seed, step, t and i >> 32. Returns the bits of elements
+    offset .. offset + n - 1 as uint32 (< 65536)."""
     index = np.arange(offset, offset + n, dtype=np.uint64)
     out = np.empty(n, np.uint32)
     for hi in np.unique(index >> np.uint64(32)):
@@ -362,7 +365,9 @@ def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> np.nd
             k = _splitmix64(k ^ word)
         sel = (index >> np.uint64(32)) == hi
         lo = (index[sel] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        out[sel] = _lowbias32((lo ^ np.uint32(k & 0xFFFFFFFF)) + np.uint32(k >> 32))
+        counter = (lo >> np.uint32(5)) * np.uint32(16) + (lo & np.uint32(15))
+        hashed = _lowbias32((counter ^ np.uint32(k & 0xFFFFFFFF)) + np.uint32(k >> 32))
+        out[sel] = (hashed >> (np.uint32(16) * ((lo >> np.uint32(4)) & np.uint32(1)))) & np.uint32(0xFFFF)
     return out
 
 
