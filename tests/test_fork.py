@@ -210,3 +210,25 @@ def test_forked_child_leaves_torchs_openmp_threads(tmp_path):
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+def test_small_batch_norm_on_torchs_team_gives_the_one_thread_bits(tmp_path):
+    """On torch's team small batch-norm calls run on 2 threads too (batchnorm_tiles.h, run_tasks):
+    forward and backward give the 1-thread bits."""
+    out = run_torch_script(tmp_path, """
+        rng = np.random.default_rng(9)
+        for shape in [(8, 512, 7, 7), (16, 64, 9, 9), (256, 1024)]:
+            x, dy = (rng.standard_normal(shape).astype(np.float32) + 3 for _ in range(2))
+            c = shape[1]
+            weight, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+            got = []
+            for threads in (1, 2):
+                fusedopt.set_num_threads(threads)
+                running_mean, running_var = np.zeros(c, np.float32), np.ones(c, np.float32)
+                y, mean, invstd = fusedopt.batchnorm_forward(x, weight, bias, running_mean, running_var)
+                dx, dweight, dbias = fusedopt.batchnorm_backward(dy, x, weight, mean, invstd)
+                got.append(b"".join(a.tobytes() for a in (y, mean, invstd, running_mean, running_var, dx, dweight, dbias)))
+            assert got[0] == got[1], shape
+        print("ok")
+    """)
+    assert out.strip() == "ok"
