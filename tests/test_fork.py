@@ -213,11 +213,12 @@ def test_forked_child_leaves_torchs_openmp_threads(tmp_path):
 
 
 def test_small_batch_norm_on_torchs_team_gives_the_one_thread_bits(tmp_path):
-    """On torch's team small batch-norm calls run on 2 threads too (batchnorm_tiles.h, run_tasks):
+    """On torch's team small batch-norm calls run on 2 threads too (batchnorm_tiles.h, run_tasks),
+    and a tile of whole rows of one block is cut into a tile of whole channels per thread (Plan):
     forward and backward give the 1-thread bits."""
     out = run_torch_script(tmp_path, """
         rng = np.random.default_rng(9)
-        for shape in [(8, 512, 7, 7), (16, 64, 9, 9), (256, 1024)]:
+        for shape in [(8, 512, 7, 7), (16, 64, 9, 9), (256, 1024), (64, 70, 3, 3), (98, 517)]:
             x, dy = (rng.standard_normal(shape).astype(np.float32) + 3 for _ in range(2))
             c = shape[1]
             weight, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
@@ -227,7 +228,8 @@ def test_small_batch_norm_on_torchs_team_gives_the_one_thread_bits(tmp_path):
                 running_mean, running_var = np.zeros(c, np.float32), np.ones(c, np.float32)
                 y, mean, invstd = fusedopt.batchnorm_forward(x, weight, bias, running_mean, running_var)
                 dx, dweight, dbias = fusedopt.batchnorm_backward(dy, x, weight, mean, invstd)
-                got.append(b"".join(a.tobytes() for a in (y, mean, invstd, running_mean, running_var, dx, dweight, dbias)))
+                arrays = (y, mean, invstd, running_mean, running_var, dx, dweight, dbias)
+                got.append(b"".join(a.tobytes() for a in arrays))
             assert got[0] == got[1], shape
         print("ok")
     """)

@@ -138,14 +138,15 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
         if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    // dy, dx, x (always read for the sums but in eval without dweight), the mask
-    const std::size_t mask_bytes = mask == ReluMask::kValues ? sizeof(T) : mask == ReluMask::kBool ? 1 : 0;
-    run_tiles<GradSums, T>(p, p.total() * (3 * sizeof(T) + mask_bytes), reduce, finish, apply);
+    run_tiles<GradSums, T>(p, reduce, finish, apply);
 }
 
 template <class T>
 void batchnorm_backward(const BatchNormBackwardArgs& args) {
-    const Plan p(args.shape);
+    // dy, dx, x (always read for the sums but in eval without dweight), the mask
+    const std::size_t mask_bytes = args.relu_mask == ReluMask::kValues ? sizeof(T)
+                                   : args.relu_mask == ReluMask::kBool ? 1 : 0;
+    const Plan p(args.shape, 3 * sizeof(T) + mask_bytes);
     const bool stream = p.total() * sizeof(T) >= kStreamMinBytes;
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);

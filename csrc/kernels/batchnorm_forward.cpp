@@ -248,12 +248,12 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
         if (stream) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
     };
 
-    run_tiles<Moments, T>(p, 2 * p.total() * sizeof(T), reduce, finish, apply);  // x, y
+    run_tiles<Moments, T>(p, reduce, finish, apply);
 }
 
 template <class T>
 void batchnorm_forward(const BatchNormForwardArgs& args) {
-    const Plan p(args.shape);
+    const Plan p(args.shape, 2 * sizeof(T));  // x, y
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);
         const bool stream = p.total() * sizeof(T) >= kStreamMinBytes;

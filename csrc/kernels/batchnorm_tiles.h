@@ -24,8 +24,9 @@
 // absolute sum, and the deviations from a shift near the mean are what is summed for the
 // variance) and accumulated in double from there. Widening every element to double instead
 // costs twice the vector instructions, which is what bounded the statistics passes. Every
-// block, group and merge order depends only on the shape, never on the thread count, so
-// results are bitwise identical for any number of threads.
+// block, group and merge order depends only on the shape, never on the thread count (a tile
+// of whole rows may be cut into tiles of whole channels for the threads, which changes no
+// channel's sums), so results are bitwise identical for any number of threads.
 // Included only by the ISA copies (namespace fusedopt::<isa>), each of which gets its own.
 #pragma once
 #include <algorithm>
@@ -122,7 +123,41 @@ struct Option {
     static A get(A value) { return V == kRunTime ? value : static_cast<A>(V); }
 };
 
-// ---- the work decomposition (a function of the shape only) ----------------------------------
+// Whether a call whose arrays (those it reads and writes) take `bytes` runs its tasks on the
+// thread pool: not when it is small, when those bytes take at most twice one core's L2 and the
+// region would run on fusedopt's own pool. Those of the caller's last call are there or in the other L2, the task's
+// share is a few microseconds of work, and the pool's sleeping workers cost a wake-up and a join
+// (measured with a constant 2^16 elements instead, 2 threads against 1, 2 MB L2: (8, 512, 7, 7)
+// forward (1.6 MB) and backward (2.4 MB), (256, 1024) forward (2 MB) and backward (3 MB) 15-30%
+// slower in every run; on a 4 MB L2, fwd + bwd, best of 30, the pool's 2 threads against 1:
+// (8, 512, 7, 7) 0.202 against 0.205 ms, (16, 512, 7, 7) 0.445 against 0.499: a threshold of
+// one L2 may serve there). On torch's OpenMP team (fusedopt.torch) the
+// workers spin between regions and a region costs a microsecond or two: there small calls
+// gain from the second thread (fwd + bwd, best of 30, 2 threads against 1: (8, 512, 7, 7) 0.121
+// against 0.194 ms, (16, 512, 7, 7) 0.313 against 0.410; in a fusedopt.torch.BatchNorm2d
+// training step 0.338 against 0.530 ms, the calling core's L2 then keeping more of the
+// surrounding code). Which tasks run where never changes a result.
+// (Below kMinTeamBytes a second thread did not pay on torch's team either: 2 threads against 1,
+// best of 25 in separate processes, which differ by up to 15%: (2, 7, 7, 512) channels-last,
+// 0.4 MB, forward 26.5-27.5 against 19.5-22.5 us; (256, 512), 1 MB, forward 47-53 against
+// 43-46, backward (1.5 MB) 50-60 against 65-78.)
+constexpr std::size_t kMinTeamBytes = std::size_t(1) << 20;
+inline bool runs_in_parallel(std::size_t bytes) {
+    return get_num_threads() > 1 &&
+           (bytes > 2 * l2_cache_bytes() || (get_openmp_parallel() != nullptr && bytes > kMinTeamBytes));
+}
+
+// Runs task(0 .. ntasks) on the thread pool when `parallel` (runs_in_parallel), else inline.
+template <class F>
+void run_tasks(std::size_t ntasks, bool parallel, F&& task) {
+    if (ntasks <= 1 || !parallel) {
+        for (std::size_t i = 0; i < ntasks; ++i) task(i);
+        return;
+    }
+    parallel_for(static_cast<int>(ntasks), [&](int i) { task(static_cast<std::size_t>(i)); });
+}
+
+// ---- the work decomposition ------------------------------------------------------------------
 
 struct Block {
     std::size_t row_begin, row_end, col_begin, col_end;  // columns counted from the tile's first
@@ -134,9 +169,13 @@ struct Plan {
     std::size_t tile_channels, ntiles;
     std::size_t block_rows, block_cols, col_chunks, blocks_per_tile;
     std::size_t groups, blocks_per_group;  // groups == 1: each tile whole in one task (the fused path)
+    std::size_t bytes;  // of the arrays the call reads and writes
+    bool parallel;      // runs_in_parallel(bytes)
 
-    explicit Plan(const BatchNormShape& s)
-        : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner) {
+    // bytes_per_element: of all the arrays the call reads and writes, per element of x
+    Plan(const BatchNormShape& s, std::size_t bytes_per_element)
+        : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner),
+          bytes(s.outer * s.channels * s.inner * bytes_per_element), parallel(runs_in_parallel(bytes)) {
         planar = inner >= kPlanarMinInner;
         if (planar) {
             tile_channels = 1;
@@ -149,6 +188,18 @@ struct Plan {
             block_cols = tile_channels * inner;
             col_chunks = 1;
             block_rows = std::max(kMinColumnBlockRows, kColumnBlockElems / block_cols);
+            if (parallel && tile_channels == channels && outer <= block_rows && row_len > kTileCols) {
+                // Whole rows of one block, e.g. (256, 1024), are one tile: one task. On several
+                // threads they are cut into a tile of whole channels per thread (at least
+                // kTileCols columns), with the same block rows: every channel's sums are the
+                // same terms in the same order in any tile (whole rows are not short, see
+                // kShortRowBytes), so the results do not depend on the cut. (On 1 thread the
+                // cut costs: (256, 1024) backward 209-211 -> 235-237 us; on torch's 2-thread
+                // team fwd / bwd 137-141 / 213-216 -> 102-106 / 140-142 us, best of 25.)
+                const std::size_t threads = static_cast<std::size_t>(get_num_threads());
+                tile_channels = std::max((channels + threads - 1) / threads, std::max<std::size_t>(1, kTileCols / inner));
+                block_cols = tile_channels * inner;
+            }
         }
         ntiles = (channels + tile_channels - 1) / tile_channels;
         blocks_per_tile = (outer + block_rows - 1) / block_rows * col_chunks;
@@ -185,28 +236,6 @@ struct Plan {
     }
 };
 
-// Runs task(0 .. ntasks) on the thread pool, or inline when the call is small: when the arrays
-// it reads and writes (`bytes`) take at most twice one core's L2 and the region would run on
-// fusedopt's own pool. Those of the caller's last call are there or in the other L2, the task's
-// share is a few microseconds of work, and the pool's sleeping workers cost a wake-up and a join
-// (measured with a constant 2^16 elements instead, 2 threads against 1, 2 MB L2: (8, 512, 7, 7)
-// forward (1.6 MB) and backward (2.4 MB), (256, 1024) forward (2 MB) and backward (3 MB) 15-30%
-// slower in every run; on a 4 MB L2, fwd + bwd, best of 30, the pool's 2 threads against 1:
-// (8, 512, 7, 7) 0.202 against 0.205 ms, (16, 512, 7, 7) 0.445 against 0.499: a threshold of
-// one L2 may serve there). On torch's OpenMP team (fusedopt.torch) the
-// workers spin between regions and a region costs a microsecond or two: there small calls
-// gain from the second thread (fwd + bwd, best of 30, 2 threads against 1: (8, 512, 7, 7) 0.121
-// against 0.194 ms, (16, 512, 7, 7) 0.313 against 0.410; in a fusedopt.torch.BatchNorm2d
-// training step 0.338 against 0.530 ms, the calling core's L2 then keeping more of the
-// surrounding code). Which tasks run where never changes a result.
-template <class F>
-void run_tasks(std::size_t ntasks, std::size_t bytes, F&& task) {
-    if (ntasks <= 1 || (bytes <= 2 * l2_cache_bytes() && get_openmp_parallel() == nullptr)) {
-        for (std::size_t i = 0; i < ntasks; ++i) task(i);
-        return;
-    }
-    parallel_for(static_cast<int>(ntasks), [&](int i) { task(static_cast<std::size_t>(i)); });
-}
 
 // Adds the lanes of v, widened to double, into p[0 .. V::size).
 // (VD is a parameter so that the branches not taken are not compiled: the scalar ISA's
@@ -594,9 +623,8 @@ struct Scratch {
 //   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
-//   bytes: of the arrays the call reads and writes (see run_tasks)
 template <class Partial, class T, class Reduce, class Finish, class Apply>
-void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finish, Apply&& apply) {
+void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     // per thread, kept from task to task and call to call: small tiles cost a few microseconds
     // or less, which allocating them for each would double
     thread_local Scratch<T> scratch;
@@ -611,9 +639,9 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
         // pass): the per-channel chains of dependent operations (the sums' reductions, the
         // divisions and square roots of finish) of neighbouring tiles then overlap instead of
         // following each other, and the forward's finish works on a vector of channels at a time.
-        const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, p.ntiles));
+        const std::size_t tile_bytes = std::max<std::size_t>(1, p.bytes / std::max<std::size_t>(1, p.ntiles));
         const std::size_t batch = p.blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
-        run_tasks(runs, bytes, [&](std::size_t r) {
+        run_tasks(runs, p.parallel, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
             const std::size_t run_end = (r + 1) * p.ntiles / runs;
             if (batch == 1) {
@@ -641,7 +669,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
     }
     std::vector<Partial> partial(p.ntiles * p.groups * p.tile_channels);
     auto group_partial = [&](std::size_t t, std::size_t g) { return &partial[(t * p.groups + g) * p.tile_channels]; };
-    run_tasks(p.ntiles * p.groups, bytes, [&](std::size_t task) {
+    run_tasks(p.ntiles * p.groups, p.parallel, [&](std::size_t task) {
         const std::size_t t = task / p.groups, g = task % p.groups;
         reduce(t, t + 1, p.group_begin(g), p.group_end(g), group_partial(t, g), scratch);
     });
@@ -657,7 +685,7 @@ void run_tiles(const Plan& p, std::size_t bytes, Reduce&& reduce, Finish&& finis
     // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
     // depend on the order.
     const std::size_t ntasks = p.ntiles * p.groups;
-    run_tasks(ntasks, bytes, [&](std::size_t i) {
+    run_tasks(ntasks, p.parallel, [&](std::size_t i) {
         const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
         apply(t, p.group_begin(g), p.group_end(g));
