@@ -33,6 +33,20 @@ def sgd_digest(seed):
 def threads_in_process():
     return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
 
+# fork; the child exits with 0 when check() is true (else 3, or 1 if it raised); the parent
+# waits for it and asserts that
+def in_child(check):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if check() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    return True
+
 def one_thread_digest(seed):
     before = fusedopt.get_num_threads()
     fusedopt.set_num_threads(1)
@@ -75,17 +89,8 @@ def test_forked_child_runs_multithreaded_calls(tmp_path):
         want = one_thread_digest(1)
         assert sgd_digest(1) == want
         time.sleep(0.2)  # the worker goes back to sleep
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ok = fusedopt.get_num_threads() == 2 and all(sgd_digest(1) == want for _ in range(5))
-                ok = ok and threads_in_process() in (None, 2)  # the caller and one new worker
-                code = 0 if ok else 3
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        in_child(lambda: fusedopt.get_num_threads() == 2 and all(sgd_digest(1) == want for _ in range(5))
+                 and threads_in_process() in (None, 2))  # the caller and one new worker
         assert sgd_digest(1) == want  # the parent's pool still works
         print("ok")
     """)
@@ -98,22 +103,11 @@ def test_fork_of_a_fork(tmp_path):
         fusedopt.set_num_threads(2)
         want = one_thread_digest(2)
         assert sgd_digest(2) == want
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                assert sgd_digest(2) == want
-                time.sleep(0.1)
-                pid2 = os.fork()
-                if pid2 == 0:
-                    os._exit(0 if sgd_digest(2) == want and sgd_digest(2) == want else 3)
-                _, status = os.waitpid(pid2, 0)
-                code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 4
-                code = code or (0 if sgd_digest(2) == want else 5)
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        def child():
+            assert sgd_digest(2) == want
+            time.sleep(0.1)
+            return in_child(lambda: sgd_digest(2) == want and sgd_digest(2) == want) and sgd_digest(2) == want
+        in_child(child)
         print("ok")
     """)
     assert out.strip() == "ok"
@@ -196,16 +190,7 @@ def test_forked_child_leaves_torchs_openmp_threads(tmp_path):
     out = run_torch_script(tmp_path, """
         want = one_thread_digest(8)
         assert sgd_digest(8) == want
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ok = _core._openmp_parallel() == 0 and all(sgd_digest(8) == want for _ in range(3))
-                code = 0 if ok else 3
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        in_child(lambda: _core._openmp_parallel() == 0 and all(sgd_digest(8) == want for _ in range(3)))
         assert _core._openmp_parallel() != 0 and sgd_digest(8) == want
         print("ok")
     """)
