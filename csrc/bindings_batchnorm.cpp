@@ -146,6 +146,7 @@ class OutputPool {
         static OutputPool* pool = new OutputPool;  // never destroyed: arrays may outlive the module
         return *pool;
     }
+    static void free_buffer(void* p) { ::operator delete(p, std::align_val_t{kAlign}); }
     void* take(std::size_t bytes) {
         std::vector<void*> dropped;
         {
@@ -171,8 +172,8 @@ class OutputPool {
             live_bytes_ += bytes;  // counted before the allocation, so that a failure undoes it below
             high_water_ = std::max(high_water_, live_bytes_);
         }
-        for (void* p : dropped) std::free(p);
-        void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+        for (void* p : dropped) free_buffer(p);
+        void* p = ::operator new(bytes, std::align_val_t{kAlign}, std::nothrow);
         if (!p) {
             std::lock_guard<std::mutex> lock(mutex_);
             live_bytes_ -= bytes;
@@ -205,7 +206,7 @@ class OutputPool {
             free_bytes_ = 0;
             high_water_ = live_bytes_;
         }
-        for (const Buffer& b : dropped) std::free(b.ptr);
+        for (const Buffer& b : dropped) free_buffer(b.ptr);
         return bytes;
     }
     struct Stats {
