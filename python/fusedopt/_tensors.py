@@ -61,6 +61,20 @@ def tensor_to_ndarray(tensor: Any, name: str) -> np.ndarray:
     return array
 
 
+# numpy_dtype's table, made at its first call (torch is imported by then)
+_torch_to_numpy: dict[Any, np.dtype[Any]] = {}
+
+
+def numpy_dtype(dtype: Any) -> np.dtype[Any] | None:
+    """The NumPy dtype of a torch floating dtype by the mapping above, as tensor_to_ndarray's
+    views have it (None: a dtype fusedopt does not compute in)."""
+    if not _torch_to_numpy:
+        torch = sys.modules["torch"]
+        _torch_to_numpy.update({torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+                                torch.float16: np.dtype(np.float16), torch.bfloat16: _bfloat16()})
+    return _torch_to_numpy.get(dtype)
+
+
 # torch.Tensor and torch.nn.Parameter, once torch is imported: the exact types whose objects
 # to_ndarray passes to tensor_to_ndarray without looking torch up (subclasses take isinstance)
 _tensor_types: tuple[type, ...] = ()

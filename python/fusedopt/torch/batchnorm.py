@@ -60,6 +60,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.overrides import has_torch_function_variadic
 
 from .. import _core
+from .._tensors import numpy_dtype
 
 # fusedopt.batchnorm's two kernels, positional (_core's signatures: the module passes vetted
 # arguments, without the keyword layer's checks)
@@ -68,10 +69,16 @@ _batchnorm_backward = _core.batchnorm_backward
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d", "batch_norm"]
 
-# the torch dtypes the kernels take, and their NumPy dtypes
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {torch.float32: np.dtype(np.float32),
-                                                   torch.float64: np.dtype(np.float64)}
+# the torch dtypes the kernels take (their NumPy dtypes: _kernel_dtype)
+_KERNEL_DTYPES = (torch.float32, torch.float64)
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _kernel_dtype(x: Tensor) -> np.dtype[Any]:
+    """The NumPy dtype of an input _kernels_take has vetted (fusedopt's one torch -> NumPy mapping)."""
+    dtype = numpy_dtype(x.dtype)
+    assert dtype is not None  # float32 or float64: _KERNEL_DTYPES
+    return dtype
 
 
 def _in_channels_last(t: Tensor) -> bool:
@@ -133,7 +140,7 @@ def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int,
     another layout, an expanded tensor, or another dtype), else a contiguous copy (or the
     kernel's dtype error)."""
     if _like_x(dy, x, channels_last):
-        return _view(dy, _NUMPY_DTYPES[x.dtype], shape)
+        return _view(dy, _kernel_dtype(x), shape)
     a = (dy.detach() if dy.requires_grad else dy).numpy()
     return np.ascontiguousarray(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a)
 
@@ -151,7 +158,7 @@ def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
     need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
     if weight is None and need_bias:  # the kernel sums dbias only beside dweight; w = 1 changes nothing
         weight = torch.ones(x.shape[1], dtype=x.dtype)
-    dtype, shape = _NUMPY_DTYPES[x.dtype], _kernel_shape(x_used, channels_last)
+    dtype, shape = _kernel_dtype(x), _kernel_shape(x_used, channels_last)
     dx, dweight, dbias = _batchnorm_backward(
         _gradient_view(dy, x, channels_last, shape), _view(x_used, dtype, shape),
         _optional_view(weight, dtype, (x.shape[1],)), ctx.save_mean, ctx.save_invstd, -1 if channels_last else 1,
@@ -178,7 +185,7 @@ class _BatchNormFunction(torch.autograd.Function):
                 running_var: Tensor | None, training: bool, momentum: float, eps: float,
                 relu: bool) -> Tensor:
         x_used, channels_last = _kernel_layout(x)
-        dtype, channels = _NUMPY_DTYPES[x.dtype], (x.shape[1],)
+        dtype, channels = _kernel_dtype(x), (x.shape[1],)
         y_array, save_mean, save_invstd = _batchnorm_forward(
             _view(x_used, dtype, _kernel_shape(x_used, channels_last)), _optional_view(weight, dtype, channels),
             _optional_view(bias, dtype, channels), _optional_view(running_mean, dtype, channels),
@@ -201,7 +208,7 @@ class _BatchNormFunction(torch.autograd.Function):
 
 def _kernels_take(x: Tensor, per_channel: tuple[Tensor | None, ...]) -> bool:
     """Whether fusedopt's kernels compute this call (else torch's batch_norm does)."""
-    if not x.is_cpu or x.dtype not in _NUMPY_DTYPES or x.layout != torch.strided:
+    if not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided:
         return False
     if x.dim() < 2 or x.numel() == 0 or x.is_neg() or has_torch_function_variadic(x, *per_channel):
         return False

@@ -62,6 +62,7 @@ from .._lowprec import (
     _state_dtype_of,
 )
 from .._states import StateArray
+from .._tensors import numpy_dtype as _numpy_dtype
 from .._tensors import tensor_to_ndarray
 from ..lowbit import QUANT_BLOCK, QuantizedState, quantize
 from ._plan import _Call, _Plan
@@ -83,16 +84,6 @@ _OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_si
 _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
 _NO_ROUNDING: dict[str, Any] = {}
 
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
-    torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64), torch.float16: np.dtype(np.float16)}
-
-
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
-    """The NumPy dtype fusedopt sees for a torch floating dtype (None: not one it updates)."""
-    if dtype == torch.bfloat16:
-        bfloat16: np.dtype[Any] = tensor_to_ndarray(torch.empty(0, dtype=dtype), "a bfloat16 tensor").dtype
-        return bfloat16
-    return _NUMPY_DTYPES.get(dtype)
 
 
 def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torch.Tensor]:
