@@ -73,22 +73,6 @@ inline float float_of(std::uint32_t b) {
 
 }  // namespace quant
 
-// The generic forms of two integer-lane ops that an ISA may do in fewer instructions (avx512.h
-// defines its own, which overload resolution prefers to these templates):
-// x << s where k != 0, else 0
-template <class U>
-FUSEDOPT_INLINE U shift_left_where_nonzero(U k, U x, unsigned s) {
-    return select(cmpeq(k, U(0u)), U(0u), x << static_cast<int>(s));
-}
-// the low bytes of the lanes of a, b, c, d (each < 256) -> p[0 .. 4 * U::size)
-template <class U>
-FUSEDOPT_INLINE void store_u8x4(U a, U b, U c, U d, std::uint8_t* p) {
-    a.store_u8(p);
-    b.store_u8(p + U::size);
-    c.store_u8(p + 2 * U::size);
-    d.store_u8(p + 3 * U::size);
-}
-
 // One vector of codes at p of a block with the given scale -> their values:
 //   value = sign * as_float((k + kOffset) << 20) * scale,   0 for k = 0
 // Signed codes are loaded sign-extended (no dearer than zero-extended), so that the sign bit is

@@ -180,7 +180,7 @@ struct Vec<std::uint32_t> {
     friend Vec shift_right_signed(Vec a, int s) { return _mm512_srai_epi32(a.v, static_cast<unsigned>(s)); }
     friend Vec select(Mask mask, Vec a, Vec b) { return _mm512_mask_blend_epi32(mask.m, b.v, a.v); }
     // x << s where k != 0, else 0: one zero-masked shift (and a vptestmd, which the compiler can
-    // fold with the op computing k), where the generic form (quantize.h) takes a compare and a blend
+    // fold with the op computing k), where the generic form (lanes.h) takes a compare and a blend
     friend Vec shift_left_where_nonzero(Vec k, Vec x, unsigned s) {
         return _mm512_maskz_slli_epi32(_mm512_test_epi32_mask(k.v, k.v), x.v, s);
     }
@@ -196,7 +196,7 @@ struct Vec<std::uint32_t> {
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm512_castps_si512(x.v); }
 inline Vec<float> as_float(Vec<std::uint32_t> x) { return _mm512_castsi512_ps(x.v); }
-// x is a NaN: one float compare into a mask register, where convert.h's generic form takes an
+// x is a NaN: one float compare into a mask register, where lanes.h's generic form takes an
 // and and an integer compare
 inline Vec<std::uint32_t>::Mask is_nan(Vec<float> x) { return {_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q)}; }
 

@@ -11,11 +11,10 @@
 #include <cstdint>
 #include <utility>
 
+#include "lanes.h"
+
 namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
-
-template <class V>
-using UintVec = decltype(as_uint(std::declval<V>()));
 
 // bfloat16 -> float: exact (bfloat16 is the high half of a float's bits).
 template <class V>
@@ -32,16 +31,6 @@ V load_bf16(const std::uint16_t* p) {
 // The high halves are taken after the select (NaN: the high half of b | 0x400000), so that an
 // ISA may store them without a shift (avx512.h's store_u16_high: one vpshufb and one vpermq where
 // a shift and vpmovdw take three uops).
-template <class U>
-FUSEDOPT_INLINE void store_u16_high(U x, std::uint16_t* p) {
-    (x >> 16).store_u16(p);
-}
-// x is a NaN, as a mask of lanes (an ISA with a float compare into a mask register overloads it)
-template <class V>
-FUSEDOPT_INLINE auto is_nan(V x) {
-    using U = UintVec<V>;
-    return cmpgt(as_uint(x) & U(0x7FFFFFFFu), U(0x7F800000u));
-}
 template <class V, class U>
 void store_bf16_adding(V x, U add, std::uint16_t* p) {
     const U b = as_uint(x);
