@@ -535,6 +535,37 @@ def quantized_problem(name, sizes, pdt, gdt, steps=3, seed=0):
     return params, q, grads
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_8bit_special_blocks_between_ordinary_ones(isa, name, threads):
+    """A block's codes are written during the next block's loop, a NaN block's and an all-zero
+    block's at once: blocks of each kind in turn, as the reference requantizes them."""
+    n = 256 * 9 + 37
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(n).astype(F32)]
+    grad = rng.standard_normal(n).astype(F32)
+    grad[256 * 2 + 5] = np.nan  # block 2 poisoned
+    grad[256 * 4:256 * 5] = 0.0  # block 4: zero grads on zero state
+    grad[256 * 7 + 9] = np.inf  # block 7
+    state = {k: [fusedopt.quantize(np.zeros(n, F32), signed=k not in NONNEGATIVE)] for k in OPTIMIZERS[name][1]}
+    opts = OPTIMIZERS[name][2]
+    w_params = [params[0].copy()]
+    w_state = {k: [np.zeros(n, F32)] for k in state}
+    old = fusedopt.get_num_threads()
+    fusedopt.set_num_threads(threads)
+    try:
+        fused(name)(params, [grad], **state, **opts, step=1)
+    finally:
+        fusedopt.set_num_threads(old)
+    fused(name)(w_params, [grad], **w_state, **opts, step=1)
+    assert same(params[0], w_params[0])
+    for k in state:
+        codes, scales = reference.quantize_blockwise(w_state[k][0], k not in NONNEGATIVE)
+        assert np.array_equal(state[k][0].codes, codes), k
+        assert same(state[k][0].scales, scales), k
+        assert np.isnan(scales[2]) and np.isnan(scales[7]) and not np.isnan(scales[3])
+
+
 @pytest.mark.parametrize("pdt,gdt", [(F32, F32), (BF16, BF16), (F32, BF16), (F16, F16)],
                          ids=["f32", "bf16", "f32-bf16grads", "f16"])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

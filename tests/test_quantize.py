@@ -316,6 +316,8 @@ def test_bench_rows_and_table():
     assert [r["mode"] for r in rows] == [m.name for m in bench_lowbit.MODES]
     fp32 = rows[0]
     assert fp32["fusedopt_s"] > 0 and fp32["probe_s"] > 0 and fp32["bytes_per_param"] == 20
+    # the arithmetic floor: one fp32 per-param time for every mode, times its params
+    assert fp32["floor_s"] > 0 and len({r["floor_s"] for r in rows if "floor_s" in r}) == 1
     for r in rows:
         assert ("unavailable" in r) != ("fusedopt_s" in r)
         if "unavailable" in r:

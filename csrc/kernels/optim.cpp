@@ -47,8 +47,9 @@ void with_flags(F&& f, bool b, Bools... rest) {
 // window, so fewer loads are in flight than DRAM needs; measured, 1 thread, ns/element at 1M
 // and 16M floats: Adam 1.24-1.44 / 1.23-1.24 -> 1.18-1.19 / 1.15-1.16, Adagrad 1.14-1.15 /
 // 1.14 -> 1.06 / 1.05, RMSprop 1.15-1.17 / 1.11-1.16 -> 1.06 / 1.05; ResNet-50's Adam step
-// 31-32 -> 28-30 ms (2 threads, at the memory's speed already: 26 -> 25). SGD, which the
-// hardware prefetcher keeps up with, was 5-14% slower with it and has none.
+// 31-32 -> 28-30 ms (2 threads, at the memory's speed already: 26 -> 25). The all-T SGD loop,
+// which the hardware prefetcher keeps up with, was 5-14% slower with it and has none (SGD over
+// a mixed call's blocks has it, see sgd_loop).
 constexpr std::size_t kPrefetchBytes = 1024;
 template <class V, class Arrays, class... K>
 inline void prefetch_ahead(const Arrays& a, std::size_t i, K... k) {
@@ -100,6 +101,9 @@ void sgd_loop(const SgdConfig& c, const Arrays& a, std::size_t n) {
     const T momentum = T(c.momentum), one_minus_dampening = T(1.0 - c.dampening), neg_lr = T(-c.lr);
     for_each_lane<T>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
+        // the hardware prefetcher keeps up with the all-T loop, not with a mixed call's blocks:
+        // fp32 params + 8-bit momentum at 16M, 1 thread, 0.80-0.83 -> 0.64-0.67 ns/element
+        if constexpr (!std::is_same_v<Arrays, Plain<T>>) prefetch_ahead<V>(a, i, param, grad, momentum_buffer);
         V p = a.load(vec, param, i);
         V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
         if constexpr (MOMENTUM) {
@@ -266,8 +270,8 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // accessor whose loads widen 16-bit arrays and decode 8-bit codes (with their block's scale) in
 // registers, and whose stores round to 16 bits (to nearest even, or stochastically for bfloat16
 // params) and write the param copy. The new 8-bit state of a block waits in an L1 buffer, since
-// its scale is the block's new absmax, and is encoded when the loop ends (one pass over memory
-// still). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8); an
+// its scale is the block's new absmax, and is encoded during the next block's loop (one pass
+// over memory still; see Quant8). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8); an
 // accessor gives each array its type: Fixed, at compile time, for the common combinations
 // (mixed), Dynamic, by a branch per vector, for the others. The optimizers' loops are the
 // float32 ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller
@@ -287,9 +291,9 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // same machine under load, best of 11 x 15 x 50 steps at 64K (thread CPU ns/element, spread
 // ~4%): fp32 + 8-bit 0.788 -> 0.723, bf16 + 8-bit (SR) 1.069 -> 0.966, SGD fp32 + 8-bit 0.383 ->
 // 0.336, SGD bf16 + 8-bit 0.631 -> 0.577; at 16M, best of 3 x 3 x 3: 0.992 -> 0.925, 0.993 ->
-// 0.889. Tried and not kept: encoding a block's codes inside the next block's loop (to fill the
-// divider's idle time): slower, 0.835 -> 0.867 (fp32 + 8-bit) and 1.13 -> 1.24 (bf16 + 8-bit);
-// an absmax by vrangeps (one op, not two): it drops NaNs, which must poison the block.
+// 0.889. Tried and not kept then: encoding a block's codes inside the next block's loop (slower
+// with that driver; kept since, see below); an absmax by vrangeps (one op, not two): it drops
+// NaNs, which must poison the block.
 // Since, stochastic rounding's bits come from one hash per two elements, made per block before
 // its loop (random_block): in the loop a bf16 param store is then the add of a loaded vector,
 // the NaN test, and the store of the high halves, and the Adam loops with bf16 and 8-bit state
@@ -305,7 +309,16 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // 8-bit 0.97x, bf16 + 8-bit 0.99x, but SGD 1.05-1.08x: SGD has no divider to hide it behind);
 // encode's "smallest code" by a max and a zero-masked shift (unsigned 0.127 -> 0.136 ns/element);
 // a vector reduction of the absmax lanes (no change); software prefetch 2-4 KB ahead for the
-// float32 arrays and 1-3 blocks for the 8-bit ones at 16M (within +-3%).
+// float32 arrays and 1-3 blocks for the 8-bit ones at 16M (within +-3%; but GCC had dropped the
+// float32 arrays' prefetches from the fp32 + 8-bit loops, see vec.h's prefetch).
+// Since, each block's codes are written during the next block's loop, a vector as the loop
+// stores one (Quant8): the loop's divisions leave the vector ports idle for them, where the
+// encoding loop after the update loop had them wait. Harness, 1 thread, thread CPU ns/element,
+// 3 interleaved runs: fp32 + 8-bit AdamW 0.65-0.69 -> 0.62-0.64 in cache (64K), 0.873-0.888 ->
+// 0.807-0.831 at 16M; bf16 + 8-bit 0.77-0.80 -> 0.78-0.80 (64K), 0.864-0.888 -> 0.869-0.881
+// (16M); SGD unchanged. The encoding inside the loop is a third of its ~50 vector ops (llvm-mca:
+// ~29 cycles per 16 elements, the divider 22-24); the rest above the divider's bound is per
+// block: the absmax passes, the reductions, 1/absmax, the random bits.
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
@@ -325,6 +338,8 @@ struct BlockAt {
     std::size_t lo;
     const std::uint32_t* random;  // random[i]: stochastic rounding's bits of element lo + i
     float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded after the loop
+    PendingCodes* pending;  // pending[k]: 8-bit array k's previous block, encoded during this loop
+    PendingCodes idle;      // none pending: zeros encoded into a scratch buffer, n = 0
 };
 
 // How one array of a block is stored: each type reads a vector of it as floats, writes a
@@ -377,23 +392,41 @@ struct BFloat16Stochastic {
     }
 };
 
-// 8-bit state: decoded as loaded; the new values wait in the block's buffer for its absmax
+// 8-bit state: decoded as loaded; the new values wait in the block's buffer for its absmax, and
+// are encoded during the next block's loop, a vector as each vector is stored: its divisions
+// leave the vector ports idle that the encoding needs (below)
 template <bool SIGNED>
 struct Quant8 {
     std::uint8_t* codes;
     float scale;
     float* staged;
+    PendingCodes pending;
     Quant8(const MixedChunk& m, std::size_t k, const BlockAt& b)
         : codes(element<std::uint8_t>(m, k, b.lo)),
           scale(m.data[k] ? m.scales[k][b.lo / kStage] : 0.0f),
-          staged(b.staged[k]) {}
+          staged(b.staged[k]),
+          pending(b.pending[k]) {}
     template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const {
         return decode<SIGNED>(codes + i, V(scale));
     }
-    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { x.store(staged + i); }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
+        x.store(staged + i);
+        // the loop's whole vectors, [0, n / W * W): no branch, a pending block is whole (finish)
+        if constexpr (std::is_same_v<V, Vec<float>>)
+            encode<SIGNED>(V::load(pending.in + i), V(pending.inv)).store_u8(pending.codes + i);
+    }
     FUSEDOPT_INLINE void prefetch(std::size_t) const {}
+    // the previous block's codes past this loop's vectors; this block's scale, and its codes
+    // pending if it is whole (the chunk's last block may be short, and is encoded now)
     void finish(const MixedChunk& m, std::size_t k, const BlockAt& b, std::size_t n) const {
-        m.scales[k][b.lo / kStage] = encode_block<SIGNED>(staged, codes, n);
+        pending.encode(n / Vec<float>::size * Vec<float>::size);
+        const PendingCodes next = begin_encode<SIGNED>(staged, codes, n, &m.scales[k][b.lo / kStage]);
+        if (next.n == kStage) {
+            b.pending[k] = next;
+        } else {
+            next.encode(0);
+            b.pending[k] = b.idle;
+        }
     }
     static bool fits(const MixedChunk& m, std::size_t k) {
         return m.dtype[k] == (SIGNED ? kQuant8Signed : kQuant8Unsigned);
@@ -528,12 +561,17 @@ void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_
 // The blocks of a chunk, each updated through an accessor A (Fixed or Dynamic).
 template <class Config, std::size_t NARRAYS, class Update, class A>
 void run_blocks(const Config& c, const MixedChunk& m) {
-    alignas(64) float staged[NARRAYS][kStage];
+    alignas(64) float staged[2][NARRAYS][kStage];  // this block's, and the previous block's pending
     alignas(64) std::uint32_t random[kRandomBuffer];
+    alignas(64) static constexpr float zeros[kStage] = {};
+    alignas(64) std::uint8_t discarded[kStage];
     BlockAt b{};
-    b.staged = staged;
+    b.idle = {zeros, discarded, 0, 0.0f, false};
+    PendingCodes pending[NARRAYS];
+    std::fill_n(pending, NARRAYS, b.idle);
+    b.pending = pending;
     RoundingKey key{};
-    for (std::size_t lo = 0, len = 0; lo < m.n; lo += len) {
+    for (std::size_t lo = 0, len = 0, block = 0; lo < m.n; lo += len, ++block) {
         const std::uint64_t index = m.offset + lo;
         len = block_length(m.n - lo, index);
         const std::size_t from = std::min(m.n, lo + len + kStage), to = std::min(m.n, from + kStage);
@@ -541,6 +579,7 @@ void run_blocks(const Config& c, const MixedChunk& m) {
             if (m.data[k] != nullptr && m.dtype[k] != kFloat32) prefetch_elements(m.data[k], m.dtype[k], from, to);
         if (m.copy) prefetch_elements(m.copy, m.copy_dtype, from, to);
         b.lo = lo;
+        b.staged = staged[block % 2];
         if (m.stochastic_rounding) {
             if (lo == 0 || (index & 0xFFFFFFFFu) == 0)  // a new run of 2^32 elements (block_length)
                 key = rounding_key(m.seed, m.step, m.tensor, index >> 32);
@@ -551,6 +590,7 @@ void run_blocks(const Config& c, const MixedChunk& m) {
         Update::run(c, a, len);
         a.finish(m, b, len);
     }
+    for (const PendingCodes& p : pending) p.encode(0);
 }
 
 // The storage combinations compiled without branches (the bench's modes): bf16 params (rounded

@@ -38,7 +38,8 @@
 // integer ops on the bits and one float multiply, each exact or one IEEE rounding, so every ISA
 // and the one-lane tail give the same bits). The optimizers' blockwise driver (optim.cpp) calls
 // them inside its update loop: codes are decoded as the loop loads them and the new state is
-// kept in a block buffer whose absmax is known only at the block's end, then encoded.
+// kept in a block buffer whose absmax is known only at the block's end (begin_encode), then
+// encoded a vector at a time inside the next block's loop.
 #pragma once
 #include <cfloat>
 #include <cstddef>
@@ -123,9 +124,46 @@ void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_
     });
 }
 
-// in[0..n) -> n codes; returns the block's new scale (absmax of in[0..n))
+// n <= kQuantBlock values in[0..n) -> codes[0..n), with inv = 1 / the block's usable absmax (or 0,
+// signed code only: see encode). Four vectors at a time where the ISA packs their codes
+// together (store_u8x4), then the rest.
 template <bool SIGNED>
-float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
+void encode_range(const float* in, std::uint8_t* codes, std::size_t n, float inv) {
+    using V = Vec<float>;
+    constexpr std::size_t W = V::size;
+    std::size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W)
+        store_u8x4(encode<SIGNED>(V::load(in + i), V(inv)), encode<SIGNED>(V::load(in + i + W), V(inv)),
+                   encode<SIGNED>(V::load(in + i + 2 * W), V(inv)), encode<SIGNED>(V::load(in + i + 3 * W), V(inv)),
+                   codes + i);
+    for_each_lane<float>(n - i, [&](auto vec, std::size_t j) {
+        using VV = decltype(vec);
+        encode<SIGNED>(VV::load(in + i + j), VV(inv)).store_u8(codes + i + j);
+    });
+}
+
+// A block's values, its scale known, whose codes are still to be written by encode_range (n = 0:
+// none, the block's codes are written already).
+struct PendingCodes {
+    const float* in = nullptr;
+    std::uint8_t* codes = nullptr;
+    std::size_t n = 0;
+    float inv = 0.0f;
+    bool is_signed = false;
+
+    void encode(std::size_t from) const {
+        if (from >= n) return;
+        if (is_signed) encode_range<true>(in + from, codes + from, n - from, inv);
+        else encode_range<false>(in + from, codes + from, n - from, inv);
+    }
+};
+
+// The first half of encoding in[0..n) (n <= kQuantBlock) into codes: the block's new scale (its
+// absmax) -> *scale, and the codes of the special blocks (see the top of this file); the codes
+// of the others are left to the returned PendingCodes, so that a caller may write them later
+// (the optimizers' blockwise driver writes them during the next block's update loop).
+template <bool SIGNED>
+PendingCodes begin_encode(const float* in, std::uint8_t* codes, std::size_t n, float* scale) {
     // the absmax on the bits: for non-negative floats integer order is float order, and every
     // NaN's bits are above inf's, so one integer max finds both the absmax and any inf/NaN
     // (magnitudes are below 2^31, where the signed max of the lanes is their unsigned max)
@@ -150,27 +188,25 @@ float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
     if (absmax_bits >= 0x7F800000u) {  // an inf or a NaN: codes 0 (and the signs), scale NaN
         for (std::size_t i = 0; i < n; ++i)
             codes[i] = static_cast<std::uint8_t>(SIGNED ? (quant::bits_of(in[i]) >> 24) & 0x80u : 0u);
-        return quant::float_of(0x7FC00000u);
+        *scale = quant::float_of(0x7FC00000u);
+        return {};
     }
     const bool usable = absmax >= FLT_MIN;
     if (!usable && !SIGNED) {  // all codes 0 (encode's "x != 0" assumes a usable absmax)
         std::memset(codes, 0, n);
-        return 0.0f;
+        *scale = 0.0f;
+        return {};
     }
-    const float inv = usable ? 1.0f / absmax : 0.0f;
-    // four vectors at a time where the ISA packs their codes together (store_u8x4), then the rest
-    using V = Vec<float>;
-    constexpr std::size_t W = V::size;
-    std::size_t i = 0;
-    for (; i + 4 * W <= n; i += 4 * W)
-        store_u8x4(encode<SIGNED>(V::load(in + i), V(inv)), encode<SIGNED>(V::load(in + i + W), V(inv)),
-                   encode<SIGNED>(V::load(in + i + 2 * W), V(inv)), encode<SIGNED>(V::load(in + i + 3 * W), V(inv)),
-                   codes + i);
-    for_each_lane<float>(n - i, [&](auto vec, std::size_t j) {
-        using VV = decltype(vec);
-        encode<SIGNED>(VV::load(in + i + j), VV(inv)).store_u8(codes + i + j);
-    });
-    return usable ? absmax : 0.0f;
+    *scale = usable ? absmax : 0.0f;
+    return {in, codes, n, usable ? 1.0f / absmax : 0.0f, SIGNED};
+}
+
+// in[0..n) -> n codes; returns the block's new scale (absmax of in[0..n))
+template <bool SIGNED>
+float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
+    float scale;
+    begin_encode<SIGNED>(in, codes, n, &scale).encode(0);
+    return scale;
 }
 
 }  // namespace FUSEDOPT_ISA_NS

@@ -11,6 +11,12 @@ at 64K, 1M and 16M params and over ResNet-50's 161 tensors, each beside
       (params and state read and written, grads read, the copy written) through float32 arrays
       of matching byte counts, in passes of up to 4 read-write + 2 read-only + 1 write-only
       arrays (the probe cannot mix dtypes; the 8-bit scales' 4 bytes per 256 params are left out);
+    - its arithmetic floor: the optimizer's float32 update with every array in cache (fusedopt's
+      fp32 step, per element: the time of a 64K-param call less a 16K one's, over the 48K params
+      between, at 1 thread), times the params, over the threads (each core has its own divider).
+      No mode's step can beat it: every mode runs that update, conversions aside. For Adam it is
+      the divider (a square root and a division per param), and it is above the memory probe of
+      the modes that move few bytes: "% of bound" is max(probe, floor) / the step's time;
     - torch's fused fp32 step and torch's fused step on bf16 params (bf16 state, as torch keeps it),
     - for AdamW, when installed (optional; never a dependency): bitsandbytes' AdamW8bit and
       torchao's AdamW8bit on the same fp32 tensors, each timed in a child process of its own
@@ -146,6 +152,15 @@ class ModeProblem:
         _run_probe(self.probe_passes)
 
 
+def _arithmetic_floor(optimizer: str, quick: bool) -> float:
+    """Seconds per param of `optimizer`'s fp32 step with its arrays in cache, 1 thread (see the
+    module's docstring); the difference of two sizes leaves the per-call overhead out."""
+    big, small = (ModeProblem(optimizer, MODES[0], [(n,)]) for n in (1 << 16, 1 << 14))
+    _set_threads(1)
+    timed = _interleaved({"big": big.step, "small": small.step}, 0.02 if quick else 0.1, 3 if quick else 7)
+    return max(0.0, timed["big"][0] - timed["small"][0]) / (big.n - small.n)
+
+
 def _probe_passes(n: int, rw: int, ro: int, wo: int) -> list[tuple[list[Any], list[Any], list[Any]]]:
     """float32 arrays of n / 4 elements (one byte per param each): rw + ro + wo of them, in
     passes of at most 4 read-write, 2 read-only and 1 write-only (every pass writes something,
@@ -249,6 +264,7 @@ def _step_rows(optimizer: str, size: str, threads: Sequence[int], quick: bool) -
         for library in FOREIGN:
             if _have(library):
                 foreign[library] = _foreign_times(library, optimizer, size, threads, quick)
+    floor_per_param = _arithmetic_floor(optimizer, quick)
     rows = []
     for t in threads:
         _set_threads(t)
@@ -269,6 +285,7 @@ def _step_rows(optimizer: str, size: str, threads: Sequence[int], quick: bool) -
                 row["bytes_per_param"] = p.bytes_per_param
                 row["fusedopt_s"], row["fusedopt_median_s"] = timed[mode.name]
                 row["probe_s"], row["probe_median_s"] = timed[mode.name + " probe"]
+                row["floor_s"] = floor_per_param * p.n / t
             for name in others:
                 row[f"{name}_s"], row[f"{name}_median_s"] = timed.get(name, (None, None))
             for library, times in foreign.items():
@@ -388,20 +405,22 @@ def table(rows: Sequence[Row]) -> str:
         lines.append(f"| {r['op']} | {'signed' if r['signed'] else 'unsigned'} | {r['threads']} | {r['elements']:,} | "
                      f"{r['bytes'] / t / 1e9:.1f} | {r['bytes'] / p / 1e9:.1f} | {100 * p / t:.0f}% | {spread:.2f} |")
     lines += ["", ("One optimizer step per mode: ms (best of interleaved repeats); % of probe = the probe's time / "
+                   "the step's; floor = the fp32 update's arithmetic in cache; % of bound = max(probe, floor) / "
                    "the step's; vs X = X's time / fusedopt's (higher is faster)"), "",
               ("| optimizer | size | thr | mode | state B/param | bytes/param | fusedopt ms | % of probe | "
-               "vs torch fp32 | vs torch bf16 | vs bnb 8-bit | vs torchao 8-bit | spread |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+               "floor ms | % of bound | vs torch fp32 | vs torch bf16 | vs bnb 8-bit | vs torchao 8-bit | spread |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] != "step":
             continue
         head = f"| {r['optimizer']} | {r['size']} | {r['threads']} | {r['mode']} | {r['state_bytes_per_param']:.2f} |"
         if "unavailable" in r:
-            lines.append(head + f" - | {r['unavailable'][:80]} | - | - | - | - | - | - |")
+            lines.append(head + f" - | {r['unavailable'][:80]} | - | - | - | - | - | - | - | - |")
             continue
         medians = [r[k] / r[k[: -len("median_s")] + "s"] for k in r if k.endswith("_median_s") and r[k] is not None]
         lines.append(head + f" {r['bytes_per_param']} | {_ms(r['fusedopt_s'])} | "
-                     f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}% | "
+                     f"{100 * r['probe_s'] / r['fusedopt_s']:.0f}% | {_ms(r['floor_s'])} | "
+                     f"{100 * max(r['probe_s'], r['floor_s']) / r['fusedopt_s']:.0f}% | "
                      f"{_ratio(r, 'torch fp32', 'fusedopt')} | {_ratio(r, 'torch bf16', 'fusedopt')} | "
                      f"{_ratio(r, 'bitsandbytes', 'fusedopt')} | {_ratio(r, 'torchao', 'fusedopt')} | "
                      f"{max(medians):.2f} |")
