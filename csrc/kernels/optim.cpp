@@ -103,7 +103,10 @@ void sgd_loop(const SgdConfig& c, const Arrays& a, std::size_t n) {
         using V = decltype(vec);
         // the hardware prefetcher keeps up with the all-T loop, not with a mixed call's blocks:
         // fp32 params + 8-bit momentum at 16M, 1 thread, 0.80-0.83 -> 0.64-0.67 ns/element
-        if constexpr (!std::is_same_v<Arrays, Plain<T>>) prefetch_ahead<V>(a, i, param, grad, momentum_buffer);
+        if constexpr (!std::is_same_v<Arrays, Plain<T>>) {
+            prefetch_ahead<V>(a, i, param, grad);
+            if constexpr (MOMENTUM) prefetch_ahead<V>(a, i, momentum_buffer);
+        }
         V p = a.load(vec, param, i);
         V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay);
         if constexpr (MOMENTUM) {
@@ -337,7 +340,7 @@ T* element(const MixedChunk& m, std::size_t k, std::size_t lo) {
 struct BlockAt {
     std::size_t lo;
     const std::uint32_t* random;  // random[i]: stochastic rounding's bits of element lo + i
-    float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded after the loop
+    float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded during the next loop
     PendingCodes* pending;  // pending[k]: 8-bit array k's previous block, encoded during this loop
     PendingCodes idle;      // none pending: zeros encoded into a scratch buffer, n = 0
 };
@@ -558,15 +561,17 @@ void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_
     for (std::size_t b = lo * size; b < hi * size; b += 64) prefetch(p + b);
 }
 
+// What an idle PendingCodes encodes (into a scratch buffer): no branch in the loop
+alignas(64) constexpr float kZeros[kStage] = {};
+
 // The blocks of a chunk, each updated through an accessor A (Fixed or Dynamic).
 template <class Config, std::size_t NARRAYS, class Update, class A>
 void run_blocks(const Config& c, const MixedChunk& m) {
     alignas(64) float staged[2][NARRAYS][kStage];  // this block's, and the previous block's pending
     alignas(64) std::uint32_t random[kRandomBuffer];
-    alignas(64) static constexpr float zeros[kStage] = {};
     alignas(64) std::uint8_t discarded[kStage];
     BlockAt b{};
-    b.idle = {zeros, discarded, 0, 0.0f, false};
+    b.idle = {kZeros, discarded, 0, 0.0f, false};
     PendingCodes pending[NARRAYS];
     std::fill_n(pending, NARRAYS, b.idle);
     b.pending = pending;

@@ -12,8 +12,9 @@ at 64K, 1M and 16M params and over ResNet-50's 161 tensors, each beside
       of matching byte counts, in passes of up to 4 read-write + 2 read-only + 1 write-only
       arrays (the probe cannot mix dtypes; the 8-bit scales' 4 bytes per 256 params are left out);
     - its arithmetic floor: the optimizer's float32 update with every array in cache (fusedopt's
-      fp32 step, per element: the time of a 64K-param call less a 16K one's, over the 48K params
-      between, at 1 thread), times the params, over the threads (each core has its own divider).
+      fp32 step, per element: the time of a call whose arrays fill half the L2 less that of a
+      call a quarter its size, over the params between, at 1 thread), times the params, over the
+      threads (each core has its own divider).
       No mode's step can beat it: every mode runs that update, conversions aside. For Adam it is
       the divider (a square root and a division per param), and it is above the memory probe of
       the modes that move few bytes: "% of bound" is max(probe, floor) / the step's time;
@@ -47,7 +48,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -152,10 +153,23 @@ class ModeProblem:
         _run_probe(self.probe_passes)
 
 
+def _l2_bytes() -> int:
+    """One core's L2 as Linux reports it (csrc/parallel.cpp reads the same), else 256 KiB."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip()
+        return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
+    except (OSError, ValueError):
+        return 1 << 18
+
+
+@cache
 def _arithmetic_floor(optimizer: str, quick: bool) -> float:
     """Seconds per param of `optimizer`'s fp32 step with its arrays in cache, 1 thread (see the
-    module's docstring); the difference of two sizes leaves the per-call overhead out."""
-    big, small = (ModeProblem(optimizer, MODES[0], [(n,)]) for n in (1 << 16, 1 << 14))
+    module's docstring); the difference of two sizes leaves the per-call overhead out. The
+    larger call's arrays (4 float32 per param at most) fill half of this machine's L2."""
+    n = max(1 << 12, _l2_bytes() // 32)
+    big, small = (ModeProblem(optimizer, MODES[0], [(size,)]) for size in (n, n // 4))
     _set_threads(1)
     timed = _interleaved({"big": big.step, "small": small.step}, 0.02 if quick else 0.1, 3 if quick else 7)
     return max(0.0, timed["big"][0] - timed["small"][0]) / (big.n - small.n)
