@@ -274,10 +274,10 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // registers, and whose stores round to 16 bits (to nearest even, or stochastically for bfloat16
 // params) and write the param copy. The new 8-bit state of a block waits in an L1 buffer, since
 // its scale is the block's new absmax, and is encoded during the next block's loop (one pass
-// over memory still; see Quant8). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8); an
-// accessor gives each array its type: Fixed, at compile time, for the common combinations
-// (mixed), Dynamic, by a branch per vector, for the others. The optimizers' loops are the
-// float32 ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller
+// over memory still; see Quant8). Each storage format is one type below (Float32, Half,
+// BFloat16Stochastic, Quant8); an accessor gives each array its type: Fixed, at compile time,
+// for the common combinations (mixed), Dynamic, by a branch per vector, for the others. The
+// optimizers' loops are the float32 ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller
 // starts chunks on block boundaries), so each 8-bit block is decoded and re-encoded whole.
 //
 // Measured against the former driver (each block decoded into float buffers, the loop run over
@@ -321,7 +321,10 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // 0.807-0.831 at 16M; bf16 + 8-bit 0.77-0.80 -> 0.78-0.80 (64K), 0.864-0.888 -> 0.869-0.881
 // (16M); SGD unchanged. The encoding inside the loop is a third of its ~50 vector ops (llvm-mca:
 // ~29 cycles per 16 elements, the divider 22-24); the rest above the divider's bound is per
-// block: the absmax passes, the reductions, 1/absmax, the random bits.
+// block: the absmax passes, the reductions, 1/absmax, the random bits. Tried and not kept: the
+// next block's random bits made in the loop, a group per stored vector (AdamW bf16 0.51 -> 0.52,
+// SGD bf16 0.27 -> 0.28-0.30: the hash's constants and the accessor's fields were reloaded in
+// the loop); loops over 2 or 4 blocks (stages of 512 / 1024 elements: within noise).
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
