@@ -125,15 +125,15 @@ struct Option {
 
 // Whether a call whose arrays (those it reads and writes) take `bytes` runs its tasks on the
 // thread pool: not when it is small, when those bytes take at most twice one core's L2 and the
-// region would run on fusedopt's own pool. Those of the caller's last call are there or in the other L2, the task's
-// share is a few microseconds of work, and the pool's sleeping workers cost a wake-up and a join
-// (measured with a constant 2^16 elements instead, 2 threads against 1, 2 MB L2: (8, 512, 7, 7)
-// forward (1.6 MB) and backward (2.4 MB), (256, 1024) forward (2 MB) and backward (3 MB) 15-30%
-// slower in every run; on a 4 MB L2, fwd + bwd, best of 30, the pool's 2 threads against 1:
-// (8, 512, 7, 7) 0.202 against 0.205 ms, (16, 512, 7, 7) 0.445 against 0.499: a threshold of
-// one L2 may serve there). On torch's OpenMP team (fusedopt.torch) the
-// workers spin between regions and a region costs a microsecond or two: there small calls
-// gain from the second thread (fwd + bwd, best of 30, 2 threads against 1: (8, 512, 7, 7) 0.121
+// region would run on fusedopt's own pool. Those of the caller's last call are there or in the
+// other L2, the task's share is a few microseconds of work, and the pool's sleeping workers
+// cost a wake-up and a join (measured with a constant 2^16 elements instead, 2 threads against
+// 1, 2 MB L2: (8, 512, 7, 7) forward (1.6 MB) and backward (2.4 MB), (256, 1024) forward (2 MB)
+// and backward (3 MB) 15-30% slower in every run; on a 4 MB L2, fwd + bwd, best of 30, the
+// pool's 2 threads against 1: (8, 512, 7, 7) 0.202 against 0.205 ms, (16, 512, 7, 7) 0.445
+// against 0.499: a threshold of one L2 may serve there). On torch's OpenMP team
+// (fusedopt.torch) the workers spin between regions and a region costs a microsecond or two:
+// there small calls gain from the second thread (fwd + bwd, best of 30, 2 threads against 1: (8, 512, 7, 7) 0.121
 // against 0.194 ms, (16, 512, 7, 7) 0.313 against 0.410; in a fusedopt.torch.BatchNorm2d
 // training step 0.338 against 0.530 ms, the calling core's L2 then keeping more of the
 // surrounding code). Which tasks run where never changes a result.

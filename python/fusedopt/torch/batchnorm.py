@@ -127,11 +127,17 @@ def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
     return torch.from_numpy(a)
 
 
+def _raw_memory(t: Tensor, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether t's memory holds its values as they are: a dense CPU tensor of `dtype` (and
+    `shape`), not a lazily negated view (what every view of memory here asks first)."""
+    return (t.is_cpu and t.dtype == dtype and t.layout == torch.strided and not t.is_neg()
+            and (shape is None or t.shape == shape))
+
+
 def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
-    """Whether t can be viewed as the kernels view x: a plain dense CPU tensor (no subclass, whose
-    memory may not be its data) of x's dtype and shape, not a negated view, in x's memory layout."""
-    return (type(t) is Tensor and t.dtype == x.dtype and t.is_cpu and t.layout == torch.strided
-            and t.shape == x.shape and not t.is_neg()
+    """Whether t can be viewed as the kernels view x: a plain tensor (no subclass, whose memory
+    may not be its data) with x's raw memory of x's dtype and shape, in x's memory layout."""
+    return (type(t) is Tensor and _raw_memory(t, x.dtype, x.shape)
             and (_in_channels_last(t) if channels_last else t.is_contiguous()))
 
 
@@ -208,16 +214,12 @@ class _BatchNormFunction(torch.autograd.Function):
 
 def _kernels_take(x: Tensor, per_channel: tuple[Tensor | None, ...]) -> bool:
     """Whether fusedopt's kernels compute this call (else torch's batch_norm does)."""
-    if not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided:
+    if x.dtype not in _KERNEL_DTYPES or not _raw_memory(x, x.dtype):
         return False
-    if x.dim() < 2 or x.numel() == 0 or x.is_neg() or has_torch_function_variadic(x, *per_channel):
+    if x.dim() < 2 or x.numel() == 0 or has_torch_function_variadic(x, *per_channel):
         return False
     channels = (x.shape[1],)
-    for t in per_channel:
-        if t is not None and (not t.is_cpu or t.dtype != x.dtype or t.layout != torch.strided or t.shape != channels
-                              or not t.is_contiguous() or t.is_neg()):
-            return False
-    return True
+    return all(t is None or (_raw_memory(t, x.dtype, channels) and t.is_contiguous()) for t in per_channel)
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -251,8 +253,7 @@ def _count_batch(counter: Tensor) -> int:
     kernels have evicted the caches, torch's add_ on it costs 60-80 us (the dispatcher's code and
     data), a NumPy fill 9-12 (best-median of 300, 2-core Sapphire Rapids VM). Any other counter
     (a tensor subclass, another device or dtype) by torch's add_."""
-    if (type(counter) is Tensor and counter.is_cpu and counter.dtype == torch.int64 and counter.shape == ()
-            and counter.layout == torch.strided and not counter.is_neg()):
+    if type(counter) is Tensor and _raw_memory(counter, torch.int64, ()):
         view = _core.tensor_view(counter, _INT64, ())
         batches = int(view) + 1
         view.fill(batches)

@@ -85,7 +85,6 @@ _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
 _NO_ROUNDING: dict[str, Any] = {}
 
 
-
 def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torch.Tensor]:
     """A state array (fusedopt.optim's form) as state tensors, sharing its memory."""
     if isinstance(value, QuantizedState):
