@@ -8,9 +8,11 @@ namespace {
 // ---- backward ---------------------------------------------------------------------------------
 
 // dy with the ReLU gradient applied: dy where relu_output > 0, else 0. (mask is a constant
-// in the copies that fix it, see Option.)
-template <class V, class T>
-V masked_grad(const T* dy, const void* relu_output, ReluMask mask, std::size_t i) {
+// in the copies that fix it, see Option: taken from MASK here, since a copy captured by the
+// loop's lambda was tested in the loop, a compare and branch per vector.)
+template <int MASK, class V, class T>
+V masked_grad(const T* dy, const void* relu_output, ReluMask relu_mask, std::size_t i) {
+    const ReluMask mask = Option<MASK>::get(relu_mask);
     V g = V::load(dy + i);
     if (mask == ReluMask::kValues)
         g = where_positive(V::load(static_cast<const T*>(relu_output) + i), g);
@@ -30,7 +32,7 @@ void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_outp
     const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
     auto term = [dy, x, relu_output, mask](auto v, std::size_t i, auto mean, auto* acc) {
         using V = decltype(v);
-        V g = masked_grad<V>(dy, relu_output, mask, i);
+        V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
         acc[0] = acc[0] + g;
         acc[1] = fmadd(g, V::load(x + i) - mean, acc[1]);
     };
@@ -128,7 +130,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                V g = masked_grad<V>(dy, relu_output, mask, i);
+                V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
                 if (training)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
                 else

@@ -218,10 +218,7 @@ struct Plan {
     std::size_t group_end(std::size_t g) const { return std::min(blocks_per_tile, (g + 1) * blocks_per_group); }
 
     Block block(std::size_t t, std::size_t b) const {
-        // (no 64-bit division when rows are not cut into column chunks, the usual case: it is
-        // paid per tile; measured, 1 thread, both builds in one process, best of 15 interleaved:
-        // (8, 512, 7, 7) eval forward 46.5 -> 44.3 us, backward 110 -> 106 us)
-        const std::size_t rb = col_chunks == 1 ? b : b / col_chunks, cc = col_chunks == 1 ? 0 : b % col_chunks;
+        const std::size_t rb = b / col_chunks, cc = b % col_chunks;
         return {rb * block_rows, std::min(outer, (rb + 1) * block_rows), cc * block_cols,
                 std::min(tile_cols(t), (cc + 1) * block_cols)};
     }
@@ -404,8 +401,8 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 // body, a closure of per-channel values, on the stack, written there by scalar stores and read
 // back by a vector load that could not be forwarded from them, a stall per call, i.e. per tile
 // of a small channel; measured, 1 thread, both builds in one process, best of 15 interleaved:
-// (8, 512, 7, 7) eval forward 58-61 -> 48-53 us, (32, 256, 14, 14) forward 679 -> 641 us,
-// backwards 1-6% faster, (32, 56, 56, 64) channels-last forward 1-2% slower.)
+// (8, 512, 7, 7) eval forward 0.83-0.87x the time in five runs (58-61 -> 48-53 us); the other
+// shapes and passes within the comparison's noise, +-5-7% between two copies of one build.)
 // Whether a pass may run across row ends (apply_block's runs of whole rows; with stream false,
 // also Columns::short_row_sums): per-column values must then wrap (see Columns::values).
 template <class T>
