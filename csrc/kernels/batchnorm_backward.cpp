@@ -131,7 +131,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
-                if (training)
+                if (Option<TRAINING>::get(training))  // a constant in the copies that fix it (see masked_grad)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
                 else
                     return a_v.at(v, col) * g;
