@@ -47,7 +47,7 @@ void stream_loop(void* const* a, std::size_t n) {
     if constexpr (STREAM) std::atomic_thread_fence(std::memory_order_seq_cst);  // orders the non-temporal stores
 }
 
-volatile double probe_sink;
+std::atomic<double> probe_sink{0.0};  // written by every thread of a read-only probe: atomic
 
 // A pass that only reads (the first pass of a two-pass algorithm, as batch norm's statistics):
 // the sum of the arrays in four independent vector sums (one would be a chain of dependent adds
@@ -69,7 +69,7 @@ void read_loop(void* const* a, std::size_t n) {
     for (; i + W <= n; i += W) acc[0] = acc[0] + load(V{}, i);
     T sum = reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
     for (; i < n; ++i) sum += load(Scalar<T>{}, i).v;
-    probe_sink = static_cast<double>(sum);
+    probe_sink.store(static_cast<double>(sum), std::memory_order_relaxed);
 }
 
 template <class T, int RW, int RO>
