@@ -654,6 +654,8 @@ PYBIND11_MODULE(_core, m) {
             throw py::value_error(e.what());
         }
     }, py::arg("name"), "Use the kernels compiled for `name` from now on (process-wide).");
+    m.def("l2_cache_bytes", &l2_cache_bytes,
+          "One core's L2 in bytes, as the kernels size their blocks by it (the bench sizes by it too).");
     m.def("get_num_threads", &get_num_threads);
     m.def("set_num_threads", [](py::handle n) {
         // any int-like (not bool, not float) in [1, kMaxThreads], said so by name

@@ -268,17 +268,17 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 
 // ---- mixed precision and 8-bit state -----------------------------------------------------------
 //
-// A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 or 8-bit state,
-// a param copy) runs the float32 loops above over blocks of kStage elements, through an
-// accessor whose loads widen 16-bit arrays and decode 8-bit codes (with their block's scale) in
-// registers, and whose stores round to 16 bits (to nearest even, or stochastically for bfloat16
-// params) and write the param copy. The new 8-bit state of a block waits in an L1 buffer, since
-// its scale is the block's new absmax, and is encoded during the next block's loop (one pass
-// over memory still; see Quant8). Each storage format is one type below (Float32, Half,
-// BFloat16Stochastic, Quant8); an accessor gives each array its type: Fixed, at compile time,
-// for the common combinations (mixed), Dynamic, by a branch per vector, for the others. The
-// optimizers' loops are the float32 ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller
-// starts chunks on block boundaries), so each 8-bit block is decoded and re-encoded whole.
+// A call with any array not float32 (bfloat16/float16 params or grads, bfloat16 or 8-bit state, a
+// param copy) runs the float32 loops above over blocks of kStage elements, through an accessor
+// whose loads widen 16-bit arrays and decode 8-bit codes (with their block's scale) in registers,
+// and whose stores round to 16 bits (to nearest even, or stochastically for bfloat16 params) and
+// write the param copy. The new 8-bit state of a block waits in an L1 buffer, since its scale is
+// the block's new absmax, and is encoded during the next block's loop (one pass over memory still;
+// see Quant8). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8);
+// an accessor gives each array its type: Fixed, at compile time, for the common combinations
+// (mixed), Dynamic, by a branch per vector, for the others. The optimizers' loops are the float32
+// ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller starts chunks
+// on block boundaries), so each 8-bit block is decoded and re-encoded whole.
 //
 // Measured against the former driver (each block decoded into float buffers, the loop run over
 // them, the buffers encoded), AdamW on avx512 (Sapphire Rapids), 64K elements in cache, thread

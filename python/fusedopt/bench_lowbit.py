@@ -153,22 +153,12 @@ class ModeProblem:
         _run_probe(self.probe_passes)
 
 
-def _l2_bytes() -> int:
-    """One core's L2 as Linux reports it (csrc/parallel.cpp reads the same), else 256 KiB."""
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
-            text = f.read().strip()
-        return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
-    except (OSError, ValueError):
-        return 1 << 18
-
-
 @cache
 def _arithmetic_floor(optimizer: str, quick: bool) -> float:
     """Seconds per param of `optimizer`'s fp32 step with its arrays in cache, 1 thread (see the
     module's docstring); the difference of two sizes leaves the per-call overhead out. The
     larger call's arrays (4 float32 per param at most) fill half of this machine's L2."""
-    n = max(1 << 12, _l2_bytes() // 32)
+    n = max(1 << 12, _core.l2_cache_bytes() // 32)
     big, small = (ModeProblem(optimizer, MODES[0], [(size,)]) for size in (n, n // 4))
     _set_threads(1)
     timed = _interleaved({"big": big.step, "small": small.step}, 0.02 if quick else 0.1, 3 if quick else 7)
