@@ -130,6 +130,21 @@ def test_error_bound_over_the_range(isa, signed):
         assert np.all(np.signbit(d) == np.signbit(x))
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_ties_round_to_the_larger_code(isa, signed):
+    # a block whose absmax is 1.0 (so |x| / scale is x, exactly) holding every midpoint between
+    # two neighbouring nonzero codes: each encodes to the larger; the midpoint between 0 and the
+    # smallest code (signed) encodes to 0
+    g = grid(signed).astype(np.float32)
+    mid = (g[1:-1] + g[2:]) / 2  # exact: 5 significant bits
+    assert np.all((mid > g[1:-1]) & (mid < g[2:]))
+    x = np.concatenate([[1.0], mid, [SMALLEST[signed] / 2] if signed else []]).astype(np.float32)
+    expect = np.concatenate([[TOP[signed]], np.arange(2, TOP[signed] + 1), [0] if signed else []])
+    q = fusedopt.quantize(x, signed)
+    np.testing.assert_array_equal(q.codes, expect.astype(np.uint8))
+    np.testing.assert_array_equal(reference.quantize_blockwise(x, signed)[0], q.codes)
+
+
 def test_unsigned_positive_never_zero(isa):
     x = np.full(300, 1e-30, np.float32)
     x[5] = 1e30  # 60 orders of magnitude below the block's absmax

@@ -17,7 +17,7 @@
 //     unsigned (exp_avg_sq, state_sum, ...): k in 0..255, nonzero values in [1.25 * 2^-32, 1] *
 //              scale: 32 binades, the square of the signed range, since exp_avg_sq ~ grad^2 when
 //              exp_avg ~ grad.
-// Encoding rounds |x| / scale to the nearest code (ties to even k), so within the range the
+// Encoding rounds |x| / scale to the nearest code (ties to the larger k), so within the range the
 // relative error is at most 2^-4 (half a step of 2^-3 at the bottom of a binade), plus the fp32
 // roundings of 1/scale and of the products (~2^-23). Below the smallest code:
 //   - signed: |x| / scale <= 0.625 * 2^-16 encodes to (signed) 0, above to the smallest code;
@@ -93,26 +93,28 @@ FUSEDOPT_INLINE V decode(const std::uint8_t* p, V scale) {
 // sign bit kept):
 //   code = sign | nearest k to |x| * inv
 // y = |x| * inv is in [0, 1 + 2^-23] (it underflows to 0 for |x| far below the absmax, so
-// "x != 0" is asked of x's bits). The 20 low bits of y are rounded away, to nearest, ties to
-// even (a carry moves up into the exponent). Below the smallest code (1.25 * 2^e) signed rounds
-// to the nearer of 0 and the smallest code; unsigned never rounds a nonzero value to 0.
+// "x != 0" is asked of x's bits). The 20 low bits of y are rounded away, to nearest, ties up (a
+// carry moves up into the exponent): one add, where ties to even took three ops more per
+// vector (a tie needs |x| / scale to have at most 5 significant bits). Below the smallest code
+// (1.25 * 2^e) signed rounds to the nearer of 0 and the smallest code (0 at the tie); unsigned
+// never rounds a nonzero value to 0.
 template <bool SIGNED, class V>
 FUSEDOPT_INLINE UintVec<V> encode(V x, V inv) {
     using U = UintVec<V>;
     const U b = as_uint(x);
     const U magnitude = b & U(quant::kMagnitude);
     const U y = as_uint(as_float(magnitude) * inv);
-    // k = ((y + 0x7FFFF + (bit 20 of y)) >> 20) - kOffset, with kOffset << 20 taken from the sum
-    // instead (as int32, it may be < 0: the shift is arithmetic, a floor division either way)
-    const U k = shift_right_signed(y + U(0x7FFFFu - (quant::kOffset<SIGNED> << 20)) + ((y >> 20) & U(1u)), 20);
-    // signed: y > half the smallest code, as the sign bit of h - y (both in [0, 2^31); on y's
-    // bits, as y >= 0 is finite: integer order is float order); unsigned: x != 0, as min(|x|, 1)
-    // on |x|'s bits (< 2^31)
-    const U smallest = SIGNED ? (U(((quant::kOffset<true> + 1u) << 20) - (1u << 23)) - y) >> 31
-                              : min_signed(magnitude, U(1u));
-    const U code = max_signed(k, smallest);  // k if k >= 1, else 0 or 1
-    if constexpr (SIGNED) return code | ((b >> 24) & U(0x80u));
-    return code;
+    // k = ((y + 2^19) >> 20) - kOffset, with kOffset << 20 taken from the sum instead (as int32,
+    // it may be < 0: the shift is arithmetic, a floor division either way)
+    const U k = shift_right_signed(y + U(0x80000u - (quant::kOffset<SIGNED> << 20)), 20);
+    if constexpr (SIGNED) {
+        // k if y > half the smallest code (on y's bits, as y >= 0 is finite: integer order is
+        // float order), at least 1; else 0. One compare into a mask and a zero-masked max on avx512.
+        const U half_smallest(((quant::kOffset<true> + 1u) << 20) - (1u << 23));
+        return select(cmpgt(y, half_smallest), max_signed(k, U(1u)), U(0u)) | ((b >> 24) & U(0x80u));
+    } else {
+        return max_signed(k, min_signed(magnitude, U(1u)));  // x != 0: at least 1 (|x|'s bits < 2^31)
+    }
 }
 
 // n <= kQuantBlock codes of one block -> out[0..n), scale = the block's absmax

@@ -243,10 +243,10 @@ def quantize_blockwise(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np
 
     Per block of 256 (the last may be partial) scale = absmax, and each element's code is
         signed:   sign bit | k,  k in 0..127;   unsigned: k in 0..255 (the magnitude)
-    where k is |x| / scale rounded to the nearest value of the code (ties to even k):
+    where k is |x| / scale rounded to the nearest value of the code (ties to the larger k):
         value(0) = 0,  value(k) = float32 with bits (k + offset) << 20   (3 mantissa bits)
     so that the largest k is exactly 1.0. Computed as the kernel does: y = |x| * float32(1 / scale),
-    then the float's bits rounded at bit 20. Below the smallest code, signed rounds to the nearer of
+    then the float's bits rounded at bit 20 (ties up). Below the smallest code, signed rounds to the nearer of
     0 and the smallest code, unsigned never rounds x != 0 to 0. Blocks with an inf or NaN: scale NaN,
     codes 0 (signed: the sign bits); blocks whose absmax < FLT_MIN: scale 0, codes 0 (and signs).
     """
@@ -264,7 +264,7 @@ def quantize_blockwise(values: np.ndarray, signed: bool) -> tuple[np.ndarray, np
     np.divide(np.float32(1), absmax, out=inv, where=usable)
     y = np.where(usable[:, None], magnitude, np.uint32(0)).view(np.float32) * inv[:, None]
     b = y.view(np.uint32)
-    k = ((b + np.uint32(0x7FFFF) + ((b >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)).astype(np.int32)
+    k = ((b + np.uint32(0x80000)) >> np.uint32(20)).astype(np.int32)
     k -= _quant_offset(signed)
     # signed: 0 or the smallest code, the nearer; unsigned: any x != 0 gets at least the smallest
     # (y itself may underflow to 0)
