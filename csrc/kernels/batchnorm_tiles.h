@@ -218,7 +218,8 @@ struct Plan {
     std::size_t group_end(std::size_t g) const { return std::min(blocks_per_tile, (g + 1) * blocks_per_group); }
 
     Block block(std::size_t t, std::size_t b) const {
-        const std::size_t rb = b / col_chunks, cc = b % col_chunks;
+        // (no 64-bit division where it is by 1, every layout but planar blocks of long rows)
+        const std::size_t rb = col_chunks == 1 ? b : b / col_chunks, cc = col_chunks == 1 ? 0 : b % col_chunks;
         return {rb * block_rows, std::min(outer, (rb + 1) * block_rows), cc * block_cols,
                 std::min(tile_cols(t), (cc + 1) * block_cols)};
     }
