@@ -421,6 +421,33 @@ FUSEDOPT_INLINE void apply_block(const Plan& p, std::size_t t, const Block& b, T
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
     const bool whole_rows = ncols == p.row_len && wraps_rows<T>(p, stream);
     const std::size_t nruns = whole_rows ? 1 : rows, run_len = whole_rows ? rows * ncols : ncols;
+    if (!stream && !backward) {
+        // ordinary stores in increasing order, the common case of small tensors: a loop of its
+        // own, with none of the others' bookkeeping per run (the general loop below kept the
+        // stream and direction flags and the line bounds live across every row of 49 floats,
+        // and spilled; measured, 1 thread, both builds in one process, best of 15-21
+        // interleaved, three runs: (8, 512, 7, 7) forward 44.6-46.5 -> 41.6-43.0 us, backward
+        // 0.97-0.985x, eval 0.93-1.05x (within noise); (1, 512, 7, 7) forward 0.97x; the
+        // larger shapes within +-1%)
+        const std::size_t first = b.row_begin * p.row_len + p.tile_offset(t) + b.col_begin;
+        for (std::size_t k_run = 0; k_run < nruns; ++k_run) {
+            const std::size_t r = last_first ? nruns - 1 - k_run : k_run;
+            std::size_t i = first + r * p.row_len, col = b.col_begin;
+            const std::size_t end = i + run_len;
+            auto step = [&](auto v) {
+                const auto value = body(v, i, col);
+                value.store(out + i);
+                i += decltype(v)::size;
+                if constexpr (PER_COLUMN) {
+                    col += decltype(v)::size;
+                    while (col >= b.col_end) col -= ncols;  // see the loop below
+                }
+            };
+            while (i + W <= end) step(Vec<T>{});
+            while (i < end) step(Scalar<T>{});
+        }
+        return;
+    }
     for (std::size_t k_run = 0; k_run < nruns; ++k_run) {
         const std::size_t r = last_first ? nruns - 1 - k_run : k_run;
         const std::size_t begin = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, end = begin + run_len;
