@@ -180,39 +180,39 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
     const double n = static_cast<double>(p.outer * p.inner);
     const double momentum = args.momentum, eps = args.eps;
     const bool update_running = args.training && running_mean;
-    // The square roots and divisions a vector of channels at a time (the same operations,
-    // rounded as the scalar ones): invstd = 1 / sqrt(var_sum * (1 / divisor) + eps), with
-    // var_sum = m2 and divisor = n in training, running_var and 1 in eval (x * 1 == x);
-    // unbiased = m2 * (1 / (n - 1)). (The two quotients by the call's counts are products by
-    // their reciprocals: a vdivpd zmm takes ~17 cycles, here as long as the square root.)
-    thread_local std::vector<double> invstd, unbiased;
-    invstd.resize(nch);
-    unbiased.resize(nch);
-    for (std::size_t k = 0; k < nch; ++k)
-        invstd[k] = args.training ? moments[k].m2 : static_cast<double>(running_var[c0 + k]);
-    auto roots = [&, inv_divisor = args.training ? 1.0 / n : 1.0, inv_n_1 = 1.0 / (n - 1.0)](auto v, std::size_t k) {
-        using V = decltype(v);
-        const V var_sum = V::load(&invstd[k]);
-        if (update_running) (var_sum * V(inv_n_1)).store(&unbiased[k]);
-        (V(1.0) / sqrt(var_sum * V(inv_divisor) + V(eps))).store(&invstd[k]);
-    };
-    for_each_lane<double>(nch, roots);
+    // A vector of channels at a time, with the scalar form's operations in its order (so the same
+    // roundings; x * 1 == x): invstd = 1 / sqrt(var_sum * (1 / divisor) + eps), with var_sum =
+    // m2 and divisor = n in training, running_var and 1 in eval; unbiased = m2 * (1 / (n - 1)).
+    // (The quotients by the call's counts are products by their reciprocals: a vdivpd zmm takes
+    // ~17 cycles, as long as the square root.) The moments are copied out of their structs first.
+    thread_local std::vector<double> mean, var_sum;
+    mean.resize(nch);
+    var_sum.resize(nch);
     for (std::size_t k = 0; k < nch; ++k) {
-        const std::size_t c = c0 + k;
-        const double mean = args.training ? moments[k].mean : static_cast<double>(running_mean[c]);
-        if (update_running) {
-            running_mean[c] = static_cast<T>(momentum * mean + (1.0 - momentum) * static_cast<double>(running_mean[c]));
-            running_var[c] = static_cast<T>(momentum * unbiased[k] + (1.0 - momentum) * static_cast<double>(running_var[c]));
-        }
-        const double w = weight ? static_cast<double>(weight[c]) : 1.0;
-        const double b = bias ? static_cast<double>(bias[c]) : 0.0;
-        const double scale_c = invstd[k] * w;
-        mean_hi[c] = static_cast<T>(mean);
-        scale[c] = static_cast<T>(scale_c);
-        shift[c] = static_cast<T>(b - (mean - static_cast<double>(mean_hi[c])) * scale_c);
-        save_mean[c] = static_cast<T>(mean);
-        save_invstd[c] = static_cast<T>(invstd[k]);
+        mean[k] = args.training ? moments[k].mean : static_cast<double>(running_mean[c0 + k]);
+        var_sum[k] = args.training ? moments[k].m2 : static_cast<double>(running_var[c0 + k]);
     }
+    const double inv_divisor = args.training ? 1.0 / n : 1.0, inv_n_1 = 1.0 / (n - 1.0);
+    for_each_lane<double>(nch, [&](auto v, std::size_t k) {
+        using V = decltype(v);
+        const std::size_t c = c0 + k;
+        auto load = [](const T* p) { if constexpr (std::is_same_v<T, float>) return V::load_float(p); else return V::load(p); };
+        auto store = [](V x, T* p) { if constexpr (std::is_same_v<T, float>) x.store_float(p); else x.store(p); };
+        const V m = V::load(&mean[k]), var = V::load(&var_sum[k]);
+        const V invstd = V(1.0) / sqrt(var * V(inv_divisor) + V(eps));
+        if (update_running) {
+            store(V(momentum) * m + V(1.0 - momentum) * load(running_mean + c), running_mean + c);
+            store(V(momentum) * (var * V(inv_n_1)) + V(1.0 - momentum) * load(running_var + c), running_var + c);
+        }
+        const V w = weight ? load(weight + c) : V(1.0);
+        const V b = bias ? load(bias + c) : V(0.0);
+        const V scale_c = invstd * w;
+        store(m, &mean_hi[c]);
+        store(scale_c, &scale[c]);
+        store(b - (m - load(&mean_hi[c])) * scale_c, &shift[c]);
+        store(m, save_mean + c);
+        store(invstd, save_invstd + c);
+    });
 }
 
 template <class T, class Layout, int RELU>

@@ -68,6 +68,7 @@ struct Vec<double> {
     Vec(double x) : v(_mm256_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm256_loadu_pd(p); }
     static Vec load_float(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+    void store_float(float* p) const { _mm_storeu_ps(p, _mm256_cvtpd_ps(v)); }  // as static_cast<float>
     // the low and the high half of a float vector, widened
     static Vec widen_low(Vec<float> f) { return _mm256_cvtps_pd(_mm256_castps256_ps128(f.v)); }
     static Vec widen_high(Vec<float> f) { return _mm256_cvtps_pd(_mm256_extractf128_ps(f.v, 1)); }

@@ -81,6 +81,7 @@ struct Vec<double> {
     Vec(double x) : v(_mm512_set1_pd(x)) {}
     static Vec load(const double* p) { return _mm512_loadu_pd(p); }
     static Vec load_float(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    void store_float(float* p) const { _mm256_storeu_ps(p, _mm512_cvtpd_ps(v)); }  // as static_cast<float>
     // the low and the high half of a float vector, widened
     static Vec widen_low(Vec<float> f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f.v)); }
     static Vec widen_high(Vec<float> f) {

@@ -71,6 +71,7 @@ struct Vec<double> {
     Vec(double x) : v(vdupq_n_f64(x)) {}
     static Vec load(const double* p) { return vld1q_f64(p); }
     static Vec load_float(const float* p) { return vcvt_f64_f32(vld1_f32(p)); }
+    void store_float(float* p) const { vst1_f32(p, vcvt_f32_f64(v)); }  // as static_cast<float>
     // the low and the high half of a float vector, widened
     static Vec widen_low(Vec<float> f) { return vcvt_f64_f32(vget_low_f32(f.v)); }
     static Vec widen_high(Vec<float> f) { return vcvt_high_f64_f32(f.v); }

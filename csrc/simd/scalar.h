@@ -26,6 +26,7 @@ struct Scalar {
     static Scalar load(const T* p) { return Scalar(*p); }
     // one float widened to double: how float kernels accumulate in double
     static Scalar load_float(const float* p) { return Scalar(static_cast<T>(*p)); }
+    void store_float(float* p) const { *p = static_cast<float>(v); }  // as static_cast<float>
     // one byte widened to T (0 .. 255): how a boolean mask is read
     static Scalar load_u8(const std::uint8_t* p) { return Scalar(static_cast<T>(*p)); }
     void store(T* p) const { *p = v; }

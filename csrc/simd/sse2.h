@@ -73,6 +73,9 @@ struct Vec<double> {
         // two floats through an unaligned 64-bit load (p is only 4-byte aligned)
         return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
+    void store_float(float* p) const {  // as static_cast<float>; a 64-bit store, as load_float
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_castps_si128(_mm_cvtpd_ps(v)));
+    }
     // the low and the high half of a float vector, widened
     static Vec widen_low(Vec<float> f) { return _mm_cvtps_pd(f.v); }
     static Vec widen_high(Vec<float> f) { return _mm_cvtps_pd(_mm_movehl_ps(f.v, f.v)); }
