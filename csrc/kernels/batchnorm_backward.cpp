@@ -78,21 +78,37 @@ void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, s
     T* dweight = static_cast<T*>(args.dweight);
     T* dbias = static_cast<T*>(args.dbias);
     const double n = static_cast<double>(p.outer * p.inner);
+    // a vector of channels at a time, the scalar form's operations in its order (the same
+    // roundings: bitwise the former scalar loop's results), the sums first copied out of their
+    // structs; measured, 1 thread, both builds in one process, best of 15 interleaved: backward
+    // (2, 1024) 5.8 -> 5.1 us, (16, 1024) 9.5 -> 8.9, (1, 512, 7, 7) 13.7 -> 13.3, (256, 1024)
+    // 0.99x, (8, 512, 7, 7) within noise
+    thread_local std::vector<double> sum_dy, sum_dy_xmu;
+    sum_dy.resize(nch);
+    sum_dy_xmu.resize(nch);
     for (std::size_t j = 0; j < nch; ++j) {
+        sum_dy[j] = sums[j].dy;
+        sum_dy_xmu[j] = sums[j].dy_xmu;
+    }
+    for_each_lane<double>(nch, [&](auto v, std::size_t j) {
+        using V = decltype(v);
         const std::size_t ch = c0 + j;
-        const double invstd = static_cast<double>(save_invstd[ch]);
-        const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
-        const double a_c = invstd * w;
-        a[ch] = static_cast<T>(a_c);
+        auto load = [](const T* p) { if constexpr (std::is_same_v<T, float>) return V::load_float(p); else return V::load(p); };
+        auto store = [](V x, T* p) { if constexpr (std::is_same_v<T, float>) x.store_float(p); else x.store(p); };
+        const V invstd = load(save_invstd + ch);
+        const V w = weight ? load(weight + ch) : V(1.0);
+        const V a_c = invstd * w;
+        const V dy = V::load(&sum_dy[j]), dy_xmu = V::load(&sum_dy_xmu[j]);
+        store(a_c, &a[ch]);
         if (args.training) {
-            k[ch] = static_cast<T>(a_c * invstd * (invstd * sums[j].dy_xmu / n));
-            c[ch] = static_cast<T>(-a_c * (sums[j].dy / n));
+            store(a_c * invstd * (invstd * dy_xmu / V(n)), &k[ch]);
+            store(-a_c * (dy / V(n)), &c[ch]);
         }
         if (dweight) {
-            dweight[ch] = static_cast<T>(invstd * sums[j].dy_xmu);
-            dbias[ch] = static_cast<T>(sums[j].dy);
+            store(invstd * dy_xmu, dweight + ch);
+            store(dy, dbias + ch);
         }
-    }
+    });
 }
 
 template <class T, class Layout, int MASK, int TRAINING>
