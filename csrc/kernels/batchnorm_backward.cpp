@@ -93,8 +93,8 @@ void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, s
     for_each_lane<double>(nch, [&](auto v, std::size_t j) {
         using V = decltype(v);
         const std::size_t ch = c0 + j;
-        auto load = [](const T* p) { if constexpr (std::is_same_v<T, float>) return V::load_float(p); else return V::load(p); };
-        auto store = [](V x, T* p) { if constexpr (std::is_same_v<T, float>) x.store_float(p); else x.store(p); };
+        auto load = [](const T* p) { return load_as_double<V>(p); };
+        auto store = [](V x, T* p) { store_from_double(x, p); };
         const V invstd = load(save_invstd + ch);
         const V w = weight ? load(weight + ch) : V(1.0);
         const V a_c = invstd * w;

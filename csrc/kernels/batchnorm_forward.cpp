@@ -196,8 +196,8 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
     for_each_lane<double>(nch, [&](auto v, std::size_t k) {
         using V = decltype(v);
         const std::size_t c = c0 + k;
-        auto load = [](const T* p) { if constexpr (std::is_same_v<T, float>) return V::load_float(p); else return V::load(p); };
-        auto store = [](V x, T* p) { if constexpr (std::is_same_v<T, float>) x.store_float(p); else x.store(p); };
+        auto load = [](const T* p) { return load_as_double<V>(p); };
+        auto store = [](V x, T* p) { store_from_double(x, p); };
         const V m = V::load(&mean[k]), var = V::load(&var_sum[k]);
         const V invstd = V(1.0) / sqrt(var * V(inv_divisor) + V(eps));
         if (update_running) {

@@ -238,6 +238,20 @@ struct Plan {
 };
 
 
+// V (a vector of doubles, or Scalar<double>) from and to an array of T: floats widened to
+// double and rounded back (as static_cast), doubles as they are. The per-channel finishes work
+// in double whatever T is.
+template <class V, class T>
+V load_as_double(const T* p) {
+    if constexpr (std::is_same_v<T, float>) return V::load_float(p);
+    else return V::load(p);
+}
+template <class V, class T>
+void store_from_double(V x, T* p) {
+    if constexpr (std::is_same_v<T, float>) x.store_float(p);
+    else x.store(p);
+}
+
 // Adds the lanes of v, widened to double, into p[0 .. V::size).
 // (VD is a parameter so that the branches not taken are not compiled: the scalar ISA's
 // Vec<double> has no widen_low.)
