@@ -17,6 +17,15 @@ namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 namespace {
 
+// The sum of arrays [FIRST, FIRST + COUNT) of a at element i, a vector (or Scalar) V of them.
+template <int FIRST, int COUNT, class V>
+FUSEDOPT_INLINE V read_sum(void* const* a, std::size_t i) {
+    using T = typename V::value_type;
+    V s(T(0));
+    for (int k = FIRST; k < FIRST + COUNT; ++k) s = s + V::load(static_cast<const T*>(a[k]) + i);
+    return s;
+}
+
 // The array counts are template parameters so the inner loops unroll as the kernels' do.
 // STREAM: the write-only array's whole cache lines by non-temporal stores, as batch norm's (batchnorm_tiles.h)
 // apply_block writes large outputs (aligned vectors; ordinary stores up to the first line).
@@ -24,8 +33,7 @@ template <class T, int RW, int RO, int WO, bool STREAM>
 void stream_loop(void* const* a, std::size_t n) {
     auto body = [a](auto vec, std::size_t i, auto stream) {
         using V = decltype(vec);
-        V s(T(0));
-        for (int k = RW; k < RW + RO; ++k) s = s + V::load(static_cast<const T*>(a[k]) + i);
+        const V s = read_sum<RW, RO, V>(a, i);
         for (int k = 0; k < RW; ++k) (V::load(static_cast<T*>(a[k]) + i) + s).store(static_cast<T*>(a[k]) + i);
         if constexpr (WO == 1) {
             T* w = static_cast<T*>(a[RW + RO]) + i;
@@ -56,19 +64,13 @@ template <class T, int RO>
 void read_loop(void* const* a, std::size_t n) {
     using V = Vec<T>;
     constexpr std::size_t W = V::size;
-    auto load = [a](auto vec, std::size_t i) {
-        using VT = decltype(vec);
-        VT s(T(0));
-        for (int k = 0; k < RO; ++k) s = s + VT::load(static_cast<const T*>(a[k]) + i);
-        return s;
-    };
     V acc[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
     std::size_t i = 0;
     for (; i + 4 * W <= n; i += 4 * W)
-        for (std::size_t u = 0; u < 4; ++u) acc[u] = acc[u] + load(V{}, i + u * W);
-    for (; i + W <= n; i += W) acc[0] = acc[0] + load(V{}, i);
+        for (std::size_t u = 0; u < 4; ++u) acc[u] = acc[u] + read_sum<0, RO, V>(a, i + u * W);
+    for (; i + W <= n; i += W) acc[0] = acc[0] + read_sum<0, RO, V>(a, i);
     T sum = reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
-    for (; i < n; ++i) sum += load(Scalar<T>{}, i).v;
+    for (; i < n; ++i) sum += read_sum<0, RO, Scalar<T>>(a, i).v;
     probe_sink.store(static_cast<double>(sum), std::memory_order_relaxed);
 }
 
