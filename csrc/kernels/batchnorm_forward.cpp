@@ -263,14 +263,13 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
 
 template <class T>
 void batchnorm_forward(const BatchNormForwardArgs& args) {
-    const Plan p(args.shape, 2 * sizeof(T));  // x, y
+    const Plan p(args.shape, 2 * sizeof(T), sizeof(T));  // x, y
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);
-        const bool stream = p.total() * sizeof(T) >= kStreamMinBytes;
         if constexpr (kOptionsAtRunTime<T>)
-            forward<T, L, kRunTime>(args, p, stream);
+            forward<T, L, kRunTime>(args, p, p.stream);
         else
-            with_flag(args.relu, [&](auto relu) { forward<T, L, relu>(args, p, stream); });
+            with_flag(args.relu, [&](auto relu) { forward<T, L, relu>(args, p, p.stream); });
     });
 }
 

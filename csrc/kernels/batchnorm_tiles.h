@@ -97,6 +97,8 @@ constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's siz
 // (262144 / C, C) float, fwd + bwd: C = 8 546 -> 294 us, 20 544 -> 379, 32 318 -> 283, 48
 // 330 -> 302; 64 even; 128 and 256 11-17% slower as one run)
 constexpr std::size_t kShortRowBytes = 256;
+// planar runs shorter than this are not streamed (see Plan::streams)
+constexpr std::size_t kStreamMinRunBytes = 512;
 
 template <class F>
 void with_flag(bool b, F&& f) {
@@ -171,9 +173,11 @@ struct Plan {
     std::size_t groups, blocks_per_group;  // groups == 1: each tile whole in one task (the fused path)
     std::size_t bytes;  // of the arrays the call reads and writes
     bool parallel;      // runs_in_parallel(bytes)
+    bool stream;        // the output is written with non-temporal stores (see streams)
 
-    // bytes_per_element: of all the arrays the call reads and writes, per element of x
-    Plan(const BatchNormShape& s, std::size_t bytes_per_element)
+    // bytes_per_element: of all the arrays the call reads and writes, per element of x;
+    // value_bytes: of one element of x
+    Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes)
         : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner),
           bytes(s.outer * s.channels * s.inner * bytes_per_element), parallel(runs_in_parallel(bytes)) {
         planar = inner >= kPlanarMinInner;
@@ -207,6 +211,17 @@ struct Plan {
         groups = ntiles >= kMinTilesForFused ? 1 : std::clamp<std::size_t>(tile_elems / kGroupElems, 1, blocks_per_tile);
         blocks_per_group = (blocks_per_tile + groups - 1) / groups;
         groups = (blocks_per_tile + blocks_per_group - 1) / blocks_per_group;
+        stream = streams(value_bytes);
+    }
+    // Outputs of kStreamMinBytes or more are streamed, but not in short planar runs: a channel's
+    // row of 49 floats has at most three whole lines to stream and partial lines at both ends,
+    // and the rows are a whole row length apart, so the write-combining buffers are flushed
+    // after a line or two (measured, 1 thread, float, fwd / bwd ms, streamed -> ordinary
+    // stores: (16, 4096, 7, 7) 2.87 / 3.29 -> 1.39 / 1.78, (8, 8192, 7, 7) 3.34 / 3.77 -> 1.15 /
+    // 1.55, (16, 2048, 10, 10) 2.25 / 2.45 -> 1.17 / 1.56; with rows of 196 floats, (32, 1024,
+    // 14, 14), streaming is faster: 2.55 / 3.50 against 2.33 / 4.10).
+    bool streams(std::size_t value_bytes) const {
+        return total() * value_bytes >= kStreamMinBytes && !(planar && block_cols * value_bytes < kStreamMinRunBytes);
     }
 
     std::size_t total() const { return outer * row_len; }
