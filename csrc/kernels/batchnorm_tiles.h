@@ -53,7 +53,11 @@ constexpr std::size_t kBlockElems = 8192;      // planar: 32 KB of float: the se
 // other between the two passes (measured (48, 256, 14, 14) forward: 10.6 ms with 41-row blocks,
 // 2.5 ms with 8)
 constexpr std::size_t kMaxPlanarBlockRows = 8;
-constexpr std::size_t kTileCols = 256;         // columns, long rows: 2 KB of double accumulators per sum
+// columns, long rows: 8 KB of double accumulators per sum (measured, 1 / 2 threads, both builds
+// in one process, 256 -> 1024 columns: (32, 1024, 3, 3) fwd 0.84x / 0.83x the time, (128, 2048,
+// 2, 2) 0.98x / 0.86x, (256, 512, 4, 4) 0.96x / 0.83x, (1024, 8192) bwd 0.76x / 0.66x; (64,
+// 8192) fwd 1.03x / 1.03x, (256, 512, 4, 4) bwd 1.05x / 0.82x)
+constexpr std::size_t kTileCols = 1024;
 // columns: rows up to this long are one tile, so every pass reads whole rows in order (tiles
 // of a row cut it into strided pieces, which the prefetchers and the streaming stores handle
 // at half the speed); longer rows make at least kMinTilesForFused tiles of kTileCols columns
