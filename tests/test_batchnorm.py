@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import reference
+from fusedopt import _core, reference
 from fusedopt.batchnorm import batchnorm_backward, batchnorm_forward
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-6, np.float64: 1e-13}
 TOL_CHANNEL = {np.float32: 1e-6, np.float64: 1e-13}
+STREAM_MIN_BYTES = 8 << 20  # kStreamMinBytes (csrc/kernels/batchnorm.h)
 
 # (shape, axis). Channel axis 1 with a long channel run (inner >= 32: the planar layout, one
 # channel per tile), with a short one (the columns layout), channels-last, and shapes with
@@ -470,6 +471,45 @@ def test_bitwise_identical_for_any_thread_count(isa, threads, shape, axis, dtype
         dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y)
         results.append([a.tobytes() for a in (y, save_mean, save_invstd, rm, rv, dx, dw, db)])
     assert results[0] == results[1] == results[2]
+
+
+def short_rows_beyond_l2(outer, inner, dtype):
+    """An NCHW-like shape (outer, C, inner) whose x takes twice this machine's L2, and over the
+    8 MB from which outputs are streamed (STREAM_MIN_BYTES)."""
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = max(2 * _core.l2_cache_bytes(), STREAM_MIN_BYTES + 4096)
+    return (outer, -(-nbytes // (outer * inner * itemsize)), inner)
+
+
+@pytest.mark.parametrize("outer,inner", [(64, 49), (32, 49), (16, 49), (24, 100)],
+                         ids=["columns", "columns-backward", "planar", "planar-10x10"])
+def test_short_rows_beyond_l2(isa, threads, dtype, outer, inner):
+    """Channels of short rows in a tensor larger than L2 and 8 MB: with as many rows as a row has
+    elements (the backward: half as many) they are summed in the columns layout
+    (Plan::short_rows_as_columns), else planar with their outputs stored, not streamed
+    (Plan::streams). Either way: the reference's values, and bitwise the same for any thread
+    count."""
+    shape = short_rows_beyond_l2(outer, inner, dtype)
+    x, weight, bias, running_mean, running_var, dy = make_case(shape, 1, dtype, loc=3.0)
+    results = []
+    for nthreads in (1, 2):
+        fusedopt.set_num_threads(nthreads)
+        rm, rv = running_mean.copy(), running_var.copy()
+        y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, rm, rv, relu=True)
+        dx, dw, db = batchnorm_backward(dy, x, weight, save_mean, save_invstd, relu_output=y)
+        results.append([a.tobytes() for a in (y, save_mean, save_invstd, rm, rv, dx, dw, db)])
+    assert results[0] == results[1]
+    rm_r, rv_r = running_mean.copy(), running_var.copy()
+    y_r, mean_r, invstd_r = reference.batchnorm_forward(x, weight, bias, rm_r, rv_r, relu=True)
+    dx_r, dw_r, db_r = reference.batchnorm_backward(dy, x, weight, save_mean, save_invstd, relu_output=y)
+    tol, tol_c = TOL[dtype], TOL_CHANNEL[dtype]
+    errs = {"y": rel_err(y, y_r), "mean": rel_err(save_mean, mean_r), "invstd": rel_err(save_invstd, invstd_r),
+            "running_mean": rel_err(rm, rm_r), "running_var": rel_err(rv, rv_r), "dx": rel_err(dx, dx_r)}
+    dw_abs, db_abs = abs_sums(dy, x, save_mean, save_invstd, dict(axis=1, relu_output=y))
+    errs_c = {"dweight": rel_err(dw, dw_r, dw_abs), "dbias": rel_err(db, db_r, db_abs)}
+    print(f"{isa} {np.dtype(dtype).name} {shape} max rel err: " + " ".join(f"{k} {v:.1e}" for k, v in {**errs, **errs_c}.items()))
+    assert all(err <= tol for err in errs.values()), errs
+    assert all(err <= tol_c for err in errs_c.values()), errs_c
 
 
 # ---- bad input: a clear error, and nothing written ----------------------------------------------

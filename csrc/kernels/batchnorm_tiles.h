@@ -8,7 +8,8 @@
 // [c * inner, (c + 1) * inner) of every row. Two layouts of the work:
 //   planar  (inner >= kPlanarMinInner, NCHW): a tile is one channel; each row of a block is a
 //           contiguous run of that channel, summed into register accumulators.
-//   columns (small inner: channels-last, (N, C)): a tile is every channel (rows up to
+//   columns (small inner: channels-last, (N, C); also short planar rows of large tensors with
+//           many rows, see Plan::short_rows_as_columns): a tile is every channel (rows up to
 //           kWholeRowMaxCols long) or kTileCols columns (whole channels); sums run down the
 //           rows into one accumulator per column, then each channel adds up its columns.
 // A tile's rows are cut into blocks (about kBlockElems elements planar, kColumnBlockElems in
@@ -60,7 +61,7 @@ constexpr std::size_t kMaxPlanarBlockRows = 8;
 constexpr std::size_t kTileCols = 1024;
 // columns: rows up to this long are one tile, so every pass reads whole rows in order (tiles
 // of a row cut it into strided pieces, which the prefetchers and the streaming stores handle
-// at half the speed); longer rows make at least kMinTilesForFused tiles of kTileCols columns
+// at half the speed); longer rows are cut into tiles of kTileCols columns
 constexpr std::size_t kWholeRowMaxCols = 4096;
 // columns: per-block work (clearing the accumulators, a merge per channel) amortized over rows:
 // blocks of at least kMinColumnBlockRows rows and kColumnBlockElems elements (128 KB of float:
@@ -101,8 +102,8 @@ constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's siz
 // (262144 / C, C) float, fwd + bwd: C = 8 546 -> 294 us, 20 544 -> 379, 32 318 -> 283, 48
 // 330 -> 302; 64 even; 128 and 256 11-17% slower as one run)
 constexpr std::size_t kShortRowBytes = 256;
-// planar runs shorter than this are not streamed (see Plan::streams)
-constexpr std::size_t kStreamMinRunBytes = 512;
+// planar rows shorter than this are not streamed, and may be summed as columns (see Plan)
+constexpr std::size_t kShortPlanarRowBytes = 512;
 
 template <class F>
 void with_flag(bool b, F&& f) {
@@ -180,11 +181,11 @@ struct Plan {
     bool stream;        // the output is written with non-temporal stores (see streams)
 
     // bytes_per_element: of all the arrays the call reads and writes, per element of x;
-    // value_bytes: of one element of x
-    Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes)
+    // value_bytes: of one element of x; inputs: the arrays its statistics read (x; dy and x)
+    Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes, std::size_t inputs)
         : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner),
           bytes(s.outer * s.channels * s.inner * bytes_per_element), parallel(runs_in_parallel(bytes)) {
-        planar = inner >= kPlanarMinInner;
+        planar = inner >= kPlanarMinInner && !short_rows_as_columns(value_bytes, inputs);
         if (planar) {
             tile_channels = 1;
             block_cols = std::min(inner, kBlockElems);
@@ -217,6 +218,22 @@ struct Plan {
         groups = (blocks_per_tile + blocks_per_group - 1) / blocks_per_group;
         stream = streams(value_bytes);
     }
+    // Channels of short rows (NCHW with a small spatial size, rows under kShortPlanarRowBytes)
+    // are read a short run per row and input, a whole row length apart. From beyond L2 and with
+    // enough rows the columns layout, which reads tiles of kTileCols columns a row at a time, is
+    // faster; with few rows (a block or two per channel) planar is. The crossover measured: at
+    // about as many rows as a row has elements for the forward (x), half as many for the backward
+    // (dy and x), hence rows * inputs >= row elements. Measured, 1 thread, float, both builds in
+    // one process, ms planar -> columns: forward (64, 512, 7, 7) 0.84 -> 0.61, (32, 832, 7, 7)
+    // 0.86 -> 0.58 (but (32, 2048, 7, 7) 1.37 -> 1.46, (32, 512, 7, 7) 0.31 -> 0.33: kept planar);
+    // backward (32, 2048, 7, 7) 3.04 -> 2.01, (32, 512, 7, 7) 0.59 -> 0.49, (64, 512, 7, 7) 1.25
+    // -> 0.93, (48, 1024, 10, 10) 5.00 -> 3.73 (but (32, 1024, 10, 10) 1.79 -> 1.99 and (12, 4096,
+    // 4, 9) 1.11 -> 1.33: kept planar); (16, 2048, 7, 7) and the other few-row shapes stay planar
+    // (0.60 against 0.88 ms for the (16, 1024, 10, 10) forward); in L2, (64, 64, 7, 7), mixed.
+    bool short_rows_as_columns(std::size_t value_bytes, std::size_t inputs) const {
+        return inner * value_bytes < kShortPlanarRowBytes && outer * inputs >= inner &&
+               outer * row_len * value_bytes > l2_cache_bytes();
+    }
     // Outputs of kStreamMinBytes or more are streamed, but not in short planar runs: a channel's
     // row of 49 floats has at most three whole lines to stream and partial lines at both ends,
     // and the rows are a whole row length apart, so the write-combining buffers are flushed
@@ -225,7 +242,7 @@ struct Plan {
     // 1.55, (16, 2048, 10, 10) 2.25 / 2.45 -> 1.17 / 1.56; with rows of 196 floats, (32, 1024,
     // 14, 14), streaming is faster: 2.55 / 3.50 against 2.33 / 4.10).
     bool streams(std::size_t value_bytes) const {
-        return total() * value_bytes >= kStreamMinBytes && !(planar && block_cols * value_bytes < kStreamMinRunBytes);
+        return total() * value_bytes >= kStreamMinBytes && !(planar && block_cols * value_bytes < kShortPlanarRowBytes);
     }
 
     std::size_t total() const { return outer * row_len; }
