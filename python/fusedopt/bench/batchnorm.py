@@ -25,6 +25,7 @@ CASES: list[tuple[tuple[int, ...], int, str]] = [
     ((32, 14, 14, 256), -1, "NHWC"),
     ((8, 512, 7, 7), 1, "NCHW"),
     ((128, 64, 32, 32), 1, "NCHW"),
+    ((32, 2048, 7, 7), 1, "NCHW"),  # ResNet-50's last stage at batch 32: short channel rows, 12.8 MB
 ]
 
 
