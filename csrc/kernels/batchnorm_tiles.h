@@ -221,15 +221,16 @@ struct Plan {
     // Channels of short rows (NCHW with a small spatial size, rows under kShortPlanarRowBytes)
     // are read a short run per row and input, a whole row length apart. From beyond L2 and with
     // enough rows the columns layout, which reads tiles of kTileCols columns a row at a time, is
-    // faster; with few rows (a block or two per channel) planar is. The crossover measured: at
-    // about as many rows as a row has elements for the forward (x), half as many for the backward
-    // (dy and x), hence rows * inputs >= row elements. Measured, 1 thread, float, both builds in
-    // one process, ms planar -> columns: forward (64, 512, 7, 7) 0.84 -> 0.61, (32, 832, 7, 7)
-    // 0.86 -> 0.58 (but (32, 2048, 7, 7) 1.37 -> 1.46, (32, 512, 7, 7) 0.31 -> 0.33: kept planar);
-    // backward (32, 2048, 7, 7) 3.04 -> 2.01, (32, 512, 7, 7) 0.59 -> 0.49, (64, 512, 7, 7) 1.25
-    // -> 0.93, (48, 1024, 10, 10) 5.00 -> 3.73 (but (32, 1024, 10, 10) 1.79 -> 1.99 and (12, 4096,
-    // 4, 9) 1.11 -> 1.33: kept planar); (16, 2048, 7, 7) and the other few-row shapes stay planar
-    // (0.60 against 0.88 ms for the (16, 1024, 10, 10) forward); in L2, (64, 64, 7, 7), mixed.
+    // faster; with few rows (a block or two per channel) planar is. Where the crossover was
+    // measured (1 thread, float, ms, planar -> columns): forward (64, 512, 7, 7) 0.84 -> 0.61,
+    // (48, 512, 7, 7) 0.66 -> 0.50, but (32, 2048, 7, 7) 1.37 -> 1.46 and (32, 512, 7, 7) 0.31 ->
+    // 0.33 ((32, 832, 7, 7) 0.86 -> 0.58); backward (32, 2048, 7, 7) 3.04 -> 2.01, (32, 512, 7, 7)
+    // 0.59 -> 0.49, (48, 1024, 10, 10) 5.00 -> 3.73, but (32, 1024, 10, 10) 1.79 -> 1.99 and
+    // (12, 4096, 4, 9) 1.11 -> 1.33; few rows, (16, 1024, 10, 10) forward 0.60 -> 0.88. Hence
+    // columns where rows * inputs >= row elements, inputs 1 for the forward (x) and 2 for the
+    // backward (dy and x): the forwards of 49 rows or more of 7x7 channels and the backwards of
+    // 25 or more. In L2, (64, 64, 7, 7), the two were mixed (forward 0.055 -> 0.064, backward
+    // 0.115 -> 0.103): planar.
     bool short_rows_as_columns(std::size_t value_bytes, std::size_t inputs) const {
         return inner * value_bytes < kShortPlanarRowBytes && outer * inputs >= inner &&
                outer * row_len * value_bytes > l2_cache_bytes();
