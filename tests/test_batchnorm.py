@@ -448,6 +448,33 @@ def test_zero_variance_and_zero_eps_gives_nan_like_torch(isa):
     assert np.all(np.isfinite(y[:, 1])) and np.isfinite(save_invstd[1])
 
 
+@pytest.mark.parametrize("shape,axis", [((130, 5, 8, 8), 1), ((8, 5, 7, 7), 1), ((3000, 5), 1), ((40, 9, 9, 5), -1)],
+                         ids=["planar-blocks", "planar-small", "columns", "NHWC"])
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_value_gives_nan_invstd_like_torch(isa, shape, axis, dtype, where, value):
+    """An inf or a NaN in a channel (in its first rows, where the shift comes from, or its last
+    block): the channel's var is nan (inf - inf), so save_invstd and the running var are nan and y
+    is nan, as torch computes them (not invstd = 1 / sqrt(inf) = 0, nor a NaN variance clamped
+    to 0); the other channels are untouched."""
+    x, weight, bias, running_mean, running_var, _ = make_case(shape, axis, dtype)
+    index = [0 if where == "first" else n - 1 for n in shape]
+    index[axis % len(shape)] = 3
+    x[tuple(index)] = value
+    rm, rv = running_mean.copy(), running_var.copy()
+    with np.errstate(invalid="ignore"):
+        y, save_mean, save_invstd = batchnorm_forward(x, weight, bias, rm, rv, axis=axis)
+        y_r, mean_r, invstd_r = reference.batchnorm_forward(x, weight, bias, running_mean.copy(), running_var.copy(),
+                                                            axis=axis)
+    channel = np.moveaxis(y, axis, 0)
+    assert np.isnan(save_invstd[3]) and np.isnan(rv[3]) and np.all(np.isnan(channel[3])), (save_mean[3], save_invstd[3])
+    assert np.isnan(invstd_r[3])
+    others = np.arange(shape[axis]) != 3
+    assert rel_err(np.moveaxis(y_r, axis, 0)[others], channel[others]) <= TOL[dtype]
+    assert rel_err(save_invstd[others], invstd_r[others]) <= TOL[dtype]
+
+
 # ---- thread-count invariance --------------------------------------------------------------------
 
 

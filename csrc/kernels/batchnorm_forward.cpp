@@ -20,9 +20,11 @@ namespace {
 // interleaved: training forward (2, 1024) 14.5 -> 11.6 us, (16, 1024) 17.0 -> 14.4, (256, 1024)
 // 72.3 -> 68.3; (8, 512, 7, 7) unchanged. (A product by the reciprocal is within an ulp of a
 // double of the quotient.)
+// (M2 >= 0 by a max that keeps a NaN: std::max(0.0, NaN) would be 0, a zero variance for a
+// channel holding a NaN or an inf.)
 inline Moments shifted_moments(double count, double inv_count, double shift, double sum_d, double sum_d2) {
     const double mean_d = sum_d * inv_count;
-    return {count, shift + mean_d, std::max(0.0, sum_d2 - sum_d * mean_d)};
+    return {count, shift + mean_d, std::max(sum_d2 - sum_d * mean_d, 0.0)};
 }
 // A shift so far from the mean that sum(d)^2 / count, subtracted, would cancel more than half of
 // sum(d^2): the sums are taken again around the mean they gave.
@@ -198,7 +200,9 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
         const std::size_t c = c0 + k;
         auto load = [](const T* p) { return load_as_double<V>(p); };
         auto store = [](V x, T* p) { store_from_double(x, p); };
-        const V m = V::load(&mean[k]), var = V::load(&var_sum[k]);
+        // (+ (m - m): an inf in the channel makes its mean and M2 inf, and its variance inf - inf,
+        // NaN, as torch has it, not inf, which would make invstd 0; for a finite mean it adds 0)
+        const V m = V::load(&mean[k]), var = V::load(&var_sum[k]) + (args.training ? m - m : V(0.0));
         const V invstd = V(1.0) / sqrt(var * V(inv_divisor) + V(eps));
         if (update_running) {
             store(V(momentum) * m + V(1.0 - momentum) * load(running_mean + c), running_mean + c);
