@@ -508,14 +508,12 @@ def short_rows_beyond_l2(outer, inner, dtype):
     return (outer, -(-nbytes // (outer * inner * itemsize)), inner)
 
 
-@pytest.mark.parametrize("outer,inner", [(64, 49), (32, 49), (16, 49), (24, 100)],
-                         ids=["columns", "columns-backward", "planar", "planar-10x10"])
+@pytest.mark.parametrize("outer,inner", [(25, 49), (24, 49), (24, 100)], ids=["columns", "planar", "planar-10x10"])
 def test_short_rows_beyond_l2(isa, threads, dtype, outer, inner):
-    """Channels of short rows in a tensor larger than L2 and 8 MB: with as many rows as a row has
-    elements (the backward: half as many) they are summed in the columns layout
-    (Plan::short_rows_as_columns), else planar with their outputs stored, not streamed
-    (Plan::streams). Either way: the reference's values, and bitwise the same for any thread
-    count."""
+    """Channels of short rows in a tensor larger than L2 and 8 MB: with at least half as many rows
+    as a row has elements they are summed in the columns layout (Plan::short_rows_as_columns),
+    else planar with their outputs stored, not streamed (Plan::streams). Either way: the
+    reference's values, and bitwise the same for any thread count."""
     shape = short_rows_beyond_l2(outer, inner, dtype)
     x, weight, bias, running_mean, running_var, dy = make_case(shape, 1, dtype, loc=3.0)
     results = []

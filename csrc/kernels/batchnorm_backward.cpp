@@ -164,7 +164,7 @@ void batchnorm_backward(const BatchNormBackwardArgs& args) {
     // dy, dx, x (always read for the sums but in eval without dweight), the mask
     const std::size_t mask_bytes = args.relu_mask == ReluMask::kValues ? sizeof(T)
                                    : args.relu_mask == ReluMask::kBool ? 1 : 0;
-    const Plan p(args.shape, 3 * sizeof(T) + mask_bytes, sizeof(T), 2);  // sums of dy and x
+    const Plan p(args.shape, 3 * sizeof(T) + mask_bytes, sizeof(T));
     const bool stream = p.stream;
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);

@@ -267,7 +267,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
 
 template <class T>
 void batchnorm_forward(const BatchNormForwardArgs& args) {
-    const Plan p(args.shape, 2 * sizeof(T), sizeof(T), 1);  // x, y; statistics of x
+    const Plan p(args.shape, 2 * sizeof(T), sizeof(T));  // x, y
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);
         if constexpr (kOptionsAtRunTime<T>)

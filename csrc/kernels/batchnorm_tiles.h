@@ -181,11 +181,11 @@ struct Plan {
     bool stream;        // the output is written with non-temporal stores (see streams)
 
     // bytes_per_element: of all the arrays the call reads and writes, per element of x;
-    // value_bytes: of one element of x; inputs: the arrays its statistics read (x; dy and x)
-    Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes, std::size_t inputs)
+    // value_bytes: of one element of x
+    Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes)
         : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner),
           bytes(s.outer * s.channels * s.inner * bytes_per_element), parallel(runs_in_parallel(bytes)) {
-        planar = inner >= kPlanarMinInner && !short_rows_as_columns(value_bytes, inputs);
+        planar = inner >= kPlanarMinInner && !short_rows_as_columns(value_bytes);
         if (planar) {
             tile_channels = 1;
             block_cols = std::min(inner, kBlockElems);
@@ -219,20 +219,23 @@ struct Plan {
         stream = streams(value_bytes);
     }
     // Channels of short rows (NCHW with a small spatial size, rows under kShortPlanarRowBytes)
-    // are read a short run per row and input, a whole row length apart. From beyond L2 and with
-    // enough rows the columns layout, which reads tiles of kTileCols columns a row at a time, is
-    // faster; with few rows (a block or two per channel) planar is. Where the crossover was
-    // measured (1 thread, float, ms, planar -> columns): forward (64, 512, 7, 7) 0.84 -> 0.61,
-    // (48, 512, 7, 7) 0.66 -> 0.50, but (32, 2048, 7, 7) 1.37 -> 1.46 and (32, 512, 7, 7) 0.31 ->
-    // 0.33 ((32, 832, 7, 7) 0.86 -> 0.58); backward (32, 2048, 7, 7) 3.04 -> 2.01, (32, 512, 7, 7)
-    // 0.59 -> 0.49, (48, 1024, 10, 10) 5.00 -> 3.73, but (32, 1024, 10, 10) 1.79 -> 1.99 and
-    // (12, 4096, 4, 9) 1.11 -> 1.33; few rows, (16, 1024, 10, 10) forward 0.60 -> 0.88. Hence
-    // columns where rows * inputs >= row elements, inputs 1 for the forward (x) and 2 for the
-    // backward (dy and x): the forwards of 49 rows or more of 7x7 channels and the backwards of
-    // 25 or more. In L2, (64, 64, 7, 7), the two were mixed (forward 0.055 -> 0.064, backward
-    // 0.115 -> 0.103): planar.
-    bool short_rows_as_columns(std::size_t value_bytes, std::size_t inputs) const {
-        return inner * value_bytes < kShortPlanarRowBytes && outer * inputs >= inner &&
+    // are read a short run per row, a whole row length apart, and their outputs, not streamed
+    // (see streams), are read for ownership first. From beyond L2 and with enough rows the
+    // columns layout, which reads and streams tiles of kTileCols columns a row at a time, is
+    // faster; with few rows (a block or two per channel) planar is. Measured, 1 thread, float,
+    // both builds in one process, each output written to the next of a ring of 256 MB of
+    // buffers (as a network's layers find theirs: not in cache), ms, planar -> columns from half
+    // as many rows as a row has elements: (32, 2048, 7, 7) forward 2.44 -> 1.69, eval 1.91 ->
+    // 1.27, (48, 512, 7, 7) forward 1.58 -> 0.86, eval 0.92 -> 0.65; backward (its output
+    // rewritten in cache) (32, 2048, 7, 7) 3.04 -> 2.01, (64, 512, 7, 7) 1.25 -> 0.93, (48, 1024,
+    // 10, 10) 5.00 -> 3.73. At fewer rows, planar: (8, 8192, 7, 7) forward 1.53 against 2.64 and
+    // backward 1.98 against 3.00 (outputs not in cache), (16, 2048, 10, 10) forward 1.72 against
+    // 1.86, (32, 1024, 10, 10) backward 1.79 against 1.99. (An output rewritten in a loop, as the
+    // bench does, stays in L3, which favours the planar forward's ordinary stores: (32, 2048, 7,
+    // 7) planar 1.37 ms against columns 1.46.) In L2, (64, 64, 7, 7), the two were mixed
+    // (forward 0.055 -> 0.064, backward 0.115 -> 0.103): planar.
+    bool short_rows_as_columns(std::size_t value_bytes) const {
+        return inner * value_bytes < kShortPlanarRowBytes && 2 * outer >= inner &&
                outer * row_len * value_bytes > l2_cache_bytes();
     }
     // Outputs of kStreamMinBytes or more are streamed, but not in short planar runs: a channel's
@@ -240,8 +243,9 @@ struct Plan {
     // and the rows are a whole row length apart, so the write-combining buffers are flushed
     // after a line or two (measured, 1 thread, float, fwd / bwd ms, streamed -> ordinary
     // stores: (16, 4096, 7, 7) 2.87 / 3.29 -> 1.39 / 1.78, (8, 8192, 7, 7) 3.34 / 3.77 -> 1.15 /
-    // 1.55, (16, 2048, 10, 10) 2.25 / 2.45 -> 1.17 / 1.56; with rows of 196 floats, (32, 1024,
-    // 14, 14), streaming is faster: 2.55 / 3.50 against 2.33 / 4.10).
+    // 1.55, (16, 2048, 10, 10) 2.25 / 2.45 -> 1.17 / 1.56; each output a buffer not in cache,
+    // forward (16, 4096, 7, 7) 3.25 -> 1.92, (8, 8192, 7, 7) 3.80 -> 1.53; with rows of 196
+    // floats, (32, 1024, 14, 14), streaming is faster: 2.55 / 3.50 against 2.33 / 4.10).
     bool streams(std::size_t value_bytes) const {
         return total() * value_bytes >= kStreamMinBytes && !(planar && block_cols * value_bytes < kShortPlanarRowBytes);
     }
