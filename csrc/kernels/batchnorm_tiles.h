@@ -227,13 +227,14 @@ struct Plan {
     // buffers (as a network's layers find theirs: not in cache), ms, planar -> columns from half
     // as many rows as a row has elements: (32, 2048, 7, 7) forward 2.44 -> 1.69, eval 1.91 ->
     // 1.27, (48, 512, 7, 7) forward 1.58 -> 0.86, eval 0.92 -> 0.65; backward (its output
-    // rewritten in cache) (32, 2048, 7, 7) 3.04 -> 2.01, (64, 512, 7, 7) 1.25 -> 0.93, (48, 1024,
-    // 10, 10) 5.00 -> 3.73. At fewer rows, planar: (8, 8192, 7, 7) forward 1.53 against 2.64 and
-    // backward 1.98 against 3.00 (outputs not in cache), (16, 2048, 10, 10) forward 1.72 against
-    // 1.86, (32, 1024, 10, 10) backward 1.79 against 1.99. (An output rewritten in a loop, as the
-    // bench does, stays in L3, which favours the planar forward's ordinary stores: (32, 2048, 7,
-    // 7) planar 1.37 ms against columns 1.46.) In L2, (64, 64, 7, 7), the two were mixed
-    // (forward 0.055 -> 0.064, backward 0.115 -> 0.103): planar.
+    // rewritten in cache) (32, 2048, 7, 7) 3.04 -> 2.01, (64, 512, 7, 7) 1.25 -> 0.93. At fewer
+    // rows, planar: (8, 8192, 7, 7) forward 1.53 against 2.64 and backward 1.98 against 3.00
+    // (outputs not in cache), (16, 2048, 10, 10) forward 1.72 against 1.86, (32, 1024, 10, 10)
+    // backward 1.79 against 1.99 (but (48, 1024, 10, 10), just under the line, measured 5.00
+    // against 3.73 for its backward). (An output rewritten in a loop, as the bench does, stays
+    // in L3, which favours the planar forward's ordinary stores: (32, 2048, 7, 7) planar 1.37 ms
+    // against columns 1.46.) In L2, (64, 64, 7, 7), the two were mixed (forward 0.055 -> 0.064,
+    // backward 0.115 -> 0.103): planar.
     bool short_rows_as_columns(std::size_t value_bytes) const {
         return inner * value_bytes < kShortPlanarRowBytes && 2 * outer >= inner &&
                outer * row_len * value_bytes > l2_cache_bytes();
