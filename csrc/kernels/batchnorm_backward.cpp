@@ -112,7 +112,8 @@ void Coefficients<T>::finish(const BatchNormBackwardArgs& args, const Plan& p, s
 }
 
 template <class T, class Layout, int MASK, int TRAINING>
-void backward(const BatchNormBackwardArgs& args, const Plan& p, bool stream) {
+void backward(const BatchNormBackwardArgs& args, const Plan& p) {
+    const bool stream = p.stream;
     const ReluMask mask = Option<MASK>::get(args.relu_mask);
     const bool training = Option<TRAINING>::get(args.training);
     const T* dy = static_cast<const T*>(args.dy);
@@ -165,18 +166,17 @@ void batchnorm_backward(const BatchNormBackwardArgs& args) {
     const std::size_t mask_bytes = args.relu_mask == ReluMask::kValues ? sizeof(T)
                                    : args.relu_mask == ReluMask::kBool ? 1 : 0;
     const Plan p(args.shape, 3 * sizeof(T) + mask_bytes, sizeof(T));
-    const bool stream = p.stream;
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);
         if constexpr (kOptionsAtRunTime<T>) {
-            backward<T, L, kRunTime, kRunTime>(args, p, stream);
+            backward<T, L, kRunTime, kRunTime>(args, p);
         } else {
             with_flag(args.training, [&](auto training) {
                 constexpr int TRAINING = training;
                 switch (args.relu_mask) {
-                    case ReluMask::kNone: backward<T, L, int(ReluMask::kNone), TRAINING>(args, p, stream); break;
-                    case ReluMask::kValues: backward<T, L, int(ReluMask::kValues), TRAINING>(args, p, stream); break;
-                    case ReluMask::kBool: backward<T, L, int(ReluMask::kBool), TRAINING>(args, p, stream); break;
+                    case ReluMask::kNone: backward<T, L, int(ReluMask::kNone), TRAINING>(args, p); break;
+                    case ReluMask::kValues: backward<T, L, int(ReluMask::kValues), TRAINING>(args, p); break;
+                    case ReluMask::kBool: backward<T, L, int(ReluMask::kBool), TRAINING>(args, p); break;
                 }
             });
         }

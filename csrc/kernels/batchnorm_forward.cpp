@@ -220,7 +220,8 @@ void Normalization<T>::finish(const BatchNormForwardArgs& args, const Plan& p, s
 }
 
 template <class T, class Layout, int RELU>
-void forward(const BatchNormForwardArgs& args, const Plan& p, bool stream) {
+void forward(const BatchNormForwardArgs& args, const Plan& p) {
+    const bool stream = p.stream;
     const bool relu = Option<RELU>::get(args.relu);
     const T* x = static_cast<const T*>(args.x);
     T* y = static_cast<T*>(args.y);
@@ -271,9 +272,9 @@ void batchnorm_forward(const BatchNormForwardArgs& args) {
     with_layout(p, [&](auto layout) {
         using L = decltype(layout);
         if constexpr (kOptionsAtRunTime<T>)
-            forward<T, L, kRunTime>(args, p, p.stream);
+            forward<T, L, kRunTime>(args, p);
         else
-            with_flag(args.relu, [&](auto relu) { forward<T, L, relu>(args, p, p.stream); });
+            with_flag(args.relu, [&](auto relu) { forward<T, L, relu>(args, p); });
     });
 }
 

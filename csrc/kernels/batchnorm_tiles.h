@@ -236,9 +236,9 @@ struct Plan {
     // against columns 1.46.) In L2, (64, 64, 7, 7), the two were mixed (forward 0.055 -> 0.064,
     // backward 0.115 -> 0.103): planar.
     bool short_rows_as_columns(std::size_t value_bytes) const {
-        return inner * value_bytes < kShortPlanarRowBytes && 2 * outer >= inner &&
-               outer * row_len * value_bytes > l2_cache_bytes();
+        return short_rows(value_bytes) && 2 * outer >= inner && outer * row_len * value_bytes > l2_cache_bytes();
     }
+    bool short_rows(std::size_t value_bytes) const { return inner * value_bytes < kShortPlanarRowBytes; }
     // Outputs of kStreamMinBytes or more are streamed, but not in short planar runs: a channel's
     // row of 49 floats has at most three whole lines to stream and partial lines at both ends,
     // and the rows are a whole row length apart, so the write-combining buffers are flushed
@@ -248,7 +248,7 @@ struct Plan {
     // forward (16, 4096, 7, 7) 3.25 -> 1.92, (8, 8192, 7, 7) 3.80 -> 1.53; with rows of 196
     // floats, (32, 1024, 14, 14), streaming is faster: 2.55 / 3.50 against 2.33 / 4.10).
     bool streams(std::size_t value_bytes) const {
-        return total() * value_bytes >= kStreamMinBytes && !(planar && block_cols * value_bytes < kShortPlanarRowBytes);
+        return total() * value_bytes >= kStreamMinBytes && !(planar && short_rows(value_bytes));
     }
 
     std::size_t total() const { return outer * row_len; }
