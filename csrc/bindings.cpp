@@ -320,12 +320,13 @@ void require_state(bool needed, py::handle obj, const char* name, const char* be
     if (needed && obj.is_none()) throw py::value_error(std::string(name) + " is required " + because);
 }
 
-// True when every element of array `role` of every tensor, times scale (in the array's dtype),
-// is finite: one read-only pass.
-bool all_finite(const Checked& checked, std::size_t role, double scale = 1.0) {
-    auto probe = kernels().nonfinite_probe[checked.dtype];
+// True when every element of array `role` of every tensor of the batch, all of dtype d, times
+// scale (in dtype d, or in float32 for 16-bit arrays, as the updates unscale them), is finite:
+// one read-only pass.
+bool all_finite(const TensorBatch& batch, std::size_t role, DType d, double scale) {
+    auto probe = d == kBFloat16 || d == kFloat16 ? kernels().nonfinite_probe16[d] : kernels().nonfinite_probe[d];
     double sum = 0.0;
-    for (double partial : reduce_blocks(checked.batch, role, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
+    for (double partial : reduce_blocks(batch, role, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
         sum += partial;
     return sum == 0.0;
 }
@@ -341,7 +342,7 @@ template <class Config>
 bool run(ElementwiseKernel<Config> const* kernels, const Config& config, const Checked& checked,
          bool skip_if_nonfinite = false) {
     py::gil_scoped_release nogil;
-    if (skip_if_nonfinite && !all_finite(checked, 1, grad_mult(config))) return false;
+    if (skip_if_nonfinite && !all_finite(checked.batch, 1, checked.dtype, grad_mult(config))) return false;
     run_elementwise(kernels[checked.dtype], config, checked.batch);
     return true;
 }
@@ -386,12 +387,7 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
         grads.elem_size = dtype_size(g);
         grads.sizes = b.sizes;
         for (std::size_t t = 0; t < b.sizes.size(); ++t) grads.ptrs.push_back(b.ptrs[t * k + 1]);
-        auto probe = g == kFloat32 ? kernels().nonfinite_probe[kFloat32] : kernels().nonfinite_probe16[g];
-        const double scale = grad_mult(config);
-        double sum = 0.0;
-        for (double partial : reduce_blocks(grads, 0, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
-            sum += partial;
-        if (sum != 0.0) return false;
+        if (!all_finite(grads, 0, g, grad_mult(config))) return false;
     }
     const MixedKernel<Config> run_chunk = kernel;
     for_each_chunk(b, [&](void* const*, std::size_t n, std::size_t t, std::size_t offset) {
@@ -625,12 +621,13 @@ void clip_grad_value_(py::handle grads, double clip_value) {
     run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
 }
 
-// True when every grad times 1 / grad_scale (in the grads' dtype, as an update unscales them) is finite.
+// True when every grad times 1 / grad_scale (as an update unscales them) is finite. Grads of
+// any dtype an update takes (float32, float64, bfloat16, float16), one for all.
 bool all_finite_(py::handle grads, std::optional<double> grad_scale) {
     const double mult = grad_transform(false, 0.0, grad_scale).grad_mult;
-    Checked checked = check_grads(grads, false);
+    Checked checked = check_arrays({{"grads", grads, false, true, Kind::kParam}});
     py::gil_scoped_release nogil;
-    return all_finite(checked, 0, mult);
+    return all_finite(checked.batch, 0, checked.dtype, mult);
 }
 
 }  // namespace

@@ -447,6 +447,21 @@ def test_skip_if_nonfinite_16bit_grads(isa):
         assert (p.astype(np.float32) != 1).all()
 
 
+def test_all_finite_16bit_grads(isa):
+    """fusedopt.all_finite takes the grads' every dtype: 16-bit ones unscaled in float32, as the
+    updates unscale them (a float16 60000 times 1 / 1e-35 is inf in float32)."""
+    for gdt in (BF16, F16):
+        g = [np.ones(300, gdt), np.full(77, 60000, gdt)]
+        assert fusedopt.all_finite(g) and fusedopt.all_finite(g, grad_scale=0.5)
+        assert not fusedopt.all_finite(g, grad_scale=1e-35)
+        for bad in (np.inf, -np.inf, np.nan):
+            g[0][255] = bad
+            assert not fusedopt.all_finite(g)
+            g[0][255] = 1
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float32 but grads\[0\] has bfloat16"):
+        fusedopt.all_finite([np.ones(3, BF16), np.ones(3, np.float32)])
+
+
 def bad_calls():
     f64 = np.dtype(np.float64)
     adam = fusedopt.adam_

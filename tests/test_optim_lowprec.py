@@ -193,6 +193,23 @@ def test_class_equals_functional_calls(name, state_dtype, mode):
         assert all(same(p, opt.state[p]["master_param"].astype(dtype)) for p in params)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_skip_if_nonfinite_over_groups_of_16bit_grads(mode):
+    """A step of several kernel calls (two groups) checks all grads, of whatever dtype, before the
+    first call: skipped as a whole for an inf in the last group's, else the step taken."""
+    dtype, options = MODES[mode]
+    opt, twin = (make_optimizer("AdamW", make_params(dtype), state_dtype="int8", **options) for _ in range(2))
+    grads = flat(make_grads(dtype, 1)[0])
+    before = fingerprint(opt)
+    bad = [g.copy() for g in grads]
+    bad[-1][1, 2] = np.inf
+    assert opt.step(bad, skip_if_nonfinite=True) is False
+    assert fingerprint(opt) == before and opt.skipped_steps == 1
+    assert opt.step(grads, skip_if_nonfinite=True) is True
+    assert twin.step(grads) is True
+    assert fingerprint(opt) == fingerprint(twin)
+
+
 def test_stochastic_rounding_changes_with_the_seed_only():
     """Same seed: the same bits (another optimizer, another run); another seed: other bits; each
     group has its own stream (seed + group index)."""

@@ -251,10 +251,12 @@ def adamw_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: St
 
 
 def all_finite(grads: Arrays, grad_scale: float | None = None) -> bool:
-    """True when no element of grads (an array or a list of them) is inf or NaN: one SIMD pass.
+    """True when no element of grads (an array or a list of them, float32, float64, bfloat16 or
+    float16, one dtype for all) is inf or NaN: one SIMD pass.
 
-    With grad_scale, the elements checked are grad * (1 / grad_scale) in the grads' dtype, the
-    gradients an update with that grad_scale uses (a finite float32 3e38 is inf once divided by 0.5).
+    With grad_scale, the elements checked are grad * (1 / grad_scale) in the grads' dtype (in
+    float32 for 16-bit grads), the gradients an update with that grad_scale uses (a finite float32
+    3e38 is inf once divided by 0.5).
     """
     try:
         return _core.all_finite(grads, grad_scale)
