@@ -205,6 +205,83 @@ def test_state_dict_has_torchs_layout():
     assert float(sd["state"][0]["step"]) == 3.0
 
 
+# ---- params that are not C-contiguous ------------------------------------------------------------------
+
+
+def conv_model(seed=0, dtype=torch.float32, memory_format=torch.channels_last):
+    """Conv weights in channels_last (dense, not C-contiguous, as CPU conv training keeps them)
+    beside a linear layer's C-contiguous ones."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5))
+    return model.to(dtype=dtype, memory_format=memory_format)
+
+
+def conv_batches(n, dtype=torch.float32, memory_format=torch.channels_last):
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(16, 3, 8, 8, generator=g).to(dtype=dtype, memory_format=memory_format),
+             torch.randint(0, 5, (16,), generator=g)) for _ in range(n)]
+
+
+def assert_state_in_param_layout(opt):
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if key != "step" and value.shape == p.shape:
+                assert value.stride() == p.stride(), key
+
+
+@pytest.mark.parametrize("name,opts", [CASES[i] for i in (2, 3, 6, 10)], ids=[IDS[i] for i in (2, 3, 6, 10)])
+def test_channels_last_model_matches_torch(name, opts):
+    """A step on params that are dense but not C-contiguous runs in their memory order: torch's
+    numbers, and the state in each param's layout (as torch makes it)."""
+    model, ref_model = conv_model(), conv_model()
+    assert not model[0].weight.is_contiguous()
+    opt = getattr(ft, name)(model.parameters(), **opts)
+    ref_opt = getattr(torch.optim, name)(ref_model.parameters(), **opts, foreach=False)
+    train(model, opt, conv_batches(10))
+    train(ref_model, ref_opt, conv_batches(10))
+    assert_same_training(model, opt, ref_model, ref_opt)
+    assert_state_in_param_layout(opt)
+
+
+@pytest.mark.parametrize("options", [dict(state_dtype="int8", min_8bit_size=0), dict(state_dtype="bfloat16"),
+                                     dict(master_weights=True), dict(stochastic_rounding=True, seed=7)],
+                         ids=["int8", "bf16-state", "bf16-master", "bf16-sr"])
+def test_channels_last_low_precision(options):
+    """8-bit and bfloat16 state, master weights and stochastic rounding on a channels_last model:
+    state in the params' layout, a checkpoint that continues bitwise, and, given the same grads,
+    the numbers of the same params in contiguous memory (bitwise where an element's update does
+    not depend on where it lies; 8-bit blocks and the rounding's random bits follow memory order)."""
+    dtype = torch.bfloat16 if "master_weights" in options or "stochastic_rounding" in options else torch.float32
+    elementwise = options.get("state_dtype") != "int8" and "stochastic_rounding" not in options
+    model = conv_model(dtype=dtype)
+    contiguous = conv_model(dtype=dtype, memory_format=torch.contiguous_format)
+    opt, contiguous_opt = (ft.AdamW(m.parameters(), lr=1e-2, **options) for m in (model, contiguous))
+
+    def train_both(data):
+        for x, y in data:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            for p, q in zip(model.parameters(), contiguous.parameters()):
+                q.grad = p.grad.contiguous()
+            opt.step()
+            contiguous_opt.step()
+
+    data = conv_batches(6, dtype)
+    train_both(data[:3])
+    assert_state_in_param_layout(opt)
+    checkpoint = saved_and_loaded({"model": model.state_dict(), "opt": opt.state_dict()})
+    resumed = conv_model(seed=5, dtype=dtype)
+    resumed.load_state_dict(checkpoint["model"])
+    resumed_opt = ft.AdamW(resumed.parameters(), lr=1e-2, **options)
+    resumed_opt.load_state_dict(checkpoint["opt"])
+    train(resumed, resumed_opt, data[3:])
+    train_both(data[3:])
+    for p, q, c in zip(model.parameters(), resumed.parameters(), contiguous.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(p, c) if elementwise else rel_diff(p.float(), c.float()) < 0.02
+
+
 # ---- what torch's base class gives -------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "first_step", "group", "group_params", "new_state", "params", "present", "ptrs",
+    __slots__ = ("calls", "first_step", "group", "group_params", "new_state", "orders", "params", "present", "ptrs",
                  "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "structure_of",
                  "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
 
@@ -42,6 +42,7 @@ class _Plan:
         self.structure_values: Any = ()               # their values at build time
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
+        self.orders: list[tuple[int, ...] | None] | None = None  # their memory orders (None: all C-contiguous)
         self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
         self.state_keys: list[Any] = []               # the optimizer's state dict's keys and values at build time
         self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of

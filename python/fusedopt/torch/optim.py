@@ -14,6 +14,12 @@ grad, at the same addresses, with the same state tensors) and only converts the 
 The step counters of a plan's params are 0-d views into one tensor, so one write (through
 NumPy) counts the step for all of them.
 
+Memory layouts: a param need only be dense. One that is not C-contiguous (channels_last conv
+weights, a transposed weight) is stepped in its own memory order, its grad and state viewed in
+that order too; the state is made in the param's layout (as torch makes it), so an 8-bit
+state's blocks are runs of 256 elements of that memory. A grad in another layout than its
+param's is refused (ValueError); a checkpoint's state in another layout is converted on load.
+
 Low precision: every class takes fusedopt.optim's keyword-only options, with the same meaning
 (see fusedopt.optim.Optimizer): state_dtype="float32" | "bfloat16" | "int8", master_weights,
 stochastic_rounding with seed, min_8bit_size. They are the optimizer's (kept in self.defaults,
@@ -85,13 +91,39 @@ _SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
 _NO_ROUNDING: dict[str, Any] = {}
 
 
-def _as_tensors(name: str, value: np.ndarray | QuantizedState) -> dict[str, torch.Tensor]:
-    """A state array (fusedopt.optim's form) as state tensors, sharing its memory."""
+def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The dims of a dense tensor that is not C-contiguous (a channels_last conv weight, a
+    transposed one) from the slowest to the fastest in memory: t.permute(order) is a C-contiguous
+    view of the same memory. None for a C-contiguous tensor, and for one that is not dense (which
+    the kernels' checks refuse).
+
+    A step runs on every tensor of a param (param, grad, state, master, copy) viewed in its
+    param's memory order, elementwise, as torch.optim's foreach and fused steps do: state is made
+    in the param's layout (preserve_format, as torch makes it), and 8-bit blocks are runs of 256
+    elements of that memory."""
+    if t.is_contiguous():
+        return None
+    order = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d))))
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _in_order(t: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    """t viewed in its param's memory order (_memory_order); as it is if it has other dims (whose
+    shape the kernels' checks refuse)."""
+    return t if order is None or t.dim() != len(order) else t.permute(order)
+
+
+def _as_tensors(name: str, value: np.ndarray | QuantizedState, order: tuple[int, ...] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """A state array (fusedopt.optim's form, in its param's memory order) as state tensors of the
+    param's shape, sharing its memory."""
+    def shaped(t: torch.Tensor) -> torch.Tensor:
+        return t if order is None else t.permute(tuple(sorted(range(len(order)), key=order.__getitem__)))
     if isinstance(value, QuantizedState):
-        return {name: torch.from_numpy(value.codes), name + _SCALES: torch.from_numpy(value.scales)}
+        return {name: shaped(torch.from_numpy(value.codes)), name + _SCALES: torch.from_numpy(value.scales)}
     if value.dtype.itemsize == 2 and value.dtype.name == "bfloat16":
-        return {name: torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)}
-    return {name: torch.from_numpy(value)}
+        return {name: shaped(torch.from_numpy(value.view(np.int16)).view(torch.bfloat16))}
+    return {name: shaped(torch.from_numpy(value))}
 
 
 def _view(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -175,28 +207,33 @@ class _FusedStep(torch.optim.Optimizer):
             if state.get(spec.name) is not None:
                 continue
             if spec.name == MASTER_PARAM:
-                new[spec.name] = torch.empty(param.shape, dtype=torch.float32).copy_(param.detach())
+                new[spec.name] = torch.empty_like(param, dtype=torch.float32,
+                                                  memory_format=torch.preserve_format).copy_(param.detach())
                 continue
             kind = "float32" if dtype is None else _state_dtype_of(dtype, param.numel(), options)
             if kind == "int8":
-                codes = torch.zeros(param.shape, dtype=torch.uint8)
+                codes = torch.zeros_like(param, dtype=torch.uint8, memory_format=torch.preserve_format)
                 scales = torch.zeros(-(-param.numel() // QUANT_BLOCK), dtype=torch.float32)
                 fill = spec.fill(self.defaults)
                 if fill:
-                    quantize(np.full(tuple(param.shape), fill, np.float32), spec.signed,
-                             out=QuantizedState(codes.numpy(), scales.numpy(), spec.signed))
+                    in_order = _in_order(codes, _memory_order(param))
+                    quantize(np.full(tuple(in_order.shape), fill, np.float32), spec.signed,
+                             out=QuantizedState(in_order.numpy(), scales.numpy(), spec.signed))
                 new[spec.name], new[spec.name + _SCALES] = codes, scales
                 continue
             target = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[kind]
             if param.dtype == target or dtype is None:
                 new[spec.name] = self._new_state_tensor(spec.name, param)
             else:
-                new[spec.name] = torch.full(param.shape, spec.fill(self.defaults), dtype=target)
+                new[spec.name] = torch.full_like(param, spec.fill(self.defaults), dtype=target,
+                                                 memory_format=torch.preserve_format)
         return new
 
-    def _state_view(self, spec: StateArray, tensors: dict[str, Any], i: int) -> np.ndarray | QuantizedState:
-        """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit state)."""
-        tensor, scales = tensors[spec.name], tensors.get(spec.name + _SCALES)
+    def _state_view(self, spec: StateArray, tensors: dict[str, Any], i: int,
+                    order: tuple[int, ...] | None) -> np.ndarray | QuantizedState:
+        """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit
+        state), in the param's memory order."""
+        tensor, scales = _in_order(tensors[spec.name], order), tensors.get(spec.name + _SCALES)
         if tensor.dtype == torch.uint8 and scales is not None:
             return QuantizedState(_view(tensor, f"state[{spec.name!r}] of param {i}"),
                                   _view(scales, f"state[{spec.name + _SCALES!r}] of param {i}"), spec.signed)
@@ -218,6 +255,7 @@ class _FusedStep(torch.optim.Optimizer):
         options, _ = self._low_precision()
         specs = {spec.name: spec for spec in self._specs()}
         dtype = _numpy_dtype(param.dtype)
+        order = _memory_order(param)
         out: dict[Any, Any] = {}
         for key, value in saved.items():
             name = f"{where}[{key!r}]"
@@ -230,24 +268,32 @@ class _FusedStep(torch.optim.Optimizer):
                     scales = saved.get(key + _SCALES)
                     if not torch.is_tensor(scales):
                         raise ValueError(f"{name} is a uint8 tensor (8-bit codes) without its {key + _SCALES!r} tensor")
+                    # the codes' blocks are runs of their own memory: in another layout than the
+                    # param's (a checkpoint of the model in another memory format), decoded there
+                    codes_order = _memory_order(value)
                     try:
-                        array = QuantizedState(_view(value, name), _view(scales, f"{where}[{key + _SCALES!r}]"),
-                                               spec.signed)
+                        array = QuantizedState(_view(_in_order(value, codes_order), name),
+                                               _view(scales, f"{where}[{key + _SCALES!r}]"), spec.signed)
                     except (TypeError, ValueError) as e:
                         raise type(e)(f"{name}: {e}") from None
+                    if codes_order != order and value.dim() == param.dim():
+                        decoded = torch.from_numpy(array.dequantize())
+                        if codes_order is not None:
+                            decoded = decoded.permute(tuple(sorted(range(value.dim()), key=codes_order.__getitem__)))
+                        array = _view(_in_order(decoded, order).contiguous(), name)
                 else:
-                    array = _view(value, name)
+                    array = _view(_in_order(value, order), name)
                 kind = "float32" if key == MASTER_PARAM else _state_dtype_of(dtype, param.numel(), options)
-                converted = _loaded_state(array, kind, spec.signed, _view(param, "its param"), name,
+                converted = _loaded_state(array, kind, spec.signed, _view(_in_order(param, order), "its param"), name,
                                           convert=key != MASTER_PARAM)
                 if converted is array:
                     if not copy:
-                        out[key] = value
+                        out[key] = saved[key]
                         if isinstance(array, QuantizedState):
                             out[key + _SCALES] = saved[key + _SCALES]
                         continue
                     converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
-                out.update(_as_tensors(key, converted))
+                out.update(_as_tensors(key, converted, order))
             elif isinstance(key, str) and key.endswith(_SCALES) and key[:-len(_SCALES)] in specs:
                 if key[:-len(_SCALES)] not in saved:
                     raise ValueError(f"{name} holds 8-bit scales but {where} has no {key[:-len(_SCALES)]!r} codes")
@@ -383,6 +429,8 @@ class _FusedStep(torch.optim.Optimizer):
                 continue
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
+            if plan.orders is not None:  # params not C-contiguous: grads in their params' memory order
+                grads = list(map(_in_order, grads, plan.orders))
             try:  # Tensor.numpy: ~0.6 us a grad; fusedopt's conversion names a grad it refuses
                 views = list(map(_as_ndarray, grads))
             except (TypeError, RuntimeError):
@@ -447,7 +495,7 @@ class _FusedStep(torch.optim.Optimizer):
         plan.structure_values = plan.structure_of(group)
         specs = [spec for spec, needed in zip(self._specs(), plan.structure) if needed]
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
-        param_views, state_views, steps_taken = [], [], []
+        param_views, state_views, steps_taken, orders = [], [], [], []
         step_dtype = _get_scalar_dtype()  # torch.optim's step dtype
         for p, has_grad in zip(plan.group_params, present):
             if not has_grad:
@@ -464,8 +512,9 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.watched_keys.append(spec.name)
                     plan.watched_tensors.append(state[spec.name])
             tensors = {**{name: state[name] for name in state}, **new}
-            param_views.append(_view(p, f"param {i} of its group"))
-            state_views.append({spec.argument: self._state_view(spec, tensors, i) for spec in specs})
+            orders.append(_memory_order(p))
+            param_views.append(_view(_in_order(p, orders[-1]), f"param {i} of its group"))
+            state_views.append({spec.argument: self._state_view(spec, tensors, i, orders[-1]) for spec in specs})
             if _MASTER[0].argument in state_views[-1]:  # the call updates the master; the param is its copy
                 state_views[-1]["param_copies"] = param_views[-1]
                 master = state_views[-1].pop(_MASTER[0].argument)
@@ -504,6 +553,7 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.watched_keys.append("step")
                     plan.watched_tensors.append(counter)
         plan.state_keys = [*self.state, *self.state.values()]
+        plan.orders = orders if any(order is not None for order in orders) else None
         return plan
 
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
