@@ -421,7 +421,6 @@ def edit(state_dict, index, name, value):
 BAD_LOADS = [
     ("bf16 master", lambda sd: edit(sd, 0, "master_param", sd["state"][0]["master_param"].astype(BF16)), ValueError,
      "master_param'\\] has dtype bfloat16"),
-    ("no master", lambda sd: (sd["state"][0].pop("master_param"), sd)[1], ValueError, "needs"),
     ("signed exp_avg_sq", lambda sd: edit(sd, 0, "exp_avg_sq", fusedopt.quantized_zeros_like(np.zeros((70, 64)), True)),
      ValueError, "signed QuantizedState"),
     ("negative exp_avg_sq", lambda sd: edit(sd, 0, "exp_avg_sq", -np.ones((70, 64), np.float32)), ValueError,
@@ -457,6 +456,29 @@ def test_stochastic_rounding_loads_a_checkpoint_without_seeds():
     assert fingerprint(sr)[1] == fingerprint(plain)[1]
     with pytest.raises(ValueError, match="master_param"):  # master weights are state the other one lacks
         plain.load_state_dict(nearest.state_dict())
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_checkpoints_between_rounding_modes(name):
+    """What fusedopt.torch's classes load, these do: a round-to-nearest checkpoint into stochastic
+    rounding (SGD's state, which keeps no step, means a step was taken) and back (the seeds, and
+    SGD's step, dropped); one without master weights into master_weights (the master made from
+    the param at the next step, as at a first step)."""
+    sr, master = dict(stochastic_rounding=True, seed=5), dict(master_weights=True)
+    for source, target in [({}, sr), (sr, {}), ({}, master), (sr, master)]:
+        src = make_optimizer(name, make_params(BF16), **source)
+        src.step(flat(make_grads(BF16, 1)[0]))
+        dst = make_optimizer(name, make_params(BF16, seed=3), **target)
+        dst.load_state_dict(src.state_dict())
+        for p, q in zip(flat(src.param_groups[k]["params"] for k in range(2)),
+                        flat(dst.param_groups[k]["params"] for k in range(2))):
+            arrays = {key for key, value in src.state[p].items() if isinstance(value, np.ndarray)}
+            assert arrays == {key for key, value in dst.state[q].items() if isinstance(value, np.ndarray)}
+            assert all(same(dst.state[q][key], src.state[p][key]) for key in arrays)
+            assert ("step" in dst.state[q]) == (name != "SGD" or "seed" in target)
+        assert dst.step(flat(make_grads(BF16, 2)[1])) is True
+        q = dst.param_groups[0]["params"][0]
+        assert ("master_param" in dst.state[q]) == ("master_weights" in target)
 
 
 def replace_state(k, j, name, make):

@@ -662,7 +662,11 @@ class Optimizer:
         State in another precision is converted to this optimizer's (see _loaded_state): float32
         <-> bfloat16 (rounded to nearest even), float32/bfloat16 -> 8-bit (fusedopt.quantize) and
         back (dequantized); float64 state converts to nothing. master_param must be float32.
-        A checkpoint without group seeds loaded by a stochastic_rounding optimizer keeps its seeds.
+        A checkpoint without group seeds loaded by a stochastic_rounding optimizer keeps its seeds
+        (an SGD checkpoint without steps counts one step taken), one with seeds loaded by a
+        round-to-nearest optimizer drops them (and SGD's steps), and one without master weights
+        loaded by a master_weights optimizer has them made from the params at the next step, as
+        fusedopt.torch's classes load them.
         """
         groups, state, converted = self._checked_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
@@ -704,6 +708,8 @@ class Optimizer:
                                  f"holds params {list(indices)}; is the state_dict from another model?")
             if "seed" in self._options() and "seed" not in loaded:
                 loaded = {**loaded, "seed": group["seed"]}  # a checkpoint of round-to-nearest params
+            elif "seed" not in self._options() and "seed" in loaded:
+                loaded = {key: value for key, value in loaded.items() if key != "seed"}  # of stochastic rounding
             groups.append(self._checked_hyperparameters(loaded, where))
             param_info.update((i, (p, groups[-1])) for i, p in zip(indices, group["params"]))
 
@@ -722,7 +728,16 @@ class Optimizer:
                 raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
             param, hyperparameters = param_info[i]  # type: ignore[index]  # an Integral key, found above
             specs = self._state_specs(hyperparameters)
-            needed = set(specs) | ({"step"} if self.counts_steps else set())
+            # master weights missing (a checkpoint without them) are made from the param at the
+            # next step, as at a first step
+            needed = set(specs) - {MASTER_PARAM} | ({"step"} if self.counts_steps else set())
+            if not type(self).counts_steps:  # SGD: only stochastic rounding keeps a step
+                if self.counts_steps and "step" not in state and set(state) & set(specs):
+                    # a round-to-nearest checkpoint into stochastic rounding: its state means a step
+                    # was taken, as fusedopt.torch.SGD loads torch.optim.SGD's
+                    state = {**state, "step": 1}
+                elif not self.counts_steps and "step" in state:  # a stochastic-rounding checkpoint
+                    state = {key: value for key, value in state.items() if key != "step"}
             if set(state) - known or needed - set(state):
                 raise ValueError(f"{where} has the keys {sorted(map(str, state))}; {type(self).__name__} with "
                                  f"these hyperparameters needs {sorted(needed)} (and allows {sorted(known)})")
