@@ -775,6 +775,23 @@ def test_torch_bad_load_changes_nothing(desc, change, exc, match):
     assert all(same(after[i][k], v) if k != "step" else after[i][k] == v for i in before for k, v in before[i].items())
 
 
+def test_torch_replaced_scales_are_used():
+    """An 8-bit state's scales tensor replaced between steps (by a copy): the next step updates
+    the new one, as it does a replaced codes tensor (the same bits as without the replacement)."""
+    pytest.importorskip("torch")
+    opts = [torch_optimizer("AdamW", torch_params(make_params(F32)), state_dtype="int8") for _ in range(2)]
+    grads = make_grads(F32, 4)
+    for t, g in enumerate(grads):
+        for k, opt in enumerate(opts):
+            if t == 2 and k == 1:
+                for state in opt.state.values():
+                    for key in [key for key in state if key.endswith("_scales")]:
+                        state[key] = state[key].clone()
+            torch_step(opt, g)
+    for a, b in zip(*(map(numpy_form, opt.state.values()) for opt in opts)):
+        assert a.keys() == b.keys() and all(a[key] == b[key] if key == "step" else same(a[key], b[key]) for key in a)
+
+
 def test_torch_master_weights_start_at_the_first_step():
     """The master is the param as it is at its first step (weights loaded into the model after the
     optimizer was made count), also for Adagrad, whose state torch makes at construction."""

@@ -412,13 +412,16 @@ def test_grad_scaler_after_unscale_for_clipping():
 
 
 def test_the_plan_follows_changes_between_steps():
-    """Params moved to new memory, state replaced, a state_dict loaded, a deep copy: each step
-    uses what the optimizer holds now, as torch's does."""
+    """Params moved to new memory, a step count changed in place, state replaced, a state_dict
+    loaded, a deep copy: each step uses what the optimizer holds now, as torch's does."""
     data = batches(12)
     model, ref_model = make_model(), make_model()
     opt = ft.Adam(model.parameters(), lr=0.01)
     ref_opt = torch.optim.Adam(ref_model.parameters(), lr=0.01, foreach=False)
     for t, (x, y) in enumerate(data):
+        if t == 2:  # a param's step count changed in place (its bias correction follows)
+            for m, o in ((model, opt), (ref_model, ref_opt)):
+                o.state[m[0].weight]["step"].fill_(100.0)
         if t == 3:  # new memory for a param
             for m in (model, ref_model):
                 m[0].weight.data = m[0].weight.data.clone()
@@ -440,7 +443,7 @@ def test_the_plan_follows_changes_between_steps():
             opt = opt_copy
         train(model, opt, [(x, y)])
         train(ref_model, ref_opt, [(x, y)])
-        if t in (4, 6, 8):  # each change checked before the load at t == 9 makes both the same again
+        if t in (2, 4, 6, 8):  # each change checked before the load at t == 9 makes both the same again
             assert_same_training(model, opt, ref_model, ref_opt)
     assert_same_training(model, opt, ref_model, ref_opt)
 

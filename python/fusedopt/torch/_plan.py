@@ -28,9 +28,9 @@ class _Call(NamedTuple):
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
-    __slots__ = ("calls", "first_step", "group", "group_params", "new_state", "orders", "params", "present", "ptrs",
-                 "state", "state_dicts", "state_keys", "step_counts", "steps", "structure", "structure_of",
-                 "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
+    __slots__ = ("calls", "counted", "first_step", "group", "group_params", "new_state", "orders", "params",
+                 "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "structure",
+                 "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -53,13 +53,16 @@ class _Plan:
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
         self.step_counts: np.ndarray | None = None    # steps as NumPy (a view of it)
         self.first_step: int | None = None            # the steps every param had taken at build time (None: unequal)
+        self.counted = b""                            # step_counts' bytes as the last step left them
         self.taken = 0                                 # steps taken with the plan: added to each call's step
 
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step).
         The params' state dicts are checked as the whole state dict's keys and values, in order,
         being the same objects: looking each param up would call torch's Python Tensor.__hash__
-        per param (a new entry for another group's param makes this plan again, once)."""
+        per param (a new entry for another group's param makes this plan again, once). The step
+        counters, which state["step"] are views of, as the last step left them: a count changed
+        in place (state["step"].fill_(n), as torch.optim honours) plans again from the counts."""
         return (self.group is group and self.state is state and self.present == present
                 and self.structure_of(group) == self.structure_values
                 and len(group["params"]) == len(self.group_params)
@@ -68,4 +71,5 @@ class _Plan:
                 and len(state) * 2 == len(self.state_keys)
                 and all(map(operator.is_, chain(state, state.values()), self.state_keys))
                 and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),
-                            self.watched_tensors)))
+                            self.watched_tensors))
+                and (self.step_counts is None or self.step_counts.tobytes() == self.counted))

@@ -465,6 +465,7 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.step_counts.fill(plan.first_step + plan.taken)
                 else:
                     np.add(plan.step_counts, 1, out=plan.step_counts)
+                plan.counted = plan.step_counts.tobytes()
             torch._C._increment_version(plan.params)  # torch.autograd.graph.increment_version, less its isinstance
             if plan.new_state:
                 for p, new in plan.new_state:
@@ -508,9 +509,11 @@ class _FusedStep(torch.optim.Optimizer):
             plan.ptrs.append(p.data_ptr())
             for spec in specs:
                 if spec.name not in new:
-                    plan.watched_dicts.append(state)
-                    plan.watched_keys.append(spec.name)
-                    plan.watched_tensors.append(state[spec.name])
+                    for entry in (spec.name, spec.name + _SCALES):  # an 8-bit state's scales too
+                        if entry in state:
+                            plan.watched_dicts.append(state)
+                            plan.watched_keys.append(entry)
+                            plan.watched_tensors.append(state[entry])
             tensors = {**{name: state[name] for name in state}, **new}
             orders.append(_memory_order(p))
             param_views.append(_view(_in_order(p, orders[-1]), f"param {i} of its group"))
@@ -540,6 +543,7 @@ class _FusedStep(torch.optim.Optimizer):
             # one tensor of counters, torch's dtype: a step counts for all params with one write
             plan.steps = torch.tensor(steps_taken, dtype=step_dtype)
             plan.step_counts = plan.steps.numpy()
+            plan.counted = plan.step_counts.tobytes()
             if steps_taken.count(steps_taken[0]) == len(steps_taken):
                 plan.first_step = steps_taken[0]
             new_state = {id(p): new for p, new in plan.new_state}
