@@ -21,6 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 # after the importorskip: fusedopt.torch imports torch
+import fusedopt  # noqa: E402
+import fusedopt.torch  # noqa: E402
 import fusedopt.torch.batchnorm as fbn  # noqa: E402
 from fusedopt.torch.batchnorm import (  # noqa: E402
     BatchNorm1d,
@@ -534,6 +536,31 @@ def test_module_in_a_model_trains_like_torch(isa: str) -> None:
             opt.step()
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert rel_err(a, b) <= 1e-5, name  # 5 steps of a network: 2x the one-layer tolerance
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (192, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_same_bits_for_any_thread_count_on_torchs_team(isa: str, threads: None, shape: tuple[int, int],
+                                                        dtype: Any) -> None:
+    """With fusedopt.torch imported, fusedopt's regions run on torch's OpenMP team, where calls
+    of over 1 MB run on every thread: whole rows, (N, C), are then cut into a tile of channels
+    per thread (Plan). Outputs, gradients and running statistics: the bits of one thread."""
+    if not fusedopt.torch.use_torch_threads():
+        pytest.skip("torch's parallel backend is not libgomp")
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 5).requires_grad_()
+    dy = torch.randn(shape, generator=gen, dtype=dtype)
+    results = []
+    for nthreads in (1, 2):
+        fusedopt.set_num_threads(nthreads)
+        m = BatchNorm1d(shape[1]).to(dtype)
+        x.grad = None
+        y = m(x)
+        y.backward(dy)
+        assert m.weight.grad is not None and m.bias.grad is not None and x.grad is not None
+        results.append([t.detach().numpy().tobytes()
+                        for t in (y, x.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var)])
+    assert results[0] == results[1]
 
 
 # ---- outputs from fusedopt's output pool -------------------------------------------------------

@@ -59,6 +59,10 @@ constexpr std::size_t kMaxPlanarBlockRows = 8;
 // 2, 2) 0.98x / 0.86x, (256, 512, 4, 4) 0.96x / 0.83x, (1024, 8192) bwd 0.76x / 0.66x; (64,
 // 8192) fwd 1.03x / 1.03x, (256, 512, 4, 4) bwd 1.05x / 0.82x)
 constexpr std::size_t kTileCols = 1024;
+// columns: whole rows cut into a tile per thread (see Plan) keep at least this many columns each
+// (the former kTileCols: with 1024, a (256, 1024) call was one tile, one thread, on torch's
+// 2-thread team; its fusedopt.torch.BatchNorm1d step went from 0.32 to 0.44 ms)
+constexpr std::size_t kMinThreadTileCols = 256;
 // columns: rows up to this long are one tile, so every pass reads whole rows in order (tiles
 // of a row cut it into strided pieces, which the prefetchers and the streaming stores handle
 // at half the speed); longer rows are cut into tiles of kTileCols columns
@@ -197,16 +201,16 @@ struct Plan {
             block_cols = tile_channels * inner;
             col_chunks = 1;
             block_rows = std::max(kMinColumnBlockRows, kColumnBlockElems / block_cols);
-            if (parallel && tile_channels == channels && outer <= block_rows && row_len > kTileCols) {
+            if (parallel && tile_channels == channels && outer <= block_rows && row_len > kMinThreadTileCols) {
                 // Whole rows of one block, e.g. (256, 1024), are one tile: one task. On several
                 // threads they are cut into a tile of whole channels per thread (at least
-                // kTileCols columns), with the same block rows: every channel's sums are the
+                // kMinThreadTileCols columns), with the same block rows: every channel's sums are the
                 // same terms in the same order in any tile (whole rows are not short, see
                 // kShortRowBytes), so the results do not depend on the cut. (On 1 thread the
                 // cut costs: (256, 1024) backward 209-211 -> 235-237 us; on torch's 2-thread
                 // team fwd / bwd 137-141 / 213-216 -> 102-106 / 140-142 us, best of 25.)
                 const std::size_t threads = static_cast<std::size_t>(get_num_threads());
-                tile_channels = std::max((channels + threads - 1) / threads, std::max<std::size_t>(1, kTileCols / inner));
+                tile_channels = std::max((channels + threads - 1) / threads, std::max<std::size_t>(1, kMinThreadTileCols / inner));
                 block_cols = tile_channels * inner;
             }
         }
