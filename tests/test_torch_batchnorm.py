@@ -13,6 +13,7 @@ to the sums of absolute values behind them, as in test_batchnorm.py):
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -462,7 +463,7 @@ def test_one_value_per_channel_in_training_raises_as_torch() -> None:
 
 
 @pytest.mark.parametrize("case", ["dims", "eps0_train", "eps_negative_eval", "channels", "bfloat16", "float16",
-                                  "mixed_dtype", "empty", "float64_weight", "negated_view"])
+                                  "mixed_dtype", "empty", "float64_weight", "negated_view", "misaligned"])
 def test_other_cases_behave_as_torch(case: str) -> None:
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(4, 3, 5, 6, generator=gen)
@@ -489,9 +490,41 @@ def test_other_cases_behave_as_torch(case: str) -> None:
     elif case == "negated_view":  # memory holding -x: the kernels read raw memory, so torch computes it
         x = torch._neg_view(-x)
         assert x.is_neg()
+    elif case == "misaligned":  # float32 values one byte past an aligned address
+        raw = torch.zeros(x.numel() * 4 + 1, dtype=torch.uint8)
+        raw[1:] = x.reshape(-1).view(torch.uint8)
+        x = torch.frombuffer(raw.numpy(), dtype=torch.float32, offset=1).reshape(x.shape)
+        assert x.data_ptr() % 4 == 1
     same_behaviour(lambda: ours(x), lambda: theirs(x))
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap", "jacrev", "forward_ad"])
+def test_torch_func_transforms_and_forward_ad_as_torch(transform: str) -> None:
+    """torch.func's transforms and forward-mode AD's dual tensors run torch's batch_norm (the
+    kernels' autograd.Function has no vmap or jvp rule): torch's numbers."""
+    gen = torch.Generator().manual_seed(4)
+    x, tangent = torch.randn(4, 3, 5, 6, generator=gen), torch.randn(4, 3, 5, 6, generator=gen)
+    results = []
+    for module in (BatchNorm2d(3), torch.nn.BatchNorm2d(3, track_running_stats=False)):
+        if isinstance(module, BatchNorm2d):
+            module.track_running_stats, module.running_mean, module.running_var = False, None, None
+            module.num_batches_tracked = None
+        if transform == "grad":
+            results.append(torch.func.grad(lambda x, m=module: m(x).square().mean())(x))
+        elif transform == "vmap":
+            results.append(torch.func.vmap(module)(x.unsqueeze(1)))
+        elif transform == "jacrev":
+            results.append(torch.func.jacrev(lambda w, m=module: m(x * w.view(1, 3, 1, 1)).square().sum(dim=(0, 2, 3)))(
+                torch.ones(3)))
+        else:
+            import torch.autograd.forward_ad as fwad
+            # (torch's forward-mode batch norm formula warns of its own use of torch.jit.script)
+            with fwad.dual_level(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                results.append(fwad.unpack_dual(module(fwad.make_dual(x, tangent))).tangent)
+    assert results[0] is not None and torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("training,stats", [(True, "mean_only"), (True, "var_only"), (False, "mean_only"),

@@ -19,7 +19,8 @@ the channel axis 1, or channels-last (torch.channels_last, channels_last_3d, or 
 whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with axis -1; the
 output and the input's gradient are in that same layout. An input in any other layout is copied
 to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
-lazily negated views, tensor subclasses with __torch_function__, mismatched shapes) is handed to
+lazily negated views, an input not aligned to its dtype, tensor subclasses with __torch_function__,
+torch.func transforms, forward-mode AD's dual tensors, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
 
@@ -53,6 +54,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -65,6 +67,7 @@ from .._tensors import numpy_dtype
 # fusedopt.batchnorm's two kernels, positional (_core's signatures: the module passes vetted
 # arguments, without the keyword layer's checks)
 _batchnorm_forward = _core.batchnorm_forward
+_are_functorch_transforms_active = torch._C._are_functorch_transforms_active
 _batchnorm_backward = _core.batchnorm_backward
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d", "batch_norm"]
@@ -212,11 +215,25 @@ class _BatchNormFunction(torch.autograd.Function):
         return _backward(ctx, dy)
 
 
+def _aligned(t: Tensor) -> bool:
+    return bool(t.data_ptr() % t.element_size() == 0)
+
+
+def _has_tangent(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether forward-mode AD is on and gives one of tensors a tangent (the kernels' Function has no jvp)."""
+    return _forward_ad._current_level >= 0 and any(
+        t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def _kernels_take(x: Tensor, per_channel: tuple[Tensor | None, ...]) -> bool:
-    """Whether fusedopt's kernels compute this call (else torch's batch_norm does)."""
-    if x.dtype not in _KERNEL_DTYPES or not _raw_memory(x, x.dtype):
+    """Whether fusedopt's kernels compute this call (else torch's batch_norm does): not under
+    torch.func's transforms (grad, vmap, jacrev, ...) nor for forward-mode AD's dual tensors,
+    whose rules torch's batch_norm has and the kernels' autograd.Function lacks."""
+    if bool(_are_functorch_transforms_active()):  # (their wrapped tensors have no memory to view)
         return False
-    if x.dim() < 2 or x.numel() == 0 or has_torch_function_variadic(x, *per_channel):
+    if x.dtype not in _KERNEL_DTYPES or not _raw_memory(x, x.dtype) or not _aligned(x):
+        return False
+    if x.dim() < 2 or x.numel() == 0 or has_torch_function_variadic(x, *per_channel) or _has_tangent((x, *per_channel)):
         return False
     channels = (x.shape[1],)
     return all(t is None or (_raw_memory(t, x.dtype, channels) and t.is_contiguous()) for t in per_channel)
