@@ -457,7 +457,8 @@ def test_non_finite_value_gives_nan_invstd_like_torch(isa, shape, axis, dtype, w
     """An inf or a NaN in a channel (in its first rows, where the shift comes from, or its last
     block): the channel's var is nan (inf - inf), so save_invstd and the running var are nan and y
     is nan, as torch computes them (not invstd = 1 / sqrt(inf) = 0, nor a NaN variance clamped
-    to 0); the other channels are untouched."""
+    to 0); its mean and running mean are the inf (sum(x) / n), or nan; the other channels are
+    untouched."""
     x, weight, bias, running_mean, running_var, _ = make_case(shape, axis, dtype)
     index = [0 if where == "first" else n - 1 for n in shape]
     index[axis % len(shape)] = 3
@@ -470,6 +471,8 @@ def test_non_finite_value_gives_nan_invstd_like_torch(isa, shape, axis, dtype, w
     channel = np.moveaxis(y, axis, 0)
     assert np.isnan(save_invstd[3]) and np.isnan(rv[3]) and np.all(np.isnan(channel[3])), (save_mean[3], save_invstd[3])
     assert np.isnan(invstd_r[3])
+    for mean in (save_mean[3], rm[3], mean_r[3]):
+        assert np.isnan(mean) if np.isnan(value) else mean == value, (save_mean[3], rm[3], mean_r[3])
     others = np.arange(shape[axis]) != 3
     assert rel_err(np.moveaxis(y_r, axis, 0)[others], channel[others]) <= TOL[dtype]
     assert rel_err(save_invstd[others], invstd_r[others]) <= TOL[dtype]

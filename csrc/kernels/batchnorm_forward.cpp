@@ -31,6 +31,13 @@ inline Moments shifted_moments(double count, double inv_count, double shift, dou
 inline bool shift_too_far(double inv_count, double sum_d, double sum_d2) {
     return sum_d * (sum_d * inv_count) > 0.5 * sum_d2;
 }
+// A shift in T: a mean rounded to T, or 0 where that is not finite (a channel holding an inf: an
+// inf shift would make every deviation inf - inf or -inf, and the mean NaN where it is +-inf)
+template <class T>
+T finite_shift(double mean) {
+    const T shift = static_cast<T>(mean);
+    return std::isfinite(shift) ? shift : T(0);
+}
 
 // forward_statistics of small channels (small_channel: each tile one block), tiles [t0, t1) into
 // moments[t - t0]: the same shift (the mean of the first rows, at least kShiftSample values) and
@@ -53,7 +60,7 @@ void small_channel_moments(const Plan& p, const T* x, std::size_t t0, std::size_
         small_channel_sums<T, 1>(p, t, sample_rows, [x](auto v, std::size_t i, auto* acc) {
             acc[0] = acc[0] + decltype(v)::load(x + i);
         }, &sample_sum);
-        shifts[t - t0] = static_cast<T>(sample_sum * inv_sample);
+        shifts[t - t0] = finite_shift<T>(sample_sum * inv_sample);
     }
     auto deviation_sums = [&](std::size_t t) {
         small_channel_sums<T, 2>(p, t, p.outer, [x, shift = shifts[t - t0]](auto v, std::size_t i, auto* acc) {
@@ -68,7 +75,7 @@ void small_channel_moments(const Plan& p, const T* x, std::size_t t0, std::size_
         const double* const s = &sums[2 * (t - t0)];
         T& shift = shifts[t - t0];
         if (shift_too_far(inv_n, s[0], s[1])) {
-            shift = static_cast<T>(static_cast<double>(shift) + s[0] * inv_n);
+            shift = finite_shift<T>(static_cast<double>(shift) + s[0] * inv_n);
             deviation_sums(t);
         }
         moments[t - t0] = shifted_moments(n, inv_n, static_cast<double>(shift), s[0], s[1]);
@@ -110,9 +117,9 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
                 acc[0] = acc[0] + V::load(x + i);
             }, s.sums.data(), s.acc);
             const double inv_sample = 1.0 / p.channel_count(sample);
-            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(s.sums[c] * inv_sample);
+            for (std::size_t c = 0; c < nch; ++c) s.means[c] = finite_shift<T>(s.sums[c] * inv_sample);
         } else {
-            for (std::size_t c = 0; c < nch; ++c) s.means[c] = static_cast<T>(moments[c].mean);
+            for (std::size_t c = 0; c < nch; ++c) s.means[c] = finite_shift<T>(moments[c].mean);
         }
         // Planar blocks are rows of one channel far apart: the pass prefetches the next
         // block. Columns blocks follow each other in memory, which the hardware prefetches
@@ -135,7 +142,7 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
             const double sum_d = s.sums[2 * c], sum_d2 = s.sums[2 * c + 1];
             if (shift_too_far(inv_count, sum_d, sum_d2)) {
                 reshift = true;
-                s.means[c] = static_cast<T>(static_cast<double>(s.means[c]) + sum_d * inv_count);
+                s.means[c] = finite_shift<T>(static_cast<double>(s.means[c]) + sum_d * inv_count);
             }
         }
         if (reshift) deviation_sums();
