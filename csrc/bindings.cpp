@@ -324,7 +324,7 @@ void require_state(bool needed, py::handle obj, const char* name, const char* be
 // scale (in dtype d, or in float32 for 16-bit arrays, as the updates unscale them), is finite:
 // one read-only pass.
 bool all_finite(const TensorBatch& batch, std::size_t role, DType d, double scale) {
-    auto probe = d == kBFloat16 || d == kFloat16 ? kernels().nonfinite_probe16[d] : kernels().nonfinite_probe[d];
+    auto probe = kernels().nonfinite_probe[d];
     double sum = 0.0;
     for (double partial : reduce_blocks(batch, role, [&](const void* x, std::size_t n) { return probe(x, n, scale); }))
         sum += partial;
@@ -561,7 +561,10 @@ void stream_probe(py::handle read_write, py::handle read_only, py::handle write_
 
 // ---- gradient norms and clipping -------------------------------------------------------------
 
-Checked check_grads(py::handle grads, bool written) { return check_arrays({{"grads", grads, written}}); }
+// Grads of any dtype an update takes (float32, float64, bfloat16, float16), one for all.
+Checked check_grads(py::handle grads, bool written) {
+    return check_arrays({{"grads", grads, written, true, Kind::kParam}});
+}
 
 // The norm of all grads together, as if concatenated: (sum |g|^p)^(1/p), max |g| for p = inf.
 double total_norm(const Checked& checked, double norm_type) {
@@ -625,7 +628,7 @@ void clip_grad_value_(py::handle grads, double clip_value) {
 // any dtype an update takes (float32, float64, bfloat16, float16), one for all.
 bool all_finite_(py::handle grads, std::optional<double> grad_scale) {
     const double mult = grad_transform(false, 0.0, grad_scale).grad_mult;
-    Checked checked = check_arrays({{"grads", grads, false, true, Kind::kParam}});
+    Checked checked = check_grads(grads, false);
     py::gil_scoped_release nogil;
     return all_finite(checked.batch, 0, checked.dtype, mult);
 }

@@ -42,18 +42,18 @@ struct KernelTable {
     // out[j] = the 32 random bits of element offset + j of `tensor` (stochastic rounding)
     void (*random_bits)(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor, std::uint64_t offset,
                         std::uint32_t* out, std::size_t n);
-    double (*nonfinite_probe16[4])(const void* x, std::size_t n, double scale);  // [kBFloat16], [kFloat16]: as nonfinite_probe
     void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm_forward.cpp, indexed by DType
     void (*batchnorm_backward[2])(const BatchNormBackwardArgs&);
     ElementwiseKernel<StreamConfig> stream[2];  // the benchmark's bandwidth probe
-    // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks
-    double (*sum_squares[2])(const void* x, std::size_t n);
-    double (*sum_abs[2])(const void* x, std::size_t n);
-    double (*nonfinite_probe[2])(const void* x, std::size_t n, double scale);  // NaN iff an x*scale is inf/NaN
-    double (*max_abs[2])(const void* x, std::size_t n);
-    double (*sum_abs_pow[2])(const void* x, std::size_t n, double p);
-    ElementwiseKernel<ScaleConfig> scale[2];
-    ElementwiseKernel<ClampConfig> clamp[2];
+    // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks.
+    // Gradients of every dtype an update takes: indexed by DType up to kFloat16.
+    double (*sum_squares[4])(const void* x, std::size_t n);
+    double (*sum_abs[4])(const void* x, std::size_t n);
+    double (*nonfinite_probe[4])(const void* x, std::size_t n, double scale);  // NaN iff an x*scale is inf/NaN
+    double (*max_abs[4])(const void* x, std::size_t n);
+    double (*sum_abs_pow[4])(const void* x, std::size_t n, double p);
+    ElementwiseKernel<ScaleConfig> scale[4];
+    ElementwiseKernel<ClampConfig> clamp[4];
     // quantize.cpp: n float32 <-> 8-bit codes + one scale per kQuantBlock, from a block boundary
     void (*quantize_blockwise)(const float* in, unsigned char* codes, float* scales, std::size_t n, bool is_signed);
     void (*dequantize_blockwise)(const unsigned char* codes, const float* scales, float* out, std::size_t n, bool is_signed);

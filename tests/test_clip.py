@@ -1,4 +1,5 @@
 """Gradient norms, clipping, grad_scale and skip_if_nonfinite."""
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -55,6 +56,37 @@ def test_clip_grad_norm(isa, dtype, max_norm):
     coef = min(1.0, max_norm / (total + 1e-6))
     for g, w in zip(grads, [g * dtype(coef) for g in original]):
         np.testing.assert_array_equal(g, w)  # one multiply by the same factor: exact
+
+
+HALF = [np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)]
+
+
+@pytest.mark.parametrize("half", HALF, ids=["bf16", "f16"])
+def test_16bit_grads_norms_and_clipping(isa, threads, half):
+    """bfloat16 / float16 grads (a low-precision backward) are computed on as float32, as the
+    updates compute on them: norms of the exact widened values (float64 sums), clipping's product
+    and clamp in float32 rounded to nearest even; the same bits on any thread count."""
+    grads = grads_list(half, (0, 1, 7, 100, 70001, 3000))
+    for p in (1.0, 2.0, 3.0, float("inf")):
+        assert fusedopt.grad_norm(grads, p) == pytest.approx(numpy_norm(grads, p), rel=1e-12)
+    for nthreads in (1, 2):
+        fusedopt.set_num_threads(nthreads)
+        clipped = [g.copy() for g in grads]
+        total = fusedopt.clip_grad_norm_(clipped, 1.0)
+        coef = np.float32(1.0 / (total + 1e-6))
+        for g, c in zip(grads, clipped):
+            assert np.array_equal((g.astype(np.float32) * coef).astype(half).view(np.uint16), c.view(np.uint16))
+        clamped = [g.copy() for g in grads]
+        fusedopt.clip_grad_value_(clamped, 0.3)
+        for g, c in zip(grads, clamped):
+            assert np.array_equal(np.clip(g.astype(np.float32), -0.3, 0.3).astype(half).view(np.uint16),
+                                  c.view(np.uint16))
+    grads[4][5000] = np.inf
+    assert fusedopt.grad_norm(grads) == np.inf and not fusedopt.all_finite(grads)
+    grads[4][9] = np.nan
+    assert np.isnan(fusedopt.grad_norm(grads)) and np.isnan(fusedopt.grad_norm(grads, float("inf")))
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype float32 but grads\[0\] has"):
+        fusedopt.grad_norm([grads[0], np.ones(3, np.float32)])
 
 
 def test_clip_grad_norm_matches_torch(isa):

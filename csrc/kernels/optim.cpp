@@ -655,24 +655,6 @@ void random_bits_of(std::uint64_t seed, std::uint64_t step, std::uint64_t tensor
     }
 }
 
-// NaN when an element of the 16-bit array x is inf or NaN, else 0 (skip_if_nonfinite's probe).
-template <DType D>
-double nonfinite_probe16(const void* x, std::size_t n, double scale) {
-    const std::uint16_t* p = static_cast<const std::uint16_t*>(x);
-    const float s = static_cast<float>(scale);  // the grad_mult the update applies to the decoded grad
-    Vec<float> acc(0.0f);
-    Scalar<float> tail(0.0f);
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
-        const V v = D == kBFloat16 ? load_bf16<V>(p + i) : load_f16<V>(p + i);
-        if constexpr (V::size > 1)
-            acc = acc + v * V(s) * V(0.0f);  // inf * 0 and NaN * 0 are NaN
-        else
-            tail = tail + v * V(s) * V(0.0f);
-    });
-    return static_cast<double>(reduce_add(acc)) + static_cast<double>(tail.v);
-}
-
 }  // namespace
 
 void register_optim(KernelTable& t) {
@@ -685,8 +667,6 @@ void register_optim(KernelTable& t) {
     t.rmsprop_mixed = run_blocks<RmspropConfig, 5, rmsprop_update, Dynamic<5>>;
     t.adam_mixed = mixed<AdamConfig, 5, adam_update>;
     t.random_bits = random_bits_of;
-    t.nonfinite_probe16[kBFloat16] = nonfinite_probe16<kBFloat16>;
-    t.nonfinite_probe16[kFloat16] = nonfinite_probe16<kFloat16>;
 }
 
 }  // namespace FUSEDOPT_ISA_NS

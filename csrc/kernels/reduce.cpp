@@ -3,8 +3,13 @@
 // Sums accumulate in double whatever the input dtype, so a float32 gradient's norm stays finite
 // when single squares overflow float32 (|g| > 1.8e19). A reduction kernel covers one block of
 // fixed size (see parallel.h: reduce_blocks), so its result does not depend on the thread count.
+// 16-bit gradients (bfloat16, float16) are computed on as float32, as the updates compute on
+// them: exact widenings, and clipping's products rounded back to nearest even.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
 
 #include "../dispatch.h"
 #include "../simd/vec.h"
@@ -123,6 +128,91 @@ void clamp(const ClampConfig& c, void* const* a, std::size_t n) {
     });
 }
 
+// ---- 16-bit gradients ----------------------------------------------------------------------------
+
+template <DType D, class V>
+V load16(const std::uint16_t* p) {
+    return D == kBFloat16 ? load_bf16<V>(p) : load_f16<V>(p);
+}
+template <DType D, class V>
+void store16(V x, std::uint16_t* p) {
+    if constexpr (D == kBFloat16) store_bf16(x, p);
+    else store_f16(x, p);
+}
+
+// The float32 reduction f over n 16-bit elements: widened into an L1 buffer kWidened at a time,
+// the chunks' results combined in order.
+constexpr std::size_t kWidened = 1024;
+template <DType D, class F, class Combine>
+double widened(const void* px, std::size_t n, F f, Combine combine) {
+    const auto* x = static_cast<const std::uint16_t*>(px);
+    alignas(64) float buffer[kWidened];
+    double result = 0.0;
+    for (std::size_t i = 0; i < n; i += kWidened) {
+        const std::size_t m = std::min(kWidened, n - i);
+        for_each_lane<float>(m, [&](auto vec, std::size_t j) { load16<D, decltype(vec)>(x + i + j).store(buffer + j); });
+        result = i == 0 ? f(buffer, m) : combine(result, f(buffer, m));
+    }
+    return result;
+}
+constexpr auto kAdd = [](double a, double b) { return a + b; };
+
+template <DType D>
+double sum_squares16(const void* x, std::size_t n) {
+    return widened<D>(x, n, sum_squares<float>, kAdd);
+}
+template <DType D>
+double sum_abs16(const void* x, std::size_t n) {
+    return widened<D>(x, n, sum_abs<float>, kAdd);
+}
+template <DType D>
+double sum_abs_pow16(const void* x, std::size_t n, double p) {
+    return widened<D>(x, n, [p](const float* b, std::size_t m) { return sum_abs_pow<float>(b, m, p); }, kAdd);
+}
+// (a chunk holding a NaN gives NaN, which wins, as in max_abs)
+template <DType D>
+double max_abs16(const void* x, std::size_t n) {
+    return widened<D>(x, n, max_abs<float>, [](double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); });
+}
+
+// NaN when an element of the 16-bit array x, times scale in float32, is inf or NaN, else 0
+template <DType D>
+double nonfinite_probe16(const void* x, std::size_t n, double scale) {
+    const std::uint16_t* p = static_cast<const std::uint16_t*>(x);
+    const float s = static_cast<float>(scale);  // the grad_mult the update applies to the decoded grad
+    Vec<float> acc(0.0f);
+    Scalar<float> tail(0.0f);
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        const V v = load16<D, V>(p + i);
+        if constexpr (V::size > 1)
+            acc = acc + v * V(s) * V(0.0f);  // inf * 0 and NaN * 0 are NaN
+        else
+            tail = tail + v * V(s) * V(0.0f);
+    });
+    return static_cast<double>(reduce_add(acc)) + static_cast<double>(tail.v);
+}
+
+// x = x * factor and x = min(hi, max(lo, x)) in float32, rounded back to nearest even
+template <DType D>
+void scale16(const ScaleConfig& c, void* const* a, std::size_t n) {
+    auto* x = static_cast<std::uint16_t*>(a[0]);
+    const float factor = static_cast<float>(c.factor);
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        store16<D>(load16<D, V>(x + i) * V(factor), x + i);
+    });
+}
+template <DType D>
+void clamp16(const ClampConfig& c, void* const* a, std::size_t n) {
+    auto* x = static_cast<std::uint16_t*>(a[0]);
+    const float lo = static_cast<float>(c.lo), hi = static_cast<float>(c.hi);
+    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+        using V = decltype(vec);
+        store16<D>(min(V(hi), max(V(lo), load16<D, V>(x + i))), x + i);
+    });
+}
+
 }  // namespace
 
 void register_reduce(KernelTable& t) {
@@ -133,6 +223,18 @@ void register_reduce(KernelTable& t) {
     FUSEDOPT_REGISTER(t, sum_abs_pow);
     FUSEDOPT_REGISTER(t, scale);
     FUSEDOPT_REGISTER(t, clamp);
+    auto register16 = [&t](auto d) {
+        constexpr DType D = decltype(d)::value;
+        t.sum_squares[D] = sum_squares16<D>;
+        t.sum_abs[D] = sum_abs16<D>;
+        t.nonfinite_probe[D] = nonfinite_probe16<D>;
+        t.max_abs[D] = max_abs16<D>;
+        t.sum_abs_pow[D] = sum_abs_pow16<D>;
+        t.scale[D] = scale16<D>;
+        t.clamp[D] = clamp16<D>;
+    };
+    register16(std::integral_constant<DType, kBFloat16>{});
+    register16(std::integral_constant<DType, kFloat16>{});
 }
 
 }  // namespace FUSEDOPT_ISA_NS

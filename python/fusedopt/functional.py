@@ -265,7 +265,8 @@ def all_finite(grads: Arrays, grad_scale: float | None = None) -> bool:
 
 
 def grad_norm(grads: Arrays, norm_type: float = 2.0) -> float:
-    """The norm of all grads taken together, (sum |g|**p)**(1/p) or max |g| for inf, summed in float64."""
+    """The norm of all grads taken together, (sum |g|**p)**(1/p) or max |g| for inf, summed in float64.
+    Grads: float32, float64, bfloat16 or float16 (one dtype for all)."""
     try:
         return _core.grad_norm(grads, norm_type)
     except TypeError as e:
@@ -281,7 +282,8 @@ def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
         grads *= min(1, max_norm / (total_norm + 1e-6))  (skipped when that is 1)
 
     A non-finite total norm raises RuntimeError with error_if_nonfinite=True (grads unchanged);
-    otherwise grads are scaled by the resulting NaN/0 factor, as torch does.
+    otherwise grads are scaled by the resulting NaN/0 factor, as torch does. bfloat16/float16
+    grads are scaled in float32 and rounded back to nearest even.
     """
     try:
         return _core.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite)
@@ -290,7 +292,8 @@ def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
 
 
 def clip_grad_value_(grads: Arrays, clip_value: float) -> None:
-    """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]."""
+    """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]
+    (for bfloat16/float16 grads, the bounds rounded to nearest even)."""
     try:
         _core.clip_grad_value_(grads, clip_value)
     except TypeError as e:

@@ -27,7 +27,8 @@
 //     measured differences are 3x (batch norm float32) to 30x below the bounds used.)
 //   - the kernels over 16-bit and 8-bit storage (the mixed-precision optimizers, with bfloat16 /
 //     float16 params, grads and param copies, bfloat16 or 8-bit state, stochastic rounding;
-//     nonfinite_probe16, random_bits, the 8-bit codec; see "16-bit and 8-bit storage" below):
+//     the gradient reductions and clipping over 16-bit grads, random_bits, the 8-bit codec; see
+//     "16-bit and 8-bit storage" below):
 //     bitwise equal to the scalar copy of the same FMA kind, and within one unit of the storage
 //     format of the plain scalar copy (the conversions alone, the probe, the random bits and the
 //     codec: bitwise equal to both).
@@ -328,8 +329,8 @@ std::array<double, 3> run_case(Report& rep, Stat& st, const Tables& tb, const st
 // ---- optimizers ----------------------------------------------------------------------------------
 
 // A kernel's arrays for n elements: param and grad in [-1, 1], the state as in a run.
-template <class T, class Config, class MakeArrays>
-void check_elementwise(Report& rep, const Tables& tb, const char* kernel, ElementwiseKernel<Config> (KernelTable::*entry)[2],
+template <class T, class Config, std::size_t N, class MakeArrays>
+void check_elementwise(Report& rep, const Tables& tb, const char* kernel, ElementwiseKernel<Config> (KernelTable::*entry)[N],
                        const Config& c, const std::string& config, double tol, MakeArrays&& make_arrays) {
     Stat& st = rep.stat(kernel, dtype_name<T>(), tol);
     std::uint64_t seed = 1;
@@ -1130,10 +1131,17 @@ void check_conversions(Report& rep, const Tables& tb) {
             }
 }
 
-// nonfinite_probe16 (exact: one product per element, summed only as NaN or 0), random_bits, and
-// the 8-bit codec: bitwise equal on every ISA.
+// The reductions and clipping over 16-bit grads (bitwise but for the double sums' order; the
+// probe is one product per element, summed only as NaN or 0), random_bits, and the 8-bit codec:
+// bitwise equal on every ISA.
 void check_probe16_codec(Report& rep, const Tables& tb) {
-    Stat& probe = rep.stat("nonfinite_probe16", "16-bit", 0.0);
+    Stat& probe = rep.stat("nonfinite_probe", "16-bit", 0.0);
+    Stat& squares16 = rep.stat("sum_squares", "16-bit", 1e-12);
+    Stat& abs16 = rep.stat("sum_abs", "16-bit", 1e-12);
+    Stat& pow16 = rep.stat("sum_abs_pow", "16-bit", 0.0);
+    Stat& max16 = rep.stat("max_abs", "16-bit", 0.0);
+    Stat& scale16 = rep.stat("scale", "16-bit", 0.0);
+    Stat& clamp16 = rep.stat("clamp", "16-bit", 0.0);
     Stat& bits = rep.stat("random_bits", "u32", 0.0);
     Stat& quant = rep.stat("quantize_blockwise", "q8", 0.0);
     Stat& dequant = rep.stat("dequantize_blockwise", "q8", 0.0);
@@ -1152,12 +1160,34 @@ void check_probe16_codec(Report& rep, const Tables& tb) {
                     if (v == "nan") x[n / 3] = std::numeric_limits<float>::quiet_NaN();
                     const std::vector<Stored> a{store_as(tb, "x", d, x, false)};
                     const std::string where = std::string(storage_name(d)) + " " + v + at;
-                    const std::array<double, 3> r = run_stored(rep, probe, tb, where, a, align, [&](const KernelTable& t, void* const* p, float* const*) {
-                        return t.nonfinite_probe16[d](p[0], n, 2.0);
+                    // the reductions over 16-bit grads: double sums within tol of the plain
+                    // scalar copy's (their order follows the vector width), the rest bitwise
+                    auto reduction = [&](Stat& st, double tol, auto f) {
+                        const std::array<double, 3> r = run_stored(rep, st, tb, where, a, align, [&](const KernelTable& t, void* const* p, float* const*) {
+                            return f(t, p[0]);
+                        });
+                        if (tol == 0.0) ++st.bitwise_cases;
+                        for (int k : {0, 1})
+                            if (!same(r[k], r[2]) && !(std::fabs(r[k] - r[2]) <= tol * std::max(1.0, std::fabs(r[2]))))
+                                rep.fail(st, where + ": " + (k == 0 ? tb.isa : tb.same_kind_name) + " gives " + num(r[k]) +
+                                                 ", scalar " + num(r[2]));
+                    };
+                    reduction(probe, 0.0, [&](const KernelTable& t, void* p) { return t.nonfinite_probe[d](p, n, 2.0); });
+                    reduction(squares16, 1e-12, [&](const KernelTable& t, void* p) { return t.sum_squares[d](p, n); });
+                    reduction(abs16, 1e-12, [&](const KernelTable& t, void* p) { return t.sum_abs[d](p, n); });
+                    reduction(pow16, 0.0, [&](const KernelTable& t, void* p) { return t.sum_abs_pow[d](p, n, 3.0); });
+                    reduction(max16, 0.0, [&](const KernelTable& t, void* p) { return t.max_abs[d](p, n); });
+                    // clipping in place: exact (one float32 multiply or clamp, rounded to nearest even)
+                    Stored w = store_as(tb, "x", d, x, true);
+                    w.exact = true;
+                    run_stored(rep, scale16, tb, where, {w}, align, [&](const KernelTable& t, void* const* p, float* const*) {
+                        t.scale[d](ScaleConfig{0.37}, p, n);
+                        return 0.0;
                     });
-                    ++probe.bitwise_cases;
-                    if (!same(r[0], r[1]) || !same(r[0], r[2]))
-                        rep.fail(probe, where + ": " + tb.isa + " gives " + num(r[0]) + ", scalar " + num(r[2]));
+                    run_stored(rep, clamp16, tb, where, {w}, align, [&](const KernelTable& t, void* const* p, float* const*) {
+                        t.clamp[d](ClampConfig{-0.3, 0.7}, p, n);
+                        return 0.0;
+                    });
                 }
             {
                 Stored out{"bits", kFloat32, std::vector<std::uint8_t>(4 * n, 0), {}, true, true, n};
