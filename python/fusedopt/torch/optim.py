@@ -113,17 +113,20 @@ def _in_order(t: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
     return t if order is None or t.dim() != len(order) else t.permute(order)
 
 
+def _from_order(t: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    """A tensor in a memory order (_in_order's) viewed back in its param's shape."""
+    return t if order is None else t.permute(tuple(sorted(range(len(order)), key=order.__getitem__)))
+
+
 def _as_tensors(name: str, value: np.ndarray | QuantizedState, order: tuple[int, ...] | None = None
                 ) -> dict[str, torch.Tensor]:
     """A state array (fusedopt.optim's form, in its param's memory order) as state tensors of the
     param's shape, sharing its memory."""
-    def shaped(t: torch.Tensor) -> torch.Tensor:
-        return t if order is None else t.permute(tuple(sorted(range(len(order)), key=order.__getitem__)))
     if isinstance(value, QuantizedState):
-        return {name: shaped(torch.from_numpy(value.codes)), name + _SCALES: torch.from_numpy(value.scales)}
+        return {name: _from_order(torch.from_numpy(value.codes), order), name + _SCALES: torch.from_numpy(value.scales)}
     if value.dtype.itemsize == 2 and value.dtype.name == "bfloat16":
-        return {name: shaped(torch.from_numpy(value.view(np.int16)).view(torch.bfloat16))}
-    return {name: shaped(torch.from_numpy(value))}
+        return {name: _from_order(torch.from_numpy(value.view(np.int16)).view(torch.bfloat16), order)}
+    return {name: _from_order(torch.from_numpy(value), order)}
 
 
 def _view(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -277,9 +280,7 @@ class _FusedStep(torch.optim.Optimizer):
                     except (TypeError, ValueError) as e:
                         raise type(e)(f"{name}: {e}") from None
                     if codes_order != order and value.dim() == param.dim():
-                        decoded = torch.from_numpy(array.dequantize())
-                        if codes_order is not None:
-                            decoded = decoded.permute(tuple(sorted(range(value.dim()), key=codes_order.__getitem__)))
+                        decoded = _from_order(torch.from_numpy(array.dequantize()), codes_order)
                         array = _view(_in_order(decoded, order).contiguous(), name)
                 else:
                     array = _view(_in_order(value, order), name)
