@@ -693,10 +693,17 @@ struct Columns {
                 for (std::size_t s = 0; s < NS; ++s) sums[c * NS + s] += acc[s * ncols + c];
             return;
         }
+        // four partial sums per channel: a chain of inner dependent adds per channel and term
+        // was ~15% of the statistics of (32, 2048, 7, 7)
         for (std::size_t c = 0; c < ncols / p.inner; ++c)
             for (std::size_t s = 0; s < NS; ++s) {
-                double channel_sum = 0.0;
-                for (std::size_t i = 0; i < p.inner; ++i) channel_sum += acc[s * ncols + c * p.inner + i];
+                const double* a = acc + s * ncols + c * p.inner;
+                double part[4] = {0.0, 0.0, 0.0, 0.0};
+                std::size_t i = 0;
+                for (; i + 4 <= p.inner; i += 4)
+                    for (std::size_t k = 0; k < 4; ++k) part[k] += a[i + k];
+                double channel_sum = (part[0] + part[1]) + (part[2] + part[3]);
+                for (; i < p.inner; ++i) channel_sum += a[i];
                 sums[c * NS + s] += channel_sum;
             }
     }
