@@ -282,6 +282,56 @@ def test_channels_last_low_precision(options):
         assert torch.equal(p, c) if elementwise else rel_diff(p.float(), c.float()) < 0.02
 
 
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+def test_layout_changes_between_steps_and_checkpoints(state_dtype):
+    """A model moved to channels_last after some steps, a square weight transposed in place (the
+    same memory, another layout), and a checkpoint of the contiguous model loaded into a
+    channels_last one with a conversion of its state: the steps go on in each param's new layout,
+    its state converted into it, as torch.optim's go on."""
+    options = dict(state_dtype=state_dtype, min_8bit_size=0)
+    model, ref_model = (conv_model(memory_format=torch.contiguous_format) for _ in range(2))
+    square = torch.nn.Parameter(torch.randn(5, 5))
+    opt = ft.Adam([*model.parameters(), square], lr=0.01, **options)
+    ref_square = torch.nn.Parameter(square.detach().clone())
+    ref_opt = torch.optim.Adam([*ref_model.parameters(), ref_square], lr=0.01, foreach=False)
+    data = conv_batches(6, memory_format=torch.contiguous_format)
+
+    def train_both(batches):
+        for x, y in batches:
+            for m, o, sq in ((model, opt, square), (ref_model, ref_opt, ref_square)):
+                o.zero_grad()
+                (torch.nn.functional.cross_entropy(m(x), y) + (sq @ torch.ones(5)).square().sum()).backward()
+                o.step()
+
+    train_both(data[:2])
+    checkpoint = saved_and_loaded(opt.state_dict())
+    for m in (model, ref_model):
+        m.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        square.t_()
+        ref_square.t_()
+    train_both(data[2:4])
+    assert_state_in_param_layout(opt)
+    resumed = conv_model(memory_format=torch.channels_last)
+    resumed_square = torch.nn.Parameter(torch.randn(5, 5))
+    resumed_opt = ft.Adam([*resumed.parameters(), resumed_square], lr=0.01,
+                          **{**options, "state_dtype": "bfloat16" if state_dtype == "float32" else "float32"})
+    resumed_opt.load_state_dict(checkpoint)
+    assert_state_in_param_layout(resumed_opt)
+    train(resumed, resumed_opt, data[2:4])
+    tolerance = 1e-5 if state_dtype == "float32" else 0.05
+    for p, q in zip([*model.parameters(), square], [*ref_model.parameters(), ref_square]):
+        assert p.stride() == q.stride() and rel_diff(p, q) < tolerance
+
+
+def test_a_grad_in_another_layout_than_its_param_is_refused():
+    p = torch.nn.Parameter(torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last))
+    p.grad = torch.ones(4, 3, 2, 2)  # contiguous
+    with pytest.raises(ValueError, match=r"the grad of param 0 of a group has strides \(12, 4, 2, 1\) but its param "
+                                         r"\(12, 1, 6, 3\)"):
+        ft.SGD([p], lr=0.1).step()
+
+
 # ---- what torch's base class gives -------------------------------------------------------------------
 
 

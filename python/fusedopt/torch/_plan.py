@@ -13,6 +13,7 @@ import torch
 from ..lowbit import QuantizedState
 
 _data_ptr = torch.Tensor.data_ptr
+_stride = torch.Tensor.stride
 
 
 class _Call(NamedTuple):
@@ -29,8 +30,9 @@ class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
     same params with a grad, at the same addresses, with the same state dicts and tensors."""
     __slots__ = ("calls", "counted", "first_step", "group", "group_params", "new_state", "orders", "params",
-                 "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "structure",
-                 "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys", "watched_tensors")
+                 "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "strides",
+                 "structure", "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys",
+                 "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -42,6 +44,7 @@ class _Plan:
         self.structure_values: Any = ()               # their values at build time
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
+        self.strides: list[tuple[int, ...]] = []      # their layouts (a param's memory order is its views')
         self.orders: list[tuple[int, ...] | None] | None = None  # their memory orders (None: all C-contiguous)
         self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
         self.state_keys: list[Any] = []               # the optimizer's state dict's keys and values at build time
@@ -68,6 +71,7 @@ class _Plan:
                 and len(group["params"]) == len(self.group_params)
                 and all(map(operator.is_, group["params"], self.group_params))
                 and list(map(_data_ptr, self.params)) == self.ptrs
+                and list(map(_stride, self.params)) == self.strides
                 and len(state) * 2 == len(self.state_keys)
                 and all(map(operator.is_, chain(state, state.values()), self.state_keys))
                 and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),

@@ -10,7 +10,10 @@ A step makes one fusedopt call per param group (one per dtype and step count whe
 mixes them) on NumPy views of the tensors' own memory. What a call needs besides the grads
 (the views of params and state, the calls' layout, the step counters) is worked out once and
 kept in a plan per group; a later step checks the plan still holds (the same params with a
-grad, at the same addresses, with the same state tensors) and only converts the new grads.
+grad, at the same addresses and in the same layouts, with the same state tensors and step
+counts) and only converts the new grads. (State tensors are known by identity: replace one
+(state[name] = tensor) or change it in place, but do not swap its memory (.data = / .set_),
+which a step does not see.)
 The step counters of a plan's params are 0-d views into one tensor, so one write (through
 NumPy) counts the step for all of them.
 
@@ -18,7 +21,9 @@ Memory layouts: a param need only be dense. One that is not C-contiguous (channe
 weights, a transposed weight) is stepped in its own memory order, its grad and state viewed in
 that order too; the state is made in the param's layout (as torch makes it), so an 8-bit
 state's blocks are runs of 256 elements of that memory. A grad in another layout than its
-param's is refused (ValueError); a checkpoint's state in another layout is converted on load.
+param's is refused (ValueError); a checkpoint's state in another layout is converted on load,
+and so is a param's state when the param's layout changes between steps
+(model.to(memory_format=...)).
 
 Low precision: every class takes fusedopt.optim's keyword-only options, with the same meaning
 (see fusedopt.optim.Optimizer): state_dtype="float32" | "bfloat16" | "int8", master_weights,
@@ -294,6 +299,8 @@ class _FusedStep(torch.optim.Optimizer):
                             out[key + _SCALES] = saved[key + _SCALES]
                         continue
                     converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
+                elif isinstance(converted, np.ndarray):  # (NumPy's conversions keep a view's strides)
+                    converted = np.ascontiguousarray(converted)
                 out.update(_as_tensors(key, converted, order))
             elif isinstance(key, str) and key.endswith(_SCALES) and key[:-len(_SCALES)] in specs:
                 if key[:-len(_SCALES)] not in saved:
@@ -431,6 +438,12 @@ class _FusedStep(torch.optim.Optimizer):
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
             if plan.orders is not None:  # params not C-contiguous: grads in their params' memory order
+                for i, (g, p) in enumerate(zip(grads, plan.params)):
+                    if g.stride() != p.stride() and g.shape == p.shape:
+                        raise ValueError(f"fusedopt.torch.{type(self).__name__}: the grad of param {i} of a group has "
+                                         f"strides {g.stride()} but its param {p.stride()}: a param that is not "
+                                         "C-contiguous is stepped in its memory order, with its grad in its layout "
+                                         "(as autograd gives it)")
                 grads = list(map(_in_order, grads, plan.orders))
             try:  # Tensor.numpy: ~0.6 us a grad; fusedopt's conversion names a grad it refuses
                 views = list(map(_as_ndarray, grads))
@@ -503,11 +516,17 @@ class _FusedStep(torch.optim.Optimizer):
             if not has_grad:
                 continue
             i = len(plan.params)
-            plan.state_dicts.append(self.state.get(p))
             state: dict[str, Any] = self.state.get(p) or {}
+            if any(torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride() for v in state.values()):
+                # the param's layout changed (model.to(memory_format=...)): its state converted
+                # into the new one as a checkpoint's is
+                state = self.state[p] = self._loaded_param_state(p, state, f"the state of param {i} of its group",
+                                                                 copy=True)
+            plan.state_dicts.append(self.state.get(p))
             new = self._new_state(specs, state, p)
             plan.params.append(p)
             plan.ptrs.append(p.data_ptr())
+            plan.strides.append(p.stride())
             for spec in specs:
                 if spec.name not in new:
                     for entry in (spec.name, spec.name + _SCALES):  # an 8-bit state's scales too
