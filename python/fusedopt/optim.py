@@ -665,8 +665,8 @@ class Optimizer:
         A checkpoint without group seeds loaded by a stochastic_rounding optimizer keeps its seeds
         (an SGD checkpoint without steps counts one step taken), one with seeds loaded by a
         round-to-nearest optimizer drops them (and SGD's steps), and one without master weights
-        loaded by a master_weights optimizer has them made from the params at the next step, as
-        fusedopt.torch's classes load them.
+        loaded by a master_weights optimizer has them made from the params at the next step
+        (fusedopt.torch's classes load these too).
         """
         groups, state, converted = self._checked_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
