@@ -462,8 +462,9 @@ def test_grad_scaler_after_unscale_for_clipping():
 
 
 def test_the_plan_follows_changes_between_steps():
-    """Params moved to new memory, a step count changed in place, state replaced, a state_dict
-    loaded, a deep copy: each step uses what the optimizer holds now, as torch's does."""
+    """Params moved to new memory, a step count changed in place, state replaced or moved to new
+    memory, a state_dict loaded, a deep copy: each step uses what the optimizer holds now, as
+    torch's does."""
     data = batches(12)
     model, ref_model = make_model(), make_model()
     opt = ft.Adam(model.parameters(), lr=0.01)
@@ -478,6 +479,9 @@ def test_the_plan_follows_changes_between_steps():
         if t == 5:  # a state tensor replaced
             for m, o in ((model, opt), (ref_model, ref_opt)):
                 o.state[m[2].weight]["exp_avg"] = o.state[m[2].weight]["exp_avg"] * 0.5
+        if t == 6:  # a state tensor moved to new memory (.data =)
+            for m, o in ((model, opt), (ref_model, ref_opt)):
+                o.state[m[0].bias]["exp_avg_sq"].data = o.state[m[0].bias]["exp_avg_sq"] * 2.0
         if t == 7:  # a param's state reset
             for m, o in ((model, opt), (ref_model, ref_opt)):
                 o.state[m[4].bias] = {}

@@ -32,7 +32,7 @@ class _Plan:
     __slots__ = ("calls", "counted", "first_step", "group", "group_params", "new_state", "orders", "params",
                  "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "strides",
                  "structure", "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys",
-                 "watched_tensors")
+                 "watched_ptrs", "watched_tensors")
 
     def __init__(self) -> None:
         self.group: dict[str, Any] = {}
@@ -51,6 +51,7 @@ class _Plan:
         self.watched_dicts: list[dict[str, Any]] = []  # (dict, key, tensor): state entries the views are of
         self.watched_keys: list[str] = []
         self.watched_tensors: list[torch.Tensor] = []
+        self.watched_ptrs: list[int] = []             # their memory (.data = or .set_ swaps it)
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # state to keep once the step is taken
         self.calls: list[_Call] = []
         self.steps: torch.Tensor | None = None        # the params' state["step"] are views into it
@@ -63,9 +64,11 @@ class _Plan:
         """Whether the plan is still the one for this group (C-level maps: this runs every step).
         The params' state dicts are checked as the whole state dict's keys and values, in order,
         being the same objects: looking each param up would call torch's Python Tensor.__hash__
-        per param (a new entry for another group's param makes this plan again, once). The step
-        counters, which state["step"] are views of, as the last step left them: a count changed
-        in place (state["step"].fill_(n), as torch.optim honours) plans again from the counts."""
+        per param (a new entry for another group's param makes this plan again, once). The state
+        tensors on the memory the views are of (.data = or .set_ moves a tensor to other memory),
+        and the step counters, which state["step"] are views of, as the last step left them: a
+        count changed in place (state["step"].fill_(n), as torch.optim honours) plans again from
+        the counts."""
         return (self.group is group and self.state is state and self.present == present
                 and self.structure_of(group) == self.structure_values
                 and len(group["params"]) == len(self.group_params)
@@ -76,4 +79,5 @@ class _Plan:
                 and all(map(operator.is_, chain(state, state.values()), self.state_keys))
                 and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),
                             self.watched_tensors))
+                and list(map(_data_ptr, self.watched_tensors)) == self.watched_ptrs
                 and (self.step_counts is None or self.step_counts.tobytes() == self.counted))

@@ -10,10 +10,8 @@ A step makes one fusedopt call per param group (one per dtype and step count whe
 mixes them) on NumPy views of the tensors' own memory. What a call needs besides the grads
 (the views of params and state, the calls' layout, the step counters) is worked out once and
 kept in a plan per group; a later step checks the plan still holds (the same params with a
-grad, at the same addresses and in the same layouts, with the same state tensors and step
-counts) and only converts the new grads. (State tensors are known by identity: replace one
-(state[name] = tensor) or change it in place, but do not swap its memory (.data = / .set_),
-which a step does not see.)
+grad, at the same addresses and in the same layouts, with the same state tensors on the same
+memory, and step counts) and only converts the new grads.
 The step counters of a plan's params are 0-d views into one tensor, so one write (through
 NumPy) counts the step for all of them.
 
@@ -576,6 +574,7 @@ class _FusedStep(torch.optim.Optimizer):
                     plan.watched_dicts.append(existing)
                     plan.watched_keys.append("step")
                     plan.watched_tensors.append(counter)
+        plan.watched_ptrs = list(map(torch.Tensor.data_ptr, plan.watched_tensors))
         plan.state_keys = [*self.state, *self.state.values()]
         plan.orders = orders if any(order is not None for order in orders) else None
         return plan
