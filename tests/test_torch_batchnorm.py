@@ -364,14 +364,18 @@ def test_layouts_both_contiguous_and_channels_last(shape: tuple[int, ...]) -> No
     assert rel_err(y, y_ref) <= TOL_TORCH and rel_err(x.grad, x2.grad) <= TOL_TORCH
 
 
-@pytest.mark.parametrize("dy_layout", ["contiguous", "channels_last", "expanded"])
+@pytest.mark.parametrize("dy_layout", ["contiguous", "channels_last", "expanded", "misaligned"])
 def test_gradient_in_another_layout(spy: list[dict[str, Any]], dy_layout: str) -> None:
-    """autograd may hand the backward a gradient in a layout other than the output's."""
+    """autograd may hand the backward a gradient in a layout other than the output's (or in
+    memory not aligned to its dtype)."""
     gen = torch.Generator().manual_seed(5)
     x = in_layout(torch.randn(4, 3, 5, 6, generator=gen), "channels_last").requires_grad_()
     x2 = x.detach().clone().requires_grad_()
     if dy_layout == "expanded":
         dy = torch.randn(1, 3, 1, 1, generator=gen).expand(4, 3, 5, 6)
+    elif dy_layout == "misaligned":
+        dy = misaligned(torch.randn(4, 5, 6, 3, generator=gen)).permute(0, 3, 1, 2)  # x's layout
+        assert is_channels_last(dy) and dy.data_ptr() % 4 == 1
     else:
         dy = in_layout(torch.randn(4, 3, 5, 6, generator=gen), dy_layout)
     BatchNorm2d(3)(x).backward(dy)
@@ -462,8 +466,18 @@ def test_one_value_per_channel_in_training_raises_as_torch() -> None:
         assert rel_err(a(x), torch.relu(b(x)) if ours is BatchNormReLU2d else b(x)) <= TOL_TORCH
 
 
+def misaligned(t: Any) -> Any:
+    """t's values in float32 memory one byte past an aligned address."""
+    raw = torch.zeros(t.numel() * 4 + 1, dtype=torch.uint8)
+    raw[1:] = t.reshape(-1).view(torch.uint8)
+    out = torch.frombuffer(raw.numpy(), dtype=torch.float32, offset=1).reshape(t.shape)
+    assert out.data_ptr() % 4 == 1
+    return out
+
+
 @pytest.mark.parametrize("case", ["dims", "eps0_train", "eps_negative_eval", "channels", "bfloat16", "float16",
-                                  "mixed_dtype", "empty", "float64_weight", "negated_view", "misaligned"])
+                                  "mixed_dtype", "empty", "float64_weight", "negated_view", "misaligned",
+                                  "misaligned_weight"])
 def test_other_cases_behave_as_torch(case: str) -> None:
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(4, 3, 5, 6, generator=gen)
@@ -491,10 +505,9 @@ def test_other_cases_behave_as_torch(case: str) -> None:
         x = torch._neg_view(-x)
         assert x.is_neg()
     elif case == "misaligned":  # float32 values one byte past an aligned address
-        raw = torch.zeros(x.numel() * 4 + 1, dtype=torch.uint8)
-        raw[1:] = x.reshape(-1).view(torch.uint8)
-        x = torch.frombuffer(raw.numpy(), dtype=torch.float32, offset=1).reshape(x.shape)
-        assert x.data_ptr() % 4 == 1
+        x = misaligned(x)
+    elif case == "misaligned_weight":
+        ours.weight.data = misaligned(ours.weight.detach())
     same_behaviour(lambda: ours(x), lambda: theirs(x))
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         assert torch.equal(getattr(ours, name), getattr(theirs, name)), name

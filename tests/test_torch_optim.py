@@ -290,10 +290,10 @@ def test_layout_changes_between_steps_and_checkpoints(state_dtype):
     its state converted into it, as torch.optim's go on."""
     options = dict(state_dtype=state_dtype, min_8bit_size=0)
     model, ref_model = (conv_model(memory_format=torch.contiguous_format) for _ in range(2))
-    square = torch.nn.Parameter(torch.randn(5, 5))
-    opt = ft.Adam([*model.parameters(), square], lr=0.01, **options)
+    square = torch.nn.Parameter(torch.randn(5, 5))  # in a group of its own: only its layout changes
+    opt = ft.Adam([{"params": model.parameters()}, {"params": [square]}], lr=0.01, **options)
     ref_square = torch.nn.Parameter(square.detach().clone())
-    ref_opt = torch.optim.Adam([*ref_model.parameters(), ref_square], lr=0.01, foreach=False)
+    ref_opt = torch.optim.Adam([{"params": ref_model.parameters()}, {"params": [ref_square]}], lr=0.01, foreach=False)
     data = conv_batches(6, memory_format=torch.contiguous_format)
 
     def train_both(batches):
@@ -314,7 +314,7 @@ def test_layout_changes_between_steps_and_checkpoints(state_dtype):
     assert_state_in_param_layout(opt)
     resumed = conv_model(memory_format=torch.channels_last)
     resumed_square = torch.nn.Parameter(torch.randn(5, 5))
-    resumed_opt = ft.Adam([*resumed.parameters(), resumed_square], lr=0.01,
+    resumed_opt = ft.Adam([{"params": resumed.parameters()}, {"params": [resumed_square]}], lr=0.01,
                           **{**options, "state_dtype": "bfloat16" if state_dtype == "float32" else "float32"})
     resumed_opt.load_state_dict(checkpoint)
     assert_state_in_param_layout(resumed_opt)
@@ -325,11 +325,23 @@ def test_layout_changes_between_steps_and_checkpoints(state_dtype):
 
 
 def test_a_grad_in_another_layout_than_its_param_is_refused():
+    """A grad in another memory order than its (not C-contiguous) param's is refused, naming both;
+    strides that differ only on dims of size 1 are the same order, as are those of no elements."""
     p = torch.nn.Parameter(torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last))
+    contiguous, empty = torch.nn.Parameter(torch.randn(1, 5)), torch.nn.Parameter(torch.randn(0, 3))
+    size_one = torch.nn.Parameter(torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last))
     p.grad = torch.ones(4, 3, 2, 2)  # contiguous
-    with pytest.raises(ValueError, match=r"the grad of param 0 of a group has strides \(12, 4, 2, 1\) but its param "
-                                         r"\(12, 1, 6, 3\)"):
-        ft.SGD([p], lr=0.1).step()
+    opt = ft.SGD([p, contiguous, empty, size_one], lr=0.1)
+    contiguous.grad, empty.grad = torch.ones(1, 5), torch.ones(3, 0).t()
+    size_one.grad = torch.ones(72).as_strided((1, 4, 3, 3), (72, 1, 12, 4))  # size_one's order
+    assert size_one.grad.stride() != size_one.stride()
+    with pytest.raises(ValueError, match=r"the grad of param 0 of a group has strides \(12, 4, 2, 1\), not in its "
+                                         r"param's memory order \(strides \(12, 1, 6, 3\)\)"):
+        opt.step()
+    p.grad = torch.ones_like(p)  # in p's layout
+    before = size_one.detach().clone()
+    opt.step()
+    assert torch.equal(size_one, before - 0.1)
 
 
 # ---- what torch's base class gives -------------------------------------------------------------------

@@ -28,7 +28,8 @@ class _Call(NamedTuple):
 
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
-    same params with a grad, at the same addresses, with the same state dicts and tensors."""
+    same params with a grad, at the same addresses and in the same layouts, with the same state
+    dicts and tensors on the same memory, and step counts (see holds)."""
     __slots__ = ("calls", "counted", "first_step", "group", "group_params", "new_state", "orders", "params",
                  "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "strides",
                  "structure", "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys",

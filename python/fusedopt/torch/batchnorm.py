@@ -132,9 +132,9 @@ def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
 
 def _raw_memory(t: Tensor, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> bool:
     """Whether t's memory holds its values as they are: a dense CPU tensor of `dtype` (and
-    `shape`), not a lazily negated view (what every view of memory here asks first)."""
+    `shape`), aligned to it, not a lazily negated view (what every view of memory here asks first)."""
     return (t.is_cpu and t.dtype == dtype and t.layout == torch.strided and not t.is_neg()
-            and (shape is None or t.shape == shape))
+            and (shape is None or t.shape == shape) and t.data_ptr() % t.element_size() == 0)
 
 
 def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
@@ -146,12 +146,12 @@ def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
 
 def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int, ...]) -> np.ndarray:
     """dy in the kernels' layout of x: a view where autograd hands it in that layout (it may hand
-    another layout, an expanded tensor, or another dtype), else a contiguous copy (or the
-    kernel's dtype error)."""
+    another layout, an expanded tensor, misaligned memory, or another dtype), else a contiguous
+    aligned copy (or the kernel's dtype error)."""
     if _like_x(dy, x, channels_last):
         return _view(dy, _kernel_dtype(x), shape)
     a = (dy.detach() if dy.requires_grad else dy).numpy()
-    return np.ascontiguousarray(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a)
+    return np.require(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a, requirements=("C", "A"))
 
 
 def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
@@ -215,10 +215,6 @@ class _BatchNormFunction(torch.autograd.Function):
         return _backward(ctx, dy)
 
 
-def _aligned(t: Tensor) -> bool:
-    return bool(t.data_ptr() % t.element_size() == 0)
-
-
 def _has_tangent(tensors: tuple[Tensor | None, ...]) -> bool:
     """Whether forward-mode AD is on and gives one of tensors a tangent (the kernels' Function has no jvp)."""
     return _forward_ad._current_level >= 0 and any(
@@ -231,7 +227,7 @@ def _kernels_take(x: Tensor, per_channel: tuple[Tensor | None, ...]) -> bool:
     whose rules torch's batch_norm has and the kernels' autograd.Function lacks."""
     if bool(_are_functorch_transforms_active()):  # (their wrapped tensors have no memory to view)
         return False
-    if x.dtype not in _KERNEL_DTYPES or not _raw_memory(x, x.dtype) or not _aligned(x):
+    if x.dtype not in _KERNEL_DTYPES or not _raw_memory(x, x.dtype):
         return False
     if x.dim() < 2 or x.numel() == 0 or has_torch_function_variadic(x, *per_channel) or _has_tangent((x, *per_channel)):
         return False

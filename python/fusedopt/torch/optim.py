@@ -79,6 +79,7 @@ from ._plan import _Call, _Plan
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 _get_grad = operator.attrgetter("grad")
+_stride = torch.Tensor.stride
 _as_ndarray = torch.Tensor.numpy
 _profiler_enabled = torch.autograd._profiler_enabled
 
@@ -97,17 +98,18 @@ _NO_ROUNDING: dict[str, Any] = {}
 def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
     """The dims of a dense tensor that is not C-contiguous (a channels_last conv weight, a
     transposed one) from the slowest to the fastest in memory: t.permute(order) is a C-contiguous
-    view of the same memory. None for a C-contiguous tensor, and for one that is not dense (which
-    the kernels' checks refuse).
-
-    A step runs on every tensor of a param (param, grad, state, master, copy) viewed in its
-    param's memory order, elementwise, as torch.optim's foreach and fused steps do: state is made
-    in the param's layout (preserve_format, as torch makes it), and 8-bit blocks are runs of 256
-    elements of that memory."""
+    view of the same memory (see the module docstring's memory layouts). None for a C-contiguous
+    tensor, and for one that is not dense (which the kernels' checks refuse)."""
     if t.is_contiguous():
         return None
     order = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d))))
     return order if t.permute(order).is_contiguous() else None
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape have their elements in the same memory order: the same
+    strides but on dims of size 1 (whose strides torch leaves arbitrary), or no elements."""
+    return a.numel() == 0 or all(x == y for x, y, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
 
 
 def _in_order(t: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
@@ -184,7 +186,7 @@ class _FusedStep(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if state:
                     made = [spec for spec in self._states if spec.name in state]
-                    state.update(self._new_state(made, {}, p))
+                    state.update(self._new_state(made, {}, p, _memory_order(p)))
 
     def _low_precision(self) -> tuple[LowPrecision, int | None]:
         """(the optimizer's low-precision options, its seed: None without stochastic rounding)."""
@@ -204,7 +206,8 @@ class _FusedStep(torch.optim.Optimizer):
         """The per-param state specs: the class's, and the master param's with master_weights."""
         return self._states + _MASTER if self.defaults.get("master_weights") else self._states
 
-    def _new_state(self, specs: list[StateArray], state: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
+    def _new_state(self, specs: list[StateArray], state: dict[str, Any], param: torch.Tensor,
+                   order: tuple[int, ...] | None) -> dict[str, Any]:
         """The state tensors a param lacks before a step, in this optimizer's form."""
         new: dict[str, Any] = {}
         options, _ = self._low_precision()
@@ -222,7 +225,7 @@ class _FusedStep(torch.optim.Optimizer):
                 scales = torch.zeros(-(-param.numel() // QUANT_BLOCK), dtype=torch.float32)
                 fill = spec.fill(self.defaults)
                 if fill:
-                    in_order = _in_order(codes, _memory_order(param))
+                    in_order = _in_order(codes, order)
                     quantize(np.full(tuple(in_order.shape), fill, np.float32), spec.signed,
                              out=QuantizedState(in_order.numpy(), scales.numpy(), spec.signed))
                 new[spec.name], new[spec.name + _SCALES] = codes, scales
@@ -252,12 +255,11 @@ class _FusedStep(torch.optim.Optimizer):
         signed = next(spec.signed for spec in self._states if spec.argument == argument)
         return "signed state" if signed else "unsigned state"
 
-    def _loaded_param_state(self, param: torch.Tensor, saved: dict[Any, Any], where: str,
-                            copy: bool) -> dict[Any, Any]:
-        """A param's state (a checkpoint's, or torch's __init__'s) in this optimizer's form:
-        each state tensor converted by fusedopt.optim's rules (_lowprec._loaded_state), copied (with copy)
-        when it needs no conversion; other entries ("step", ...) as they are (cloned with copy).
-        TypeError/ValueError naming `where` for state that does not convert."""
+    def _loaded_param_state(self, param: torch.Tensor, saved: dict[Any, Any], where: str) -> dict[Any, Any]:
+        """A param's state (a checkpoint's, or its own after the param's layout changed) in this
+        optimizer's form and the param's layout: each state tensor converted by fusedopt.optim's
+        rules (_lowprec._loaded_state), else copied; other entries ("step", ...) as they are
+        (tensors cloned). TypeError/ValueError naming `where` for state that does not convert."""
         options, _ = self._low_precision()
         specs = {spec.name: spec for spec in self._specs()}
         dtype = _numpy_dtype(param.dtype)
@@ -282,7 +284,7 @@ class _FusedStep(torch.optim.Optimizer):
                                                _view(scales, f"{where}[{key + _SCALES!r}]"), spec.signed)
                     except (TypeError, ValueError) as e:
                         raise type(e)(f"{name}: {e}") from None
-                    if codes_order != order and value.dim() == param.dim():
+                    if value.shape == param.shape and not _same_layout(value, param):
                         decoded = _from_order(torch.from_numpy(array.dequantize()), codes_order)
                         array = _view(_in_order(decoded, order).contiguous(), name)
                 else:
@@ -291,11 +293,6 @@ class _FusedStep(torch.optim.Optimizer):
                 converted = _loaded_state(array, kind, spec.signed, _view(_in_order(param, order), "its param"), name,
                                           convert=key != MASTER_PARAM)
                 if converted is array:
-                    if not copy:
-                        out[key] = saved[key]
-                        if isinstance(array, QuantizedState):
-                            out[key + _SCALES] = saved[key + _SCALES]
-                        continue
                     converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
                 elif isinstance(converted, np.ndarray):  # (NumPy's conversions keep a view's strides)
                     converted = np.ascontiguousarray(converted)
@@ -309,7 +306,7 @@ class _FusedStep(torch.optim.Optimizer):
                 raise ValueError(f"{name}: the checkpoint has master weights but this optimizer has "
                                  "master_weights=False")
             else:
-                out[key] = value.clone() if copy and torch.is_tensor(value) else value
+                out[key] = value.clone() if torch.is_tensor(value) else value
         return out
 
     # ---- torch.optim.Optimizer -----------------------------------------------------------------
@@ -366,8 +363,7 @@ class _FusedStep(torch.optim.Optimizer):
             if param is None or not isinstance(value, dict):
                 rest[key] = value
             else:
-                converted[param] = state = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]",
-                                                                    copy=True)
+                converted[param] = state = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]")
                 if self._counts_steps and "step" not in state and any(spec.name in state for spec in self._states):
                     # torch.optim.SGD keeps no step; its state means a step was taken (a step of 1 would
                     # start a momentum buffer afresh)
@@ -435,18 +431,16 @@ class _FusedStep(torch.optim.Optimizer):
                 continue
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
-            if plan.orders is not None:  # params not C-contiguous: grads in their params' memory order
-                for i, (g, p) in enumerate(zip(grads, plan.params)):
-                    if g.stride() != p.stride() and g.shape == p.shape:
-                        raise ValueError(f"fusedopt.torch.{type(self).__name__}: the grad of param {i} of a group has "
-                                         f"strides {g.stride()} but its param {p.stride()}: a param that is not "
-                                         "C-contiguous is stepped in its memory order, with its grad in its layout "
-                                         "(as autograd gives it)")
-                grads = list(map(_in_order, grads, plan.orders))
+            if plan.orders is not None and list(map(_stride, grads)) != plan.strides:
+                self._check_grad_layouts(grads, plan)
             try:  # Tensor.numpy: ~0.6 us a grad; fusedopt's conversion names a grad it refuses
                 views = list(map(_as_ndarray, grads))
             except (TypeError, RuntimeError):
                 views = self._grad_views(grads)
+            if plan.orders is not None:  # params not C-contiguous: grads in their params' memory order
+                for i, order in enumerate(plan.orders):
+                    if order is not None:
+                        views[i] = views[i].transpose(order)
             steps.append((plan, views, self._hyperparameters(group)))
             calls += len(plan.calls)
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
@@ -498,8 +492,9 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
-        (creating the state a param lacks, kept only once the step is taken), its calls grouped by
-        dtype and step argument, and the params' step counters as views into one tensor."""
+        (creating the state a param lacks, kept only once the step is taken; converting in place
+        the state of a param whose layout changed), its calls grouped by dtype and step argument,
+        and the params' step counters as views into one tensor."""
         plan = _Plan()
         plan.group, plan.state, plan.present = group, self.state, present
         plan.group_params = list(group["params"])
@@ -515,13 +510,15 @@ class _FusedStep(torch.optim.Optimizer):
                 continue
             i = len(plan.params)
             state: dict[str, Any] = self.state.get(p) or {}
-            if any(torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride() for v in state.values()):
+            if any(torch.is_tensor(v) and v.shape == p.shape and not _same_layout(v, p) for v in state.values()):
                 # the param's layout changed (model.to(memory_format=...)): its state converted
-                # into the new one as a checkpoint's is
-                state = self.state[p] = self._loaded_param_state(p, state, f"the state of param {i} of its group",
-                                                                 copy=True)
+                # into the new one as a checkpoint's is (in the same dict)
+                converted = self._loaded_param_state(p, state, f"the state of param {i} of its group")
+                state.clear()
+                state.update(converted)
             plan.state_dicts.append(self.state.get(p))
-            new = self._new_state(specs, state, p)
+            orders.append(_memory_order(p))
+            new = self._new_state(specs, state, p, orders[-1])
             plan.params.append(p)
             plan.ptrs.append(p.data_ptr())
             plan.strides.append(p.stride())
@@ -533,7 +530,6 @@ class _FusedStep(torch.optim.Optimizer):
                             plan.watched_keys.append(entry)
                             plan.watched_tensors.append(state[entry])
             tensors = {**{name: state[name] for name in state}, **new}
-            orders.append(_memory_order(p))
             param_views.append(_view(_in_order(p, orders[-1]), f"param {i} of its group"))
             state_views.append({spec.argument: self._state_view(spec, tensors, i, orders[-1]) for spec in specs})
             if _MASTER[0].argument in state_views[-1]:  # the call updates the master; the param is its copy
@@ -578,6 +574,18 @@ class _FusedStep(torch.optim.Optimizer):
         plan.state_keys = [*self.state, *self.state.values()]
         plan.orders = orders if any(order is not None for order in orders) else None
         return plan
+
+    def _check_grad_layouts(self, grads: list[torch.Tensor], plan: _Plan) -> None:
+        """ValueError for a grad in another memory order than its param's, where that param is
+        not C-contiguous (the step views both in the param's order); a C-contiguous param's grad
+        the kernels' checks take or refuse."""
+        assert plan.orders is not None
+        for i, (g, p, order) in enumerate(zip(grads, plan.params, plan.orders)):
+            if order is not None and g.layout == torch.strided and g.shape == p.shape and not _same_layout(g, p):
+                raise ValueError(f"fusedopt.torch.{type(self).__name__}: the grad of param {i} of a group has "
+                                 f"strides {g.stride()}, not in its param's memory order (strides {p.stride()}): "
+                                 "a param that is not C-contiguous is stepped in its memory order, with its grad "
+                                 "in its layout (as autograd gives it)")
 
     def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
         """NumPy views of grads of which Tensor.numpy (the step's fast path) refused one: each goes
