@@ -48,7 +48,9 @@ GradTransform grad_transform(bool maximize, double weight_decay, std::optional<d
 // ---- arrays ----------------------------------------------------------------------------------
 
 // What an argument is to an optimizer, for the dtype rules (check_dtypes). kSame: every array
-// of the call has params' dtype, float32 or float64 (clipping, the bandwidth probe).
+// of the call has params' dtype, float32 or float64 (the bandwidth probe). kParam also serves the
+// gradient functions (norms, clipping, all_finite): the role that takes all four dtypes, one
+// for all arrays, and sets Checked::dtype.
 enum class Kind { kSame, kParam, kGrad, kState, kCopy };
 
 // One argument holding an array per tensor: "params", "grads", "exp_avgs", ...
@@ -561,7 +563,7 @@ void stream_probe(py::handle read_write, py::handle read_only, py::handle write_
 
 // ---- gradient norms and clipping -------------------------------------------------------------
 
-// Grads of any dtype an update takes (float32, float64, bfloat16, float16), one for all.
+// Grads of any dtype an update takes (float32, float64, bfloat16, float16), one for all (Kind::kParam).
 Checked check_grads(py::handle grads, bool written) {
     return check_arrays({{"grads", grads, written, true, Kind::kParam}});
 }
@@ -573,7 +575,7 @@ double total_norm(const Checked& checked, double norm_type) {
     py::gil_scoped_release nogil;
     if (std::isinf(norm_type)) {
         double norm = 0.0;
-        for (double m : reduce_blocks(checked.batch, 0, k.max_abs[dt])) norm = std::isnan(m) || std::isnan(norm) ? NAN : std::max(norm, m);
+        for (double m : reduce_blocks(checked.batch, 0, k.max_abs[dt])) norm = max_keeping_nan(norm, m);
         return norm;
     }
     std::function<double(const void*, std::size_t)> block;

@@ -1,5 +1,7 @@
 // The table of kernel pointers, one table per ISA compiled in, and the choice among them.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -28,6 +30,9 @@ using MixedKernel = void (*)(const Config&, const MixedChunk&);
         (table).kernel[kFloat64] = kernel<double>; \
     } while (0)
 
+// max(a, b), NaN if either is: max_abs's blocks combined (a NaN gradient makes torch's inf-norm NaN)
+inline double max_keeping_nan(double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
+
 struct KernelTable {
     const char* isa;
     ElementwiseKernel<SgdConfig> sgd[2];  // indexed by DType
@@ -45,7 +50,8 @@ struct KernelTable {
     void (*batchnorm_forward[2])(const BatchNormForwardArgs&);  // batchnorm_forward.cpp, indexed by DType
     void (*batchnorm_backward[2])(const BatchNormBackwardArgs&);
     ElementwiseKernel<StreamConfig> stream[2];  // the benchmark's bandwidth probe
-    // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks.
+    // reduce.cpp: one block of one array -> a double; combined in block order by reduce_blocks
+    // (max_abs's with max_keeping_nan).
     // Gradients of every dtype an update takes: indexed by DType up to kFloat16.
     double (*sum_squares[4])(const void* x, std::size_t n);
     double (*sum_abs[4])(const void* x, std::size_t n);

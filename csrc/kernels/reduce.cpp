@@ -106,39 +106,50 @@ double sum_abs_pow(const void* px, std::size_t n, double p) {
     return sum;
 }
 
-// x = x * factor
+// How clipping reads and writes a gradient's elements: float32/float64 as they are (Plain),
+// bfloat16/float16 widened to float32 and rounded back to nearest even (Half16, below).
 template <class T>
+struct Plain {
+    using Element = T;
+    using Lane = T;
+    template <class V> static V load(const T* p) { return V::load(p); }
+    template <class V> static void store(V x, T* p) { x.store(p); }
+};
+
+// x = x * factor
+template <class S>
 void scale(const ScaleConfig& c, void* const* a, std::size_t n) {
-    T* x = static_cast<T*>(a[0]);
-    const T factor = T(c.factor);
-    for_each_lane<T>(n, [&](auto vec, std::size_t i) {
+    auto* x = static_cast<typename S::Element*>(a[0]);
+    const auto factor = static_cast<typename S::Lane>(c.factor);
+    for_each_lane<typename S::Lane>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        (V::load(x + i) * V(factor)).store(x + i);
+        S::store(S::template load<V>(x + i) * V(factor), x + i);
     });
 }
 
 // x = min(hi, max(lo, x)); the operand order lets a NaN x through, as torch.clamp_ does
-template <class T>
+template <class S>
 void clamp(const ClampConfig& c, void* const* a, std::size_t n) {
-    T* x = static_cast<T*>(a[0]);
-    const T lo = T(c.lo), hi = T(c.hi);
-    for_each_lane<T>(n, [&](auto vec, std::size_t i) {
+    auto* x = static_cast<typename S::Element*>(a[0]);
+    const auto lo = static_cast<typename S::Lane>(c.lo), hi = static_cast<typename S::Lane>(c.hi);
+    for_each_lane<typename S::Lane>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        min(V(hi), max(V(lo), V::load(x + i))).store(x + i);
+        S::store(min(V(hi), max(V(lo), S::template load<V>(x + i))), x + i);
     });
 }
 
 // ---- 16-bit gradients ----------------------------------------------------------------------------
 
-template <DType D, class V>
-V load16(const std::uint16_t* p) {
-    return D == kBFloat16 ? load_bf16<V>(p) : load_f16<V>(p);
-}
-template <DType D, class V>
-void store16(V x, std::uint16_t* p) {
-    if constexpr (D == kBFloat16) store_bf16(x, p);
-    else store_f16(x, p);
-}
+template <DType D>
+struct Half16 {
+    using Element = std::uint16_t;
+    using Lane = float;
+    template <class V> static V load(const std::uint16_t* p) { return D == kBFloat16 ? load_bf16<V>(p) : load_f16<V>(p); }
+    template <class V> static void store(V x, std::uint16_t* p) {
+        if constexpr (D == kBFloat16) store_bf16(x, p);
+        else store_f16(x, p);
+    }
+};
 
 // The float32 reduction f over n 16-bit elements: widened into an L1 buffer kWidened at a time,
 // the chunks' results combined in order.
@@ -150,7 +161,7 @@ double widened(const void* px, std::size_t n, F f, Combine combine) {
     double result = 0.0;
     for (std::size_t i = 0; i < n; i += kWidened) {
         const std::size_t m = std::min(kWidened, n - i);
-        for_each_lane<float>(m, [&](auto vec, std::size_t j) { load16<D, decltype(vec)>(x + i + j).store(buffer + j); });
+        for_each_lane<float>(m, [&](auto vec, std::size_t j) { Half16<D>::template load<decltype(vec)>(x + i + j).store(buffer + j); });
         result = i == 0 ? f(buffer, m) : combine(result, f(buffer, m));
     }
     return result;
@@ -172,7 +183,7 @@ double sum_abs_pow16(const void* x, std::size_t n, double p) {
 // (a chunk holding a NaN gives NaN, which wins, as in max_abs)
 template <DType D>
 double max_abs16(const void* x, std::size_t n) {
-    return widened<D>(x, n, max_abs<float>, [](double a, double b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); });
+    return widened<D>(x, n, max_abs<float>, max_keeping_nan);
 }
 
 // NaN when an element of the 16-bit array x, times scale in float32, is inf or NaN, else 0
@@ -184,33 +195,13 @@ double nonfinite_probe16(const void* x, std::size_t n, double scale) {
     Scalar<float> tail(0.0f);
     for_each_lane<float>(n, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        const V v = load16<D, V>(p + i);
+        const V v = Half16<D>::template load<V>(p + i);
         if constexpr (V::size > 1)
             acc = acc + v * V(s) * V(0.0f);  // inf * 0 and NaN * 0 are NaN
         else
             tail = tail + v * V(s) * V(0.0f);
     });
     return static_cast<double>(reduce_add(acc)) + static_cast<double>(tail.v);
-}
-
-// x = x * factor and x = min(hi, max(lo, x)) in float32, rounded back to nearest even
-template <DType D>
-void scale16(const ScaleConfig& c, void* const* a, std::size_t n) {
-    auto* x = static_cast<std::uint16_t*>(a[0]);
-    const float factor = static_cast<float>(c.factor);
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
-        store16<D>(load16<D, V>(x + i) * V(factor), x + i);
-    });
-}
-template <DType D>
-void clamp16(const ClampConfig& c, void* const* a, std::size_t n) {
-    auto* x = static_cast<std::uint16_t*>(a[0]);
-    const float lo = static_cast<float>(c.lo), hi = static_cast<float>(c.hi);
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
-        store16<D>(min(V(hi), max(V(lo), load16<D, V>(x + i))), x + i);
-    });
 }
 
 }  // namespace
@@ -221,8 +212,10 @@ void register_reduce(KernelTable& t) {
     FUSEDOPT_REGISTER(t, nonfinite_probe);
     FUSEDOPT_REGISTER(t, max_abs);
     FUSEDOPT_REGISTER(t, sum_abs_pow);
-    FUSEDOPT_REGISTER(t, scale);
-    FUSEDOPT_REGISTER(t, clamp);
+    t.scale[kFloat32] = scale<Plain<float>>;
+    t.scale[kFloat64] = scale<Plain<double>>;
+    t.clamp[kFloat32] = clamp<Plain<float>>;
+    t.clamp[kFloat64] = clamp<Plain<double>>;
     auto register16 = [&t](auto d) {
         constexpr DType D = decltype(d)::value;
         t.sum_squares[D] = sum_squares16<D>;
@@ -230,8 +223,8 @@ void register_reduce(KernelTable& t) {
         t.nonfinite_probe[D] = nonfinite_probe16<D>;
         t.max_abs[D] = max_abs16<D>;
         t.sum_abs_pow[D] = sum_abs_pow16<D>;
-        t.scale[D] = scale16<D>;
-        t.clamp[D] = clamp16<D>;
+        t.scale[D] = scale<Half16<D>>;
+        t.clamp[D] = clamp<Half16<D>>;
     };
     register16(std::integral_constant<DType, kBFloat16>{});
     register16(std::integral_constant<DType, kFloat16>{});
