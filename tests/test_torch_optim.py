@@ -514,6 +514,38 @@ def test_the_plan_follows_changes_between_steps():
     assert_same_training(model, opt, ref_model, ref_opt)
 
 
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+def test_load_state_dict_hooks_run_as_torchs(state_dtype):
+    """A load pre-hook sees the whole state_dict and what it returns is loaded (converted to
+    this optimizer's form after it); a post-hook runs with the state in place."""
+    results = []
+    for opt_class in (torch.optim.Adam, ft.Adam):
+        p = torch.nn.Parameter(torch.ones(300))
+        opt = opt_class([p], lr=0.1)
+        p.grad = torch.ones(300)
+        opt.step()
+        kwargs = {} if opt_class is torch.optim.Adam else dict(state_dtype=state_dtype, min_8bit_size=0)
+        loaded = opt_class([p], lr=0.1, **kwargs)
+        seen = {}
+
+        def pre(optimizer, state_dict, seen=seen):
+            seen["pre"] = len(state_dict["state"])
+            halved = {k: {**v, "exp_avg": v["exp_avg"] * 0.5} for k, v in state_dict["state"].items()}
+            return {**state_dict, "state": halved}
+
+        def post(optimizer, seen=seen):
+            seen["post"] = len(optimizer.state)
+
+        loaded.register_load_state_dict_pre_hook(pre)
+        loaded.register_load_state_dict_post_hook(post)
+        loaded.load_state_dict(opt.state_dict())
+        assert seen == {"pre": 1, "post": 1}
+        state = loaded.state[p]
+        results.append(state["exp_avg"].float() if state["exp_avg"].dtype != torch.uint8 else torch.from_numpy(
+            fusedopt.QuantizedState(state["exp_avg"].numpy(), state["exp_avg_scales"].numpy(), True).dequantize()))
+    assert torch.allclose(results[0], results[1], rtol=2 ** -4)  # the 8-bit code: 2^-4 relative
+
+
 # ---- refused ---------------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any, ClassVar, overload
@@ -344,7 +345,31 @@ class _FusedStep(torch.optim.Optimizer):
         """torch's load_state_dict, with the state converted to this optimizer's form first (the
         module docstring) instead of cast to each param's dtype as torch does (which would turn
         8-bit codes, scales and float32 master weights into the param's dtype). The options stay
-        this optimizer's; a checkpoint without group seeds keeps this optimizer's seeds."""
+        this optimizer's; a checkpoint without group seeds keeps this optimizer's seeds. Load
+        hooks run as torch runs them: the pre-hooks on the whole state_dict first (what one
+        returns is loaded), the post-hooks once the state is in place."""
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()  # shallow, as torch's
+        attributes: dict[str, Any] = self.__dict__  # torch's hook dicts (kept there by its __init__ and __setstate__)
+        pre_hooks = attributes["_optimizer_load_state_dict_pre_hooks"]
+        post_hooks = attributes["_optimizer_load_state_dict_post_hooks"]
+        for pre_hook in list(pre_hooks.values()):
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        # torch's load below runs without the hooks: the state it is handed is only part of it
+        attributes["_optimizer_load_state_dict_pre_hooks"] = OrderedDict()
+        attributes["_optimizer_load_state_dict_post_hooks"] = OrderedDict()
+        try:
+            self._load_converted_state_dict(state_dict)
+        finally:
+            attributes["_optimizer_load_state_dict_pre_hooks"] = pre_hooks
+            attributes["_optimizer_load_state_dict_post_hooks"] = post_hooks
+        for post_hook in list(post_hooks.values()):
+            post_hook(self)
+
+    def _load_converted_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """load_state_dict's work, its hooks aside."""
         saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         saved_state = state_dict.get("state") if isinstance(state_dict, dict) else None
         if (not isinstance(saved_groups, list) or not isinstance(saved_state, dict)
