@@ -540,6 +540,20 @@ def test_torch_func_transforms_and_forward_ad_as_torch(transform: str) -> None:
     assert results[0] is not None and torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
+def test_fx_trace_with_the_documented_tracer() -> None:
+    """The module docstring's torch.fx Tracer keeps the modules as leaves (call_module nodes), and
+    the traced model computes what the model does."""
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: Any, name: str) -> bool:
+            ours = (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d)
+            return isinstance(m, ours) or bool(super().is_leaf_module(m, name))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNorm2d(4), BatchNormReLU2d(4)).eval()
+    traced = torch.fx.GraphModule(model, Tracer().trace(model))
+    assert [n.op for n in traced.graph.nodes].count("call_module") == 3
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(traced(x), model(x))
+
+
 @pytest.mark.parametrize("training,stats", [(True, "mean_only"), (True, "var_only"), (False, "mean_only"),
                                             (False, "var_only"), (False, "neither")])
 def test_functional_running_statistics_as_torch(training: bool, stats: str) -> None:

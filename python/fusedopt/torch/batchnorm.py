@@ -46,7 +46,15 @@ weight and bias need theirs (one pass of the kernel writes all three; None is re
 was not asked for); and a 3-d (N, C, L) input whose memory is (N, L, C) gives an output in that
 layout too (torch has no memory format for 3-d tensors and returns a contiguous one); the output
 and the input's gradient have storage that cannot grow (resize_ to more elements raises, as on
-any tensor made by torch.from_numpy).
+any tensor made by torch.from_numpy); torch.fx.symbolic_trace keeps torch.nn's modules as leaves
+(call_module nodes) by their module's name, and traces into these, which it cannot (their
+forward reads the input's memory): trace with a Tracer that keeps them as leaves too,
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, name):
+            ours = (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d)
+            return isinstance(m, ours) or super().is_leaf_module(m, name)
+    graph_module = torch.fx.GraphModule(model, Tracer().trace(model))
 """
 from __future__ import annotations
 
