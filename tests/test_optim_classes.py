@@ -611,6 +611,9 @@ BAD_FILES = [
                                        "param_groups": [], "state": {"x": {}}})),
     ("bad array name", lambda p: np.savez(p, meta=np.array(json.dumps(
         {"format": optim.CHECKPOINT_FORMAT, "optimizer": "Adam", "param_groups": [], "state": {}})), junk=np.zeros(2))),
+    *[(f"encoded {encoded!r}", npz_with_meta({"format": optim.CHECKPOINT_FORMAT, "optimizer": "Adam",
+                                              "param_groups": [], "state": {}, "encoded": encoded}))
+      for encoded in ([], {"0": "bfloat16"}, {"0": None})],
 ]
 
 

@@ -320,6 +320,26 @@ def test_checkpoint_converts_between_state_dtypes(name, source, target, tmp_path
     assert_matches(fresh, ref)
 
 
+@pytest.mark.parametrize("target", ["float32", "bfloat16", "int8"])
+def test_checkpoint_state_in_fortran_order_converts_into_c_order(target):
+    """State arrays of a checkpoint in another memory order (Fortran order: a state_dict made by
+    other code) are converted into C-order arrays, which a step updates in place."""
+    source = "bfloat16" if target == "float32" else "float32"
+    opt = make_optimizer("Adam", make_params(F32), state_dtype=source)
+    opt.step(flat(make_grads(F32, 1)[0]))
+    sd = opt.state_dict()
+    for state in sd["state"].values():
+        for name, value in state.items():
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                state[name] = np.asfortranarray(value)
+    loaded = make_optimizer("Adam", make_params(F32), state_dtype=target)
+    loaded.load_state_dict(sd)
+    for state in loaded.state.values():
+        for value in state.values():
+            assert not isinstance(value, np.ndarray) or value.flags.c_contiguous
+    assert loaded.step(flat(make_grads(F32, 2)[1])) is True
+
+
 def test_torch_style_fp32_checkpoint_into_int8_quantizes_exactly():
     """A state_dict of an fp32 AdamW (as torch.optim.AdamW keeps it) loads into an int8 AdamW as
     fusedopt.quantize of each array; loaded back into an fp32 AdamW it is its dequantize, within the

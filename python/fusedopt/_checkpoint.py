@@ -87,7 +87,8 @@ def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
                 meta = json.loads(str(npz["meta"][()]))
                 arrays = {key: npz[key] for key in npz.files if key != "meta"}  # reads (and CRC-checks) all
         if not (isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
-                and isinstance(meta.get("state"), dict)):
+                and isinstance(meta.get("state"), dict) and isinstance(meta.get("encoded", {}), dict)
+                and all(isinstance(names, dict) for names in meta.get("encoded", {}).values())):
             raise ValueError(f"its meta is not a {CHECKPOINT_FORMAT!r}")
         state = {int(i): dict(scalars) for i, scalars in meta["state"].items()}
         encoded = meta.get("encoded", {})

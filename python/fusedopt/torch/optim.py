@@ -295,8 +295,6 @@ class _FusedStep(torch.optim.Optimizer):
                                           convert=key != MASTER_PARAM)
                 if converted is array:
                     converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
-                elif isinstance(converted, np.ndarray):  # (NumPy's conversions keep a view's strides)
-                    converted = np.ascontiguousarray(converted)
                 out.update(_as_tensors(key, converted, order))
             elif isinstance(key, str) and key.endswith(_SCALES) and key[:-len(_SCALES)] in specs:
                 if key[:-len(_SCALES)] not in saved:
