@@ -755,6 +755,21 @@ STEP_ERRORS = [
 ]
 
 
+def test_an_array_in_two_places_is_named_by_both():
+    """One array object serving twice in a step (a param given as another param's grad; two
+    params' state sharing an array): the overlap error names both places."""
+    a, b = np.ones(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] and grads\[1\] \(the grad of "
+                                         r"param_groups\[0\]\['params'\]\[1\]\) overlap"):
+        optim.SGD([a, b], lr=0.1).step([b, a])
+    opt = optim.Adam([a, b], lr=0.1)
+    opt.step([np.ones(3, np.float32), np.ones(3, np.float32)])
+    opt.state[b]["exp_avg"] = opt.state[a]["exp_avg"]
+    with pytest.raises(ValueError, match=r"state\['exp_avg'\] of param_groups\[0\]\['params'\]\[0\] and "
+                                         r"state\['exp_avg'\] of param_groups\[0\]\['params'\]\[1\] overlap"):
+        opt.step([np.ones(3, np.float32), np.ones(3, np.float32)])
+
+
 def test_hyperparameters_changed_in_place_are_checked_again():
     """A step reuses the hyperparameters checked by the last one only while the group is unchanged:
     a list changed in place, a value that does not compare with the last one, or an equal value of

@@ -509,20 +509,26 @@ class Optimizer:
                         append(a)
         pair = _core.overlapping(arrays)
         if pair is not None:
-            first, second = (self._array_name(arrays[k], params, grads, calls) for k in pair)
+            first, second = (self._array_name(k, params, grads, calls) for k in pair)
             raise ValueError(f"{first} and {second} overlap in memory; every array of a step must be distinct")
 
-    def _array_name(self, array: np.ndarray, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> str:
-        """The name of one of the arrays _check_step checked (found by identity: only for an error)."""
+    def _array_name(self, k: int, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> str:
+        """The name of the k-th array _check_step collected, found by walking the calls again in
+        its order (only for an error: an array object may serve in two places)."""
+        names: list[str] = []
         for _, _, indices, _, state_arrays in calls:
+            masters = state_arrays.get(_MASTER_SPEC.argument)
             for position, i in enumerate(indices):
-                if array is params[i]:
-                    return self._param_name(i)
-                if array is grads[i]:
-                    return f"grads[{i}] (the grad of {self._param_name(i)})"
+                param = self._param_name(i)
+                if masters is not None:
+                    names.append(f"state[{MASTER_PARAM!r}] of {param}")
+                names += [param, f"grads[{i}] (the grad of {param})"]
                 for argument, state_list in state_arrays.items():
-                    if any(array is part for part in _memory(state_list[position])):
-                        return f"state[{self._state_name(argument)!r}] of {self._param_name(i)}"
+                    if argument != _MASTER_SPEC.argument:  # (8-bit state: its codes and its scales)
+                        name = f"state[{self._state_name(argument)!r}] of {param}"
+                        names += [name] * len(_memory(state_list[position]))
+                if len(names) > k:
+                    return names[k]
         return "an array"
 
     def _plan(self, params: Sequence[Any],
