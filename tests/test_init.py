@@ -90,6 +90,18 @@ def test_glorot_gain_scales_std(init):
     assert_mean_and_std(w, expected_std(init, shape, gain=5.0 / 3.0))
 
 
+def test_calculate_gain_is_torchs():
+    """calculate_gain's defaults and names as torch.nn.init.calculate_gain's (leaky_relu's slope
+    0.01 when none is given; 1 for the convolutions)."""
+    assert calculate_gain("leaky_relu") == pytest.approx(math.sqrt(2.0 / (1.0 + 0.01 ** 2)))
+    for name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        assert calculate_gain(name) == 1.0
+    torch = pytest.importorskip("torch")
+    for name, a in [("leaky_relu", None), ("leaky_relu", 0.2), ("relu", None), ("tanh", None), ("selu", None),
+                    ("conv2d", None), ("sigmoid", None)]:
+        assert calculate_gain(name, a) == pytest.approx(torch.nn.init.calculate_gain(name, a))
+
+
 @pytest.mark.parametrize(
     "nonlinearity, a, gain",
     [

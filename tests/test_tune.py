@@ -154,9 +154,11 @@ def test_uniform_and_choice_samples():
         lambda: uniform(2.0, 1.0),
         lambda: uniform(math.nan, 1.0),
         lambda: uniform(-math.inf, 1.0),
+        lambda: uniform(-1e308, 1e308),  # high - low overflows: the sampler could not draw
         lambda: choice([]),
         lambda: choice("abc"),
         lambda: choice(3),
+        lambda: choice({"relu", "tanh"}),  # a set: its order, and so a seed's draws, vary by run
     ],
 )
 def test_bad_distributions_raise(make):

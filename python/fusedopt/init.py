@@ -52,29 +52,34 @@ def fan_in_and_fan_out(shape: ShapeLike) -> tuple[int, int]:
     return shape[1] * receptive_field, shape[0] * receptive_field
 
 
-def calculate_gain(nonlinearity: str, a: float = 0.0) -> float:
+_LINEAR = ("linear", "identity", "sigmoid", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d")
+
+
+def calculate_gain(nonlinearity: str, a: float | None = None) -> float:
     """Return the gain of torch.nn.init.calculate_gain for a nonlinearity.
 
     The gain g is chosen so that a layer with Var(w) = g^2 / fan keeps the second moment
-    of its input: 1 for linear/identity/sigmoid, 5/3 for tanh, sqrt(2) for relu (relu
-    zeroes half of a symmetric input, halving E[x^2]), sqrt(2 / (1 + a^2)) for leaky_relu
-    with negative slope a, and 3/4 for selu.
+    of its input: 1 for linear/identity/sigmoid and the convolutions, 5/3 for tanh, sqrt(2)
+    for relu (relu zeroes half of a symmetric input, halving E[x^2]), sqrt(2 / (1 + a^2)) for
+    leaky_relu with negative slope a (torch's default 0.01 when a is None), and 3/4 for selu.
     """
-    if nonlinearity in ("linear", "identity", "sigmoid"):
+    if nonlinearity in _LINEAR:
         return 1.0
     if nonlinearity == "tanh":
         return 5.0 / 3.0
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
+        a = 0.01 if a is None else a
         if not math.isfinite(a):
             raise ValueError(f"leaky_relu negative slope must be finite, got {a}")
         return math.sqrt(2.0 / (1.0 + a * a))
     if nonlinearity == "selu":
         return 0.75
     raise ValueError(
-        f"unknown nonlinearity {nonlinearity!r}; expected one of 'linear', 'identity', "
-        "'sigmoid', 'tanh', 'relu', 'leaky_relu', 'selu'"
+        f"unknown nonlinearity {nonlinearity!r}; expected one of {', '.join(map(repr, _LINEAR))}, "
+        "'tanh', 'relu', 'leaky_relu', 'selu'"
     )
 
 

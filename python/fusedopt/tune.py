@@ -55,8 +55,8 @@ class uniform:
 
     def __init__(self, low: float, high: float) -> None:
         low, high = float(low), float(high)
-        if not (-math.inf < low < high < math.inf):
-            raise ValueError(f"uniform needs finite low < high, got ({low}, {high})")
+        if not (-math.inf < low < high < math.inf and math.isfinite(high - low)):  # (the sampler needs high - low)
+            raise ValueError(f"uniform needs finite low < high, with high - low finite, got ({low}, {high})")
         self.low, self.high = low, high
 
     def sample(self, rng: np.random.Generator) -> float:
@@ -70,7 +70,9 @@ class choice:
     """One of `options`, each equally likely."""
 
     def __init__(self, options: Sequence[Any]) -> None:
-        if isinstance(options, (str, bytes)) or not np.iterable(options):
+        # a list, as grid_search's values: a set's order (of strings: by PYTHONHASHSEED) would
+        # change a seed's draws
+        if not _is_value_list(options):
             raise ValueError(f"choice needs a list of options, got {options!r}")
         self.options = list(options)
         if not self.options:
