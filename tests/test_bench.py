@@ -1,4 +1,5 @@
 """The benchmark suite (python -m fusedopt.bench) and its bandwidth probe."""
+import importlib
 import io
 import json
 import re
@@ -98,16 +99,37 @@ def run_main(capsys, *argv):
 @pytest.mark.parametrize("argv, message", [
     (["--filter", "nomatch"], "selects no case"),
     (["--filter", "("], "not a regular expression"),
-    (["--threads", "0"], "must be >= 1"),
+    (["--threads", "0"], "must be from 1 to 1024"),
+    (["--threads", "2000"], "must be from 1 to 1024"),
     (["--threads", "1,x"], "comma-separated integers"),
     (["--repeats", "0"], "must be >= 1"),
     (["--noisy", "0.5"], "must be >= 1.0"),
     (["--json", "/no/such/folder/out.json"], "does not exist"),
+    (["--json", "."], "is a folder"),
+    (["--plot", ""], "an empty path"),
 ])
 def test_bad_arguments_fail_before_running(capsys, argv, message):
     code, out, err = run_main(capsys, *argv)
     assert code == 2 and message in err
     assert out == ""  # nothing ran: not even the header
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    (module, argv, message)
+    for module in ("fusedopt.bench_lowbit", "fusedopt.torch.bench", "fusedopt.torch.bench_batchnorm")
+    for argv, message in ((["--threads", "0"], "must be from 1 to 1024"), (["--threads", "abc"], "comma-separated"),
+                          (["--json", "."], "is a folder"))
+    if not (module == "fusedopt.torch.bench" and argv[0] == "--json")  # (it writes no JSON)
+])
+def test_other_bench_clis_check_arguments_before_running(capsys, module, argv, message):
+    """The low-bit and PyTorch benches take the same checked arguments (where they have them)."""
+    if module.startswith("fusedopt.torch"):
+        pytest.importorskip("torch")
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and message in err and out == ""
 
 
 def test_plot_without_matplotlib_fails_at_start(capsys, monkeypatch, tmp_path):

@@ -56,6 +56,7 @@ import numpy as np
 import fusedopt
 
 from . import _core
+from .bench.cli import thread_counts, writable
 from .bench.timing import time_interleaved
 from .lowbit import QUANT_BLOCK, quantized_zeros_like
 
@@ -436,22 +437,15 @@ def table(rows: Sequence[Row]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fusedopt.bench_lowbit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="64K only, fewer repeats")
-    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all)")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--threads", type=thread_counts, default=None,
+                        help="comma-separated thread counts (default: 1 and all)")
+    parser.add_argument("--json", type=writable, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes of 64K,1M,16M,resnet50 (default: all)")
     parser.add_argument("--optimizers", default=None, help="comma-separated of " + ",".join(OPTIMIZERS))
     parser.add_argument("--no-codec", action="store_true", help="skip the codec rows")
     parser.add_argument("--foreign", default=None, help=argparse.SUPPRESS)  # LIBRARY:OPTIMIZER:SIZE, see _foreign_times
     args = parser.parse_args(argv)
-    if args.threads is None:
-        threads = sorted({1, fusedopt.get_num_threads()})
-    else:
-        try:
-            threads = [int(t) for t in args.threads.split(",")]
-        except ValueError:
-            parser.error(f"--threads takes comma-separated integers, got {args.threads!r}")
-        if any(t < 1 for t in threads):
-            parser.error("--threads: counts must be >= 1")
+    threads = sorted({1, fusedopt.get_num_threads()}) if args.threads is None else args.threads
     if args.foreign:
         _foreign_child(args.foreign, threads, args.quick)
         return

@@ -109,13 +109,18 @@ def run(selected: Sequence[tuple[Section, list[Case]]], thread_counts: Sequence[
 # ---- arguments ---------------------------------------------------------------------------------
 
 
-def _thread_counts(text: str) -> list[int]:
+# argparse types of the bench CLIs (this one, bench_lowbit's and fusedopt.torch's): every
+# argument checked before anything runs
+MAX_THREADS = 1024  # set_num_threads' limit (csrc/parallel.h: kMaxThreads)
+
+
+def thread_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2, got {text!r}") from None
-    if any(n < 1 for n in counts):
-        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
+    if any(not 1 <= n <= MAX_THREADS for n in counts):
+        raise argparse.ArgumentTypeError(f"thread counts must be from 1 to {MAX_THREADS}, got {text!r}")
     return sorted(set(counts))
 
 
@@ -139,10 +144,18 @@ def _positive(kind: type[int] | type[float], minimum: float) -> Any:
     return parse
 
 
-def _writable(path: str) -> str:
+def writable(path: str) -> str:
+    """An output file's path: in a folder that exists and may be written, not a folder itself
+    nor a file that may not be written (found out after a run of minutes otherwise)."""
     folder = os.path.dirname(os.path.abspath(path))
+    if not path:
+        raise argparse.ArgumentTypeError("an empty path")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path!r} is a folder, not a file's path")
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"{path}: folder {folder} does not exist")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{path}: not writable")
     return path
 
 
@@ -155,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", type=_regex, metavar="RE",
                    help="only the cases whose name matches this regular expression (--list shows the names)")
     p.add_argument("--list", action="store_true", help="print the names of the selected cases and exit")
-    p.add_argument("--threads", type=_thread_counts, metavar="N[,M...]",
+    p.add_argument("--threads", type=thread_counts, metavar="N[,M...]",
                    help="comma-separated thread counts (default: 1 and all usable CPUs)")
     p.add_argument("--repeats", type=_positive(int, 1), metavar="N",
                    help="timed batches per figure; the tables show the best (default: 5, --quick 3)")
@@ -168,9 +181,9 @@ def parser() -> argparse.ArgumentParser:
                         "torch_batchnorm (fusedopt.torch modules), lowbit (mixed precision and 8-bit state); "
                         "--filter does not apply to them; a full run (no --quick, no --filter) runs the two "
                         "torch suites whenever torch is installed")
-    p.add_argument("--json", type=_writable, metavar="PATH",
+    p.add_argument("--json", type=writable, metavar="PATH",
                    help="also write the rows (best and median of every timing) and the machine to this file")
-    p.add_argument("--plot", type=_writable, metavar="PATH",
+    p.add_argument("--plot", type=writable, metavar="PATH",
                    help='draw the run to this PNG (needs matplotlib: pip install ".[bench]")')
     return p
 

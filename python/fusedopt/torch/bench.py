@@ -1,4 +1,4 @@
-"""The PyTorch optimizer bench: python -m fusedopt.torch.bench [--quick] [--threads 1 2]
+"""The PyTorch optimizer bench: python -m fusedopt.torch.bench [--quick] [--threads 1,2]
 
 ResNet-50's and an MLP's parameter shapes (fusedopt.bench's) as nn.Parameters with .grad set,
 and one set of AdamW state tensors (exp_avg, exp_avg_sq) that every implementation updates:
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import fusedopt
-from fusedopt.bench.cli import machine_info
+from fusedopt.bench.cli import machine_info, thread_counts
 from fusedopt.bench.optimizers import mlp_shapes, resnet50_shapes
 from fusedopt.bench.timing import time_interleaved
 
@@ -196,9 +196,11 @@ def table(result_rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m fusedopt.torch.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter batches")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2], metavar="N[,M...]",
+                        help="comma-separated thread counts (default: 1,2)")
     args = parser.parse_args(argv)
     info = machine_info()
     print(f"# fusedopt.torch AdamW step: {info['cpu']}, {info['cpus']} CPUs, isa {info['isa']}, "

@@ -37,7 +37,7 @@ import torch
 import fusedopt
 
 from ..bench.batchnorm import CASES as _BATCHNORM_CASES
-from ..bench.cli import machine_info, set_threads
+from ..bench.cli import machine_info, set_threads, thread_counts, writable
 from ..bench.timing import time_interleaved
 from .batchnorm import BatchNorm1d, BatchNorm2d
 
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fusedopt.torch.bench_batchnorm",
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two shapes, short timings")
-    parser.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2],
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2], metavar="N[,M...]",
                         help="comma-separated thread counts (default: 1,2)")
-    parser.add_argument("--json", help="also write the rows and the machine description to this file")
+    parser.add_argument("--json", type=writable, help="also write the rows and the machine description to this file")
     args = parser.parse_args(argv)
     info = machine_info()
     print(f"# fusedopt.torch batch norm, forward + backward (ms per step, best / median): {info['cpu']} "
