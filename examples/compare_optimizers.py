@@ -35,8 +35,8 @@ TARGET_ACCURACY = 0.95
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--trials", type=int, default=8,
+    parser.add_argument("--epochs", type=train_digits.positive_int, default=30)
+    parser.add_argument("--trials", type=train_digits.positive_int, default=8,
                         help="learning rates tried per optimizer and batch norm setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the test accuracy curves")

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest param difference accepted between the sharded and the single run")
     args = parser.parse_args(argv)
+    if min(args.nproc, args.steps) < 1 or args.batch < args.nproc:
+        parser.error(f"--nproc and --steps must be >= 1 and --batch >= --nproc (a sample per rank), got "
+                     f"{args.nproc}, {args.steps} and {args.batch}")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun: env:// rendezvous
         if args.batch % int(os.environ["WORLD_SIZE"]):
             parser.error("--batch must be a multiple of the number of ranks")

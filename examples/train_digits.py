@@ -77,14 +77,25 @@ def parse_hidden(text):
     return sizes
 
 
+def positive_int(text):
+    """argparse type of a count (epochs, batch size, ...): an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default per optimizer: " +
                              ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + ")")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--init", choices=["glorot", "kaiming"], default="kaiming")
     parser.add_argument("--seed", type=int, default=0)

@@ -93,6 +93,14 @@ def test_options_and_args_namespace():
         train_digits.train(data=gaussian_blobs(0), learning_rate=0.1)
 
 
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--batch-size", "-1"], ["--batch-size", "x"], ["--hidden", "0"]])
+def test_bad_sizes_are_usage_errors(argv, capsys):
+    """Counts below 1 are refused by the parser (they trained nothing, or failed deep inside)."""
+    with pytest.raises(SystemExit) as info:
+        train_digits.make_parser().parse_args(argv)
+    assert info.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
 def test_compare_on_blobs():
     rows = compare_optimizers.compare(gaussian_blobs(0), epochs=1, trials=2, seed=0, quiet=True, hidden=(16,))
     assert [(row["optimizer"], row["batch_norm"]) for row in rows] == \
