@@ -367,13 +367,8 @@ struct Half {
     std::uint16_t* p;
     Half(const MixedChunk& m, std::size_t k, const BlockAt& b) : p(element<std::uint16_t>(m, k, b.lo)) {}
     explicit Half(std::uint16_t* at) : p(at) {}
-    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const {
-        return F16 ? load_f16<V>(p + i) : load_bf16<V>(p + i);
-    }
-    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
-        if constexpr (F16) store_f16(x, p + i);
-        else store_bf16(x, p + i);
-    }
+    template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return load_half<F16, V>(p + i); }
+    template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { store_half<F16>(x, p + i); }
     FUSEDOPT_INLINE void prefetch(std::size_t) const {}
     void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
     static bool fits(const MixedChunk& m, std::size_t k) {

@@ -56,27 +56,47 @@ double sum_abs(const void* x, std::size_t n) {
     return sum_as_double(static_cast<const T*>(x), n, [](auto v) { return abs(v); });
 }
 
-// sum of (x * scale) * 0 in x's dtype: 0 when every x * scale is finite, NaN when one is inf or
-// NaN. scale is the update's grad_mult (1 / grad_scale, negated to maximize), rounded to x's
-// dtype and applied as the update kernels apply it, so what is checked is the gradient the
+
+// How the gradient functions read and write an array's elements: float32/float64 as they are
+// (Plain), bfloat16/float16 widened to float32 and rounded back to nearest even (Half16).
+template <class T>
+struct Plain {
+    using Element = T;
+    using Lane = T;
+    template <class V> static V load(const T* p) { return V::load(p); }
+    template <class V> static void store(V x, T* p) { x.store(p); }
+};
+template <DType D>
+struct Half16 {
+    using Element = std::uint16_t;
+    using Lane = float;
+    template <class V> static V load(const std::uint16_t* p) { return load_half<D == kFloat16, V>(p); }
+    template <class V> static void store(V x, std::uint16_t* p) { store_half<D == kFloat16>(x, p); }
+};
+
+// sum of (x * scale) * 0 in x's lane type (its dtype, float32 for 16-bit x): 0 when every
+// x * scale is finite, NaN when one is inf or NaN. scale is the update's grad_mult (1 /
+// grad_scale, negated to maximize), rounded to the lane type and applied as the update kernels
+// apply it, so what is checked is the gradient the
 // update uses (a finite float32 grad of 3e38 with grad_scale 0.5 is inf there), as torch's
 // GradScaler checks the unscaled grads; still one read-only pass.
-template <class T>
+template <class S>
 double nonfinite_probe(const void* px, std::size_t n, double scale) {
-    const T* x = static_cast<const T*>(px);
+    const auto* x = static_cast<const typename S::Element*>(px);
+    using T = typename S::Lane;
     using V = Vec<T>;
     constexpr std::size_t W = V::size;
     const V s{T(scale)}, zero{T(0)};
     V acc0(zero), acc1(zero), acc2(zero), acc3(zero);
     std::size_t i = 0;
     for (; i + 4 * W <= n; i += 4 * W) {
-        acc0 = acc0 + V::load(x + i) * s * zero;
-        acc1 = acc1 + V::load(x + i + W) * s * zero;
-        acc2 = acc2 + V::load(x + i + 2 * W) * s * zero;
-        acc3 = acc3 + V::load(x + i + 3 * W) * s * zero;
+        acc0 = acc0 + S::template load<V>(x + i) * s * zero;
+        acc1 = acc1 + S::template load<V>(x + i + W) * s * zero;
+        acc2 = acc2 + S::template load<V>(x + i + 2 * W) * s * zero;
+        acc3 = acc3 + S::template load<V>(x + i + 3 * W) * s * zero;
     }
     double sum = static_cast<double>(reduce_add((acc0 + acc1) + (acc2 + acc3)));
-    for (; i < n; ++i) sum += static_cast<double>((Scalar<T>::load(x + i) * Scalar<T>(T(scale)) * Scalar<T>(T(0))).v);
+    for (; i < n; ++i) sum += static_cast<double>((S::template load<Scalar<T>>(x + i) * Scalar<T>(T(scale)) * Scalar<T>(T(0))).v);
     return sum;
 }
 
@@ -90,7 +110,7 @@ double max_abs(const void* px, std::size_t n) {
     for (; i + Vec<T>::size <= n; i += Vec<T>::size) acc = max(abs(Vec<T>::load(x + i)), acc);
     T m = reduce_max(acc);
     for (; i < n; ++i) m = max(abs(Scalar<T>::load(x + i)), Scalar<T>(m)).v;
-    if (std::isnan(nonfinite_probe<T>(px, n, 1.0)) && !std::isinf(m)) return std::nan("");
+    if (std::isnan(nonfinite_probe<Plain<T>>(px, n, 1.0)) && !std::isinf(m)) return std::nan("");
     if (std::isinf(m))  // inf and NaN both present: NaN wins, as in torch
         for (std::size_t j = 0; j < n; ++j)
             if (std::isnan(x[j])) return std::nan("");
@@ -105,16 +125,6 @@ double sum_abs_pow(const void* px, std::size_t n, double p) {
     for (std::size_t i = 0; i < n; ++i) sum += std::pow(std::fabs(static_cast<double>(x[i])), p);
     return sum;
 }
-
-// How clipping reads and writes a gradient's elements: float32/float64 as they are (Plain),
-// bfloat16/float16 widened to float32 and rounded back to nearest even (Half16, below).
-template <class T>
-struct Plain {
-    using Element = T;
-    using Lane = T;
-    template <class V> static V load(const T* p) { return V::load(p); }
-    template <class V> static void store(V x, T* p) { x.store(p); }
-};
 
 // x = x * factor
 template <class S>
@@ -139,17 +149,6 @@ void clamp(const ClampConfig& c, void* const* a, std::size_t n) {
 }
 
 // ---- 16-bit gradients ----------------------------------------------------------------------------
-
-template <DType D>
-struct Half16 {
-    using Element = std::uint16_t;
-    using Lane = float;
-    template <class V> static V load(const std::uint16_t* p) { return D == kBFloat16 ? load_bf16<V>(p) : load_f16<V>(p); }
-    template <class V> static void store(V x, std::uint16_t* p) {
-        if constexpr (D == kBFloat16) store_bf16(x, p);
-        else store_f16(x, p);
-    }
-};
 
 // The float32 reduction f over n 16-bit elements: widened into an L1 buffer kWidened at a time,
 // the chunks' results combined in order.
@@ -186,30 +185,14 @@ double max_abs16(const void* x, std::size_t n) {
     return widened<D>(x, n, max_abs<float>, max_keeping_nan);
 }
 
-// NaN when an element of the 16-bit array x, times scale in float32, is inf or NaN, else 0
-template <DType D>
-double nonfinite_probe16(const void* x, std::size_t n, double scale) {
-    const std::uint16_t* p = static_cast<const std::uint16_t*>(x);
-    const float s = static_cast<float>(scale);  // the grad_mult the update applies to the decoded grad
-    Vec<float> acc(0.0f);
-    Scalar<float> tail(0.0f);
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
-        using V = decltype(vec);
-        const V v = Half16<D>::template load<V>(p + i);
-        if constexpr (V::size > 1)
-            acc = acc + v * V(s) * V(0.0f);  // inf * 0 and NaN * 0 are NaN
-        else
-            tail = tail + v * V(s) * V(0.0f);
-    });
-    return static_cast<double>(reduce_add(acc)) + static_cast<double>(tail.v);
-}
 
 }  // namespace
 
 void register_reduce(KernelTable& t) {
     FUSEDOPT_REGISTER(t, sum_squares);
     FUSEDOPT_REGISTER(t, sum_abs);
-    FUSEDOPT_REGISTER(t, nonfinite_probe);
+    t.nonfinite_probe[kFloat32] = nonfinite_probe<Plain<float>>;
+    t.nonfinite_probe[kFloat64] = nonfinite_probe<Plain<double>>;
     FUSEDOPT_REGISTER(t, max_abs);
     FUSEDOPT_REGISTER(t, sum_abs_pow);
     t.scale[kFloat32] = scale<Plain<float>>;
@@ -220,7 +203,7 @@ void register_reduce(KernelTable& t) {
         constexpr DType D = decltype(d)::value;
         t.sum_squares[D] = sum_squares16<D>;
         t.sum_abs[D] = sum_abs16<D>;
-        t.nonfinite_probe[D] = nonfinite_probe16<D>;
+        t.nonfinite_probe[D] = nonfinite_probe<Half16<D>>;
         t.max_abs[D] = max_abs16<D>;
         t.sum_abs_pow[D] = sum_abs_pow16<D>;
         t.scale[D] = scale<Half16<D>>;

@@ -89,6 +89,18 @@ void store_f16(V x, std::uint16_t* p) {
 #endif
 }
 
+// A 16-bit storage format's load and store, by format (F16: float16, else bfloat16; stores round
+// to nearest even): what the mixed optimizers and the 16-bit gradient functions read and write.
+template <bool F16, class V>
+V load_half(const std::uint16_t* p) {
+    return F16 ? load_f16<V>(p) : load_bf16<V>(p);
+}
+template <bool F16, class V>
+void store_half(V x, std::uint16_t* p) {
+    if constexpr (F16) store_f16(x, p);
+    else store_bf16(x, p);
+}
+
 // ---- random bits of stochastic rounding ---------------------------------------------------
 
 // C. Wellons' lowbias32 (an invertible 32-bit mix with low bias, hash-prospector) but for its
