@@ -71,13 +71,31 @@ struct Span {
     std::size_t id;
 };
 
-// The ids of two spans that share a byte (the first such pair by address), if any. Any two
-// arrays of an update sharing a byte would make the result depend on the order of writes.
-std::optional<std::pair<std::size_t, std::size_t>> overlapping(std::vector<Span> spans) {
+// True when two of the spans share a byte (one sort by address). Any two arrays of an update
+// sharing a byte would make the result depend on the order of writes.
+bool any_overlap(std::vector<Span> spans) {
     std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
     for (std::size_t i = 1; i < spans.size(); ++i)
-        if (spans[i].lo < spans[i - 1].hi) return std::make_pair(spans[i - 1].id, spans[i].id);
-    return std::nullopt;
+        if (spans[i].lo < spans[i - 1].hi) return true;
+    return false;
+}
+
+// The ids of the first two spans, in the order given, that share a byte: the first span that
+// overlaps one before it, and the first of those. Naming the pair by the caller's order, not by
+// address, gives the same error on every run (an address-sorted pair differed under ASan's
+// allocator). Only an error pays for the search: the shortest overlapping prefix is found by
+// bisection, each probe one sort.
+std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans) {
+    if (!any_overlap(spans)) return std::nullopt;
+    std::size_t lo = 1, hi = spans.size();  // the prefix of hi spans overlaps; of lo - 1 does not
+    while (lo < hi) {
+        const std::size_t mid = lo + (hi - lo) / 2;
+        if (any_overlap(std::vector<Span>(spans.begin(), spans.begin() + static_cast<std::ptrdiff_t>(mid)))) hi = mid;
+        else lo = mid + 1;
+    }
+    const Span& last = spans[hi - 1];
+    for (std::size_t i = 0;; ++i)
+        if (spans[i].lo < last.hi && last.lo < spans[i].hi) return std::make_pair(spans[i].id, last.id);
 }
 
 Span span_of(const py::array& a, std::size_t id) {
@@ -308,7 +326,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
     if (quantized) out.batch.cut_multiple = kQuantBlockSize;
     if (out.mixed) out.batch.min_elements_per_thread = kMixedMinElementsPerThread;
 
-    if (auto pair = overlapping(std::move(spans))) {
+    if (auto pair = overlapping(spans)) {
         auto name = [&](std::size_t id) {
             return std::string(roles[id / ntensors].name) + (single ? "" : "[" + std::to_string(id % ntensors) + "]");
         };
@@ -693,7 +711,7 @@ PYBIND11_MODULE(_core, m) {
             const auto a = py::reinterpret_borrow<py::array>(arrays[i]);
             if (a.size() > 0) spans.push_back(span_of(a, i));
         }
-        return overlapping(std::move(spans));
+        return overlapping(spans);
     }, "(i, j): the indices of two of the arrays that share memory, or None (optim.py's checks across calls)");
     m.def("random_bits", [](unsigned long long seed, unsigned long long step, unsigned long long tensor,
                              unsigned long long offset, std::size_t n) {
