@@ -143,10 +143,17 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
         const bool backward = stream && store_backward(dx, {dy, training ? x : nullptr, mask == ReluMask::kValues ? relu_output : nullptr});
         const bool last_first = need_sums;  // see apply_block
+        const std::ptrdiff_t next_tile = p.next_tile_distance(t, need_sums);
         for (std::size_t kb = b0; kb < b1; ++kb) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
+                if constexpr (std::is_same_v<Layout, Planar>) {
+                    if (next_tile) {
+                        prefetch(dy + i + next_tile);
+                        prefetch(x + i + next_tile);
+                    }
+                }
                 V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
                 if (Option<TRAINING>::get(training))  // a constant in the copies that fix it (see masked_grad)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));
