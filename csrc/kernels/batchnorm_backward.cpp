@@ -49,7 +49,14 @@ void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_outp
     const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.expanded, wraps_rows<T>(p, false));
     for (std::size_t bi = b0; bi < b1; ++bi) {
         s.sums.assign(2 * nch, 0.0);
-        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [term, mean](auto v, std::size_t i, std::size_t col, auto* acc) {
+        const std::ptrdiff_t ahead = p.statistics_prefetch_distance(t, bi);
+        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [term, mean, ahead, dy, x](auto v, std::size_t i, std::size_t col, auto* acc) {
+            if constexpr (std::is_same_v<Layout, Planar>) {
+                if (ahead) {
+                    prefetch(dy + i + ahead);
+                    prefetch(x + i + ahead);
+                }
+            }
             term(v, i, mean.at(v, col), acc);
         }, s.sums.data(), s.acc);
         for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
