@@ -155,11 +155,9 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                if constexpr (std::is_same_v<Layout, Planar>) {
-                    if (next_tile) {
-                        prefetch(dy + i + next_tile);
-                        prefetch(x + i + next_tile);
-                    }
+                if (next_tile) {
+                    prefetch(dy + i + next_tile);
+                    prefetch(x + i + next_tile);
                 }
                 V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
                 if (Option<TRAINING>::get(training))  // a constant in the copies that fix it (see masked_grad)

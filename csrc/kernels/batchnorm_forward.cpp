@@ -260,7 +260,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - k : k;
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, last_first, [x, m, sc, sh, floor, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                if constexpr (std::is_same_v<Layout, Planar>) if (next_tile) prefetch(x + i + next_tile);
+                if (next_tile) prefetch(x + i + next_tile);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if (RELU == kRunTime || RELU) out = max(V(floor), out);  // max(0, NaN) is NaN, as torch.relu
                 return out;

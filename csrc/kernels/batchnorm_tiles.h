@@ -285,24 +285,26 @@ struct Plan {
         const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, ntiles));
         return blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
     }
-    // How far (in elements) the same element of the next tile is, for the elementwise pass of
-    // planar tile t to prefetch, or 0 (nothing to prefetch), in a call that takes statistics
-    // (with_statistics: the training forward, the backward's sums). On the fused path one tile at a
-    // time reads its channel for the statistics, then runs the elementwise pass from cache,
-    // whose only DRAM traffic is the streamed output: prefetching the next channel there makes
-    // the reads of the next statistics pass overlap the writes instead of following them (the
-    // forward took the time of reading x twice: a read-only pass, then a read-write one). Only
-    // where two tiles' inputs fit in L2: a prefetch would otherwise evict the tile being
-    // applied. Measured, 1 thread, Zen 5 (1 MB L2, 32 MB L3), best of 15 interleaved, ms:
-    // forward (32, 64, 56, 56) 1.20 -> 0.88 (probe 0.75), (16, 64, 56, 56) 0.47 -> 0.41,
-    // (32, 256, 14, 14) 0.31 -> 0.24, (128, 64, 32, 32) 1.81 -> 1.67; backward (16, 64, 56, 56)
-    // 0.91 -> 0.70, (32, 256, 14, 14) 0.58 -> 0.39, (32, 128, 28, 28) 0.81 -> 0.74; but
-    // backward (128, 64, 32, 32), 1 MB of x and dy per channel, 3.27 -> 3.53 before the L2
-    // bound. (A pass without statistics has nothing to overlap: the eval forward, prefetching,
-    // was 1.24x faster at (32, 64, 56, 56) but 0.93-0.95x at (128, 64, 32, 32) and
-    // (32, 256, 14, 14) on 2 threads.)
+    // How far (in elements) the same element of the next tile is (the next channel planar, the next
+    // tile's columns of the same row in the columns layout), for the elementwise pass of tile t to
+    // prefetch, or 0 (nothing to prefetch), in a call that takes statistics (with_statistics: the
+    // training forward, the backward's sums). On the fused path one tile at a time reads its
+    // channel for the statistics, then runs the elementwise pass from cache, whose only DRAM
+    // traffic is the streamed output: prefetching the next channel there makes the reads of the
+    // next statistics pass overlap the writes instead of following them (the forward took the time
+    // of reading x twice: a read-only pass, then a read-write one). Only where two tiles' inputs
+    // fit in L2: a prefetch would otherwise evict the tile being applied. Measured, 1 thread, Zen 5
+    // (1 MB L2, 32 MB L3), best of 15 interleaved, ms: forward (32, 64, 56, 56) 1.20 -> 0.88 (probe
+    // 0.75), (16, 64, 56, 56) 0.47 -> 0.41, (32, 256, 14, 14) 0.31 -> 0.24, (128, 64, 32, 32) 1.81
+    // -> 1.67; backward (16, 64, 56, 56) 0.91 -> 0.70, (32, 256, 14, 14) 0.58 -> 0.39, (32, 128,
+    // 28, 28) 0.81 -> 0.74; but backward (128, 64, 32, 32), 1 MB of x and dy per channel, 3.27 ->
+    // 3.53 before the L2 bound. Columns tiles of short NCHW rows, backward (32, 2048, 7, 7) 1.32 ->
+    // 1.17, (64, 1024, 7, 7) 1.34 -> 1.11; (64, 512, 7, 7), (256, 512, 4, 4), (1024, 8192) within
+    // +-3%. (A pass without statistics has nothing to overlap: the eval forward, prefetching, was
+    // 1.24x faster at (32, 64, 56, 56) but 0.93-0.95x at (128, 64, 32, 32) and (32, 256, 14, 14) on
+    // 2 threads.)
     std::ptrdiff_t next_tile_distance(std::size_t t, bool with_statistics) const {
-        const bool one_at_a_time = with_statistics && planar && groups == 1 && tiles_per_batch() == 1;
+        const bool one_at_a_time = with_statistics && groups == 1 && tiles_per_batch() == 1;
         const bool two_fit = 2 * (input_bytes / ntiles) <= l2_cache_bytes();
         return one_at_a_time && two_fit && t + 1 < ntiles ? static_cast<std::ptrdiff_t>(tile_channels * inner) : 0;
     }
