@@ -84,7 +84,7 @@ bool any_overlap(std::vector<Span> spans) {
 // overlaps one before it, and the first of those. Naming the pair by the caller's order, not by
 // address, gives the same error on every run (an address-sorted pair differed under ASan's
 // allocator). Only an error pays for the search: the shortest overlapping prefix is found by
-// bisection, each probe one sort.
+// bisection, each probe one sort. (Spans are not empty: callers leave out empty arrays.)
 std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans) {
     if (!any_overlap(spans)) return std::nullopt;
     std::size_t lo = 1, hi = spans.size();  // the prefix of hi spans overlaps; of lo - 1 does not
@@ -94,8 +94,9 @@ std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector
         else lo = mid + 1;
     }
     const Span& last = spans[hi - 1];
-    for (std::size_t i = 0;; ++i)
+    for (std::size_t i = 0; i + 1 < hi; ++i)
         if (spans[i].lo < last.hi && last.lo < spans[i].hi) return std::make_pair(spans[i].id, last.id);
+    return std::nullopt;  // (not reached: the prefix of hi spans overlaps, that of hi - 1 does not)
 }
 
 Span span_of(const py::array& a, std::size_t id) {

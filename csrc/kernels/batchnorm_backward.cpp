@@ -21,6 +21,18 @@ V masked_grad(const T* dy, const void* relu_output, ReluMask relu_mask, std::siz
     return g;
 }
 
+// Asks for the cache lines of element i + ahead of every array the backward's sums read: dy, x
+// and the ReLU mask if there is one.
+template <int MASK, class T>
+FUSEDOPT_INLINE void prefetch_inputs(const T* dy, const T* x, const void* relu_output, ReluMask relu_mask, std::size_t i,
+                                     std::ptrdiff_t ahead) {
+    const ReluMask mask = Option<MASK>::get(relu_mask);
+    prefetch(dy + i, ahead);
+    prefetch(x + i, ahead);
+    if (mask == ReluMask::kValues) prefetch(static_cast<const T*>(relu_output) + i, ahead);
+    else if (mask == ReluMask::kBool) prefetch(static_cast<const std::uint8_t*>(relu_output) + i, ahead);
+}
+
 // Per channel, over blocks [b0, b1) of tile t (g = dy after the ReLU mask):
 //   sum_dy     = sum(g)
 //   sum_dy_xmu = sum(g * (x - mean))
@@ -50,13 +62,8 @@ void backward_sums(const Plan& p, const T* dy, const T* x, const void* relu_outp
     for (std::size_t bi = b0; bi < b1; ++bi) {
         s.sums.assign(2 * nch, 0.0);
         const std::ptrdiff_t ahead = p.statistics_prefetch_distance(t, bi);
-        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [term, mean, ahead, dy, x](auto v, std::size_t i, std::size_t col, auto* acc) {
-            if constexpr (std::is_same_v<Layout, Planar>) {
-                if (ahead) {
-                    prefetch(dy + i + ahead);
-                    prefetch(x + i + ahead);
-                }
-            }
+        Layout::template reduce_block<T, 2>(p, t, p.block(t, bi), [term, mean, ahead, dy, x, relu_output, mask](auto v, std::size_t i, std::size_t col, auto* acc) {
+            if (ahead) prefetch_inputs<MASK>(dy, x, relu_output, mask, i, ahead);
             term(v, i, mean.at(v, col), acc);
         }, s.sums.data(), s.acc);
         for (std::size_t c = 0; c < nch; ++c) sums[c] = merge(sums[c], GradSums{s.sums[2 * c], s.sums[2 * c + 1]});
@@ -155,10 +162,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                if (next_tile) {
-                    prefetch(dy + i + next_tile);
-                    prefetch(x + i + next_tile);
-                }
+                if (next_tile) prefetch_inputs<MASK>(dy, x, relu_output, mask, i, next_tile);
                 V g = masked_grad<MASK, V>(dy, relu_output, mask, i);
                 if (Option<TRAINING>::get(training))  // a constant in the copies that fix it (see masked_grad)
                     return fmadd(a_v.at(v, col), g, fnmadd(k_v.at(v, col), V::load(x + i) - mean.at(v, col), c_v.at(v, col)));

@@ -127,7 +127,7 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
             s.sums.assign(2 * nch, 0.0);
             Layout::template reduce_block<T, 2>(p, t, b, [x, shift, ahead](auto v, std::size_t i, std::size_t col, auto* acc) {
                 using V = decltype(v);
-                if constexpr (std::is_same_v<Layout, Planar>) prefetch(x + i + ahead);
+                if (ahead) prefetch(x + i, ahead);
                 V d = V::load(x + i) - shift.at(v, col);
                 acc[0] = acc[0] + d;
                 acc[1] = fmadd(d, d, acc[1]);
@@ -260,7 +260,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - k : k;
             apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, last_first, [x, m, sc, sh, floor, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
-                if (next_tile) prefetch(x + i + next_tile);
+                if (next_tile) prefetch(x + i, next_tile);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));
                 if (RELU == kRunTime || RELU) out = max(V(floor), out);  // max(0, NaN) is NaN, as torch.relu
                 return out;

@@ -189,7 +189,8 @@ struct Plan {
     // value_bytes: of one element of x
     Plan(const BatchNormShape& s, std::size_t bytes_per_element, std::size_t value_bytes)
         : outer(s.outer), channels(s.channels), inner(s.inner), row_len(s.channels * s.inner),
-          bytes(s.outer * s.channels * s.inner * bytes_per_element), input_bytes(bytes / bytes_per_element * (bytes_per_element - value_bytes)),
+          bytes(s.outer * s.channels * s.inner * bytes_per_element),
+          input_bytes(s.outer * s.channels * s.inner * (bytes_per_element - value_bytes)),
           parallel(runs_in_parallel(bytes)) {
         planar = inner >= kPlanarMinInner && !short_rows_as_columns(value_bytes);
         if (planar) {
@@ -271,11 +272,14 @@ struct Plan {
         return {rb * block_rows, std::min(outer, (rb + 1) * block_rows), cc * block_cols,
                 std::min(tile_cols(t), (cc + 1) * block_cols)};
     }
-    // How far (in elements) the next block of the tile is from block b: the second pass over
-    // block b prefetches it, so DRAM keeps streaming while that pass runs from cache.
+    // How far (in elements) the next block of the tile is from block b, or 0 where there is none
+    // or it is smaller (its last rows or columns: element i + distance of block b would be past
+    // it, in other channels' data or past the array).
     std::ptrdiff_t next_block_distance(std::size_t t, std::size_t b) const {
         if (b + 1 >= blocks_per_tile) return 0;
         const Block now = block(t, b), next = block(t, b + 1);
+        if (next.row_end - next.row_begin < now.row_end - now.row_begin || next.col_end - next.col_begin < now.col_end - now.col_begin)
+            return 0;
         return static_cast<std::ptrdiff_t>((next.row_begin - now.row_begin) * row_len) +
                (static_cast<std::ptrdiff_t>(next.col_begin) - static_cast<std::ptrdiff_t>(now.col_begin));
     }
@@ -303,10 +307,23 @@ struct Plan {
     // +-3%. (A pass without statistics has nothing to overlap: the eval forward, prefetching, was
     // 1.24x faster at (32, 64, 56, 56) but 0.93-0.95x at (128, 64, 32, 32) and (32, 256, 14, 14) on
     // 2 threads.)
+    // Not into a narrower last tile (past its columns), nor, on several threads, into the next
+    // run of tiles (see run_tiles), which another thread may take.
     std::ptrdiff_t next_tile_distance(std::size_t t, bool with_statistics) const {
         const bool one_at_a_time = with_statistics && groups == 1 && tiles_per_batch() == 1;
         const bool two_fit = 2 * (input_bytes / ntiles) <= l2_cache_bytes();
-        return one_at_a_time && two_fit && t + 1 < ntiles ? static_cast<std::ptrdiff_t>(tile_channels * inner) : 0;
+        if (!one_at_a_time || !two_fit || t + 1 >= ntiles || tile_nchannels(t + 1) < tile_nchannels(t)) return 0;
+        if (parallel && run_begins_at(t + 1)) return 0;
+        return static_cast<std::ptrdiff_t>(tile_channels * inner);
+    }
+    // The fused path's tasks: runs of neighbouring tiles, run r = tiles [r * ntiles / runs,
+    // (r + 1) * ntiles / runs) (see run_tiles)
+    std::size_t tile_runs() const {
+        return std::min(ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
+    }
+    bool run_begins_at(std::size_t t) const {
+        const std::size_t runs = tile_runs(), r = (t * runs + ntiles - 1) / ntiles;  // the first run starting at t or later
+        return r * ntiles / runs == t;
     }
     // How far (in elements) the next block of tile t is from block b, for the statistics pass
     // over block b to prefetch, or 0. Planar blocks are rows of one channel a whole row length
@@ -775,7 +792,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
         // inside cache lines of the output, and two threads writing them at once pass those
         // lines back and forth (measured on 2 threads, a tile per task: (32, 256, 14, 14)
         // forward no faster than on 1, (8, 512, 7, 7) slower).
-        const std::size_t runs = std::min(p.ntiles, kTileRunsPerThread * static_cast<std::size_t>(get_num_threads()));
+        const std::size_t runs = p.tile_runs();
         // Tiles of one block go through the stages a batch of them at a time
         // (kBatchBytes of the arrays, so that the batch is still in cache for its elementwise
         // pass): the per-channel chains of dependent operations (the sums' reductions, the

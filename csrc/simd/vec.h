@@ -4,6 +4,7 @@
 // FUSEDOPT_ISA_NS=<isa> and one of the FUSEDOPT_ISA_<ISA> macros set.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 // For a per-vector helper that must inline into its loop: with several in one loop body, GCC's
 // size heuristics otherwise leave a call per vector (measured in optim.cpp's mixed loops).
@@ -55,6 +56,12 @@ inline void prefetch(const void* p) {
 #else
     (void)p;
 #endif
+}
+// Asks for the cache line holding element `ahead` of p, which may lie past the data: the address
+// is computed as an integer (a pointer past the end of its array would be undefined behaviour).
+template <class T>
+inline void prefetch(const T* p, std::ptrdiff_t ahead) {
+    prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(ahead) * sizeof(T)));
 }
 
 // Run body(V{}, i) over [0, n): full vectors first, then the tail one element at a time with
