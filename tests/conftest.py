@@ -8,6 +8,13 @@ import fusedopt
 FMA_ISAS = {"avx2", "avx512", "neon"}
 
 
+def without_fusedopt_settings(environ):
+    """environ less every FUSEDOPT_* variable, for a child process whose settings are the test's
+    alone, whatever the environment running the tests sets (FUSEDOPT_NUM_THREADS=1 made the
+    thread-count test fail)."""
+    return {k: v for k, v in environ.items() if not k.startswith("FUSEDOPT_")}
+
+
 def assert_isas_agree(by_isa, same):
     """by_isa: ISA -> the arrays a run produced on it. Within each group (fused multiply-add or
     not) every ISA's arrays must equal the first ISA's by `same` (bitwise, as the caller defines it)."""

@@ -4,13 +4,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import without_fusedopt_settings
 
 import fusedopt
 
 
 def run_python(code, **env):
-    full_env = dict(os.environ)
-    full_env.pop("FUSEDOPT_ISA", None)
+    full_env = without_fusedopt_settings(os.environ)
     full_env.update(env)
     return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)
 

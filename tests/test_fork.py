@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import without_fusedopt_settings
 
 TIMEOUT = 60  # seconds for a whole script; each takes ~1 s when nothing hangs
 
@@ -62,9 +63,8 @@ def run_script(tmp_path, body):
     returns its stdout. Fails on a non-zero exit or on the timeout, killing its process group."""
     script = tmp_path / "script.py"
     script.write_text(COMMON + textwrap.dedent(body))
-    env = dict(os.environ)
+    env = without_fusedopt_settings(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env.pop("FUSEDOPT_NUM_THREADS", None)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     try:
