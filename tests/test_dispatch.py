@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import without_fusedopt_settings
 
 import fusedopt
+from conftest import without_fusedopt_settings
 
 
 def run_python(code, **env):

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+
 from conftest import without_fusedopt_settings
 
 TIMEOUT = 60  # seconds for a whole script; each takes ~1 s when nothing hangs
