@@ -75,7 +75,7 @@ struct Plain {
     }
     template <std::size_t K>
     void prefetch(Slot<K>, std::size_t i) const {
-        FUSEDOPT_ISA_NS::prefetch(static_cast<const T*>(a[K]) + i + kPrefetchBytes / sizeof(T));
+        FUSEDOPT_ISA_NS::prefetch(static_cast<const T*>(a[K]) + i, kPrefetchBytes / sizeof(T));
     }
 };
 
@@ -356,7 +356,7 @@ struct Float32 {
     Float32(const MixedChunk& m, std::size_t k, const BlockAt& b) : p(element<float>(m, k, b.lo)) {}
     template <class V> FUSEDOPT_INLINE V load(V, std::size_t i) const { return V::load(p + i); }
     template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const { x.store(p + i); }
-    FUSEDOPT_INLINE void prefetch(std::size_t i) const { FUSEDOPT_ISA_NS::prefetch(p + i + kPrefetchBytes / 4); }
+    FUSEDOPT_INLINE void prefetch(std::size_t i) const { FUSEDOPT_ISA_NS::prefetch(p + i, kPrefetchBytes / 4); }
     void finish(const MixedChunk&, std::size_t, const BlockAt&, std::size_t) const {}
     static bool fits(const MixedChunk& m, std::size_t k) { return m.dtype[k] == kFloat32; }
 };
