@@ -314,3 +314,20 @@ def test_all_finite_grad_scale_is_checked():
     # a grad_scale so small that 1 / grad_scale is inf in float32: every unscaled grad is inf or NaN
     assert not fusedopt.all_finite(g, grad_scale=1e-39)
     assert fusedopt.all_finite(g.astype(np.float64), grad_scale=1e-39)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (3, 7), (40_000,), (2_200_001,)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8])
+def test_zeros_like_starts_on_a_cache_line(shape, dtype):
+    # NumPy aligns to 16 bytes; the kernels' 64-byte loads from state arrays on a cache line
+    # straddle no line (functional.zeros_like). Big arrays take their own offsets (a multiple of
+    # 64) within a huge page.
+    param = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)  # itself off the line
+    for fill in (0.0, 0.5):
+        state = fusedopt.zeros_like(param, fill)
+        assert state.shape == param.shape and state.dtype == param.dtype
+        assert state.flags.c_contiguous and state.flags.writeable
+        assert state.ctypes.data % 64 == 0 or state.size == 0  # (NumPy's empty slices point anywhere)
+        assert not np.shares_memory(state, param)
+        np.testing.assert_array_equal(state, np.full(shape, fill, dtype))
+    assert fusedopt.zeros_like([[1.0, 2.0]]).shape == (1, 2)

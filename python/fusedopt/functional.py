@@ -300,12 +300,19 @@ def clip_grad_value_(grads: Arrays, clip_value: float) -> None:
         raise _argument_error(e, clip_grad_value_, locals()) from None
 
 
-# Where big state arrays go. NumPy gives consecutive large arrays addresses 4 KiB apart modulo
+# Where state arrays go. Every one starts on a cache line: NumPy's allocator gives 16-byte
+# alignment, and a 64-byte vector load from such an array straddles two lines. Measured, AdamW
+# fp32, 1 thread, AVX-512 (Zen 5), params and grads at NumPy's alignment, best of interleaved
+# steps, two runs: state at NumPy's alignment -> on a cache line, 64K elements 17.1-18.2 -> 14.9-15.3
+# us, 256K 54.9-56.2 -> 50.5-52.5 us (all four arrays on a line: 11.1, 38.5 us); at 1M (past L3)
+# no difference.
+# Big arrays also keep apart: NumPy gives consecutive large arrays addresses 4 KiB apart modulo
 # the 2 MiB huge page, and an Adam step over 16M floats laid out like that measured 1.70 ns per
 # element against 0.95 with the state arrays tens of KiB apart (2-core Zen 3; most likely DRAM
 # bank conflicts between the 4 streams). Each big array from zeros_like starts at its own
 # offset within a huge page, spread by the golden ratio; this costs at most 2 MiB + 4 KiB per
 # array.
+_CACHE_LINE = 64
 _HUGE_PAGE = 1 << 21
 _SPREAD_MIN_BYTES = 8 << 20
 _spread_index = itertools.count(1)
@@ -313,14 +320,16 @@ _spread_index = itertools.count(1)
 
 def zeros_like(param: Array, fill: float = 0.0) -> Array:
     """A C-contiguous array shaped and typed like param, filled with `fill`: state for the update
-    functions. Arrays of 8 MiB and more are placed to keep an optimizer step's streams apart in
-    memory (see above); smaller ones are plain np.full_like."""
+    functions. It starts on a 64-byte cache line, and arrays of 8 MiB and more are placed to keep
+    an optimizer step's streams apart in memory (see above)."""
+    param = np.asarray(param)
     if param.nbytes < _SPREAD_MIN_BYTES:
-        return np.full_like(param, fill, order="C")
-    offset = int((next(_spread_index) * 0.6180339887498949) % 1.0 * _HUGE_PAGE) // 64 * 64
-    pad = (_HUGE_PAGE + 4096) // param.itemsize
-    buffer = np.empty(param.size + pad, param.dtype)
-    start = ((-buffer.ctypes.data) % 4096 + offset) // param.itemsize
+        boundary, offset = _CACHE_LINE, 0
+    else:
+        boundary = 4096
+        offset = int((next(_spread_index) * 0.6180339887498949) % 1.0 * _HUGE_PAGE) // _CACHE_LINE * _CACHE_LINE
+    buffer = np.empty(param.size + (boundary + offset) // param.itemsize, param.dtype)
+    start = ((-buffer.ctypes.data) % boundary + offset) // param.itemsize
     out = buffer[start:start + param.size].reshape(param.shape)
     out.fill(fill)
     return out
