@@ -318,16 +318,51 @@ def test_all_finite_grad_scale_is_checked():
 
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (3, 7), (40_000,), (2_200_001,)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8])
-def test_zeros_like_starts_on_a_cache_line(shape, dtype):
-    # NumPy aligns to 16 bytes; the kernels' 64-byte loads from state arrays on a cache line
-    # straddle no line (functional.zeros_like). Big arrays take their own offsets (a multiple of
-    # 64) within a huge page.
-    param = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)  # itself off the line
+@pytest.mark.parametrize("in_line", [0, 16, 40])
+def test_zeros_like_takes_its_params_place_in_a_cache_line(shape, dtype, in_line):
+    # The update kernels start their vectors on the param's first cache line (optim.cpp,
+    # Plain::head): state of the param's dtype sits at the param's offset within a line, so its
+    # vectors are on lines too; state of another dtype starts on a line. Big arrays take their
+    # own offsets (multiples of 64) within a huge page on top.
+    size = int(np.prod(shape))
+    buffer = np.empty(size * np.dtype(dtype).itemsize + 128, np.uint8)
+    first = (-buffer.ctypes.data) % 64 + in_line - in_line % np.dtype(dtype).itemsize
+    param = buffer[first:first + size * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
     for fill in (0.0, 0.5):
-        state = fusedopt.zeros_like(param, fill)
-        assert state.shape == param.shape and state.dtype == param.dtype
-        assert state.flags.c_contiguous and state.flags.writeable
-        assert state.ctypes.data % 64 == 0 or state.size == 0  # (NumPy's empty slices point anywhere)
-        assert not np.shares_memory(state, param)
-        np.testing.assert_array_equal(state, np.full(shape, fill, dtype))
+        for state_dtype in (None, np.float32, np.float64):
+            state = fusedopt.zeros_like(param, fill, state_dtype)
+            expected_dtype = param.dtype if state_dtype is None else np.dtype(state_dtype)
+            assert state.shape == param.shape and state.dtype == expected_dtype
+            assert state.flags.c_contiguous and state.flags.writeable and not np.shares_memory(state, param)
+            expected_in_line = param.ctypes.data % 64 if expected_dtype == param.dtype else 0
+            assert state.ctypes.data % 64 == expected_in_line or state.size == 0  # (empty slices point anywhere)
+            np.testing.assert_array_equal(state, np.full(shape, fill, expected_dtype))
     assert fusedopt.zeros_like([[1.0, 2.0]]).shape == (1, 2)
+
+
+@pytest.mark.parametrize("in_line", [0, 4, 16, 36])
+@pytest.mark.parametrize("name", ["adam_", "adamw_", "sgd_", "adagrad_", "rmsprop_"])
+def test_results_do_not_depend_on_where_the_vectors_start(name, in_line):
+    # The kernels do the elements before the param's first cache line one at a time: the same
+    # bits as the vectors give them, wherever the arrays start (each element is updated alone).
+    n = 1000
+    rng = np.random.default_rng(3)
+    values = [rng.standard_normal(n).astype(np.float32) for _ in range(5)]
+    results = []
+    for offset in (0, in_line):
+        buffers = [np.empty(n + 32, np.float32) for _ in values]
+        arrays = []
+        for buffer, v in zip(buffers, values):
+            a = buffer[((-buffer.ctypes.data) % 64 + offset) // 4:][:n]
+            a[...] = np.abs(v) if len(arrays) >= 3 else v  # second-moment state is >= 0
+            arrays.append(a)
+        p, g, s1, s2, s3 = arrays
+        state = {"adam_": dict(exp_avgs=s1, exp_avg_sqs=s2, step=3),
+                 "adamw_": dict(exp_avgs=s1, exp_avg_sqs=s2, step=3),
+                 "sgd_": dict(momentum_buffers=s1, momentum=0.9, nesterov=True),
+                 "adagrad_": dict(state_sums=s3, step=3),
+                 "rmsprop_": dict(square_avgs=s3, momentum_buffers=s1, grad_avgs=s2, momentum=0.9, centered=True)}[name]
+        getattr(fusedopt, name)(p, g, lr=1e-2, weight_decay=1e-2, **state)
+        results.append([a.copy() for a in arrays])
+    for before, after in zip(*results):
+        assert before.tobytes() == after.tobytes()

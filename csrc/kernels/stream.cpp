@@ -29,6 +29,8 @@ FUSEDOPT_INLINE V read_sum(void* const* a, std::size_t i) {
 // The array counts are template parameters so the inner loops unroll as the kernels' do.
 // STREAM: the write-only array's whole cache lines by non-temporal stores, as batch norm's (batchnorm_tiles.h)
 // apply_block writes large outputs (aligned vectors; ordinary stores up to the first line).
+// Otherwise the vectors start on the first array's cache line, as the optimizers' (optim.cpp,
+// Plain::head): a vector that straddles two lines costs two accesses.
 template <class T, int RW, int RO, int WO, bool STREAM>
 void stream_loop(void* const* a, std::size_t n) {
     auto body = [a](auto vec, std::size_t i, auto stream) {
@@ -41,12 +43,8 @@ void stream_loop(void* const* a, std::size_t n) {
         }
     };
     constexpr std::size_t W = Vec<T>::size, kLine = 64 / sizeof(T);
-    std::size_t head = 0, lines = 0;
-    if constexpr (STREAM) {
-        const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(a[RW + RO]) / sizeof(T) % kLine;
-        head = std::min(n, misaligned ? kLine - misaligned : 0);
-        lines = head + (n - head) / kLine * kLine;
-    }
+    const std::size_t head = std::min(n, elements_to_cache_line(static_cast<const T*>(a[STREAM ? RW + RO : 0])));
+    const std::size_t lines = STREAM ? head + (n - head) / kLine * kLine : head;
     std::size_t i = 0;
     for (; i < head; ++i) body(Scalar<T>{}, i, std::false_type{});
     for (; i < lines; i += W) body(Vec<T>{}, i, std::true_type{});
@@ -59,17 +57,21 @@ std::atomic<double> probe_sink{0.0};  // written by every thread of a read-only 
 
 // A pass that only reads (the first pass of a two-pass algorithm, as batch norm's statistics):
 // the sum of the arrays in four independent vector sums (one would be a chain of dependent adds
-// slower than the cache), stored at the end so that the compiler keeps the loads.
+// slower than the cache), stored at the end so that the compiler keeps the loads. Vectors from
+// the first array's first cache line, as above.
 template <class T, int RO>
 void read_loop(void* const* a, std::size_t n) {
     using V = Vec<T>;
     constexpr std::size_t W = V::size;
     V acc[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+    T sum = T(0);
     std::size_t i = 0;
+    for (const std::size_t head = std::min(n, elements_to_cache_line(static_cast<const T*>(a[0]))); i < head; ++i)
+        sum += read_sum<0, RO, Scalar<T>>(a, i).v;
     for (; i + 4 * W <= n; i += 4 * W)
         for (std::size_t u = 0; u < 4; ++u) acc[u] = acc[u] + read_sum<0, RO, V>(a, i + u * W);
     for (; i + W <= n; i += W) acc[0] = acc[0] + read_sum<0, RO, V>(a, i);
-    T sum = reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    sum += reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
     for (; i < n; ++i) sum += read_sum<0, RO, Scalar<T>>(a, i).v;
     probe_sink.store(static_cast<double>(sum), std::memory_order_relaxed);
 }

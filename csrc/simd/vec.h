@@ -64,15 +64,30 @@ inline void prefetch(const T* p, std::ptrdiff_t ahead) {
     prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(ahead) * sizeof(T)));
 }
 
-// Run body(V{}, i) over [0, n): full vectors first, then the tail one element at a time with
-// Scalar<T>. Because Scalar<T> rounds like Vec<T>, element i gets the same bits whichever of
-// the two handles it, so the way an array is cut into chunks (threads) never changes a result.
+// Run body(V{}, i) over [0, n): the first `head` elements one at a time with Scalar<T> (so that
+// the vectors start where the caller wants them, e.g. on a cache line), then full vectors, then
+// the tail one element at a time. Because Scalar<T> rounds like Vec<T>, element i gets the same
+// bits whichever of the two handles it, so neither the head nor the way an array is cut into
+// chunks (threads) ever changes a result.
 template <class T, class Body>
-inline void for_each_lane(std::size_t n, Body&& body) {
+inline void for_each_lane(std::size_t n, std::size_t head, Body&& body) {
     constexpr std::size_t W = Vec<T>::size;
     std::size_t i = 0;
+    for (; i < head && i < n; ++i) body(Scalar<T>{}, i);
     for (; i + W <= n; i += W) body(Vec<T>{}, i);
     for (; i < n; ++i) body(Scalar<T>{}, i);
+}
+template <class T, class Body>
+inline void for_each_lane(std::size_t n, Body&& body) {
+    for_each_lane<T>(n, 0, body);
+}
+
+// Elements of T before p's next 64-byte cache line (0 if p is on one, or not aligned to T)
+template <class T>
+inline std::size_t elements_to_cache_line(const T* p) {
+    constexpr std::uintptr_t kLine = 64;
+    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p);
+    return address % sizeof(T) ? 0 : static_cast<std::size_t>((kLine - address % kLine) % kLine / sizeof(T));
 }
 
 }  // namespace FUSEDOPT_ISA_NS

@@ -136,7 +136,7 @@ class ModeProblem:
             if mode.state == "int8":
                 self.state[name] = [quantized_zeros_like(p, signed=signed) for p in self.params]
             else:
-                self.state[name] = [fusedopt.zeros_like(np.zeros(s, mode.dtype(mode.state))) for s in shapes]
+                self.state[name] = [fusedopt.zeros_like(p, dtype=mode.dtype(mode.state)) for p in self.params]
         self.extra: dict[str, Any] = {}
         if mode.copy:
             self.extra["param_copies"] = [np.zeros(s, _bfloat16()) for s in shapes]

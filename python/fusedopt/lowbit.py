@@ -132,7 +132,7 @@ def quantized_zeros_like(param: Any, signed: bool) -> QuantizedState:
     if not isinstance(signed, (bool, np.bool_)):
         raise TypeError(f"signed must be a bool, got {type(signed).__name__}")
     shape = tuple(int(d) for d in param.shape)
-    codes = zeros_like(np.broadcast_to(np.uint8(0), shape))
+    codes = zeros_like(np.broadcast_to(np.float32(0), shape), dtype=np.uint8)  # (on a cache line)
     return QuantizedState(codes, np.zeros(_num_blocks(codes.size), np.float32), bool(signed))
 
 

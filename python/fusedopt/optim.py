@@ -302,7 +302,7 @@ class Optimizer:
         """A state array before the param's first step: filled with spec.fill in the state's dtype
         (placed as fusedopt.zeros_like places state), or the param in float32 for its master."""
         if name == MASTER_PARAM:
-            master = functional.zeros_like(np.broadcast_to(np.float32(0), param.shape))
+            master = functional.zeros_like(param, dtype=np.float32)
             np.copyto(master, param)  # exact: float32 holds every bfloat16/float16 value
             return master
         kind, fill = self._state_dtype_of(param), spec.fill(hyperparameters)
@@ -310,7 +310,7 @@ class Optimizer:
             state = quantized_zeros_like(param, spec.signed)
             return state if fill == 0 else quantize(np.full(param.shape, fill, np.float32), spec.signed, out=state)
         dtype = _bfloat16() if kind == "bfloat16" else np.dtype(kind)
-        return functional.zeros_like(np.broadcast_to(np.zeros((), dtype), param.shape), fill)
+        return functional.zeros_like(param, fill, dtype)
 
     # ---- hyperparameters -------------------------------------------------------------------------
 

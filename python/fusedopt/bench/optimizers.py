@@ -89,7 +89,8 @@ class Problem:
         self.ref_params = [p.copy() for p in self.params]
         self.ref_state = {k: state(fill, np.full_like) for k, fill in fills.items()}
         # the probe moves the same bytes through arrays allocated the same way
-        self.probe_rw = [tensors()] + [state(1.0, fusedopt.zeros_like) for _ in range(rw - 1)]
+        probe_params = tensors()
+        self.probe_rw = [probe_params] + [[fusedopt.zeros_like(p, 1.0) for p in probe_params] for _ in range(rw - 1)]
         self.probe_ro = [tensors() for _ in range(ro)]
         self.bytes_per_element = 4 * (2 * rw + ro)
         self.step = 10  # any step > 1: bias corrections are per-call scalars
