@@ -245,17 +245,19 @@ def test_output_pool_reuses_and_is_bounded_by_its_high_water():
     from fusedopt.batchnorm import output_buffer_stats, release_output_buffers
 
     x, weight, bias, _, _, dy = make_case((4, 8, 32, 32), 1, np.float32)  # 128 KiB: pooled
+    page = 4096  # a pool buffer has a page more than its output (placed at x's page offset)
     small = make_case((2, 3, 4, 5), 1, np.float32)[0]  # 480 bytes: NumPy's allocator
     gc.collect()  # outputs of earlier tests in reference cycles: freed now, not during the test
     release_output_buffers()
     base = output_buffer_stats()
     assert base["free_bytes"] == base["free_buffers"] == 0 and base["high_water"] == base["live_bytes"]
     ys = [batchnorm_forward(x, weight, bias)[0] for _ in range(3)]  # three alive at once (a 3-layer net)
-    assert output_buffer_stats()["live_bytes"] - base["live_bytes"] == 3 * x.nbytes
+    assert output_buffer_stats()["live_bytes"] - base["live_bytes"] == 3 * (x.nbytes + page)
     pointers = {y.ctypes.data for y in ys}
     del ys
     stats = output_buffer_stats()
-    assert stats["free_bytes"] == 3 * x.nbytes and stats["high_water"] == base["live_bytes"] + 3 * x.nbytes
+    assert stats["free_bytes"] == 3 * (x.nbytes + page)
+    assert stats["high_water"] == base["live_bytes"] + 3 * (x.nbytes + page)
     for _ in range(5):  # the next steps reuse those buffers: no new memory
         again = [batchnorm_forward(x, weight, bias)[0] for _ in range(3)]
         assert {y.ctypes.data for y in again} == pointers
@@ -269,10 +271,27 @@ def test_output_pool_reuses_and_is_bounded_by_its_high_water():
     stats2 = output_buffer_stats()
     assert stats2["high_water"] == stats["high_water"]
     assert stats2["live_bytes"] + stats2["free_bytes"] <= stats2["high_water"]
-    assert stats2["free_bytes"] == x.nbytes and stats2["free_buffers"] == 1
+    assert stats2["free_bytes"] == x.nbytes + page and stats2["free_buffers"] == 1
     del y2
-    assert release_output_buffers() == x.nbytes + x2.nbytes
+    assert release_output_buffers() == x.nbytes + x2.nbytes + 2 * page
     assert output_buffer_stats() == base
+
+
+@pytest.mark.parametrize("in_page", [0, 16, 48, 2064, 4080])
+def test_pool_outputs_take_their_inputs_place_in_a_page(in_page):
+    # (bindings_batchnorm.cpp, new_like: the elementwise pass's vectors then sit on cache lines of
+    # both, and no store is a little ahead of a load modulo 4 KiB)
+    x0, weight, bias, _, _, dy = make_case((4, 8, 32, 32), 1, np.float32)
+    buffer = np.empty(x0.size + 2048, np.float32)
+    x = buffer[((-buffer.ctypes.data) % 4096 + in_page) // 4:][:x0.size].reshape(x0.shape)
+    x[...] = x0
+    y, mean, invstd = batchnorm_forward(x, weight, bias)
+    dx = batchnorm_backward(dy, x, weight, mean, invstd)[0]
+    for out in (y, dx):
+        assert out.ctypes.data % 4096 == in_page and out.flags.c_contiguous and out.flags.writeable
+    want_y, want_mean, want_invstd = batchnorm_forward(x0, weight, bias)
+    assert y.tobytes() == want_y.tobytes()
+    assert dx.tobytes() == batchnorm_backward(dy, x0, weight, want_mean, want_invstd)[0].tobytes()
 
 
 def test_axis_spellings_agree():

@@ -15,7 +15,8 @@ else a new one. Fresh memory costs a page fault and zeroing per 4 KiB page at th
 (~1 us a page on the KVM guest this was measured on), as much as the pass itself on large
 outputs. The pool holds at most the largest total of its outputs that were alive at once
 (output_buffer_stats()["high_water"]), dropping the oldest freed buffers first when a new size
-needs room; release_output_buffers() frees what it keeps.
+needs room; release_output_buffers() frees what it keeps. A pool output starts at x's offset
+within a 4 KiB page (the kernels' vectors then sit on cache lines of both).
 
 Precision: per block of rows, deviations from a shift near the channel's mean are summed in
 x's dtype over runs of at most 16 terms per vector lane, and those sums accumulate in float64;
