@@ -124,7 +124,7 @@ def rounding(steps: int, lr: float, plot: Path | None) -> dict[str, list[float]]
     for name, dtype, stochastic in (("float32", np.float32, False), ("bf16, round to nearest", _bfloat16(), False),
                                     ("bf16, stochastic rounding", _bfloat16(), True)):
         w, b = w0.astype(dtype), np.zeros(10, dtype)
-        state = [fusedopt.zeros_like(np.zeros(a.shape, np.float32)) for a in (w, b, w, b)]
+        state = [fusedopt.zeros_like(a, dtype=np.float32) for a in (w, b, w, b)]
         losses = []
         for t in range(1, steps + 1):
             logits = x @ w.astype(np.float32).T + b.astype(np.float32)

@@ -340,24 +340,29 @@ def test_zeros_like_takes_its_params_place_in_a_cache_line(shape, dtype, in_line
     assert fusedopt.zeros_like([[1.0, 2.0]]).shape == (1, 2)
 
 
-@pytest.mark.parametrize("in_line", [0, 4, 16, 36])
+@pytest.mark.parametrize("in_line", [4, 16, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["adam_", "adamw_", "sgd_", "adagrad_", "rmsprop_"])
-def test_results_do_not_depend_on_where_the_vectors_start(name, in_line):
+def test_results_do_not_depend_on_where_the_vectors_start(isa, name, dtype, in_line):
     # The kernels do the elements before the param's first cache line one at a time: the same
     # bits as the vectors give them, wherever the arrays start (each element is updated alone).
+    # Arrays on a line (no head) against arrays in_line bytes into one.
     n = 1000
+    itemsize = np.dtype(dtype).itemsize
     rng = np.random.default_rng(3)
-    values = [rng.standard_normal(n).astype(np.float32) for _ in range(5)]
+    values = [rng.standard_normal(n).astype(dtype) for _ in range(6)]
     results = []
-    for offset in (0, in_line):
-        buffers = [np.empty(n + 32, np.float32) for _ in values]
+    for offset in (0, in_line - in_line % itemsize):
         arrays = []
-        for buffer, v in zip(buffers, values):
-            a = buffer[((-buffer.ctypes.data) % 64 + offset) // 4:][:n]
-            a[...] = np.abs(v) if len(arrays) >= 3 else v  # second-moment state is >= 0
+        for k, v in enumerate(values):
+            buffer = np.empty(n + 128 // itemsize, dtype)
+            a = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:n]
+            assert a.ctypes.data % 64 == offset
+            a[...] = np.abs(v) if k >= 3 else v  # second-moment state is >= 0
             arrays.append(a)
-        p, g, s1, s2, s3 = arrays
-        state = {"adam_": dict(exp_avgs=s1, exp_avg_sqs=s2, step=3),
+        p, g, s1, s2, s3, s4 = arrays
+        np.maximum(s4, s2, out=s4)  # amsgrad's max_exp_avg_sq >= exp_avg_sq
+        state = {"adam_": dict(exp_avgs=s1, exp_avg_sqs=s2, max_exp_avg_sqs=s4, amsgrad=True, step=3),
                  "adamw_": dict(exp_avgs=s1, exp_avg_sqs=s2, step=3),
                  "sgd_": dict(momentum_buffers=s1, momentum=0.9, nesterov=True),
                  "adagrad_": dict(state_sums=s3, step=3),

@@ -84,7 +84,9 @@ struct Plain {
     // (AMD EPYC Zen 5), every array 16 bytes into a line, interleaved with the loop from element
     // 0: 16K 4.3 -> 3.4 us, 64K 16.2 -> 11.3, 256K 51.8 -> 36.8 (arrays on lines: 3.4, 11.4,
     // 37.0); grad on another offset than the rest, 64K 17.0 -> 12.7; 16M 7.78 -> 7.58 ms.
-    // (The mixed calls' blocks keep their 8-bit blocks' boundaries, and head() is 0 there.)
+    // (The mixed calls' blocks keep their 8-bit blocks' boundaries, and head() is 0 there: fp32
+    // params and grads on lines against 16 bytes into one measured 1.00-1.02x for AdamW with
+    // 8-bit state, 16K to 1M elements, 1 thread.)
     std::size_t head() const { return elements_to_cache_line(static_cast<const T*>(a[0])); }
 };
 

@@ -67,8 +67,9 @@ inline void prefetch(const T* p, std::ptrdiff_t ahead) {
 // Run body(V{}, i) over [0, n): the first `head` elements one at a time with Scalar<T> (so that
 // the vectors start where the caller wants them, e.g. on a cache line), then full vectors, then
 // the tail one element at a time. Because Scalar<T> rounds like Vec<T>, element i gets the same
-// bits whichever of the two handles it, so neither the head nor the way an array is cut into
-// chunks (threads) ever changes a result.
+// bits whichever of the two handles it (NaN payloads aside: an unfused a * b + c may take either
+// operand's), so neither the head nor the way an array is cut into chunks (threads) changes a
+// result.
 template <class T, class Body>
 inline void for_each_lane(std::size_t n, std::size_t head, Body&& body) {
     constexpr std::size_t W = Vec<T>::size;

@@ -112,7 +112,8 @@ def release_output_buffers() -> int:
 
 
 def output_buffer_stats() -> dict[str, int]:
-    """The output pool: live_bytes (outputs alive now), free_bytes and free_buffers (kept for
-    reuse), high_water (the largest live_bytes since the start or the last release: live_bytes +
-    free_bytes never exceeds it)."""
+    """The output pool: live_bytes (outputs alive now: each output's bytes and a 4 KiB page, which
+    places it at its input's page offset), free_bytes and free_buffers (kept for reuse), high_water
+    (the largest live_bytes since the start or the last release: live_bytes + free_bytes never
+    exceeds it)."""
     return {k: int(v) for k, v in _core.output_pool_stats().items()}

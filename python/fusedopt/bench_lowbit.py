@@ -166,6 +166,13 @@ def _arithmetic_floor(optimizer: str, quick: bool) -> float:
     return max(0.0, timed["big"][0] - timed["small"][0]) / (big.n - small.n)
 
 
+def _on_cache_lines(m: int, fill: float) -> np.ndarray:
+    """m float32 values equal to fill, starting on a 64-byte cache line: the probe is the floor,
+    and NumPy's 16-byte alignment would have its vectors straddle lines."""
+    buffer = np.full(m + 16, fill, np.float32)
+    return buffer[(-buffer.ctypes.data) % 64 // 4:][:m]
+
+
 def _probe_passes(n: int, rw: int, ro: int, wo: int) -> list[tuple[list[Any], list[Any], list[Any]]]:
     """float32 arrays of n / 4 elements (one byte per param each): rw + ro + wo of them, in
     passes of at most 4 read-write, 2 read-only and 1 write-only (every pass writes something,
@@ -176,9 +183,9 @@ def _probe_passes(n: int, rw: int, ro: int, wo: int) -> list[tuple[list[Any], li
         take_rw, take_ro, take_wo = min(4, rw), min(2, ro), min(1, wo)
         if take_rw == 0 and take_wo == 0:  # read-only bytes left: pair them with a write-only array
             take_wo = 1
-        passes.append(([fusedopt.zeros_like(np.zeros(m, np.float32)) for _ in range(take_rw)],
-                       [np.ones(m, np.float32) for _ in range(take_ro)],
-                       [fusedopt.zeros_like(np.zeros(m, np.float32)) for _ in range(take_wo)]))
+        passes.append(([_on_cache_lines(m, 0.0) for _ in range(take_rw)],
+                       [_on_cache_lines(m, 1.0) for _ in range(take_ro)],
+                       [_on_cache_lines(m, 0.0) for _ in range(take_wo)]))
         rw, ro, wo = rw - take_rw, ro - take_ro, max(0, wo - take_wo)
     return passes
 

@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _core
 
@@ -320,14 +320,17 @@ _SPREAD_MIN_BYTES = 8 << 20
 _spread_index = itertools.count(1)
 
 
-def zeros_like(param: Array, fill: float = 0.0, dtype: Any = None) -> Array:
-    """A C-contiguous array shaped like param, of param's dtype (or `dtype`), filled with `fill`:
+def zeros_like(param: ArrayLike, fill: float = 0.0, dtype: DTypeLike | None = None) -> Array:
+    """A C-contiguous ndarray shaped like param, of param's dtype (or `dtype`), filled with `fill`:
     state for the update functions. An array of param's dtype starts at param's offset within a
     64-byte cache line (others on a line), and arrays of 8 MiB and more are placed to keep an
-    optimizer step's streams apart in memory (see above)."""
+    optimizer step's streams apart in memory (see above). It is a view of a slightly larger
+    buffer (a plain ndarray whatever param's class)."""
     param = np.asarray(param)
     dtype = param.dtype if dtype is None else np.dtype(dtype)
     itemsize = dtype.itemsize
+    if itemsize == 0:  # (elements of no bytes: nothing to place)
+        return np.full(param.shape, fill, dtype)
     in_line = param.ctypes.data % _CACHE_LINE if dtype == param.dtype else 0
     if in_line % itemsize:  # (a param not aligned to its own elements)
         in_line = 0
