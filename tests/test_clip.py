@@ -170,3 +170,28 @@ def test_skip_if_nonfinite_writes_nothing(name, bad):
     grads[1][-1] = 0.0
     assert fn(*args, **kwargs) is True
     assert snapshot([params, state]) != before
+
+
+@pytest.mark.parametrize("in_line", [4, 16, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_clipping_does_not_depend_on_where_the_vectors_start(isa, dtype, in_line):
+    # scale and clamp start their vectors on the grad's first cache line (reduce.cpp), the
+    # elements before it one at a time: the same bits wherever the grad starts.
+    itemsize = np.dtype(dtype).itemsize
+    values = (np.random.default_rng(5).standard_normal(1000) * 3).astype(dtype)
+    with_nan = values.copy()
+    with_nan[7] = np.nan  # (clamped: NaN stays; a NaN norm would make every element NaN)
+    clips = [(values, lambda g: fusedopt.clip_grad_norm_([g], 1.0)),
+             (with_nan, lambda g: fusedopt.clip_grad_value_([g], 0.5))]
+    results = []
+    for offset in (0, in_line - in_line % itemsize):
+        outs = []
+        for start_values, clip in clips:
+            buffer = np.empty(1000 + 128 // itemsize, dtype)
+            g = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:1000]
+            assert g.ctypes.data % 64 == offset
+            g[...] = start_values
+            clip(g)
+            outs.append(g.tobytes())
+        results.append(outs)
+    assert results[0] == results[1]
