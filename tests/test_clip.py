@@ -195,3 +195,21 @@ def test_clipping_does_not_depend_on_where_the_vectors_start(isa, dtype, in_line
             outs.append(g.tobytes())
         results.append(outs)
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("in_line", [0, 4, 16, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
+def test_all_finite_sees_every_element_wherever_the_vectors_start(isa, dtype, in_line):
+    # the probe does the elements before the grad's first cache line one at a time (reduce.cpp):
+    # an inf or NaN there, in the vectors or in the tail is found
+    itemsize = np.dtype(dtype).itemsize
+    buffer = np.empty(300 + 128 // itemsize, dtype)
+    offset = in_line - in_line % itemsize
+    g = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:300]
+    assert g.ctypes.data % 64 == offset
+    for k in [0, 1, 2, 5, 11, 15, 16, 17, 31, 32, 33, 63, 64, 150, 298, 299]:
+        for bad in (np.inf, np.nan):
+            g[...] = 1.0
+            assert fusedopt.all_finite([g])
+            g[k] = bad
+            assert not fusedopt.all_finite([g]), (k, bad)
