@@ -249,7 +249,6 @@ constexpr std::size_t kPoolMinBytes = std::size_t(64) << 10;
 // former pool, both builds in one process, 1 thread, best of 20, ms: (32, 56, 56, 64) forward
 // 2.569 -> 2.079, eval 1.664 -> 0.979, backward 4.475 -> 3.044; (32, 64, 56, 56) 1.06-1.11x;
 // six other shapes 0.95-1.11x but (32, 2048, 7, 7) eval 0.81x in one run of three.
-constexpr std::size_t kPageBytes = 4096;
 py::array new_like(const py::array& x) {
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     const auto nbytes = static_cast<std::size_t>(x.nbytes());

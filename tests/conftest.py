@@ -8,6 +8,19 @@ import fusedopt
 FMA_ISAS = {"avx2", "avx512", "neon"}
 
 
+def placed(shape, byte_offset, dtype=np.float32, boundary=4096):
+    """An uninitialized C-contiguous array starting byte_offset bytes past a multiple of boundary
+    (a 4 KiB page, or a 64-byte cache line): where an array starts changes the kernels' speed,
+    never their results."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    buf = np.empty(n * itemsize + 2 * boundary, np.uint8)
+    start = (byte_offset - buf.ctypes.data) % boundary
+    view = buf[start:start + n * itemsize].view(dtype).reshape(shape)
+    assert n == 0 or view.ctypes.data % boundary == byte_offset % boundary  # (empty slices point anywhere)
+    return view
+
+
 def without_fusedopt_settings(environ):
     """environ less every FUSEDOPT_* variable, for a child process whose settings are the test's
     alone, whatever the environment running the tests sets (FUSEDOPT_NUM_THREADS=1 made the

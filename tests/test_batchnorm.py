@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import fusedopt
+from conftest import placed
 from fusedopt import _core, reference
 from fusedopt.batchnorm import batchnorm_backward, batchnorm_forward
 
@@ -167,15 +168,6 @@ def test_large_outputs_streamed_at_any_alignment(isa, shape, axis, offset):
     assert rel_err(dw, dw_r) <= TOL_CHANNEL[np.float32] and rel_err(db, db_r) <= TOL_CHANNEL[np.float32]
 
 
-def page_view(shape, byte_offset, dtype=np.float32):
-    """An uninitialized C-contiguous array starting byte_offset bytes past a 4 KiB boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    n = int(np.prod(shape))
-    buf = np.empty(n * itemsize + 2 * 4096, np.uint8)
-    start = (byte_offset - buf.ctypes.data) % 4096
-    return buf[start:start + n * itemsize].view(dtype).reshape(shape)
-
-
 @pytest.mark.parametrize("shape,axis", [((3, 5, 40, 41), 1), ((7, 9, 11, 13), -1), ((600, 37), 1),
                                         ((17, 32, 64, 64), 1), ((17, 64, 64, 32), -1)],
                          ids=["NCHW", "NHWC", "NC", "NCHW-streamed", "NHWC-streamed"])
@@ -186,14 +178,14 @@ def test_store_order_does_not_change_results(isa, shape, axis):
     x0, weight, bias, _, _, dy0 = make_case(shape, axis, np.float32)
     results = []
     for out_offset in (64, 80, 64 + 4096 - 16):  # out 16 bytes ahead of x and dy, level, 16 behind
-        x, dy = page_view(shape, 64), page_view(shape, 64)
+        x, dy = placed(shape, 64), placed(shape, 64)
         x[...], dy[...] = x0, dy0
-        y = batchnorm_forward(x, weight, bias, axis=axis, relu=True, out=page_view(shape, out_offset))[0]
+        y = batchnorm_forward(x, weight, bias, axis=axis, relu=True, out=placed(shape, out_offset))[0]
         _, save_mean, save_invstd = batchnorm_forward(x, weight, bias, axis=axis)
         dx = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, relu_output=y,
-                                out=page_view(shape, out_offset))[0]
+                                out=placed(shape, out_offset))[0]
         dx_eval = batchnorm_backward(dy, x, weight, save_mean, save_invstd, axis=axis, training=False,
-                                     out=page_view(shape, out_offset))[0]
+                                     out=placed(shape, out_offset))[0]
         results.append((y, dx, dx_eval))
     for got in results[1:]:
         for a, b in zip(results[0], got):
@@ -282,8 +274,7 @@ def test_pool_outputs_take_their_inputs_place_in_a_page(in_page):
     # (bindings_batchnorm.cpp, new_like: the elementwise pass's vectors then sit on cache lines of
     # both, and no store is a little ahead of a load modulo 4 KiB)
     x0, weight, bias, _, _, dy = make_case((4, 8, 32, 32), 1, np.float32)
-    buffer = np.empty(x0.size + 2048, np.float32)
-    x = buffer[((-buffer.ctypes.data) % 4096 + in_page) // 4:][:x0.size].reshape(x0.shape)
+    x = placed(x0.shape, in_page)
     x[...] = x0
     y, mean, invstd = batchnorm_forward(x, weight, bias)
     dx = batchnorm_backward(dy, x, weight, mean, invstd)[0]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fusedopt
+from conftest import placed
 from test_errors import snapshot
 
 
@@ -187,9 +188,7 @@ def test_clipping_does_not_depend_on_where_the_vectors_start(isa, dtype, in_line
     for offset in (0, in_line - in_line % itemsize):
         outs = []
         for start_values, clip in clips:
-            buffer = np.empty(1000 + 128 // itemsize, dtype)
-            g = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:1000]
-            assert g.ctypes.data % 64 == offset
+            g = placed(1000, offset, dtype, boundary=64)
             g[...] = start_values
             clip(g)
             outs.append(g.tobytes())
@@ -203,10 +202,7 @@ def test_all_finite_sees_every_element_wherever_the_vectors_start(isa, dtype, in
     # the probe does the elements before the grad's first cache line one at a time (reduce.cpp):
     # an inf or NaN there, in the vectors or in the tail is found
     itemsize = np.dtype(dtype).itemsize
-    buffer = np.empty(300 + 128 // itemsize, dtype)
-    offset = in_line - in_line % itemsize
-    g = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:300]
-    assert g.ctypes.data % 64 == offset
+    g = placed(300, in_line - in_line % itemsize, dtype, boundary=64)
     for k in [0, 1, 2, 5, 11, 15, 16, 17, 31, 32, 33, 63, 64, 150, 298, 299]:
         for bad in (np.inf, np.nan):
             g[...] = 1.0

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedopt
-from conftest import assert_isas_agree
+from conftest import assert_isas_agree, placed
 from fusedopt import reference
 
 
@@ -324,10 +324,7 @@ def test_zeros_like_takes_its_params_place_in_a_cache_line(shape, dtype, in_line
     # Plain::head): state of the param's dtype sits at the param's offset within a line, so its
     # vectors are on lines too; state of another dtype starts on a line. Big arrays take their
     # own offsets (multiples of 64) within a huge page on top.
-    size = int(np.prod(shape))
-    buffer = np.empty(size * np.dtype(dtype).itemsize + 128, np.uint8)
-    first = (-buffer.ctypes.data) % 64 + in_line - in_line % np.dtype(dtype).itemsize
-    param = buffer[first:first + size * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+    param = placed(shape, in_line - in_line % np.dtype(dtype).itemsize, dtype, boundary=64)
     for fill in (0.0, 0.5):
         for state_dtype in (None, np.float32, np.float64):
             state = fusedopt.zeros_like(param, fill, state_dtype)
@@ -355,9 +352,7 @@ def test_results_do_not_depend_on_where_the_vectors_start(isa, name, dtype, in_l
     for offset in (0, in_line - in_line % itemsize):
         arrays = []
         for k, v in enumerate(values):
-            buffer = np.empty(n + 128 // itemsize, dtype)
-            a = buffer[((-buffer.ctypes.data) % 64 + offset) // itemsize:][:n]
-            assert a.ctypes.data % 64 == offset
+            a = placed(n, offset, dtype, boundary=64)
             a[...] = np.abs(v) if k >= 3 else v  # second-moment state is >= 0
             arrays.append(a)
         p, g, s1, s2, s3, s4 = arrays

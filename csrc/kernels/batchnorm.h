@@ -11,6 +11,10 @@ namespace fusedopt {
 // bandwidth probe streams its write-only array above the same size.)
 constexpr std::size_t kStreamMinBytes = std::size_t(8) << 20;
 
+// A virtual memory page: loads and stores whose addresses agree modulo it may be taken as
+// dependent (4K aliasing, see store_backward); the output pool places outputs within one.
+constexpr std::size_t kPageBytes = 4096;
+
 // x viewed as (outer, channels, inner), C-contiguous: channel axis 1 gives outer = N and
 // inner = the product of the spatial sizes; channels-last (axis -1) gives inner = 1.
 struct BatchNormShape {

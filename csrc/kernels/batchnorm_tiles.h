@@ -101,7 +101,6 @@ constexpr std::size_t kSumLaneTerms = 16;      // planar: terms a T lane adds up
 // of 5 in 6 alternating runs: (8, 512, 7, 7) 89-92 -> 84-89 us, (1, 512, 7, 7) 17.6-18.3 ->
 // 14.3-15.8)
 constexpr std::size_t kBatchBytes = 32768;
-constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 // apply_block: a block of whole rows shorter than this is one run (measured, 1 thread,
 // (262144 / C, C) float, fwd + bwd: C = 8 546 -> 294 us, 20 544 -> 379, 32 318 -> 283, 48
 // 330 -> 302; 64 even; 128 and 256 11-17% slower as one run)
@@ -485,7 +484,7 @@ FUSEDOPT_INLINE void small_channel_sums(const Plan& p, std::size_t t, std::size_
 // measurement on (6272, 256): 1.13 vs 1.10 ms), and going backward through short rows costs
 // them more (1.94 ms). kAliasWindow: the store queue's reach, measured: 64 bytes ahead is slow,
 // 1 KiB is not.
-constexpr std::uintptr_t kPageBytes = 4096, kAliasWindow = 512;
+constexpr std::uintptr_t kAliasWindow = 512;
 inline bool ahead_in_page(const void* a, const void* b) {
     const std::uintptr_t d = (reinterpret_cast<std::uintptr_t>(a) - reinterpret_cast<std::uintptr_t>(b)) % kPageBytes;
     return d != 0 && d < kAliasWindow;
@@ -574,8 +573,7 @@ FUSEDOPT_INLINE void apply_block(const Plan& p, std::size_t t, const Block& b, T
         // [lines, vectors) vectors, [vectors, end) one element at a time
         std::size_t head = begin, lines = begin;
         if (stream) {
-            const std::size_t misaligned = reinterpret_cast<std::uintptr_t>(out + begin) / sizeof(T) % kLine;
-            head = std::min(end, begin + (misaligned ? kLine - misaligned : 0));
+            head = std::min(end, begin + elements_to_cache_line(out + begin));
             lines = head + (end - head) / kLine * kLine;
         }
         const std::size_t vectors = lines + (end - lines) / W * W;

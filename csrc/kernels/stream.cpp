@@ -42,7 +42,7 @@ void stream_loop(void* const* a, std::size_t n) {
             if constexpr (decltype(stream)::value) s.stream(w); else s.store(w);
         }
     };
-    constexpr std::size_t W = Vec<T>::size, kLine = 64 / sizeof(T);
+    constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t head = std::min(n, elements_to_cache_line(static_cast<const T*>(a[STREAM ? RW + RO : 0])));
     const std::size_t lines = STREAM ? head + (n - head) / kLine * kLine : head;
     std::size_t i = 0;

@@ -83,12 +83,13 @@ inline void for_each_lane(std::size_t n, Body&& body) {
     for_each_lane<T>(n, 0, body);
 }
 
-// Elements of T before p's next 64-byte cache line (0 if p is on one, or not aligned to T)
+constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
+
+// Elements of T before p's next cache line (0 if p is on one, or not aligned to T)
 template <class T>
 inline std::size_t elements_to_cache_line(const T* p) {
-    constexpr std::uintptr_t kLine = 64;
-    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p);
-    return address % sizeof(T) ? 0 : static_cast<std::size_t>((kLine - address % kLine) % kLine / sizeof(T));
+    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p), line = kCacheLineBytes;
+    return address % sizeof(T) ? 0 : static_cast<std::size_t>((line - address % line) % line / sizeof(T));
 }
 
 }  // namespace FUSEDOPT_ISA_NS

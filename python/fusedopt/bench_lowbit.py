@@ -58,6 +58,7 @@ import fusedopt
 from . import _core
 from .bench.cli import thread_counts, writable
 from .bench.timing import time_interleaved
+from .functional import _placed_empty
 from .lowbit import QUANT_BLOCK, quantized_zeros_like
 
 try:  # the bench package (python/fusedopt/bench/) or the older single module
@@ -169,8 +170,9 @@ def _arithmetic_floor(optimizer: str, quick: bool) -> float:
 def _on_cache_lines(m: int, fill: float) -> np.ndarray:
     """m float32 values equal to fill, starting on a 64-byte cache line: the probe is the floor,
     and NumPy's 16-byte alignment would have its vectors straddle lines."""
-    buffer = np.full(m + 16, fill, np.float32)
-    return buffer[(-buffer.ctypes.data) % 64 // 4:][:m]
+    out = _placed_empty((m,), np.dtype(np.float32))
+    out.fill(fill)
+    return out
 
 
 def _probe_passes(n: int, rw: int, ro: int, wo: int) -> list[tuple[list[Any], list[Any], list[Any]]]:

@@ -39,6 +39,7 @@ import ast
 import functools
 import inspect
 import itertools
+import math
 import operator
 import re
 import textwrap
@@ -341,8 +342,15 @@ def zeros_like(param: ArrayLike, fill: float = 0.0, dtype: DTypeLike | None = No
         boundary = 4096
         spread = int((next(_spread_index) * 0.6180339887498949) % 1.0 * _HUGE_PAGE) // _CACHE_LINE * _CACHE_LINE
         offset = spread + in_line
-    buffer = np.empty(param.size + (boundary + offset) // itemsize, dtype)
-    start = ((-buffer.ctypes.data) % boundary + offset) // itemsize
-    out = buffer[start:start + param.size].reshape(param.shape)
+    out = _placed_empty(param.shape, dtype, offset, boundary)
     out.fill(fill)
     return out
+
+
+def _placed_empty(shape: tuple[int, ...], dtype: np.dtype[Any], offset: int = 0, boundary: int = _CACHE_LINE) -> Array:
+    """An uninitialized C-contiguous array that starts `offset` bytes past a multiple of `boundary`
+    (offset a multiple of the itemsize): a view of a buffer up to boundary + offset bytes larger."""
+    size = math.prod(shape)
+    buffer = np.empty(size + (boundary + offset) // dtype.itemsize, dtype)
+    start = ((-buffer.ctypes.data) % boundary + offset) // dtype.itemsize
+    return buffer[start:start + size].reshape(shape)
