@@ -33,8 +33,11 @@ namespace {
 // (bf16 88 -> 107 us), so it stays on one.
 constexpr std::size_t kMixedMinElementsPerThread = kMinElementsPerThread / 2;
 
-// grads are multiplied by 1 / grad_scale (as torch's GradScaler unscales) and negated to maximize
-GradTransform grad_transform(bool maximize, double weight_decay, std::optional<double> grad_scale) {
+// grads are multiplied by 1 / grad_scale (as torch's GradScaler unscales) and negated to
+// maximize; unscale_grads: the update also writes them back unscaled (not negated), as torch's
+// fused optimizers leave them
+GradTransform grad_transform(bool maximize, double weight_decay, std::optional<double> grad_scale,
+                             bool unscale_grads = false) {
     check_nonnegative("weight_decay", weight_decay);
     double inv_scale = 1.0;
     if (grad_scale) {
@@ -42,7 +45,8 @@ GradTransform grad_transform(bool maximize, double weight_decay, std::optional<d
             throw py::value_error("Invalid grad_scale value: " + repr(*grad_scale) + " (must be finite and > 0)");
         inv_scale = 1.0 / *grad_scale;
     }
-    return GradTransform{maximize ? -inv_scale : inv_scale, weight_decay};
+    require(!unscale_grads || grad_scale.has_value(), "unscale_grads=True needs grad_scale (what to unscale by)");
+    return GradTransform{maximize ? -inv_scale : inv_scale, weight_decay, unscale_grads ? inv_scale : 0.0};
 }
 
 // ---- arrays ----------------------------------------------------------------------------------
@@ -163,7 +167,8 @@ bool is_quantized_state(py::handle h) {
 }
 
 // The dtype rules of an optimizer call (P: params' dtype, one for all params):
-//   grads: P, or bfloat16/float16 for float32 params (a low-precision backward), one for all;
+//   grads: P, or bfloat16/float16 for float32 params (a low-precision backward); may differ
+//          from tensor to tensor (a model's weights with bfloat16 grads, its biases float32);
 //   state: float32, bfloat16 or 8-bit (QuantizedState) for float32/bfloat16/float16 params,
 //          float64 for float64 params; may differ from tensor to tensor (small tensors in fp32);
 //   param copies: bfloat16 or float16, of float32 params, one for all.
@@ -289,8 +294,8 @@ Checked check_arrays(const std::vector<Role>& roles) {
             py::array a = py::reinterpret_borrow<py::array>(h);
             if (optimizer) {
                 const DType d = storage_dtype(a, where);
-                // params, grads and copies: one dtype per argument (the checks below name [0])
-                if (t > 0 && role.kind != Kind::kState && d != out.dtypes[r])
+                // params and copies: one dtype per argument (the checks below name [0])
+                if (t > 0 && (role.kind == Kind::kParam || role.kind == Kind::kCopy) && d != out.dtypes[r])
                     throw py::type_error(where() + " has dtype " + dtype_name(d) + " but " + role.name + "[0] has " +
                                          dtype_name(out.dtypes[r]) + "; the arrays of one argument share one dtype");
                 out.mixed |= check_dtype(role, d, r == 0 ? d : out.dtypes[t * roles.size()], where(),
@@ -401,14 +406,18 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
     py::gil_scoped_release nogil;
     const TensorBatch& b = checked.batch;
     const std::size_t k = b.arrays_per_tensor, narrays = k - 1;
-    if (skip_if_nonfinite) {
-        const DType g = checked.dtypes[1];  // one dtype for all grads
-        TensorBatch grads;
-        grads.arrays_per_tensor = 1;
-        grads.elem_size = dtype_size(g);
-        grads.sizes = b.sizes;
-        for (std::size_t t = 0; t < b.sizes.size(); ++t) grads.ptrs.push_back(b.ptrs[t * k + 1]);
-        if (!all_finite(grads, 0, g, grad_mult(config))) return false;
+    if (skip_if_nonfinite) {  // a pass per dtype of grads (each tensor's grads have their own)
+        for (const DType g : {kFloat32, kBFloat16, kFloat16}) {
+            TensorBatch grads;
+            grads.arrays_per_tensor = 1;
+            grads.elem_size = dtype_size(g);
+            for (std::size_t t = 0; t < b.sizes.size(); ++t) {
+                if (checked.dtypes[t * k + 1] != g) continue;
+                grads.ptrs.push_back(b.ptrs[t * k + 1]);
+                grads.sizes.push_back(b.sizes[t]);
+            }
+            if (!grads.sizes.empty() && !all_finite(grads, 0, g, grad_mult(config))) return false;
+        }
     }
     const MixedKernel<Config> run_chunk = kernel;
     for_each_chunk(b, [&](void* const*, std::size_t n, std::size_t t, std::size_t offset) {
@@ -447,13 +456,13 @@ bool run_update(ElementwiseKernel<Config> const* plain, MixedKernel<Config> mixe
 
 bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
           double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<Step> step,
-          std::optional<double> grad_scale, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
-          std::optional<Seed> seed) {
+          std::optional<double> grad_scale, bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies,
+          bool stochastic_rounding, std::optional<Seed> seed) {
     SgdConfig c;
     check_nonnegative("lr", lr);
     check_range("momentum", momentum, 0.0, 1.0, true);
     check_range("dampening", dampening, 0.0, 1.0, true);
-    c.g = grad_transform(maximize, weight_decay, grad_scale);
+    c.g = grad_transform(maximize, weight_decay, grad_scale, unscale_grads);
     if (nesterov) require(momentum > 0.0 && dampening == 0.0, "Nesterov momentum requires a momentum and zero dampening");
     if (step) check_step(*step);
     c.lr = lr;
@@ -464,7 +473,7 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
     const bool uses_buffers = momentum != 0.0;
     require_state(uses_buffers, momentum_buffers, "momentum_buffers", "when momentum > 0");
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
-                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"grads", grads, unscale_grads, true, Kind::kGrad},
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
@@ -473,18 +482,18 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
 
 bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step step, double lr,
               double lr_decay, double weight_decay, double eps, bool maximize, std::optional<double> grad_scale,
-              bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+              bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
               std::optional<Seed> seed) {
     AdagradConfig c;
     check_nonnegative("lr", lr);
     check_nonnegative("lr_decay", lr_decay);
     check_nonnegative("eps", eps);
     check_step(step);
-    c.g = grad_transform(maximize, weight_decay, grad_scale);
+    c.g = grad_transform(maximize, weight_decay, grad_scale, unscale_grads);
     c.clr = lr / (1.0 + static_cast<double>(step - 1) * lr_decay);
     c.eps = eps;
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
-                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"grads", grads, unscale_grads, true, Kind::kGrad},
                                    {"state_sums", state_sums, true, true, Kind::kState, true},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
@@ -493,15 +502,15 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step s
 
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
-              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool skip_if_nonfinite,
-              py::handle param_copies, bool stochastic_rounding, std::optional<Seed> seed,
+              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool unscale_grads,
+              bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding, std::optional<Seed> seed,
               std::optional<Step> step) {
     RmspropConfig c;
     check_nonnegative("lr", lr);
     check_range("alpha", alpha, 0.0, 1.0, true);
     check_nonnegative("eps", eps);
     check_range("momentum", momentum, 0.0, 1.0, true);
-    c.g = grad_transform(maximize, weight_decay, grad_scale);
+    c.g = grad_transform(maximize, weight_decay, grad_scale, unscale_grads);
     c.lr = lr;
     c.alpha = alpha;
     c.eps = eps;
@@ -513,7 +522,7 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
     require_state(centered, grad_avgs, "grad_avgs", "when centered=True");
     if (step) check_step(*step);
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
-                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"grads", grads, unscale_grads, true, Kind::kGrad},
                                    {"square_avgs", square_avgs, true, true, Kind::kState, true},
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"grad_avgs", grad_avgs, true, centered, Kind::kState},
@@ -525,7 +534,7 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
 bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, Step step,
            double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled_weight_decay,
            bool amsgrad, py::handle max_exp_avg_sqs, bool maximize, std::optional<double> grad_scale,
-           bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+           bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
            std::optional<Seed> seed) {
     AdamConfig c;
     check_nonnegative("lr", lr);
@@ -533,7 +542,7 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
     check_range("beta2", beta2, 0.0, 1.0, false);
     check_nonnegative("eps", eps);
     check_step(step);
-    c.g = grad_transform(maximize, decoupled_weight_decay ? 0.0 : weight_decay, grad_scale);
+    c.g = grad_transform(maximize, decoupled_weight_decay ? 0.0 : weight_decay, grad_scale, unscale_grads);
     check_nonnegative("weight_decay", weight_decay);
     if (decoupled_weight_decay) {
         if (!(lr * weight_decay <= 1.0))
@@ -551,7 +560,7 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
     c.amsgrad = amsgrad;
     require_state(amsgrad, max_exp_avg_sqs, "max_exp_avg_sqs", "when amsgrad=True");
     Checked arrays = check_arrays({{"params", params, true, true, Kind::kParam},
-                                   {"grads", grads, false, true, Kind::kGrad},
+                                   {"grads", grads, unscale_grads, true, Kind::kGrad},
                                    {"exp_avgs", exp_avgs, true, true, Kind::kState},
                                    {"exp_avg_sqs", exp_avg_sqs, true, true, Kind::kState, true},
                                    {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad, Kind::kState, true},

@@ -483,8 +483,10 @@ def bad_calls():
         ("SR of sgd without step", ValueError, "step",
          lambda a: fusedopt.sgd_(a[BF16], a["gb"], lr=0.1, stochastic_rounding=True, seed=1)),
         ("int grads", TypeError, "grads", lambda a: adam(a[F32], a["i"], a["s"], a["s2"], step=1)),
-        ("mixed dtypes in one list of grads", TypeError, "grads[1]",
-         lambda a: adam([a[F32], a["p2"]], [a["g"], a["gb"]], [a["s"], a["sb"]], [a["s2"], a["s3"]], step=1)),
+        ("mixed dtypes in one list of params", TypeError, "params[1]",
+         lambda a: adam([a[F32], a[BF16]], [a["g"], a["gb"]], [a["s"], a["sb"]], [a["s2"], a["s3"]], step=1)),
+        ("f16 grads of bf16 params beside f32 ones", TypeError, "grads[1]",
+         lambda a: adam([a[BF16], a["pb"]], [a["gb"], a[F16]], [a["s"], a["sb"]], [a["s2"], a["s3"]], step=1)),
         ("shape of a copy", ValueError, "param_copies",
          lambda a: adam(a[F32], a["g"], a["s"], a["s2"], step=1, param_copies=a["short"])),
     ]
@@ -499,7 +501,7 @@ def test_bad_combinations_raise_before_writing(case):
     arrays.update(g=rand(rng, n, F32), g2=rand(rng, n, F32), gb=rand(rng, n, BF16), g64=rand(rng, n, np.float64),
                   s=rand(rng, n, F32), s2=rand(rng, n, F32), s3=rand(rng, n, F32), sb=rand(rng, n, BF16),
                   s64=rand(rng, n, np.float64), s642=rand(rng, n, np.float64), c32=rand(rng, n, F32),
-                  p2=rand(rng, n, F32), i=np.arange(n), short=rand(rng, n - 1, BF16))
+                  p2=rand(rng, n, F32), pb=rand(rng, n, BF16), i=np.arange(n), short=rand(rng, n - 1, BF16))
     before = {k: v.tobytes() for k, v in arrays.items()}
     with pytest.raises(exc, match=name.replace("[", r"\[")):
         call(arrays)
@@ -522,6 +524,35 @@ def test_state_dtype_may_differ_between_tensors(isa):
     for t in range(3):
         fusedopt.adam_(alone[t], grads[t], alone_m[t], alone_v[t], step=1, lr=0.01)
         assert same(params[t], alone[t])
+
+
+def test_grad_dtype_may_differ_between_tensors(isa):
+    """float32 params in one call may take grads of different dtypes (a low-precision backward
+    gives a model's weights bfloat16 grads and leaves its biases' float32): each tensor updated
+    as in a call of its own; skip_if_nonfinite finds an inf among the grads of either dtype."""
+    rng = np.random.default_rng(5)
+    sizes = [700, 5, 300, 33]
+    grad_dtypes = [BF16, F32, F16, F32]
+    params = [rand(rng, n, F32) for n in sizes]
+    grads = [rand(rng, n, d) for n, d in zip(sizes, grad_dtypes)]
+    exp_avgs = [np.zeros(n, F32) for n in sizes]
+    exp_avg_sqs = [np.zeros(n, F32) if n != 300 else fusedopt.quantized_zeros_like(params[2], signed=False)
+                   for n in sizes]
+    alone = [(p.copy(), m.copy(), v.copy() if isinstance(v, np.ndarray) else fusedopt.quantized_zeros_like(p, False))
+             for p, m, v in zip(params, exp_avgs, exp_avg_sqs)]
+    for t in (0, 1, 2, 3):
+        for bad in (np.inf, np.nan):
+            before = [p.tobytes() for p in params]
+            grads[t][t + 1] = bad
+            assert fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.01, grad_scale=2.0,
+                                  skip_if_nonfinite=True) is False
+            assert [p.tobytes() for p in params] == before
+            grads[t][t + 1] = 1
+    assert fusedopt.adam_(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.01, grad_scale=2.0,
+                          skip_if_nonfinite=True) is True
+    for t, (p, m, v) in enumerate(alone):
+        fusedopt.adam_(p, grads[t], m, v, step=1, lr=0.01, grad_scale=2.0)
+        assert same(params[t], p) and same(exp_avgs[t], m)
 
 
 def test_torch_bf16_tensors():

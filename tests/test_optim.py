@@ -306,6 +306,36 @@ def test_skip_if_nonfinite_checks_the_unscaled_grads(isa, dtype, name, maximize)
         assert all(np.isfinite(p).all() for p in params)
 
 
+@pytest.mark.parametrize("name", sorted(STATE))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_unscale_grads_writes_the_unscaled_grads(isa, dtype, name, maximize):
+    """unscale_grads=True: grads become grad * (1 / grad_scale) (not negated by maximize), in the
+    update's own pass, and the update is bitwise the one without it; a skipped step writes no
+    grad; read-only grads, or no grad_scale, are refused before anything is written."""
+    rng = np.random.default_rng(7)
+    sizes = [40, 3, 17]
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [(rng.standard_normal(n) * 1024).astype(dtype) for n in sizes]
+    state = {k: [np.zeros_like(p) for p in params] for k in STATE[name]}
+    twin = ([p.copy() for p in params], [g.copy() for g in grads], {k: [a.copy() for a in v] for k, v in state.items()})
+    expected = [g * dtype(1 / 3.0) for g in grads]
+    assert one_step(name, params, grads, state, grad_scale=3.0, unscale_grads=True, maximize=maximize) is True
+    assert one_step(name, twin[0], twin[1], twin[2], grad_scale=3.0, maximize=maximize) is True
+    assert all(g.tobytes() == e.tobytes() for g, e in zip(grads, expected))
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(params, twin[0]))
+    grads[2][16] = np.inf
+    before = [a.tobytes() for a in grads]
+    assert one_step(name, params, grads, state, grad_scale=3.0, unscale_grads=True, skip_if_nonfinite=True) is False
+    assert [a.tobytes() for a in grads] == before
+    grads[1].flags.writeable = False
+    before = [a.tobytes() for a in params + grads]
+    with pytest.raises(ValueError, match=r"grads\[1\] is read-only"):
+        one_step(name, params, grads, state, grad_scale=3.0, unscale_grads=True)
+    with pytest.raises(ValueError, match="needs grad_scale"):
+        one_step(name, params, grads, state, unscale_grads=True)
+    assert [a.tobytes() for a in params + grads] == before
+
+
 def test_all_finite_grad_scale_is_checked():
     g = np.ones(4, np.float32)
     for bad in (0.0, -1.0, float("nan"), float("inf")):

@@ -366,6 +366,28 @@ def test_one_cycle_lr_cycles_adams_betas():
         assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
 
 
+def test_one_cycle_lr_takes_nesterov_sgds_momentum_to_zero():
+    """A scheduler may set a nesterov SGD's momentum to 0 (torch's constructor alone refuses it):
+    torch steps plain SGD there, and so does fusedopt.torch."""
+    data = batches(10)
+    model, ref_model = make_model(), make_model()
+    opts = [ft.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True),
+            torch.optim.SGD(ref_model.parameters(), lr=0.05, momentum=0.9, nesterov=True, foreach=False)]
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10, base_momentum=0.0,
+                                                     max_momentum=0.9) for o in opts]
+    momenta = []
+    for x, y in data:
+        for m, o, s in zip((model, ref_model), opts, schedules):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+            s.step()
+        momenta.append(opts[0].param_groups[0]["momentum"])
+    assert 0.0 in momenta
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
+
+
 def test_add_param_group_zero_grad_and_hooks():
     model = make_model()
     weights, biases = groups(model)
@@ -468,6 +490,63 @@ def test_grad_scaler_after_unscale_for_clipping():
             scaler.update()
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_grad_scaler_leaves_the_grads_unscaled(isa, name, maximize):
+    """After scaler.step the grads are unscaled, as torch's fused optimizers (and unscale_) leave
+    them: written back by the update's own pass (a bfloat16 grad rounded to nearest even);
+    after a skipped step they are as the backward left them, as torch's fused ones."""
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 1000))
+    v = torch.nn.Parameter(torch.linspace(-2, 2, 300))
+    opts = dict(lr=0.01) if name == "Adagrad" else dict(lr=0.01, maximize=maximize)
+    opt = getattr(ft, name)([{"params": [w]}, {"params": [v], "lr": 0.02}], **opts)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    v.grad_dtype = None  # (torch refuses a grad of another dtype than the param's without this)
+    x = torch.linspace(0.5, 3.0, 1000)
+    for skipped in (False, True, False):
+        opt.zero_grad()
+        scaler.scale((w * x).sum() + (v ** 2).sum()).backward()
+        v.grad = v.grad.to(torch.bfloat16)  # a low-precision grad of a float32 param
+        if skipped:
+            w.grad[500] = float("inf")
+        scaled = [w.grad.clone(), v.grad.clone()]
+        scaler.step(opt)
+        scaler.update()
+        if skipped:
+            assert torch.equal(w.grad, scaled[0]) and torch.equal(v.grad, scaled[1])
+        else:
+            assert torch.equal(w.grad, x)
+            assert torch.equal(v.grad, (scaled[1].float() / scaler.get_scale()).to(torch.bfloat16))
+
+
+def test_a_group_may_mix_grad_dtypes():
+    """float32 params whose grads are bfloat16 (a low-precision backward) beside ones with float32
+    grads, in one group: each stepped as alone; a grad of a higher precision than its param,
+    in a later group, is refused before any group is written."""
+    torch.manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (700, 5, 300)]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = ft.AdamW([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], lr=0.01)
+    alone_opts = [ft.AdamW([q], lr=0.01 if i < 2 else 0.02) for i, q in enumerate(alone)]
+    for p in params + alone:
+        p.grad_dtype = None  # (torch refuses a grad of another dtype than the param's without this)
+    for _ in range(3):
+        grads = [torch.randn(700).to(torch.bfloat16), torch.randn(5), torch.randn(300).to(torch.float16)]
+        for p, q, g in zip(params, alone, grads):
+            p.grad, q.grad = g, g.clone()
+        opt.step()
+        for o in alone_opts:
+            o.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, alone))
+    before = [p.detach().clone() for p in params] + [opt.state[params[0]]["exp_avg"].clone()]
+    params[2].grad = torch.randn(300, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        opt.step()
+    after = [p.detach() for p in params] + [opt.state[params[0]]["exp_avg"]]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert float(opt.state[params[0]]["step"]) == 3
 
 
 # ---- the plan kept between steps --------------------------------------------------------------------

@@ -8,11 +8,14 @@
 namespace fusedopt {
 
 // Every optimizer first forms the gradient it uses:
-//   g = grad * grad_mult            grad_mult = (maximize ? -1 : 1) (exact: a sign flip)
+//   g = grad * grad_mult            grad_mult = (maximize ? -1 : 1) / grad_scale
 //   g = g + weight_decay * param    (L2 penalty; only when weight_decay != 0, as torch skips it)
+// and with unscale != 0 (1 / grad_scale) writes grad * unscale back into grad in the same pass:
+// torch's fused optimizers leave the grads unscaled after a GradScaler step, as unscale_ does.
 struct GradTransform {
     double grad_mult = 1.0;
     double weight_decay = 0.0;
+    double unscale = 0.0;
 };
 
 // torch.optim.SGD. Arrays: param, grad, momentum_buffer.

@@ -34,26 +34,26 @@ def _openmp_parallel() -> int: ...
 def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: _StateArrays | None, lr: float, momentum: float,
     dampening: float, nesterov: bool, weight_decay: float, maximize: bool, step: int | None,
-    grad_scale: float | None, skip_if_nonfinite: bool, param_copies: _Arrays | None, stochastic_rounding: bool,
-    seed: int | None, /,
+    grad_scale: float | None, unscale_grads: bool, skip_if_nonfinite: bool, param_copies: _Arrays | None,
+    stochastic_rounding: bool, seed: int | None, /,
 ) -> bool: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _StateArrays, step: int, lr: float, lr_decay: float,
-    weight_decay: float, eps: float, maximize: bool, grad_scale: float | None, skip_if_nonfinite: bool,
-    param_copies: _Arrays | None, stochastic_rounding: bool, seed: int | None, /,
+    weight_decay: float, eps: float, maximize: bool, grad_scale: float | None, unscale_grads: bool,
+    skip_if_nonfinite: bool, param_copies: _Arrays | None, stochastic_rounding: bool, seed: int | None, /,
 ) -> bool: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _StateArrays, lr: float, alpha: float, eps: float,
     weight_decay: float, momentum: float, momentum_buffers: _StateArrays | None, centered: bool,
     grad_avgs: _StateArrays | None, maximize: bool, eps_inside_sqrt: bool, grad_scale: float | None,
-    skip_if_nonfinite: bool, param_copies: _Arrays | None, stochastic_rounding: bool, seed: int | None,
-    step: int | None, /,
+    unscale_grads: bool, skip_if_nonfinite: bool, param_copies: _Arrays | None, stochastic_rounding: bool,
+    seed: int | None, step: int | None, /,
 ) -> bool: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _StateArrays, exp_avg_sqs: _StateArrays, step: int, lr: float,
     beta1: float, beta2: float, eps: float, weight_decay: float, decoupled_weight_decay: bool, amsgrad: bool,
-    max_exp_avg_sqs: _StateArrays | None, maximize: bool, grad_scale: float | None, skip_if_nonfinite: bool,
-    param_copies: _Arrays | None, stochastic_rounding: bool, seed: int | None, /,
+    max_exp_avg_sqs: _StateArrays | None, maximize: bool, grad_scale: float | None, unscale_grads: bool,
+    skip_if_nonfinite: bool, param_copies: _Arrays | None, stochastic_rounding: bool, seed: int | None, /,
 ) -> bool: ...
 
 # ---- gradient norms and clipping ----

@@ -6,10 +6,11 @@ checked before anything is written: a call that raises leaves every array byte-i
 Arrays must be C-contiguous, writable where updated, and pairwise non-overlapping; they are
 never copied.
 
-dtypes (the arrays of one argument share one dtype; P is the params'):
-- params: float32, float64, bfloat16 (ml_dtypes.bfloat16) or float16. Math is float32 (float64
-  for float64 params) whatever is stored.
-- grads: P, or bfloat16/float16 for float32 params (a low-precision backward).
+dtypes (P is the params'):
+- params: float32, float64, bfloat16 (ml_dtypes.bfloat16) or float16, one for all. Math is
+  float32 (float64 for float64 params) whatever is stored.
+- grads: P, or bfloat16/float16 for float32 params (a low-precision backward); any mix (a
+  model's weights with bfloat16 grads beside its biases' float32 ones).
 - state: float32 or bfloat16 (any mix) for float32/bfloat16/float16 params; float64 for float64.
 - param_copies=: bfloat16/float16 arrays beside float32 params (the master weights), written in
   the same pass with the updated params rounded to nearest even (as DeepSpeed's CPU Adam).
@@ -25,6 +26,9 @@ The formulas are torch.optim's (see each docstring and docs/algorithms.md); `ste
 Mixed precision and overflow, for every update function:
 - grad_scale: the grads were computed from a loss multiplied by grad_scale; the kernel
   multiplies them by 1 / grad_scale as it reads them (torch's GradScaler.unscale_, fused).
+- unscale_grads=True (with grad_scale): the kernel also writes them back so multiplied (not
+  negated by maximize) in the same pass, as torch's fused optimizers leave the grads after a
+  GradScaler step; grads must then be writable. Not when the step is skipped.
 - skip_if_nonfinite: one read-only pass over the grads first; if any is inf or NaN once
   multiplied by 1 / grad_scale (as the update would use it), nothing is written and the
   function returns False (torch's GradScaler skipping optimizer.step()).
@@ -146,8 +150,8 @@ def _argument_error(error: TypeError, function: Callable[..., Any], arguments: d
 def sgd_(params: Arrays, grads: Arrays, momentum_buffers: StateArrays | None = None, *, lr: float,
          momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
          maximize: bool = False, step: int | None = None, grad_scale: float | None = None,
-         skip_if_nonfinite: bool = False, param_copies: Arrays | None = None, stochastic_rounding: bool = False,
-         seed: int | None = None) -> bool:
+         unscale_grads: bool = False, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
+         stochastic_rounding: bool = False, seed: int | None = None) -> bool:
     """SGD with optional momentum / Nesterov momentum (torch.optim.SGD).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -161,15 +165,16 @@ def sgd_(params: Arrays, grads: Arrays, momentum_buffers: StateArrays | None = N
     """
     try:
         return _core.sgd(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay, maximize,
-                         step, grad_scale, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
+                         step, grad_scale, unscale_grads, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, sgd_, locals()) from None
 
 
 def adagrad_(params: Arrays, grads: Arrays, state_sums: StateArrays, *, step: int, lr: float = 1e-2,
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False,
-             grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
-             stochastic_rounding: bool = False, seed: int | None = None) -> bool:
+             grad_scale: float | None = None, unscale_grads: bool = False, skip_if_nonfinite: bool = False,
+             param_copies: Arrays | None = None, stochastic_rounding: bool = False,
+             seed: int | None = None) -> bool:
     """AdaGrad (torch.optim.Adagrad).
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -179,7 +184,7 @@ def adagrad_(params: Arrays, grads: Arrays, state_sums: StateArrays, *, step: in
     """
     try:
         return _core.adagrad(params, grads, state_sums, step, lr, lr_decay, weight_decay, eps, maximize, grad_scale,
-                             skip_if_nonfinite, param_copies, stochastic_rounding, seed)
+                             unscale_grads, skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adagrad_, locals()) from None
 
@@ -188,8 +193,9 @@ def rmsprop_(params: Arrays, grads: Arrays, square_avgs: StateArrays, *, lr: flo
              eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
              momentum_buffers: StateArrays | None = None, centered: bool = False,
              grad_avgs: StateArrays | None = None, maximize: bool = False, eps_inside_sqrt: bool = False,
-             grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
-             stochastic_rounding: bool = False, seed: int | None = None, step: int | None = None) -> bool:
+             grad_scale: float | None = None, unscale_grads: bool = False, skip_if_nonfinite: bool = False,
+             param_copies: Arrays | None = None, stochastic_rounding: bool = False, seed: int | None = None,
+             step: int | None = None) -> bool:
     """RMSProp (torch.optim.RMSprop), optionally centered and with momentum.
 
         g = -grad if maximize else grad;  g += weight_decay * param
@@ -205,8 +211,8 @@ def rmsprop_(params: Arrays, grads: Arrays, square_avgs: StateArrays, *, lr: flo
     """
     try:
         return _core.rmsprop(params, grads, square_avgs, lr, alpha, eps, weight_decay, momentum, momentum_buffers,
-                             centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, skip_if_nonfinite,
-                             param_copies, stochastic_rounding, seed, step)
+                             centered, grad_avgs, maximize, eps_inside_sqrt, grad_scale, unscale_grads,
+                             skip_if_nonfinite, param_copies, stochastic_rounding, seed, step)
     except TypeError as e:
         raise _argument_error(e, rmsprop_, locals()) from None
 
@@ -214,8 +220,9 @@ def rmsprop_(params: Arrays, grads: Arrays, square_avgs: StateArrays, *, lr: flo
 def adam_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: StateArrays, *, step: int,
           lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
           decoupled_weight_decay: bool = False, amsgrad: bool = False, max_exp_avg_sqs: StateArrays | None = None,
-          maximize: bool = False, grad_scale: float | None = None, skip_if_nonfinite: bool = False,
-          param_copies: Arrays | None = None, stochastic_rounding: bool = False, seed: int | None = None) -> bool:
+          maximize: bool = False, grad_scale: float | None = None, unscale_grads: bool = False,
+          skip_if_nonfinite: bool = False, param_copies: Arrays | None = None, stochastic_rounding: bool = False,
+          seed: int | None = None) -> bool:
     """Adam (torch.optim.Adam; with decoupled_weight_decay=True, torch.optim.AdamW).
 
         g = -grad if maximize else grad
@@ -231,8 +238,8 @@ def adam_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: Sta
     """
     try:
         return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-                          decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite,
-                          param_copies, stochastic_rounding, seed)
+                          decoupled_weight_decay, amsgrad, max_exp_avg_sqs, maximize, grad_scale, unscale_grads,
+                          skip_if_nonfinite, param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adam_, locals()) from None
 
@@ -240,13 +247,14 @@ def adam_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: Sta
 def adamw_(params: Arrays, grads: Arrays, exp_avgs: StateArrays, exp_avg_sqs: StateArrays, *, step: int,
            lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2,
            amsgrad: bool = False, max_exp_avg_sqs: StateArrays | None = None, maximize: bool = False,
-           grad_scale: float | None = None, skip_if_nonfinite: bool = False, param_copies: Arrays | None = None,
-           stochastic_rounding: bool = False, seed: int | None = None) -> bool:
+           grad_scale: float | None = None, unscale_grads: bool = False, skip_if_nonfinite: bool = False,
+           param_copies: Arrays | None = None, stochastic_rounding: bool = False,
+           seed: int | None = None) -> bool:
     """AdamW (torch.optim.AdamW): adam_ with decoupled weight decay, default weight_decay=1e-2."""
     try:
         return _core.adam(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay, True,
-                          amsgrad, max_exp_avg_sqs, maximize, grad_scale, skip_if_nonfinite, param_copies,
-                          stochastic_rounding, seed)
+                          amsgrad, max_exp_avg_sqs, maximize, grad_scale, unscale_grads, skip_if_nonfinite,
+                          param_copies, stochastic_rounding, seed)
     except TypeError as e:
         raise _argument_error(e, adamw_, locals()) from None
 

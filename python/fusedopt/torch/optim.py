@@ -415,8 +415,10 @@ class _FusedStep(torch.optim.Optimizer):
         """Update every param whose .grad is not None, in place: one fusedopt call per param group.
 
         Under torch.amp.GradScaler the scaler sets self.grad_scale and self.found_inf (as for
-        torch's fused optimizers): the grads are unscaled inside the kernel, and a step whose
-        grads held an inf or NaN changes nothing (params, state, step counts).
+        torch's fused optimizers): the grads are unscaled inside the kernel, which also writes
+        them back unscaled in the same pass (torch's fused optimizers leave them so, as unscale_
+        does), and a step whose grads held an inf or NaN changes nothing (params, state, step
+        counts, grads).
         """
         # torch wraps an optimizer class's step in Optimizer.profile_hook_step (the step pre/post
         # hooks and a profiler range) unless the step is marked hooked, as this one is (below the
@@ -473,17 +475,18 @@ class _FusedStep(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss
         scale = None if grad_scale is None else float(grad_scale)
+        unscale = {} if scale is None else {"grad_scale": scale, "unscale_grads": True}
         if calls > 1:
-            self._check_calls(steps)
+            self._check_calls(steps, scale is not None)
         update = type(self)._update
         for plan, views, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = views if call.positions is None else [views[i] for i in call.positions]
                 if call.step is None:
-                    update(call.params, call_grads, **call.states, **hyperparameters, grad_scale=scale)
+                    update(call.params, call_grads, **call.states, **hyperparameters, **unscale)
                 else:
                     update(call.params, call_grads, **call.states, **hyperparameters, step=call.step + plan.taken,
-                           grad_scale=scale)
+                           **unscale)
         # the step is taken: count it (through NumPy: right after the kernel has evicted the
         # caches, torch's add_ on the tiny counter tensor costs 60-80 us, the dispatcher's code and
         # data; NumPy's fill 9-12), and tell autograd the params changed
@@ -620,11 +623,11 @@ class _FusedStep(torch.optim.Optimizer):
                                    f"(grad {i} of a param group is {g.layout})")
         return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
 
-    def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]]) -> None:
+    def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]], unscale: bool) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
         lists) and, across all calls, the checks each call makes of its arrays (fusedopt._checks'
-        _array_problem) and of their memory (no two arrays of the step sharing a byte), before the
-        first call writes anything."""
+        _array_problem; grads written with unscale) and of their memory (no two arrays of the step
+        sharing a byte), before the first call writes anything."""
         update = type(self)._update
         arrays: list[np.ndarray] = []
         names: list[str] = []
@@ -639,7 +642,7 @@ class _FusedStep(torch.optim.Optimizer):
                     where = f"param {j} of a call for param group {k}"
                     checks: list[tuple[Any, bool, np.ndarray | None, str, str]] = [
                               (p, True, None, where, "grad"),
-                              (plan_grads[position], False, p, f"the grad of {where}", "grad")]
+                              (plan_grads[position], unscale, p, f"the grad of {where}", "grad")]
                     checks += [(states[j], True, p, f"{argument}[{j}] of {where}", self._role(argument))
                                for argument, states in call.states.items()]
                     for array, written, param, name, role in checks:
@@ -678,8 +681,11 @@ class SGD(_FusedStep, torch.optim.SGD):
         return bool(self.defaults.get("stochastic_rounding"))
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(lr=float(group["lr"]), momentum=float(group["momentum"]), dampening=float(group["dampening"]),
-                    nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]),
+        # nesterov with a momentum a scheduler has set to 0 (OneCycleLR's base_momentum=0): torch
+        # steps plain SGD there, whose numbers nesterov=False gives (its constructor alone refuses it)
+        momentum = float(group["momentum"])
+        return dict(lr=float(group["lr"]), momentum=momentum, dampening=float(group["dampening"]),
+                    nesterov=bool(group["nesterov"]) and momentum != 0.0, weight_decay=float(group["weight_decay"]),
                     maximize=bool(group["maximize"]), **self._rounding(group))
 
     def _step_argument(self, steps_taken: int, new_state: bool) -> int | None:
