@@ -521,6 +521,22 @@ def test_grad_scaler_leaves_the_grads_unscaled(isa, name, maximize):
             assert torch.equal(v.grad, (scaled[1].float() / scaler.get_scale()).to(torch.bfloat16))
 
 
+def test_a_params_step_tensor_is_the_same_for_the_whole_run():
+    """torch counts a param's steps in one tensor, state["step"], for the whole run: a reference
+    to it (a logger's) goes on counting, also across the steps where the optimizer re-plans (a
+    param without a grad, new state)."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(5))
+    opt = ft.AdamW([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.ones(5)
+    opt.step()
+    held = [opt.state[a]["step"], opt.state[b]["step"]]
+    for t in range(6):
+        b.grad = None if t == 2 else torch.ones(5)
+        opt.step()
+    assert opt.state[a]["step"] is held[0] and opt.state[b]["step"] is held[1]
+    assert (float(held[0]), float(held[1])) == (7.0, 6.0)
+
+
 def test_a_group_may_mix_grad_dtypes():
     """float32 params whose grads are bfloat16 (a low-precision backward) beside ones with float32
     grads, in one group: each stepped as alone; a grad of a higher precision than its param,

@@ -587,8 +587,14 @@ class _FusedStep(torch.optim.Optimizer):
             if steps_taken.count(steps_taken[0]) == len(steps_taken):
                 plan.first_step = steps_taken[0]
             new_state = {id(p): new for p, new in plan.new_state}
+            storage = plan.steps.untyped_storage()
             for i, (p, existing) in enumerate(zip(plan.params, plan.state_dicts)):
-                counter = plan.steps[i]
+                # a param's step tensor, kept (torch counts in one tensor for the whole run, and a
+                # reference to it, a logger's, must go on counting) but moved onto slot i of the
+                # plan's counters; a new one where it is not a 0-d tensor of their dtype
+                old = existing.get("step") if existing is not None else None
+                keep = torch.is_tensor(old) and old.dtype == step_dtype and old.dim() == 0 and not old.requires_grad
+                counter = (old if keep else torch.empty((), dtype=step_dtype)).set_(storage, i, (), ())
                 if id(p) in new_state:
                     new_state[id(p)]["step"] = counter
                 elif existing is not None:  # always: a param with no state to make has a step
