@@ -592,7 +592,7 @@ class _FusedStep(torch.optim.Optimizer):
                 # a param's step tensor, kept (torch counts in one tensor for the whole run, and a
                 # reference to it, a logger's, must go on counting) but moved onto slot i of the
                 # plan's counters; a new one where it is not a 0-d tensor of their dtype
-                old = existing.get("step") if existing is not None else None
+                old: Any = existing.get("step") if existing is not None else None
                 keep = torch.is_tensor(old) and old.dtype == step_dtype and old.dim() == 0 and not old.requires_grad
                 counter = (old if keep else torch.empty((), dtype=step_dtype)).set_(storage, i, (), ())
                 if id(p) in new_state:
