@@ -56,23 +56,13 @@ void stream_loop(void* const* a, std::size_t n) {
 std::atomic<double> probe_sink{0.0};  // written by every thread of a read-only probe: atomic
 
 // A pass that only reads (the first pass of a two-pass algorithm, as batch norm's statistics):
-// the sum of the arrays in four independent vector sums (one would be a chain of dependent adds
-// slower than the cache), stored at the end so that the compiler keeps the loads. Vectors from
-// the first array's first cache line, as above.
+// the arrays' sum (sum_lanes: four independent vector sums, where one would be a chain of
+// dependent adds slower than the cache), stored at the end so that the compiler keeps the
+// loads. Vectors from the first array's first cache line, as above.
 template <class T, int RO>
 void read_loop(void* const* a, std::size_t n) {
-    using V = Vec<T>;
-    constexpr std::size_t W = V::size;
-    V acc[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
-    T sum = T(0);
-    std::size_t i = 0;
-    for (const std::size_t head = std::min(n, elements_to_cache_line(static_cast<const T*>(a[0]))); i < head; ++i)
-        sum += read_sum<0, RO, Scalar<T>>(a, i).v;
-    for (; i + 4 * W <= n; i += 4 * W)
-        for (std::size_t u = 0; u < 4; ++u) acc[u] = acc[u] + read_sum<0, RO, V>(a, i + u * W);
-    for (; i + W <= n; i += W) acc[0] = acc[0] + read_sum<0, RO, V>(a, i);
-    sum += reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
-    for (; i < n; ++i) sum += read_sum<0, RO, Scalar<T>>(a, i).v;
+    const T sum = sum_lanes<T>(n, elements_to_cache_line(static_cast<const T*>(a[0])),
+                               [a](auto v, std::size_t i) { return read_sum<0, RO, decltype(v)>(a, i); });
     probe_sink.store(static_cast<double>(sum), std::memory_order_relaxed);
 }
 

@@ -83,6 +83,24 @@ inline void for_each_lane(std::size_t n, Body&& body) {
     for_each_lane<T>(n, 0, body);
 }
 
+// The sum of term(V{}, i) over [0, n) for read-only passes (the bandwidth probe's reads, the
+// non-finite check): the first `head` elements one at a time, then four vectors at a time into
+// four accumulators (so that the adds do not wait on each other), then the rest one at a time.
+template <class T, class Term>
+inline T sum_lanes(std::size_t n, std::size_t head, Term&& term) {
+    using V = Vec<T>;
+    constexpr std::size_t W = V::size;
+    V acc[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+    T sum = T(0);
+    std::size_t i = 0;
+    for (; i < head && i < n; ++i) sum += term(Scalar<T>{}, i).v;
+    for (; i + 4 * W <= n; i += 4 * W)
+        for (std::size_t u = 0; u < 4; ++u) acc[u] = acc[u] + term(V{}, i + u * W);
+    sum += reduce_add((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    for (; i < n; ++i) sum += term(Scalar<T>{}, i).v;
+    return sum;
+}
+
 constexpr std::size_t kCacheLineBytes = 64;  // a multiple of every vector's size
 
 // Elements of T before p's next cache line (0 if p is on one, or not aligned to T)
