@@ -630,7 +630,7 @@ double grad_norm(py::handle grads, double norm_type) {
 
 // torch.nn.utils.clip_grad_norm_: grads *= min(1, max_norm / (total_norm + 1e-6)); returns total_norm
 double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, bool error_if_nonfinite) {
-    check_nonnegative("max_norm", max_norm);
+    check_limit("max_norm", max_norm);
     check_norm_type(norm_type);
     Checked checked = check_grads(grads, true);
     const double norm = total_norm(checked, norm_type);
@@ -648,8 +648,9 @@ double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, bool
 
 // torch.nn.utils.clip_grad_value_: grads = clamp(grads, -clip_value, clip_value)
 void clip_grad_value_(py::handle grads, double clip_value) {
-    check_nonnegative("clip_value", clip_value);
+    check_limit("clip_value", clip_value);
     Checked checked = check_grads(grads, true);
+    if (std::isinf(clip_value)) return;  // clamping to [-inf, inf] changes nothing (NaN stays NaN)
     py::gil_scoped_release nogil;
     run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
 }

@@ -35,6 +35,12 @@ inline void check_nonnegative(const char* name, double x) {
     if (x >= 0.0 && std::isfinite(x)) return;
     throw py::value_error(std::string("Invalid ") + name + " value: " + repr(x) + " (must be finite and >= 0)");
 }
+// a limit of torch's clip functions: >= 0, +inf meaning none (clip_grad_norm_(max_norm=inf)
+// only computes the norm, as torch users call it)
+inline void check_limit(const char* name, double x) {
+    if (x >= 0.0) return;
+    throw py::value_error(std::string("Invalid ") + name + " value: " + repr(x) + " (must be >= 0; inf: no limit)");
+}
 inline void check_step(long long step) {
     if (step >= 1) return;
     throw py::value_error("Invalid step value: " + std::to_string(step) +

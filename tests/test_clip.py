@@ -48,7 +48,7 @@ def test_norm_is_the_same_for_any_thread_count(threads):
     assert fusedopt.grad_norm(grads) == one  # bitwise: fixed blocks, combined in order
 
 
-@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6, float("inf")])  # inf: the norm only, as torch users call it
 def test_clip_grad_norm(isa, dtype, max_norm):
     grads = grads_list(dtype)
     original = [g.copy() for g in grads]
@@ -114,17 +114,21 @@ def test_clip_grad_norm_nonfinite():
     assert np.all(np.isnan(grads[0]))  # scaled by a NaN factor, as torch does
 
 
-def test_clip_grad_value(isa, dtype):
+@pytest.mark.parametrize("clip_value", [0.5, float("inf")])  # inf: no limit, as torch
+def test_clip_grad_value(isa, dtype, clip_value):
     grads = grads_list(dtype)
     grads[2][3] = np.nan
-    want = [np.clip(g, -0.5, 0.5) for g in grads]
-    fusedopt.clip_grad_value_(grads, 0.5)
+    grads[1][0] = np.inf
+    want = [np.clip(g, -clip_value, clip_value) for g in grads]
+    fusedopt.clip_grad_value_(grads, clip_value)
     for g, w in zip(grads, want):
         np.testing.assert_array_equal(g, w)  # NaN stays NaN, as with np.clip / torch.clamp_
 
 
 @pytest.mark.parametrize("call,match", [
     (lambda g: fusedopt.clip_grad_norm_(g, -1.0), "max_norm"),
+    (lambda g: fusedopt.clip_grad_norm_(g, float("nan")), "max_norm"),
+    (lambda g: fusedopt.clip_grad_value_(g, float("nan")), "clip_value"),
     (lambda g: fusedopt.clip_grad_norm_(g, 1.0, norm_type=0.0), "norm_type"),
     (lambda g: fusedopt.clip_grad_norm_(g, 1.0, norm_type=float("nan")), "norm_type"),
     (lambda g: fusedopt.clip_grad_value_(g, -1.0), "clip_value"),

@@ -336,6 +336,30 @@ def test_unscale_grads_writes_the_unscaled_grads(isa, dtype, name, maximize):
     assert [a.tobytes() for a in params + grads] == before
 
 
+@pytest.mark.parametrize("state_dtype", ["param", "bfloat16"])
+def test_amsgrad_keeps_a_nan_of_max_exp_avg_sq(isa, dtype, state_dtype):
+    """max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq) is torch.maximum: a NaN in either operand
+    is the result (x86's max and its scalar copy drop a NaN first operand); at every position of a
+    vector and of the tail, as the reference."""
+    if state_dtype == "bfloat16" and dtype == np.float64:
+        pytest.skip("float64 params keep float64 state")
+    sdt = dtype if state_dtype == "param" else np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    for where in (0, 5, 16, 39):
+        for nan_in in ("max_exp_avg_sqs", "exp_avg_sqs"):
+            rng = np.random.default_rng(where)
+            p = rng.standard_normal(40).astype(dtype)
+            g = rng.standard_normal(40).astype(dtype)
+            state = {k: np.abs(rng.standard_normal(40)).astype(sdt) for k in ("exp_avgs", "exp_avg_sqs",
+                                                                               "max_exp_avg_sqs")}
+            state[nan_in][where] = np.nan
+            ref_p, ref_state = p.copy(), {k: v.astype(dtype) for k, v in state.items()}
+            fusedopt.adam_(p, g, **state, step=3, lr=0.01, amsgrad=True)
+            reference.adam_(ref_p, g, **ref_state, step=3, lr=0.01, amsgrad=True)
+            assert np.isnan(p[where]) and np.isnan(ref_p[where])
+            assert np.isnan(state["max_exp_avg_sqs"][where]) and np.isnan(ref_state["max_exp_avg_sqs"][where])
+            assert np.isfinite(np.delete(p, where)).all()
+
+
 def test_all_finite_grad_scale_is_checked():
     g = np.ones(4, np.float32)
     for bad in (0.0, -1.0, float("nan"), float("inf")):

@@ -273,7 +273,7 @@ void adam_loop(const AdamConfig& c, const Arrays& a, std::size_t n) {
         V v = fmadd(V(one_minus_beta2), g * g, V(beta2) * a.load(vec, exp_avg_sq, i));
         a.store(exp_avg_sq, v, i);
         if constexpr (AMSGRAD) {
-            v = max(a.load(vec, max_exp_avg_sq, i), v);
+            v = max_nan(a.load(vec, max_exp_avg_sq, i), v);  // torch.maximum: a NaN in either is kept
             a.store(max_exp_avg_sq, v, i);
         }
         V denom = fmadd(sqrt(v), V(inv_bc2_sqrt), V(eps));

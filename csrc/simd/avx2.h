@@ -38,6 +38,9 @@ struct Vec<float> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a.v, b.v, c.v); }
     friend Vec sqrt(Vec a) { return _mm256_sqrt_ps(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        return _mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
+    }
     friend Vec min(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {
@@ -90,6 +93,9 @@ struct Vec<double> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_pd(a.v, b.v, c.v); }
     friend Vec sqrt(Vec a) { return _mm256_sqrt_pd(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm256_max_pd(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        return _mm256_blendv_pd(_mm256_max_pd(a.v, b.v), a.v, _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
+    }
     friend Vec min(Vec a, Vec b) { return _mm256_min_pd(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {

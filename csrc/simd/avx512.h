@@ -48,6 +48,9 @@ struct Vec<float> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a.v, b.v, c.v); }
     friend Vec sqrt(Vec a) { return _mm512_sqrt_ps(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        return _mm512_mask_mov_ps(_mm512_max_ps(a.v, b.v), _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), a.v);
+    }
     friend Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {
@@ -103,6 +106,9 @@ struct Vec<double> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_pd(a.v, b.v, c.v); }
     friend Vec sqrt(Vec a) { return _mm512_sqrt_pd(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm512_max_pd(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        return _mm512_mask_mov_pd(_mm512_max_pd(a.v, b.v), _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q), a.v);
+    }
     friend Vec min(Vec a, Vec b) { return _mm512_min_pd(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm512_andnot_pd(_mm512_set1_pd(-0.0), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {

@@ -42,6 +42,7 @@ struct Vec<float> {
     friend Vec sqrt(Vec a) { return vsqrtq_f32(a.v); }
     // (a > b) ? a : b, as Scalar and x86 define it (vmaxq would propagate either NaN)
     friend Vec max(Vec a, Vec b) { return vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) { return vmaxq_f32(a.v, b.v); }  // FMAX: NaN if either is
     friend Vec min(Vec a, Vec b) { return vbslq_f32(vcltq_f32(a.v, b.v), a.v, b.v); }
     friend Vec abs(Vec a) { return vabsq_f32(a.v); }
     friend Vec where_positive(Vec cond, Vec a) {
@@ -95,6 +96,7 @@ struct Vec<double> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return vfmsq_f64(c.v, a.v, b.v); }
     friend Vec sqrt(Vec a) { return vsqrtq_f64(a.v); }
     friend Vec max(Vec a, Vec b) { return vbslq_f64(vcgtq_f64(a.v, b.v), a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) { return vmaxq_f64(a.v, b.v); }
     friend Vec min(Vec a, Vec b) { return vbslq_f64(vcltq_f64(a.v, b.v), a.v, b.v); }
     friend Vec abs(Vec a) { return vabsq_f64(a.v); }
     friend Vec where_positive(Vec cond, Vec a) {

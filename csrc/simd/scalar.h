@@ -58,6 +58,8 @@ struct Scalar {
     friend Scalar sqrt(Scalar a) { return std::sqrt(a.v); }
     // (a > b) ? a : b, the operand order of x86's maxps: a NaN in b propagates
     friend Scalar max(Scalar a, Scalar b) { return a.v > b.v ? a.v : b.v; }
+    // max(a, b), NaN if either is (torch.maximum): a NaN in a is kept too
+    friend Scalar max_nan(Scalar a, Scalar b) { return a.v != a.v ? a.v : a.v > b.v ? a.v : b.v; }
     friend Scalar min(Scalar a, Scalar b) { return a.v < b.v ? a.v : b.v; }
     friend Scalar abs(Scalar a) { return std::fabs(a.v); }
     // a where cond > 0, else 0 (a NaN cond gives 0): the ReLU gradient mask

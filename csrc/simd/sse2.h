@@ -42,6 +42,10 @@ struct Vec<float> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm_sub_ps(c.v, _mm_mul_ps(a.v, b.v)); }
     friend Vec sqrt(Vec a) { return _mm_sqrt_ps(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm_max_ps(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        const __m128 nan = _mm_cmpunord_ps(a.v, a.v);
+        return _mm_or_ps(_mm_and_ps(nan, a.v), _mm_andnot_ps(nan, _mm_max_ps(a.v, b.v)));
+    }
     friend Vec min(Vec a, Vec b) { return _mm_min_ps(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm_andnot_ps(_mm_set1_ps(-0.0f), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {
@@ -99,6 +103,10 @@ struct Vec<double> {
     friend Vec fnmadd(Vec a, Vec b, Vec c) { return _mm_sub_pd(c.v, _mm_mul_pd(a.v, b.v)); }
     friend Vec sqrt(Vec a) { return _mm_sqrt_pd(a.v); }
     friend Vec max(Vec a, Vec b) { return _mm_max_pd(a.v, b.v); }
+    friend Vec max_nan(Vec a, Vec b) {
+        const __m128d nan = _mm_cmpunord_pd(a.v, a.v);
+        return _mm_or_pd(_mm_and_pd(nan, a.v), _mm_andnot_pd(nan, _mm_max_pd(a.v, b.v)));
+    }
     friend Vec min(Vec a, Vec b) { return _mm_min_pd(a.v, b.v); }
     friend Vec abs(Vec a) { return _mm_andnot_pd(_mm_set1_pd(-0.0), a.v); }
     friend Vec where_positive(Vec cond, Vec a) {

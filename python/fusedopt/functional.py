@@ -290,9 +290,10 @@ def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
         total_norm = grad_norm(grads, norm_type)        (one pass; float64 sums)
         grads *= min(1, max_norm / (total_norm + 1e-6))  (skipped when that is 1)
 
-    A non-finite total norm raises RuntimeError with error_if_nonfinite=True (grads unchanged);
-    otherwise grads are scaled by the resulting NaN/0 factor, as torch does. bfloat16/float16
-    grads are scaled in float32 and rounded back to nearest even.
+    max_norm=inf only computes the norm (nothing is clipped), as in torch. A non-finite total
+    norm raises RuntimeError with error_if_nonfinite=True (grads unchanged); otherwise grads are
+    scaled by the resulting NaN/0 factor, as torch does. bfloat16/float16 grads are scaled in
+    float32 and rounded back to nearest even.
     """
     try:
         return _core.clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite)
@@ -302,7 +303,7 @@ def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
 
 def clip_grad_value_(grads: Arrays, clip_value: float) -> None:
     """torch.nn.utils.clip_grad_value_: clamp every gradient element to [-clip_value, clip_value]
-    (for bfloat16/float16 grads, the bounds rounded to nearest even)."""
+    (for bfloat16/float16 grads, the bounds rounded to nearest even; clip_value=inf: no change)."""
     try:
         _core.clip_grad_value_(grads, clip_value)
     except TypeError as e:
