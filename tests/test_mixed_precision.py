@@ -555,6 +555,24 @@ def test_grad_dtype_may_differ_between_tensors(isa):
         assert same(params[t], p) and same(exp_avgs[t], m)
 
 
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_unscale_grads_in_mixed_calls(isa, name, mode):
+    """unscale_grads=True in a mixed call (each block's grads written after its update): grads
+    become grad * (1 / grad_scale) in float32 rounded to their dtype, every tail and block, and the
+    update is bitwise the one without it."""
+    pdt, gdt, sdt = mode
+    params, state, grads = problem(name, SIZES, pdt, gdt, sdt, steps=1)
+    twin = ([p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()})
+    g = grads[0]
+    g_copy = [a.copy() for a in g]
+    want = [round_to(a.astype(np.float32) * np.float32(1 / 8.0), gdt) for a in g]
+    run_steps(fused(name), name, params, state, [g], grad_scale=8.0, unscale_grads=True)
+    run_steps(fused(name), name, twin[0], twin[1], [g_copy], grad_scale=8.0)
+    assert all(same(a, b) for a, b in zip(g, want))
+    assert all(same(a, b) for a, b in zip(params, twin[0]))
+
+
 def test_torch_bf16_tensors():
     torch = pytest.importorskip("torch")
     p = torch.randn(1000).to(torch.bfloat16)

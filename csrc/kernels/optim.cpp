@@ -90,25 +90,21 @@ struct Plain {
     std::size_t head() const { return elements_to_cache_line(static_cast<const T*>(a[0])); }
 };
 
-// GradTransform's scalars in the loop's type
-template <class T>
-struct GradScalars {
-    T grad_mult, weight_decay, unscale;
-    explicit GradScalars(const GradTransform& g)
-        : grad_mult(T(g.grad_mult)), weight_decay(T(g.weight_decay)), unscale(T(g.unscale)) {}
-};
-
 // g = grad * grad_mult (+ weight_decay * param): the gradient every optimizer starts from; and
-// grad = grad * unscale when asked: a branch the same way for the whole loop, measured as fast
-// as a template flag (two builds on the same arrays, 1 thread, avx512: SGD momentum and AdamW at
-// 64K and 1M floats within +-4%), without doubling the loops compiled. (s by value: by reference,
-// the loops' stores might have written to it, and SGD reloaded it every vector: 15% slower.)
+// in the all-T loops grad = grad * unscale when unscale != 0 (unscale_grads): a branch the same
+// way for the whole loop, measured as fast as none (SGD momentum, AdamW, 64K and 1M floats, two
+// builds on the same arrays). A mixed call's blocks write their unscaled grads after their loop
+// instead (see unscale_block): the store, never taken, in the bf16 + 8-bit state AdamW loop made
+// it 8% slower (its registers). (grad_mult and weight_decay stay the loops' own locals: in a
+// struct passed by reference, SGD reloaded them after every store, which might have written to it.)
 template <bool L2, class V, class Arrays, class Grad, class T>
-V transformed_grad(const Arrays& a, Grad grad, std::size_t i, V p, GradScalars<T> s) {
+V transformed_grad(const Arrays& a, Grad grad, std::size_t i, V p, T grad_mult, T weight_decay, T unscale) {
     const V raw = a.load(V{}, grad, i);
-    if (s.unscale != T(0)) a.store(grad, raw * V(s.unscale), i);
-    V g = raw * V(s.grad_mult);
-    if constexpr (L2) g = fmadd(V(s.weight_decay), p, g);
+    if constexpr (std::is_same_v<Arrays, Plain<T>>) {
+        if (unscale != T(0)) a.store(grad, raw * V(unscale), i);
+    }
+    V g = raw * V(grad_mult);
+    if constexpr (L2) g = fmadd(V(weight_decay), p, g);
     return g;
 }
 
@@ -122,7 +118,7 @@ void sgd_loop(const SgdConfig& c, const Arrays& a, std::size_t n) {
     constexpr Slot<0> param;
     constexpr Slot<1> grad;
     constexpr Slot<2> momentum_buffer;
-    const GradScalars<T> gs(c.g);
+    const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay), unscale = T(c.g.unscale);
     const T momentum = T(c.momentum), one_minus_dampening = T(1.0 - c.dampening), neg_lr = T(-c.lr);
     for_each_lane<T>(n, a.head(), [&](auto vec, std::size_t i) {
         using V = decltype(vec);
@@ -133,7 +129,7 @@ void sgd_loop(const SgdConfig& c, const Arrays& a, std::size_t n) {
             if constexpr (MOMENTUM) prefetch_ahead<V>(a, i, momentum_buffer);
         }
         V p = a.load(vec, param, i);
-        V g = transformed_grad<L2>(a, grad, i, p, gs);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay, unscale);
         if constexpr (MOMENTUM) {
             V buf = FIRST ? g : fmadd(V(momentum), a.load(vec, momentum_buffer, i), V(one_minus_dampening) * g);
             a.store(momentum_buffer, buf, i);
@@ -162,13 +158,13 @@ void adagrad_loop(const AdagradConfig& c, const Arrays& a, std::size_t n) {
     constexpr Slot<0> param;
     constexpr Slot<1> grad;
     constexpr Slot<2> state_sum;
-    const GradScalars<T> gs(c.g);
+    const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay), unscale = T(c.g.unscale);
     const T neg_clr = T(-c.clr), eps = T(c.eps);
     for_each_lane<T>(n, a.head(), [&](auto vec, std::size_t i) {
         using V = decltype(vec);
         prefetch_ahead<V>(a, i, param, grad, state_sum);
         V p = a.load(vec, param, i);
-        V g = transformed_grad<L2>(a, grad, i, p, gs);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay, unscale);
         V sum = fmadd(g, g, a.load(vec, state_sum, i));
         a.store(state_sum, sum, i);
         V std_ = sqrt(sum) + V(eps);
@@ -201,7 +197,7 @@ void rmsprop_loop(const RmspropConfig& c, const Arrays& a, std::size_t n) {
     constexpr Slot<2> square_avg;
     constexpr Slot<3> momentum_buffer;
     constexpr Slot<4> grad_avg;
-    const GradScalars<T> gs(c.g);
+    const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay), unscale = T(c.g.unscale);
     const T alpha = T(c.alpha), one_minus_alpha = T(1.0 - c.alpha), momentum = T(c.momentum), neg_lr = T(-c.lr);
     const T eps_inside = c.eps_inside_sqrt ? T(c.eps) : T(0), eps_outside = c.eps_inside_sqrt ? T(0) : T(c.eps);
     for_each_lane<T>(n, a.head(), [&](auto vec, std::size_t i) {
@@ -210,7 +206,7 @@ void rmsprop_loop(const RmspropConfig& c, const Arrays& a, std::size_t n) {
         if constexpr (CENTERED) prefetch_ahead<V>(a, i, grad_avg);
         if constexpr (MOMENTUM) prefetch_ahead<V>(a, i, momentum_buffer);
         V p = a.load(vec, param, i);
-        V g = transformed_grad<L2>(a, grad, i, p, gs);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay, unscale);
         V sq = fmadd(V(one_minus_alpha), g * g, V(alpha) * a.load(vec, square_avg, i));
         a.store(square_avg, sq, i);
         V var = sq;
@@ -257,7 +253,7 @@ void adam_loop(const AdamConfig& c, const Arrays& a, std::size_t n) {
     constexpr Slot<2> exp_avg;
     constexpr Slot<3> exp_avg_sq;
     constexpr Slot<4> max_exp_avg_sq;
-    const GradScalars<T> gs(c.g);
+    const T grad_mult = T(c.g.grad_mult), weight_decay = T(c.g.weight_decay), unscale = T(c.g.unscale);
     const T one_minus_beta1 = T(1.0 - c.beta1), beta2 = T(c.beta2), one_minus_beta2 = T(1.0 - c.beta2);
     const T eps = T(c.eps), param_scale = T(c.param_scale), neg_step_size = T(c.neg_step_size);
     const T inv_bc2_sqrt = T(c.inv_bias_correction2_sqrt);
@@ -266,7 +262,7 @@ void adam_loop(const AdamConfig& c, const Arrays& a, std::size_t n) {
         prefetch_ahead<V>(a, i, param, grad, exp_avg, exp_avg_sq);
         if constexpr (AMSGRAD) prefetch_ahead<V>(a, i, max_exp_avg_sq);
         V p = a.load(vec, param, i);
-        V g = transformed_grad<L2>(a, grad, i, p, gs);
+        V g = transformed_grad<L2>(a, grad, i, p, grad_mult, weight_decay, unscale);
         V m = a.load(vec, exp_avg, i);
         m = fmadd(V(one_minus_beta1), g - m, m);
         a.store(exp_avg, m, i);
@@ -589,6 +585,18 @@ void prefetch_elements(const void* data, DType dtype, std::size_t lo, std::size_
 // What an idle PendingCodes encodes (into a scratch buffer): no branch in the loop
 alignas(64) constexpr float kZeros[kStage] = {};
 
+// unscale_grads in a mixed call: the block's grads (in L1 after its loop) times unscale, stored
+// in their dtype (16-bit ones rounded to nearest even), as the all-T loops store them
+template <std::size_t NARRAYS>
+void unscale_block(double unscale, const MixedChunk& m, const BlockAt& b, std::size_t n) {
+    Dynamic<NARRAYS>(m, b).with_storage(1, [&](const auto& grads) {
+        for_each_lane<float>(n, [&](auto v, std::size_t i) {
+            using V = decltype(v);
+            grads.store(grads.load(V{}, i) * V(static_cast<float>(unscale)), i);
+        });
+    });
+}
+
 // The blocks of a chunk, each updated through an accessor A (Fixed or Dynamic).
 template <class Config, std::size_t NARRAYS, class Update, class A>
 void run_blocks(const Config& c, const MixedChunk& m) {
@@ -619,6 +627,7 @@ void run_blocks(const Config& c, const MixedChunk& m) {
         const A a(m, b);
         Update::run(c, a, len);
         a.finish(m, b, len);
+        if (c.g.unscale != 0.0) unscale_block<NARRAYS>(c.g.unscale, m, b, len);
     }
     for (const PendingCodes& p : pending) p.encode(0);
 }
