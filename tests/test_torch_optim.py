@@ -665,14 +665,63 @@ def test_options_fusedopt_cannot_honour_are_refused():
         ft.SGD([p], lr=0.1, nesterov=True)
 
 
-def test_sparse_grad_is_refused():
-    emb = torch.nn.Embedding(10, 3, sparse=True)
-    emb(torch.tensor([1, 2])).sum().backward()
-    opt = ft.SGD(emb.parameters(), lr=0.1)
-    before = emb.weight.detach().clone()
-    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
-        opt.step()
-    assert torch.equal(emb.weight.detach(), before)
+def sparse_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.ModuleDict(dict(emb=torch.nn.Embedding(50, 8, sparse=True), lin=torch.nn.Linear(8, 3)))
+
+
+def sparse_train(model, opt, steps, scaler=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx, y = torch.randint(0, 50, (16, 4), generator=g), torch.randint(0, 3, (16,), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model["lin"](model["emb"](idx).mean(1)), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")  # torch's Adagrad's own
+@pytest.mark.parametrize("name,opts", [("SGD", dict(lr=0.1, momentum=0.9)), ("SGD", dict(lr=0.1)),
+                                       ("Adagrad", dict(lr=0.1))])
+@pytest.mark.parametrize("amp", [False, True])
+def test_sparse_grads_take_torchs_own_step(name, opts, amp):
+    """nn.Embedding(sparse=True): torch's SGD and Adagrad take sparse grads, the kernels are dense,
+    so a group with one takes torch's own step (under GradScaler its grads unscaled first), the
+    other groups the kernels'; a checkpoint with torch's sparse momentum buffers resumes."""
+    models = [sparse_model(), sparse_model()]
+    opts_ = [getattr(module, name)([{"params": m["emb"].parameters()},
+                                    {"params": m["lin"].parameters(), "lr": opts["lr"] / 2}], **opts, **extra)
+             for m, module, extra in zip(models, (ft, torch.optim), ({}, {"foreach": False}))]
+    for m, o in zip(models, opts_):
+        sparse_train(m, o, 6, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if amp else None)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
+    resumed = copy.deepcopy(models[0])
+    opt = getattr(ft, name)([{"params": resumed["emb"].parameters()},
+                             {"params": resumed["lin"].parameters(), "lr": opts["lr"] / 2}], **opts)
+    buffer = io.BytesIO()
+    torch.save(opts_[0].state_dict(), buffer)
+    buffer.seek(0)
+    opt.load_state_dict(torch.load(buffer))
+    sparse_train(models[0], opts_[0], 2, seed=2)
+    sparse_train(resumed, opt, 2, seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), resumed.parameters()))
+
+
+def test_sparse_grads_refused_where_torch_or_the_options_do_not_take_them():
+    for make, error, match in [(lambda ps: ft.Adam(ps, lr=0.1), RuntimeError, "does not support sparse gradients"),
+                               (lambda ps: ft.SGD(ps, lr=0.1, state_dtype="bfloat16"), TypeError, "dense grads only")]:
+        model = sparse_model()
+        opt = make([{"params": model["lin"].parameters()}, {"params": model["emb"].parameters()}])
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(error, match=match):
+            sparse_train(model, opt, 1)
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
 def test_an_error_in_a_later_group_leaves_every_group_unwritten():

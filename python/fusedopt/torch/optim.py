@@ -15,6 +15,11 @@ memory, and step counts) and only converts the new grads.
 The step counters of a plan's params are 0-d views into one tensor, so one write (through
 NumPy) counts the step for all of them.
 
+Sparse grads (nn.Embedding(sparse=True)): torch's SGD and Adagrad take them and the kernels are
+dense, so a param group with one takes torch's own step (after the fused calls of the others),
+with torch's numbers and state (a sparse momentum buffer); the other classes refuse them, as
+torch's do, and so do the low-precision options.
+
 Memory layouts: a param need only be dense. One that is not C-contiguous (channels_last conv
 weights, a transposed weight) is stepped in its own memory order, its grad and state viewed in
 that order too; the state is made in the param's layout (as torch makes it), so an 8-bit
@@ -149,6 +154,9 @@ class _FusedStep(torch.optim.Optimizer):
     _states: ClassVar[tuple[StateArray, ...]]
     _counts_steps: ClassVar[bool] = True  # keeps state["step"] (torch's SGD keeps none)
     _unsupported = ("capturable", "differentiable")
+    # torch's class whose own step takes the param groups with a sparse grad (nn.Embedding(
+    # sparse=True)), which the dense kernels do not: SGD's and Adagrad's (torch's others refuse them)
+    _sparse_step_class: ClassVar[type[torch.optim.Optimizer] | None] = None
 
     # ---- per class ----------------------------------------------------------------------------
 
@@ -268,7 +276,9 @@ class _FusedStep(torch.optim.Optimizer):
         out: dict[Any, Any] = {}
         for key, value in saved.items():
             name = f"{where}[{key!r}]"
-            if key in specs and dtype is not None:
+            if torch.is_tensor(value) and value.layout != torch.strided:  # torch's own step's (_sparse_step)
+                out[key] = value.clone()
+            elif key in specs and dtype is not None:
                 spec = specs[key]
                 if not torch.is_tensor(value):
                     raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
@@ -440,6 +450,7 @@ class _FusedStep(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
         steps = []  # (plan, grad views of its params, hyperparameters)
+        sparse_groups: list[dict[str, Any]] = []  # stepped by torch's own code (_sparse_step)
         calls = 0
         # C-level maps and no method calls per group but the hyperparameters': right after a
         # step's kernel has evicted the caches (the MLP's 4 MB of params, grads and state pass
@@ -451,6 +462,11 @@ class _FusedStep(torch.optim.Optimizer):
             present = list(map(operator.is_not, grads, repeat(None)))
             plan = plans.get(id(group))
             if plan is None or not plan.holds(group, present, self.state):
+                if self._sparse_step_class is not None and any(g is not None and g.layout != torch.strided
+                                                               for g in grads):
+                    self._check_sparse_group()
+                    sparse_groups.append(group)
+                    continue
                 plan = plans[id(group)] = self._plan(group, present)
             if not plan.params:
                 continue
@@ -503,7 +519,46 @@ class _FusedStep(torch.optim.Optimizer):
                 for p, new in plan.new_state:
                     self.state[p].update(new)
                 del plans[id(plan.group)]  # the next step plans with the kept state
+        if sparse_groups:
+            self._sparse_step(sparse_groups, scale)
         return loss
+
+    # ---- param groups with a sparse grad: torch's own step ---------------------------------------
+
+    def _check_sparse_group(self) -> None:
+        """TypeError, before anything is written, where a group with a sparse grad cannot take
+        torch's own step: this optimizer's low-precision options are not torch's."""
+        options, _ = self._low_precision()
+        if options != LowPrecision("float32", False, False, options.min_8bit_size):
+            raise TypeError(f"fusedopt.torch.{type(self).__name__}: a param group with a sparse grad (nn.Embedding("
+                            "sparse=True)) takes torch's own step, with float32 state; state_dtype, master_weights "
+                            "and stochastic_rounding take dense grads only")
+
+    def _sparse_step(self, groups: list[dict[str, Any]], scale: float | None) -> None:
+        """torch's own step (self._sparse_step_class's) over the param groups that have a sparse
+        grad, after the fused calls: torch's numbers and state (a sparse momentum buffer) for them.
+        Under GradScaler their grads are unscaled first, as its unscale_ would have (the scaler
+        left that to this optimizer), and torch's step sees no grad_scale: its non-fused code
+        takes none."""
+        if scale is not None:
+            inv_scale = torch.tensor(scale, dtype=torch.float64).reciprocal().float()  # as GradScaler's
+            for group in groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(inv_scale)
+        assert self._sparse_step_class is not None
+        step = self._sparse_step_class.step
+        if getattr(step, "hooked", False):  # torch's hook and profiler wrapper: this step's ran
+            step = step.__wrapped__
+        attributes = self.__dict__
+        param_groups: list[dict[str, Any]] = attributes["param_groups"]
+        amp: dict[str, Any] = {key: attributes.pop(key) for key in ("grad_scale", "found_inf") if key in attributes}
+        try:
+            attributes["param_groups"] = groups
+            step(self)
+        finally:
+            attributes["param_groups"] = param_groups
+            attributes.update(amp)
 
     # ---- the plan -------------------------------------------------------------------------------
 
@@ -679,6 +734,7 @@ _FusedStep.step.hooked = True  # type: ignore[attr-defined]
 class SGD(_FusedStep, torch.optim.SGD):
     """torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) on fusedopt.sgd_."""
     _update = staticmethod(functional.sgd_)
+    _sparse_step_class = torch.optim.SGD
     _states = state_specs.SGD
 
     @property
@@ -709,6 +765,7 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     fusedopt.adagrad_. As torch, state is made for every param at construction, and a sum made
     later starts at the constructor's initial_accumulator_value."""
     _update = staticmethod(functional.adagrad_)
+    _sparse_step_class = torch.optim.Adagrad
     _states = state_specs.ADAGRAD
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
