@@ -88,11 +88,12 @@ struct Plain {
     // params and grads on lines against 16 bytes into one measured 1.00-1.02x for AdamW with
     // 8-bit state, 16K to 1M elements, 1 thread.)
     std::size_t head() const { return elements_to_cache_line(static_cast<const T*>(a[0])); }
+    static constexpr bool kUnscalesGrads = true;  // unscale_grads in the loop (transformed_grad)
 };
 
 // g = grad * grad_mult (+ weight_decay * param): the gradient every optimizer starts from; and
-// in the all-T loops grad = grad * unscale when unscale != 0 (unscale_grads): a branch the same
-// way for the whole loop, measured as fast as none (SGD momentum, AdamW, 64K and 1M floats, two
+// in the all-T loops (Arrays::kUnscalesGrads) grad = grad * unscale when unscale != 0
+// (unscale_grads): a branch the same way for the whole loop, measured as fast as none (SGD momentum, AdamW, 64K and 1M floats, two
 // builds on the same arrays). A mixed call's blocks write their unscaled grads after their loop
 // instead (see unscale_block): the store, never taken, in the bf16 + 8-bit state AdamW loop made
 // it 8% slower (its registers). (grad_mult and weight_decay stay the loops' own locals: in a
@@ -100,7 +101,7 @@ struct Plain {
 template <bool L2, class V, class Arrays, class Grad, class T>
 V transformed_grad(const Arrays& a, Grad grad, std::size_t i, V p, T grad_mult, T weight_decay, T unscale) {
     const V raw = a.load(V{}, grad, i);
-    if constexpr (std::is_same_v<Arrays, Plain<T>>) {
+    if constexpr (Arrays::kUnscalesGrads) {
         if (unscale != T(0)) a.store(grad, raw * V(unscale), i);
     }
     V g = raw * V(grad_mult);
@@ -489,6 +490,7 @@ struct Fixed {
     template <std::size_t K>
     FUSEDOPT_INLINE void prefetch(Slot<K>, std::size_t i) const { std::get<K>(a).prefetch(i); }
     std::size_t head() const { return 0; }
+    static constexpr bool kUnscalesGrads = false;  // after the block's loop (unscale_block)
     template <std::size_t... K>
     void finish(const MixedChunk& m, const BlockAt& b, std::size_t n, std::index_sequence<K...>) const {
         ((K != 1 && m.data[K] != nullptr ? std::get<K>(a).finish(m, K, b, n) : void()), ...);
@@ -544,6 +546,7 @@ struct Dynamic {
         if (m.dtype[K] == kFloat32) Float32(m, K, b).prefetch(i);
     }
     std::size_t head() const { return 0; }
+    static constexpr bool kUnscalesGrads = false;  // after the block's loop (unscale_block)
     void finish(const MixedChunk&, const BlockAt&, std::size_t n) const {
         for (std::size_t k = 0; k < NARRAYS; ++k)
             if (k != 1 && m.data[k] != nullptr) with_storage(k, [&](const auto& s) { s.finish(m, k, b, n); });

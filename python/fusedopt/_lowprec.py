@@ -25,6 +25,12 @@ class LowPrecision(NamedTuple):
     stochastic_rounding: bool = False
     min_8bit_size: int = MIN_8BIT_SIZE
 
+    @property
+    def is_torchs(self) -> bool:
+        """Whether these are torch.optim's own ways: float32 state, no master weights, rounding
+        to nearest (min_8bit_size then decides nothing)."""
+        return self.state_dtype == "float32" and not self.master_weights and not self.stochastic_rounding
+
 
 def _checked_options(name: str, state_dtype: object, master_weights: object, stochastic_rounding: object,
                      seed: object, min_8bit_size: object) -> LowPrecision:

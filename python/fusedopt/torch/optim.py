@@ -529,7 +529,7 @@ class _FusedStep(torch.optim.Optimizer):
         """TypeError, before anything is written, where a group with a sparse grad cannot take
         torch's own step: this optimizer's low-precision options are not torch's."""
         options, _ = self._low_precision()
-        if options != LowPrecision("float32", False, False, options.min_8bit_size):
+        if not options.is_torchs:
             raise TypeError(f"fusedopt.torch.{type(self).__name__}: a param group with a sparse grad (nn.Embedding("
                             "sparse=True)) takes torch's own step, with float32 state; state_dtype, master_weights "
                             "and stochastic_rounding take dense grads only")
