@@ -443,12 +443,11 @@ struct Quant8 {
     // pending if it is whole (the chunk's last block may be short, and is encoded now)
     void finish(const MixedChunk& m, std::size_t k, const BlockAt& b, std::size_t n) const {
         pending.encode(n / Vec<float>::size * Vec<float>::size);
-        const PendingCodes next = begin_encode<SIGNED>(staged, codes, n, &m.scales[k][b.lo / kStage]);
-        if (next.n == kStage) {
-            b.pending[k] = next;
-        } else {
+        PendingCodes& next = b.pending[k];
+        begin_encode<SIGNED>(staged, codes, n, &m.scales[k][b.lo / kStage], &next);
+        if (next.n != kStage) {
             next.encode(0);
-            b.pending[k] = b.idle;
+            next = b.idle;
         }
     }
     static bool fits(const MixedChunk& m, std::size_t k) {

@@ -162,10 +162,13 @@ struct PendingCodes {
 
 // The first half of encoding in[0..n) (n <= kQuantBlock) into codes: the block's new scale (its
 // absmax) -> *scale, and the codes of the special blocks (see the top of this file); the codes
-// of the others are left to the returned PendingCodes, so that a caller may write them later
-// (the optimizers' blockwise driver writes them during the next block's update loop).
+// of the others are left to *pending, so that a caller may write them later (the optimizers'
+// blockwise driver writes them during the next block's update loop). *pending is written field
+// by field, not returned: the driver copies it a few instructions later, and a 16-byte load of
+// a returned struct's fields just stored one by one waits for them (a store-forwarding stall,
+// 4% of the samples of fp32 + 8-bit AdamW at 16M).
 template <bool SIGNED>
-PendingCodes begin_encode(const float* in, std::uint8_t* codes, std::size_t n, float* scale) {
+void begin_encode(const float* in, std::uint8_t* codes, std::size_t n, float* scale, PendingCodes* pending) {
     // the absmax on the bits: for non-negative floats integer order is float order, and every
     // NaN's bits are above inf's, so one integer max finds both the absmax and any inf/NaN
     // (magnitudes are below 2^31, where the signed max of the lanes is their unsigned max)
@@ -191,23 +194,31 @@ PendingCodes begin_encode(const float* in, std::uint8_t* codes, std::size_t n, f
         for (std::size_t i = 0; i < n; ++i)
             codes[i] = static_cast<std::uint8_t>(SIGNED ? (quant::bits_of(in[i]) >> 24) & 0x80u : 0u);
         *scale = quant::float_of(0x7FC00000u);
-        return {};
+        pending->n = 0;
+        return;
     }
     const bool usable = absmax >= FLT_MIN;
     if (!usable && !SIGNED) {  // all codes 0 (encode's "x != 0" assumes a usable absmax)
         std::memset(codes, 0, n);
         *scale = 0.0f;
-        return {};
+        pending->n = 0;
+        return;
     }
     *scale = usable ? absmax : 0.0f;
-    return {in, codes, n, usable ? 1.0f / absmax : 0.0f, SIGNED};
+    pending->in = in;
+    pending->codes = codes;
+    pending->n = n;
+    pending->inv = usable ? 1.0f / absmax : 0.0f;
+    pending->is_signed = SIGNED;
 }
 
 // in[0..n) -> n codes; returns the block's new scale (absmax of in[0..n))
 template <bool SIGNED>
 float encode_block(const float* in, std::uint8_t* codes, std::size_t n) {
     float scale;
-    begin_encode<SIGNED>(in, codes, n, &scale).encode(0);
+    PendingCodes pending;
+    begin_encode<SIGNED>(in, codes, n, &scale, &pending);
+    pending.encode(0);
     return scale;
 }
 
