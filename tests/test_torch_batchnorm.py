@@ -704,6 +704,69 @@ def test_saved_tensors_are_version_checked() -> None:
         y.backward(torch.ones_like(y))
 
 
+def test_negated_gradient_as_torch() -> None:
+    """A dy autograd hands in with the negative bit set (the module's output as the imaginary
+    part of a complex tensor that is conjugated): torch's gradients, not Tensor.numpy()'s error."""
+    gen = torch.Generator().manual_seed(17)
+    x0 = torch.randn(4, 3, 5, 6, generator=gen)
+    dy = torch.randn(4, 3, 5, 6, dtype=torch.complex64, generator=gen).conj().imag
+    assert dy.is_neg()
+    grads = []
+    for module in (BatchNorm2d(3), torch.nn.BatchNorm2d(3)):
+        x = x0.clone().requires_grad_()
+        module(x).backward(dy)
+        grads.append(x.grad)
+    assert rel_err(grads[0], grads[1]) <= TOL_TORCH
+
+
+@pytest.mark.parametrize("change", ["saved_tensor_hook", "x_data_assigned"])
+def test_relu_output_saved_in_another_layout_than_x(change: str) -> None:
+    """BatchNormReLU2d's backward reads the saved output in the layout the backward takes x in:
+    a saved-tensor hook that makes only x contiguous, or x.data assigned a contiguous copy of a
+    channels-last x, leaves them in different layouts; the gradients stay torch's."""
+    gen = torch.Generator().manual_seed(18)
+    x0 = (torch.randn(4, 3, 5, 6, generator=gen) * 2 + 1).to(memory_format=torch.channels_last)
+    dy = torch.randn(4, 3, 5, 6, generator=gen)
+    grads = []
+    for module, bn in ((m := BatchNormReLU2d(3), m), (t := torch.nn.Sequential(torch.nn.BatchNorm2d(3),
+                                                                                torch.nn.ReLU()), t[0])):
+        x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+        if change == "saved_tensor_hook":
+            def pack(t: Any) -> Any:
+                return t.contiguous() if t.dim() == 4 and t.grad_fn is None else t
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = module(x)
+        else:
+            y = module(x)
+            x.data = x.data.contiguous()
+        y.backward(dy)
+        grads.append((x.grad, bn.weight.grad))
+    assert rel_err(grads[0][0], grads[1][0]) <= TOL_TORCH
+    assert rel_err(grads[0][1], grads[1][1]) <= TOL_TORCH
+
+
+def test_meta_device_and_export_as_torch() -> None:
+    """Tensors with no memory to read take torch's batch_norm: the meta device (shape inference)
+    and torch.export's fake tensors; the batch counter is read only where it is used (momentum=None),
+    as torch's module reads it."""
+    for momentum in (0.1, None):
+        outcomes = []
+        for cls in (BatchNorm2d, torch.nn.BatchNorm2d):
+            module = cls(3, momentum=momentum, device="meta")
+            try:
+                outcomes.append(module(torch.empty(4, 3, 5, 6, device="meta")).shape)
+            except RuntimeError as e:  # torch cannot take 1 / batches of a meta counter either
+                outcomes.append(str(e))
+        assert outcomes[0] == outcomes[1]
+    assert outcomes[0] != torch.Size([4, 3, 5, 6])  # momentum=None: torch's own error
+    x = torch.randn(2, 3, 4, 4)
+    for training in (False, True):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), BatchNorm2d(3)).train(training)
+        exported = torch.export.export(model, (x,))
+        assert any("batch_norm" in str(node.target) for node in exported.graph.nodes)
+        assert rel_err(exported.module()(x), model.train(training)(x)) <= TOL_TORCH
+
+
 @pytest.mark.parametrize("counter", ["int64", "float64", "int64_1d"])
 def test_num_batches_tracked_counted_as_torch(counter: str) -> None:
     """momentum=None (the cumulative average, 1 / batches seen): torch's int64 0-d counter is

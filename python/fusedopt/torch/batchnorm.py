@@ -20,7 +20,8 @@ whose memory is ordered (N, L..., C)) as a C-contiguous (N, L..., C) view with a
 output and the input's gradient are in that same layout. An input in any other layout is copied
 to a contiguous one first. Every other call (CUDA, half precision, mixed dtypes, empty input,
 lazily negated views, an input not aligned to its dtype, tensor subclasses with __torch_function__,
-torch.func transforms, forward-mode AD's dual tensors, mismatched shapes) is handed to
+torch.func transforms, forward-mode AD's dual tensors, tensors with no memory to read such as
+the meta device's and torch.export's fake tensors, mismatched shapes) is handed to
 torch.nn.functional.batch_norm, which computes it or raises its own error, so these modules
 behave as torch's wherever the kernels do not apply.
 
@@ -55,6 +56,11 @@ forward reads the input's memory): trace with a Tracer that keeps them as leaves
             ours = (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d)
             return isinstance(m, ours) or super().is_leaf_module(m, name)
     graph_module = torch.fx.GraphModule(model, Tracer().trace(model))
+
+torch.jit.script cannot compile these modules' forward (torch.jit.trace can, but its traced graph
+does not count num_batches_tracked), torch.ao.quantization.fuse_modules looks modules up by exact
+type and does not know them (torch.nn.utils.fusion.fuse_conv_bn_eval works), and BatchNormReLU2d's
+gradient is 0 where its output is NaN (torch's ReLU passes it there).
 """
 from __future__ import annotations
 
@@ -140,9 +146,16 @@ def _tensor(a: np.ndarray, channels_last: bool) -> Tensor:
 
 def _raw_memory(t: Tensor, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> bool:
     """Whether t's memory holds its values as they are: a dense CPU tensor of `dtype` (and
-    `shape`), aligned to it, not a lazily negated view (what every view of memory here asks first)."""
-    return (t.is_cpu and t.dtype == dtype and t.layout == torch.strided and not t.is_neg()
-            and (shape is None or t.shape == shape) and t.data_ptr() % t.element_size() == 0)
+    `shape`), aligned to it, not a lazily negated view (what every view of memory here asks first).
+    A tensor with no memory to read (torch.export's and torch.compile's fake and functional
+    tensors, whose data_ptr raises) has none."""
+    if not (t.is_cpu and t.dtype == dtype and t.layout == torch.strided and not t.is_neg()
+            and (shape is None or t.shape == shape)):
+        return False
+    try:
+        return bool(t.data_ptr() % t.element_size() == 0)
+    except RuntimeError:
+        return False
 
 
 def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
@@ -152,13 +165,14 @@ def _like_x(t: Tensor, x: Tensor, channels_last: bool) -> bool:
             and (_in_channels_last(t) if channels_last else t.is_contiguous()))
 
 
-def _gradient_view(dy: Tensor, x: Tensor, channels_last: bool, shape: tuple[int, ...]) -> np.ndarray:
-    """dy in the kernels' layout of x: a view where autograd hands it in that layout (it may hand
-    another layout, an expanded tensor, misaligned memory, or another dtype), else a contiguous
-    aligned copy (or the kernel's dtype error)."""
-    if _like_x(dy, x, channels_last):
-        return _view(dy, _kernel_dtype(x), shape)
-    a = (dy.detach() if dy.requires_grad else dy).numpy()
+def _view_like_x(t: Tensor, x: Tensor, channels_last: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """t (dy, or the saved ReLU output) in the kernels' layout of x: a view where it is in that
+    layout (autograd may hand dy in another layout, expanded, misaligned, negated or of another
+    dtype; a saved-tensor hook or x.data assigned may leave x and the output in different
+    layouts), else a contiguous aligned copy (or the kernel's dtype error)."""
+    if _like_x(t, x, channels_last):
+        return _view(t, _kernel_dtype(x), shape)
+    a = t.detach().resolve_neg().numpy()
     return np.require(a.transpose((0, *range(2, a.ndim), 1)) if channels_last else a, requirements=("C", "A"))
 
 
@@ -177,9 +191,9 @@ def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
         weight = torch.ones(x.shape[1], dtype=x.dtype)
     dtype, shape = _kernel_dtype(x), _kernel_shape(x_used, channels_last)
     dx, dweight, dbias = _batchnorm_backward(
-        _gradient_view(dy, x, channels_last, shape), _view(x_used, dtype, shape),
+        _view_like_x(dy, x, channels_last, shape), _view(x_used, dtype, shape),
         _optional_view(weight, dtype, (x.shape[1],)), ctx.save_mean, ctx.save_invstd, -1 if channels_last else 1,
-        ctx.training, None if y is None else _view(y, dtype, shape), None)
+        ctx.training, None if y is None else _view_like_x(y, x, channels_last, shape), None)
     return (_tensor(dx, channels_last) if need_x else None,
             torch.from_numpy(dweight) if need_weight else None,
             torch.from_numpy(dbias) if need_bias and ctx.bias_given else None,
@@ -268,19 +282,21 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 _INT64 = np.dtype(np.int64)
 
 
-def _count_batch(counter: Tensor) -> int:
-    """num_batches_tracked += 1, and its new value. torch's buffer (a plain 0-d int64 CPU tensor)
-    is counted through a NumPy view of its memory (_core.tensor_view): right after a step's
-    kernels have evicted the caches, torch's add_ on it costs 60-80 us (the dispatcher's code and
-    data), a NumPy fill 9-12 (best-median of 300, 2-core Sapphire Rapids VM). Any other counter
-    (a tensor subclass, another device or dtype) by torch's add_."""
+def _count_batch(counter: Tensor, cumulative: bool) -> float:
+    """num_batches_tracked += 1; returns 1 / its new value where the running statistics are the
+    cumulative average (momentum=None), else 0. torch's buffer (a plain 0-d int64 CPU tensor) is
+    counted through a NumPy view of its memory (_core.tensor_view): right after a step's kernels
+    have evicted the caches, torch's add_ on it costs 60-80 us (the dispatcher's code and data),
+    a NumPy fill 9-12 (best-median of 300, 2-core Sapphire Rapids VM). Any other counter (a
+    tensor subclass, another device or dtype, a fake tensor of torch.export) by torch's add_,
+    read only where it is used, as torch's module does (a meta or fake tensor has no value)."""
     if type(counter) is Tensor and _raw_memory(counter, torch.int64, ()):
         view = _core.tensor_view(counter, _INT64, ())
         batches = int(view) + 1
         view.fill(batches)
-        return batches
+        return 1.0 / batches if cumulative else 0.0
     counter.add_(1)
-    return int(counter)
+    return 1.0 / float(counter) if cumulative else 0.0
 
 
 def _module_forward(module: _NormBase, input: Tensor, relu: bool) -> Tensor:
@@ -289,8 +305,8 @@ def _module_forward(module: _NormBase, input: Tensor, relu: bool) -> Tensor:
     # momentum=None: the cumulative average, 1 / (batches seen, this one included)
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:
-        batches = _count_batch(module.num_batches_tracked)
-        factor = 1.0 / batches if module.momentum is None else module.momentum
+        average = _count_batch(module.num_batches_tracked, module.momentum is None)
+        factor = average if module.momentum is None else module.momentum
     # batch statistics in training, and in eval when there are no running statistics
     use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
     # running statistics are passed only where they are used: updated in training, read in eval
