@@ -500,6 +500,10 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step s
     return run_update(kernels().adagrad, kernels().adagrad_mixed, c, arrays, prec, skip_if_nonfinite);
 }
 
+constexpr const char* kCentered8bit =
+    "square_avg - grad_avg**2 nearly cancels where gradients are steadier than their noise, and 8-bit "
+    "codes (off by up to 1/16) leave noise there, often negative (NaN); keep them float32 or bfloat16";
+
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
               bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool unscale_grads,
@@ -527,6 +531,17 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"grad_avgs", grad_avgs, true, centered, Kind::kState},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
+    // centered: square_avg - grad_avg^2, where the two nearly cancel (gradients steadier than
+    // their noise), is noise when either is an 8-bit code (off by up to 1/16), often negative
+    // (NaN); bitsandbytes' 8-bit RMSprop refuses centered too
+    constexpr std::size_t kRoles = 6, kSquareAvg = 2, kGradAvg = 4;
+    for (std::size_t i = 0; centered && i < arrays.dtypes.size(); ++i) {
+        const DType d = arrays.dtypes[i];
+        if ((i % kRoles == kSquareAvg || i % kRoles == kGradAvg) && (d == kQuant8Signed || d == kQuant8Unsigned))
+            throw py::type_error(std::string(i % kRoles == kSquareAvg ? "square_avgs" : "grad_avgs") + "[" +
+                                 std::to_string(i / kRoles) + "] is 8-bit state, which centered=True cannot use: " +
+                                 kCentered8bit);
+    }
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
     return run_update(kernels().rmsprop, kernels().rmsprop_mixed, c, arrays, prec, skip_if_nonfinite);
 }

@@ -27,7 +27,8 @@ F32 = np.dtype(np.float32)
 CONFIGS = {
     "SGD": (dict(lr=0.05, momentum=0.9), [dict(nesterov=True), dict(dampening=0.1, weight_decay=1e-2)]),
     "Adagrad": (dict(lr=0.1, initial_accumulator_value=0.1), [{}, dict(lr_decay=0.01, weight_decay=1e-2)]),
-    "RMSprop": (dict(lr=0.01), [dict(centered=True, momentum=0.5), dict(momentum=0.9, weight_decay=1e-2)]),
+    # (not centered: refused with 8-bit state; centered with bf16 state is test_mixed_precision's)
+    "RMSprop": (dict(lr=0.01), [dict(alpha=0.9, momentum=0.5), dict(momentum=0.9, weight_decay=1e-2)]),
     "Adam": (dict(lr=0.01, amsgrad=True), [{}, dict(weight_decay=1e-2, betas=(0.8, 0.99))]),
     "AdamW": (dict(lr=0.01), [dict(amsgrad=True), {}]),
 }
@@ -826,3 +827,80 @@ def test_torch_master_weights_start_at_the_first_step():
     w.grad = torch.zeros_like(w)
     opt.step()
     assert torch.equal(opt.state[w]["master_param"], torch.full((300,), 3.0)) and torch.equal(w, torch.full_like(w, 3))
+
+
+def test_centered_rmsprop_refuses_8bit_state():
+    """square_avg - grad_avg**2 nearly cancels where gradients are steadier than their noise: with
+    8-bit codes (off by up to 1/16) it went negative (NaN params by step ~300 at 1% gradient noise).
+    Refused before anything is written, in the functional API, the NumPy class (constructor and a
+    group switched to centered later) and the torch class; bfloat16 state stays allowed."""
+    p = np.ones(4096, F32)
+    g = np.full(4096, 0.5, F32)
+    square_avg, grad_avg = (fusedopt.quantized_zeros_like(p, signed=s) for s in (False, True))
+    before = [p.copy(), square_avg.codes.copy(), grad_avg.codes.copy()]
+    for sq, ga, bad in ((square_avg, np.zeros_like(p), "square_avgs"), (np.zeros_like(p), grad_avg, "grad_avgs")):
+        with pytest.raises(TypeError, match=rf"{bad}\[0\] is 8-bit state, which centered=True cannot use"):
+            fusedopt.rmsprop_([p], [g], [sq], lr=1e-3, centered=True, grad_avgs=[ga])
+    assert all(np.array_equal(a, b) for a, b in zip(before, [p, square_avg.codes, grad_avg.codes]))
+    fusedopt.rmsprop_([p], [g], [square_avg], lr=1e-3)  # not centered: the 8-bit square_avg is fine
+
+    with pytest.raises(ValueError, match="centered=True takes square_avg - grad_avg"):
+        optim.RMSprop([np.ones(4096, F32)], state_dtype="int8", centered=True)
+    optim.RMSprop([np.ones(4096, F32)], state_dtype="bfloat16", centered=True)
+    param = np.ones(4096, F32)
+    opt = optim.RMSprop([param], state_dtype="int8")
+    opt.step([g])
+    opt.param_groups[0]["centered"] = True
+    kept = param.copy()
+    with pytest.raises(ValueError, match="centered=True takes square_avg - grad_avg"):
+        opt.step([g])
+    assert np.array_equal(param, kept)
+
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+    w = torch.nn.Parameter(torch.ones(4096))
+    with pytest.raises(ValueError, match="centered=True takes square_avg - grad_avg"):
+        ft.RMSprop([w], state_dtype="int8", centered=True)
+    opt_t = ft.RMSprop([w], state_dtype="int8")
+    w.grad = torch.full((4096,), 0.5)
+    opt_t.step()
+    opt_t.param_groups[0]["centered"] = True
+    kept_t = w.detach().clone()
+    with pytest.raises(ValueError, match="centered=True takes square_avg - grad_avg"):
+        opt_t.step()
+    assert torch.equal(w.detach(), kept_t)
+
+
+@pytest.mark.parametrize("api", ["numpy", "torch"])
+def test_param_appended_to_a_group_is_checked_against_the_options(api):
+    """A param appended to a group's list after construction (both classes allow it) of a dtype
+    the options refuse: the step raises before any call writes (it wrote the other params' call
+    first, then raised in the second)."""
+    if api == "numpy":
+        first = np.ones(8, BF16)
+        opt = optim.AdamW([first], stochastic_rounding=True, seed=3)
+        opt.step([np.ones(8, BF16)])
+        opt.param_groups[0]["params"].append(np.ones(8, F32))
+        kept = first.copy()
+        with pytest.raises(TypeError, match=r"params'\]\[1\] has dtype float32; stochastic_rounding=True"):
+            opt.step([np.ones(8, BF16), np.ones(8, F32)])
+        assert np.array_equal(first.view(np.uint16), kept.view(np.uint16)) and opt.state[first]["step"] == 1
+        return
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+    first = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    opt_t = ft.AdamW([first], stochastic_rounding=True, seed=np.uint64(2**64 - 1))  # a NumPy seed: an int
+    first.grad = torch.ones(8, dtype=torch.bfloat16)
+    opt_t.step()
+    added = torch.nn.Parameter(torch.ones(8))
+    added.grad = torch.ones(8)
+    opt_t.param_groups[0]["params"].append(added)
+    kept_t = first.detach().clone()
+    with pytest.raises(TypeError, match="param 1 of its group has dtype torch.float32; stochastic_rounding=True"):
+        opt_t.step()
+    assert torch.equal(first.detach(), kept_t) and float(opt_t.state[first]["step"]) == 1
+    opt_t.param_groups[0]["params"].pop()
+    opt_t.param_groups[0]["seed"] = None  # a seed set by hand: checked before any call writes
+    with pytest.raises(TypeError, match="seed must be an int, got None"):
+        opt_t.step()
+    assert torch.equal(first.detach(), kept_t)

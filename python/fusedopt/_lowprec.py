@@ -81,6 +81,16 @@ def _param_dtype_problem(dtype: np.dtype[Any], options: LowPrecision) -> str | N
     return None
 
 
+def _hyperparameter_problem(hyperparameters: dict[str, Any], options: LowPrecision) -> str | None:
+    """Why a param group with these hyperparameters cannot keep its state as these options say,
+    or None: RMSprop's centered=True with 8-bit state (rmsprop_ refuses the 8-bit arrays too)."""
+    if hyperparameters.get("centered") and options.state_dtype == "int8":
+        return ("centered=True takes square_avg - grad_avg**2, which nearly cancels where gradients are "
+                "steadier than their noise; 8-bit state (off by up to 1/16) leaves noise there, often negative "
+                "(NaN): use state_dtype='bfloat16' or 'float32' (bitsandbytes' 8-bit RMSprop refuses centered too)")
+    return None
+
+
 def _state_dtype_of(dtype: np.dtype[Any], size: int, options: LowPrecision) -> str:
     """The dtype an optimizer with these options keeps the state of a param of this dtype and
     size in: "float64", "float32", "bfloat16" or "int8"."""

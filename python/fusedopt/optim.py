@@ -44,6 +44,7 @@ from ._lowprec import (
     _checked_options,
     _checked_seed,
     _copied_into,
+    _hyperparameter_problem,
     _loaded_state,
     _param_dtype_problem,
     _state_dtype_of,
@@ -352,6 +353,9 @@ class Optimizer:
                        self._step_argument({}, {}))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+        problem = _hyperparameter_problem(checked, self._low_precision())
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         return checked
 
     def _group_hyperparameters(self, k: int) -> _CheckedGroup:
@@ -472,6 +476,9 @@ class Optimizer:
         append = arrays.append
         roles = {spec.argument: ("signed state" if spec.signed else "unsigned state")
                  for spec in self.state_arrays.values()}
+        # the options' dtype rule (add_param_group's), for params appended to a group's list since:
+        # else a later call of the step would refuse one after earlier calls had written theirs
+        dtype_problems: dict[np.dtype[Any], str | None] = {}
         for _, _, indices, step, state_arrays in calls:
             # a state["step"] set by hand
             if step is not None and not (isinstance(step, int) and 1 <= step <= _MAX_STEP):
@@ -485,6 +492,10 @@ class Optimizer:
                 problem = _array_problem(p, True)
                 if problem:
                     raise _step_error(problem, self._param_name(i))
+                if p.dtype not in dtype_problems:
+                    dtype_problems[p.dtype] = self._param_dtype_problem(p.dtype)
+                if dtype_problems[p.dtype]:
+                    raise TypeError(f"{self._param_name(i)} has dtype {p.dtype}; {dtype_problems[p.dtype]}")
                 updated = p  # the array the kernel updates: the param, or its float32 master
                 if masters is not None:
                     updated = masters[position]

@@ -72,6 +72,7 @@ from .._lowprec import (
     LowPrecision,
     _checked_options,
     _checked_seed,
+    _hyperparameter_problem,
     _loaded_state,
     _param_dtype_problem,
     _state_dtype_of,
@@ -180,6 +181,8 @@ class _FusedStep(torch.optim.Optimizer):
                  **kwargs: Any) -> None:
         name = f"fusedopt.torch.{type(self).__name__}"
         options = _checked_options(name, state_dtype, master_weights, stochastic_rounding, seed, min_8bit_size)
+        if seed is not None:
+            seed = _checked_seed(seed, name)  # a NumPy integer as a Python int (seed + k would overflow)
         if options.stochastic_rounding and seed is None:  # torch's generator: torch.manual_seed reproduces it
             seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)) % 2**64
         self.__dict__["_fusedopt_options"] = (options, seed)  # for add_param_group while torch's __init__ runs
@@ -207,8 +210,8 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _rounding(self, group: dict[str, Any]) -> dict[str, Any]:
         """The fusedopt function's stochastic-rounding keywords for this group."""
-        if self.defaults.get("stochastic_rounding"):
-            return {"stochastic_rounding": True, "seed": group["seed"]}
+        if self.defaults.get("stochastic_rounding"):  # a seed set by hand checked before any call writes
+            return {"stochastic_rounding": True, "seed": _checked_seed(group.get("seed"), "a param group")}
         return _NO_ROUNDING
 
     def _specs(self) -> tuple[StateArray, ...]:
@@ -342,6 +345,10 @@ class _FusedStep(torch.optim.Optimizer):
                 raise ValueError(f"fusedopt.torch.{type(self).__name__} does not support {option}=True "
                                  "(its step writes the tensors' memory outside autograd and CUDA graphs); "
                                  f"use torch.optim.{type(self).__name__} for it")
+        problem = _hyperparameter_problem(group, options)
+        if problem:
+            self.param_groups.pop()
+            raise ValueError(f"{where}: {problem}")
         for j, p in enumerate(group["params"]):
             dtype = _numpy_dtype(p.dtype)
             problem = None if dtype is None else _param_dtype_problem(dtype, options)
@@ -586,10 +593,16 @@ class _FusedStep(torch.optim.Optimizer):
         by_call: dict[tuple[torch.dtype, int | None], list[int]] = {}
         param_views, state_views, steps_taken, orders = [], [], [], []
         step_dtype = _get_scalar_dtype()  # torch.optim's step dtype
+        options = self._low_precision()[0]
         for p, has_grad in zip(plan.group_params, present):
             if not has_grad:
                 continue
             i = len(plan.params)
+            dtype = _numpy_dtype(p.dtype)  # add_param_group's rule, for a param appended to the group since
+            problem = None if dtype is None else _param_dtype_problem(dtype, options)
+            if problem:
+                raise TypeError(f"fusedopt.torch.{type(self).__name__}: param {i} of its group has dtype {p.dtype}; "
+                                f"{problem}")
             state: dict[str, Any] = self.state.get(p) or {}
             if any(torch.is_tensor(v) and v.shape == p.shape and not _same_layout(v, p) for v in state.values()):
                 # the param's layout changed (model.to(memory_format=...)): its state converted
@@ -797,9 +810,14 @@ class RMSprop(_FusedStep, torch.optim.RMSprop):
         super().add_param_group(param_group)
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        centered = bool(group["centered"])
+        if centered:  # set on a group after construction: refused before any call writes
+            problem = _hyperparameter_problem(group, self._low_precision()[0])
+            if problem:
+                raise ValueError(f"fusedopt.torch.RMSprop: a param group: {problem}")
         return dict(lr=float(group["lr"]), alpha=float(group["alpha"]), eps=float(group["eps"]),
                     weight_decay=float(group["weight_decay"]), momentum=float(group["momentum"]),
-                    centered=bool(group["centered"]), maximize=bool(group["maximize"]),
+                    centered=centered, maximize=bool(group["maximize"]),
                     eps_inside_sqrt=bool(group.get("eps_inside_sqrt", self.defaults.get("eps_inside_sqrt", False))),
                     **self._rounding(group))
 
