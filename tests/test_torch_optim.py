@@ -724,6 +724,18 @@ def test_sparse_grads_refused_where_torch_or_the_options_do_not_take_them():
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
+def test_a_param_that_is_not_dense_is_refused_in_torchs_terms():
+    """A param that is a slice of a larger tensor: a torch user's message (not NumPy's hint), and
+    no group written."""
+    a, base = torch.nn.Parameter(torch.ones(4)), torch.randn(10, 10)
+    sliced = torch.nn.Parameter(base[:, :5])
+    opt = ft.Adam([{"params": [a]}, {"params": [sliced]}], lr=0.1)
+    a.grad, sliced.grad = torch.ones(4), torch.ones(10, 5)
+    with pytest.raises(ValueError, match=r"param 0 of its group \(shape \(10, 5\), strides \(10, 1\)\) is not dense"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(4)) and torch.equal(sliced.detach(), base[:, :5]) and not opt.state
+
+
 def test_an_error_in_a_later_group_leaves_every_group_unwritten():
     a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
     opt = ft.Adam([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)

@@ -612,6 +612,11 @@ class _FusedStep(torch.optim.Optimizer):
                 state.update(converted)
             plan.state_dicts.append(self.state.get(p))
             orders.append(_memory_order(p))
+            if orders[-1] is None and not p.is_contiguous():  # else the NumPy check's hint, for arrays
+                raise ValueError(f"fusedopt.torch.{type(self).__name__}: param {i} of its group (shape "
+                                 f"{tuple(p.shape)}, strides {p.stride()}) is not dense, e.g. a slice of a larger "
+                                 "tensor: fusedopt updates a param's memory in place, in one pass; make the "
+                                 "param a tensor of its own (contiguous, channels_last or transposed)")
             new = self._new_state(specs, state, p, orders[-1])
             plan.params.append(p)
             plan.ptrs.append(p.data_ptr())
