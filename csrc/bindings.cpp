@@ -121,6 +121,9 @@ struct Checked {
     std::vector<DType> dtypes;
     std::vector<float*> scales;
     bool mixed = false;  // not all float32 or all float64: the mixed kernels run (float32 math)
+    // the torch tensors (not ndarrays) given for written arguments: autograd is told they changed
+    // once the kernel has written them (mark_written), as an in-place torch op tells it
+    std::vector<py::object> tensors_written;
 };
 
 const char* dtype_name(DType d) {
@@ -288,7 +291,10 @@ Checked check_arrays(const std::vector<Role>& roles) {
                 quantized = true;
                 continue;
             }
-            if (!py::isinstance<py::array>(h)) h = to_ndarray(h, where());
+            if (!py::isinstance<py::array>(h)) {
+                if (role.written) out.tensors_written.push_back(h);
+                h = to_ndarray(h, where());
+            }
             if (!py::isinstance<py::array>(h))
                 throw py::type_error(where() + " must be a numpy.ndarray or a torch CPU tensor, got " + type_name(h));
             py::array a = py::reinterpret_borrow<py::array>(h);
@@ -440,6 +446,18 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
     return true;
 }
 
+// After a kernel wrote its arrays (wrote: it did): bumps the autograd version of the torch
+// tensors among them (fusedopt._tensors.increment_versions), so that a graph that saved one
+// raises at backward instead of using the new values. Returns wrote.
+bool mark_written(const Checked& checked, bool wrote = true) {
+    if (wrote && !checked.tensors_written.empty()) {
+        static const py::object& increment = *new py::object(
+            py::module_::import("fusedopt._tensors").attr("increment_versions"));
+        increment(py::cast(checked.tensors_written));
+    }
+    return wrote;
+}
+
 // Runs an optimizer: the plain kernels when every array is float32 (or every one float64), the
 // mixed driver otherwise.
 template <class Config>
@@ -455,9 +473,9 @@ bool run_update(ElementwiseKernel<Config> const* plain, MixedKernel<Config> mixe
 // ---- the update functions ------------------------------------------------------------------
 
 bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double momentum,
-          double dampening, bool nesterov, double weight_decay, bool maximize, std::optional<Step> step,
-          std::optional<double> grad_scale, bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies,
-          bool stochastic_rounding, std::optional<Seed> seed) {
+          double dampening, Flag nesterov, double weight_decay, Flag maximize, std::optional<Step> step,
+          std::optional<double> grad_scale, Flag unscale_grads, Flag skip_if_nonfinite, py::handle param_copies,
+          Flag stochastic_rounding, std::optional<Seed> seed) {
     SgdConfig c;
     check_nonnegative("lr", lr);
     check_range("momentum", momentum, 0.0, 1.0, true);
@@ -477,12 +495,12 @@ bool sgd_(py::handle params, py::handle grads, py::handle momentum_buffers, doub
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
-    return run_update(kernels().sgd, kernels().sgd_mixed, c, arrays, prec, skip_if_nonfinite);
+    return mark_written(arrays, run_update(kernels().sgd, kernels().sgd_mixed, c, arrays, prec, skip_if_nonfinite));
 }
 
 bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step step, double lr,
-              double lr_decay, double weight_decay, double eps, bool maximize, std::optional<double> grad_scale,
-              bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+              double lr_decay, double weight_decay, double eps, Flag maximize, std::optional<double> grad_scale,
+              Flag unscale_grads, Flag skip_if_nonfinite, py::handle param_copies, Flag stochastic_rounding,
               std::optional<Seed> seed) {
     AdagradConfig c;
     check_nonnegative("lr", lr);
@@ -497,7 +515,8 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step s
                                    {"state_sums", state_sums, true, true, Kind::kState, true},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
-    return run_update(kernels().adagrad, kernels().adagrad_mixed, c, arrays, prec, skip_if_nonfinite);
+    return mark_written(arrays, run_update(kernels().adagrad, kernels().adagrad_mixed, c, arrays, prec,
+                                           skip_if_nonfinite));
 }
 
 constexpr const char* kCentered8bit =
@@ -505,9 +524,9 @@ constexpr const char* kCentered8bit =
     "codes (off by up to 1/16) leave noise there, often negative (NaN); keep them float32 or bfloat16";
 
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
-              double weight_decay, double momentum, py::handle momentum_buffers, bool centered, py::handle grad_avgs,
-              bool maximize, bool eps_inside_sqrt, std::optional<double> grad_scale, bool unscale_grads,
-              bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding, std::optional<Seed> seed,
+              double weight_decay, double momentum, py::handle momentum_buffers, Flag centered, py::handle grad_avgs,
+              Flag maximize, Flag eps_inside_sqrt, std::optional<double> grad_scale, Flag unscale_grads,
+              Flag skip_if_nonfinite, py::handle param_copies, Flag stochastic_rounding, std::optional<Seed> seed,
               std::optional<Step> step) {
     RmspropConfig c;
     check_nonnegative("lr", lr);
@@ -543,13 +562,14 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
                                  kCentered8bit);
     }
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
-    return run_update(kernels().rmsprop, kernels().rmsprop_mixed, c, arrays, prec, skip_if_nonfinite);
+    return mark_written(arrays, run_update(kernels().rmsprop, kernels().rmsprop_mixed, c, arrays, prec,
+                                           skip_if_nonfinite));
 }
 
 bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, Step step,
-           double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled_weight_decay,
-           bool amsgrad, py::handle max_exp_avg_sqs, bool maximize, std::optional<double> grad_scale,
-           bool unscale_grads, bool skip_if_nonfinite, py::handle param_copies, bool stochastic_rounding,
+           double lr, double beta1, double beta2, double eps, double weight_decay, Flag decoupled_weight_decay,
+           Flag amsgrad, py::handle max_exp_avg_sqs, Flag maximize, std::optional<double> grad_scale,
+           Flag unscale_grads, Flag skip_if_nonfinite, py::handle param_copies, Flag stochastic_rounding,
            std::optional<Seed> seed) {
     AdamConfig c;
     check_nonnegative("lr", lr);
@@ -581,7 +601,7 @@ bool adam_(py::handle params, py::handle grads, py::handle exp_avgs, py::handle 
                                    {"max_exp_avg_sqs", max_exp_avg_sqs, true, amsgrad, Kind::kState, true},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
     const Precision prec = precision(arrays, stochastic_rounding, seed, step);
-    return run_update(kernels().adam, kernels().adam_mixed, c, arrays, prec, skip_if_nonfinite);
+    return mark_written(arrays, run_update(kernels().adam, kernels().adam_mixed, c, arrays, prec, skip_if_nonfinite));
 }
 
 // The benchmark's bandwidth probe over the arrays an optimizer call or a batch-norm pass touches.
@@ -644,7 +664,7 @@ double grad_norm(py::handle grads, double norm_type) {
 }
 
 // torch.nn.utils.clip_grad_norm_: grads *= min(1, max_norm / (total_norm + 1e-6)); returns total_norm
-double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, bool error_if_nonfinite) {
+double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, Flag error_if_nonfinite) {
     check_limit("max_norm", max_norm);
     check_norm_type(norm_type);
     Checked checked = check_grads(grads, true);
@@ -655,8 +675,11 @@ double clip_grad_norm_(py::handle grads, double max_norm, double norm_type, bool
                               "(error_if_nonfinite=False scales them as torch does)");
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0 || std::isnan(coef)) {  // torch multiplies by min(coef, 1): 1 changes nothing
-        py::gil_scoped_release nogil;
-        run_elementwise(kernels().scale[checked.dtype], ScaleConfig{coef}, checked.batch);
+        {
+            py::gil_scoped_release nogil;
+            run_elementwise(kernels().scale[checked.dtype], ScaleConfig{coef}, checked.batch);
+        }
+        mark_written(checked);
     }
     return norm;
 }
@@ -666,8 +689,11 @@ void clip_grad_value_(py::handle grads, double clip_value) {
     check_limit("clip_value", clip_value);
     Checked checked = check_grads(grads, true);
     if (std::isinf(clip_value)) return;  // clamping to [-inf, inf] changes nothing (NaN stays NaN)
-    py::gil_scoped_release nogil;
-    run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
+    {
+        py::gil_scoped_release nogil;
+        run_elementwise(kernels().clamp[checked.dtype], ClampConfig{-clip_value, clip_value}, checked.batch);
+    }
+    mark_written(checked);
 }
 
 // True when every grad times 1 / grad_scale (as an update unscales them) is finite. Grads of

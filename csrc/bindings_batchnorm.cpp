@@ -298,8 +298,8 @@ py::array tensor_view(py::handle tensor, const py::dtype& dtype, const py::tuple
 }
 
 py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle bias_obj, py::handle running_mean_obj,
-                            py::handle running_var_obj, bool training, double momentum, double eps, long long axis,
-                            bool relu, py::handle out_obj) {
+                            py::handle running_var_obj, Flag training, double momentum, double eps, long long axis,
+                            Flag relu, py::handle out_obj) {
     const py::array x = as_ndarray(x_obj, "x");
     const DType dtype = check_input(x, "x");
     const BatchNormShape shape = channel_view(x, axis);
@@ -355,7 +355,7 @@ py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle 
 }
 
 py::tuple batchnorm_backward(py::handle dy_obj, py::handle x_obj, py::handle weight_obj, py::handle save_mean_obj,
-                             py::handle save_invstd_obj, long long axis, bool training, py::handle relu_output_obj,
+                             py::handle save_invstd_obj, long long axis, Flag training, py::handle relu_output_obj,
                              py::handle out_obj) {
     const py::array x = as_ndarray(x_obj, "x");
     const DType dtype = check_input(x, "x");

@@ -78,7 +78,7 @@ Arrays check(py::handle values, py::handle codes, py::handle scales, bool values
 }
 
 // values -> codes, scales (written)
-void quantize_blockwise(py::handle values, py::handle codes, py::handle scales, bool is_signed) {
+void quantize_blockwise(py::handle values, py::handle codes, py::handle scales, Flag is_signed) {
     const Arrays a = check(values, codes, scales, false);
     const auto* in = static_cast<const float*>(a.values.data());
     auto* c = static_cast<std::uint8_t*>(const_cast<void*>(a.codes.data()));
@@ -90,7 +90,7 @@ void quantize_blockwise(py::handle values, py::handle codes, py::handle scales, 
 }
 
 // codes, scales -> values (written)
-void dequantize_blockwise(py::handle codes, py::handle scales, py::handle values, bool is_signed) {
+void dequantize_blockwise(py::handle codes, py::handle scales, py::handle values, Flag is_signed) {
     const Arrays a = check(values, codes, scales, true);
     const auto* c = static_cast<const std::uint8_t*>(a.codes.data());
     const auto* s = static_cast<const float*>(a.scales.data());

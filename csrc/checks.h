@@ -13,6 +13,15 @@
 namespace fusedopt {
 namespace py = pybind11;
 
+// A bool argument of a bound function: what pybind11's bool caster takes (True/False,
+// numpy.bool_, objects with __bool__), but not None, which that caster takes as False
+// (batchnorm_forward(training=None) ran in eval mode). Named "bool" in pybind11's messages,
+// which functional.py's argument errors read.
+struct Flag {
+    bool value = false;
+    operator bool() const { return value; }
+};
+
 inline std::string repr(double x) {
     std::ostringstream s;
     s.precision(17);
@@ -139,6 +148,23 @@ struct type_caster<fusedopt::Integer<T>> {
     static handle cast(const fusedopt::Integer<T>& src, return_value_policy policy, handle parent) {
         return make_caster<T>::cast(src.value, policy, parent);
     }
+};
+}  // namespace detail
+}  // namespace pybind11
+
+namespace pybind11 {
+namespace detail {
+template <>
+struct type_caster<fusedopt::Flag> {
+    PYBIND11_TYPE_CASTER(fusedopt::Flag, const_name("bool"));
+    bool load(handle src, bool convert) {
+        if (src.is_none()) return false;
+        type_caster<bool> b;
+        if (!b.load(src, convert)) return false;
+        value.value = static_cast<bool>(b);
+        return true;
+    }
+    static handle cast(fusedopt::Flag f, return_value_policy, handle) { return bool_(f.value).release(); }
 };
 }  // namespace detail
 }  // namespace pybind11

@@ -429,6 +429,21 @@ def test_large_mean_float64(isa):
     assert float(np.max(np.abs(y - y_true))) <= 1e-6
 
 
+@pytest.mark.parametrize("shape,axis", [((4, 1), 1), ((4, 2, 3), 1), ((4, 3, 2), -1)])
+def test_float64_means_whose_square_overflows(isa, shape, axis):
+    """Channels whose mean is above sqrt(DBL_MAX) (~1.3e154): the merge of the first block into
+    the empty moments squared the mean's distance from 0 (inf * 0: a NaN variance). A constant
+    channel's variance is 0 (invstd 1 / sqrt(eps), y = 0), a near-constant one's torch's."""
+    x = np.full(shape, 1e155)
+    y, save_mean, save_invstd = batchnorm_forward(x, axis=axis)
+    assert np.all(save_mean == 1e155) and np.allclose(save_invstd, 1 / np.sqrt(1e-5)) and np.all(y == 0)
+    near = 1e155 * (1 + 1e-7 * np.arange(x.size).reshape(shape))
+    y, save_mean, save_invstd = batchnorm_forward(near, axis=axis)
+    ax = tuple(d for d in range(near.ndim) if d != axis % near.ndim)
+    want = 1 / np.sqrt(((near - near.mean(axis=ax, keepdims=True)) ** 2).mean(axis=ax) + 1e-5)
+    assert np.all(np.isfinite(y)) and np.allclose(save_invstd, want, rtol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((4, 3, 6, 6), 1), ((4, 3, 2, 2), 1), ((4, 6, 6, 3), -1)])
 def test_constant_channels(isa, dtype, shape, axis):

@@ -124,6 +124,30 @@ def test_wrong_python_types_are_type_errors():
     assert snapshot(args) == before
 
 
+def test_none_for_a_bool_is_a_type_error():
+    """pybind11's own bool conversion takes None as False (batchnorm_forward(training=None) ran in
+    eval mode): every bool argument refuses it, naming it, before anything is written."""
+    args = adam_args()
+    before = snapshot(args)
+    for flag in ("maximize", "amsgrad", "skip_if_nonfinite"):
+        with pytest.raises(TypeError, match=f"adam_: {flag} must be a bool, got None"):
+            fusedopt.adam_(**args, step=1, lr=0.1, **{flag: None})
+    assert snapshot(args) == before
+    p, g, buf = sgd_args()
+    with pytest.raises(TypeError, match="nesterov must be a bool"):
+        fusedopt.sgd_(p, g, buf, lr=0.1, momentum=0.9, nesterov=None)
+    with pytest.raises(TypeError, match="error_if_nonfinite must be a bool"):
+        fusedopt.clip_grad_norm_([g], 1.0, error_if_nonfinite=None)
+    x = np.ones((4, 3), np.float32)
+    stats = [np.zeros(3, np.float32), np.ones(3, np.float32)]
+    kept = [s.copy() for s in stats]
+    for flag in ("training", "relu"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got None"):
+            fusedopt.batchnorm_forward(x, None, None, *stats, **{flag: None})
+    assert all(np.array_equal(a, b) for a, b in zip(stats, kept))
+    fusedopt.adam_(**args, step=1, lr=0.1, maximize=np.bool_(False))  # numpy's bool is a bool
+
+
 def sgd_args():
     rng = np.random.default_rng(1)
     return [rng.standard_normal(8).astype(np.float32) for _ in range(3)]

@@ -597,7 +597,21 @@ def corrupt_middle(path):
     path.write_bytes(bytes(data))
 
 
+def central_directory_patched(offset, value):
+    """A damage: the first zip central directory entry's 2 bytes at offset set to value (zipfile
+    then raises NotImplementedError or RuntimeError, not BadZipFile)."""
+    def damage(path):
+        data = bytearray(path.read_bytes())
+        at = data.index(b"PK\x01\x02") + offset
+        data[at:at + 2] = value.to_bytes(2, "little")
+        path.write_bytes(bytes(data))
+    return damage
+
+
 BAD_FILES = [
+    ("zip entry: unknown compression method", central_directory_patched(10, 99)),
+    ("zip entry: encrypted", central_directory_patched(8, 1)),
+    ("zip entry: unknown version needed", central_directory_patched(6, 173)),
     ("truncated", lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])),
     ("cut at the end", lambda p: p.write_bytes(p.read_bytes()[:-10])),
     ("a byte flipped", corrupt_middle),

@@ -93,3 +93,30 @@ def test_a_1gib_tensor_is_updated_without_raising_peak_rss():
     assert after_functional - before < 64
     assert after_step - before < 64
     assert values == [0.5]
+
+
+def test_written_tensors_tell_autograd():
+    """A functional call that writes torch tensors in place bumps their autograd version, as an
+    in-place torch op does: a graph that saved one raises at backward instead of differentiating
+    at the new values (no bump for arrays not written, nor for a skipped step)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    y = (w * w).sum()
+    fusedopt.clip_grad_value_(w, 0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    p, g, m, v = torch.ones(3), torch.ones(3), torch.zeros(3), torch.zeros(3)
+    fusedopt.adamw_(p, g, m, v, step=1, lr=0.1)
+    assert (p._version, m._version, v._version, g._version) == (1, 1, 1, 0)
+    fusedopt.adamw_(p, g * float("nan"), m, v, step=2, lr=0.1, skip_if_nonfinite=True)
+    assert p._version == 1
+
+
+def test_zeros_like_takes_tensors():
+    """fusedopt.zeros_like of a tensor (one that requires grad, a bfloat16 one): an ndarray of its
+    shape and dtype, usable as state beside the tensor."""
+    p = torch.nn.Parameter(torch.ones(5))
+    state = [fusedopt.zeros_like(p), fusedopt.zeros_like(p)]
+    assert type(state[0]) is np.ndarray and state[0].dtype == np.float32 and state[0].shape == (5,)
+    assert str(fusedopt.zeros_like(torch.ones(2, 3, dtype=torch.bfloat16)).dtype) == "bfloat16"
+    fusedopt.adamw_(p, torch.ones(5), *state, step=1, lr=0.1)
+    assert float(p.detach()[0]) < 1.0

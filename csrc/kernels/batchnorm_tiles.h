@@ -857,10 +857,13 @@ struct Moments {
 //   mean = mean_a + delta * n_b / n
 //   m2 = m2_a + m2_b + delta^2 * n_a * n_b / n
 // ratio = n_b / n and cross = n_a * n_b / n are passed in: the channels of a tile share their
-// counts, so a block merge computes them once for all channels. With n_a == 0 the result is b.
+// counts, so a block merge computes them once for all channels. With n_a == 0 the result is b,
+// returned as it is: the formula gives b's bits too, unless delta^2 overflows (|mean_b| above
+// ~1.3e154, float64), where inf * 0 made a constant channel's variance NaN.
 // (A mean of +-inf, from an inf in the set, stays +-inf, as sum(x) / n does: the formula's
 // inf - inf would make it NaN. Then m2 is NaN, and so the variance, as torch has them.)
 inline Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {
+    if (a.n == 0.0) return b;
     const double delta = b.mean - a.mean;
     const double mean = std::isfinite(a.mean) && std::isfinite(b.mean) ? a.mean + delta * ratio : a.mean + b.mean;
     return {a.n + b.n, mean, a.m2 + b.m2 + delta * delta * cross};

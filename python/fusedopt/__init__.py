@@ -11,7 +11,7 @@ torch.optim's documented algorithms. `fusedopt.reference` holds the same functio
 """
 import os as _os
 
-from . import _core, optim, reference  # submodules: fusedopt.optim.Adam, fusedopt.reference.adam_, ...
+from . import _core, init, optim, reference  # submodules: fusedopt.optim.Adam, fusedopt.init.kaiming_uniform, ...
 from ._core import available_isas, get_num_threads, isa, set_isa, set_num_threads
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .functional import (
@@ -68,6 +68,7 @@ __all__ = [
     "QuantizedState",
     "quantize",
     "quantized_zeros_like",
+    "init",
     "optim",
     "reference",
 ]

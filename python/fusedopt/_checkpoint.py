@@ -114,7 +114,10 @@ def load(path: str | os.PathLike[str], opt: Optimizer) -> None:
             state.setdefault(index, {})[name] = QuantizedState(codes, scales, how == "int8 signed")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    # (zipfile raises NotImplementedError for a compression method or version it does not know,
+    # RuntimeError for an encrypted member: a corrupted directory entry gives either)
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as e:
         raise ValueError(f"{path} is not a readable fusedopt optimizer checkpoint: {type(e).__name__}: {e}") from None
     if meta.get("optimizer") != type(opt).__name__:
         raise ValueError(f"{path} is a checkpoint of {meta.get('optimizer')!r}, not of {type(opt).__name__}")

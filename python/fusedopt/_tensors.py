@@ -90,3 +90,10 @@ def to_ndarray(obj: Any, name: str) -> Any:
         _tensor_types = (torch.Tensor, torch.nn.Parameter)
         return tensor_to_ndarray(obj, name)
     return obj
+
+
+def increment_versions(tensors: list[Any]) -> None:
+    """Tells autograd that a kernel wrote these torch tensors in place, as an in-place torch op
+    does: a graph that saved one of them raises at backward instead of using the new values
+    (the bindings call this after a write, only when tensors were given)."""
+    sys.modules["torch"].autograd.graph.increment_version(tensors)

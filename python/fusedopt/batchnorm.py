@@ -65,7 +65,9 @@ def batchnorm_forward(x: Array, weight: Array | None = None, bias: Array | None 
     (x's shape and dtype, C-contiguous, writable, not overlapping x) and returned.
 
     Training needs more than one value per channel. A channel with var + eps == 0 (constant,
-    eps=0) gets invstd = inf and y = nan, as torch computes it. momentum=None (torch's
+    eps=0) gets invstd = inf and y = nan (as torch's eval mode computes it; torch's training
+    kernel special-cases it to invstd = 0, y = bias, and F.batch_norm refuses eps <= 0 in
+    training). momentum=None (torch's
     cumulative average) is not supported: pass 1 / (number of batches seen) yourself.
     """
     axis = _axis(axis, "batchnorm_forward")

@@ -54,6 +54,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _core
+from ._tensors import to_ndarray
 
 Array = NDArray[Any]
 Arrays = Array | Sequence[Array]  # one array, or a list (tuple) of them, one per tensor
@@ -335,8 +336,8 @@ def zeros_like(param: ArrayLike, fill: float = 0.0, dtype: DTypeLike | None = No
     state for the update functions. An array of param's dtype starts at param's offset within a
     64-byte cache line (others on a line), and arrays of 8 MiB and more are placed to keep an
     optimizer step's streams apart in memory (see above). It is a view of a slightly larger
-    buffer (a plain ndarray whatever param's class)."""
-    param = np.asarray(param)
+    buffer (a plain ndarray whatever param's class; a torch tensor's state too, of its dtype)."""
+    param = np.asarray(to_ndarray(param, "param"))
     dtype = param.dtype if dtype is None else np.dtype(dtype)
     itemsize = dtype.itemsize
     if itemsize == 0:  # (elements of no bytes: nothing to place)
