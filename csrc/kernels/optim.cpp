@@ -378,10 +378,11 @@ struct BlockAt {
 // among them: a block's 8-bit and 16-bit work makes the loop slower than the all-float32 one,
 // so its lines must be asked for further ahead in bytes, and more streams share the core's
 // misses in flight. Measured (Zen 5 EPYC, 1 thread, 16M elements, two builds on the same
-// arrays in one process, best of 9, twice): 1 KB per array -> the split of 8 KB, AdamW fp32
-// params + 8-bit state (2 float32 arrays, 4 KB each) 1.11-1.15x faster, SGD momentum 1.24x;
-// fp32 master + bf16 grads and copy (AdamW: 4 float32 slots, 2 KB each) 1.06-1.08x, where 4 KB
-// each was 4% slower than 2 KB; in cache (64K elements) within 2-3%.
+// arrays in one process, best of 9, twice), 1 KB per array -> 8 KB split: fp32 params + 8-bit
+// state (2 float32 arrays, 4 KB each) AdamW 1.17-1.20x faster, SGD momentum 1.27-1.30x; fp32
+// master + bf16 grads and copy (AdamW: 4 float32 slots, 2 KB each) 1.04x, SGD (2 slots)
+// 1.10-1.13x; in cache (64K elements) within 3%. 4 KB for every array instead: master AdamW 4%
+// slower than 2 KB; 2 KB for every array: 8-bit AdamW 3-4% and SGD 14% slower than 4 KB.
 constexpr std::size_t kMixedPrefetchBytes = 8192;
 struct Float32 {
     float* p;
