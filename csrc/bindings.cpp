@@ -447,14 +447,9 @@ bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& 
 }
 
 // After a kernel wrote its arrays (wrote: it did): bumps the autograd version of the torch
-// tensors among them (fusedopt._tensors.increment_versions), so that a graph that saved one
-// raises at backward instead of using the new values. Returns wrote.
+// tensors among them (increment_versions). Returns wrote.
 bool mark_written(const Checked& checked, bool wrote = true) {
-    if (wrote && !checked.tensors_written.empty()) {
-        static const py::object& increment = *new py::object(
-            py::module_::import("fusedopt._tensors").attr("increment_versions"));
-        increment(py::cast(checked.tensors_written));
-    }
+    if (wrote && !checked.tensors_written.empty()) increment_versions(py::cast(checked.tensors_written));
     return wrote;
 }
 

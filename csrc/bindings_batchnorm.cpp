@@ -40,6 +40,16 @@ py::array as_ndarray(py::handle h, const char* name) {
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()); }
 
+// A torch tensor given as out= has its autograd version bumped once written, as torch's out=
+// ops do. (Running statistics are not: torch's batch_norm updates them without a bump.)
+void mark_out_written(py::handle out_obj) {
+    if (!out_obj.is_none() && !py::isinstance<py::array>(out_obj)) {
+        py::list tensors;
+        tensors.append(out_obj);
+        increment_versions(tensors);
+    }
+}
+
 // x: a C-contiguous float32/float64 array of rank >= 2 with at least one element.
 DType check_input(const py::array& x, const char* name) {
     const DType dtype = float_dtype(x, name);
@@ -351,6 +361,7 @@ py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle 
         py::gil_scoped_release nogil;
         kernels().batchnorm_forward[dtype](args);
     }
+    mark_out_written(out_obj);
     return py::make_tuple(y, save_mean, save_invstd);
 }
 
@@ -419,6 +430,7 @@ py::tuple batchnorm_backward(py::handle dy_obj, py::handle x_obj, py::handle wei
         py::gil_scoped_release nogil;
         kernels().batchnorm_backward[dtype](args);
     }
+    mark_out_written(out_obj);
     return py::make_tuple(dx, dweight, dbias);
 }
 

@@ -105,6 +105,14 @@ inline py::object to_ndarray(py::handle h, const std::string& name) {
     return convert(h, name);
 }
 
+// Tells autograd that the kernel wrote these torch tensors in place (fusedopt._tensors.
+// increment_versions): a graph that saved one raises at backward instead of using new values.
+inline void increment_versions(const py::list& tensors) {
+    static const py::object& increment = *new py::object(
+        py::module_::import("fusedopt._tensors").attr("increment_versions"));
+    increment(tensors);
+}
+
 inline bool same_shape(const py::array& a, const py::array& b) {
     if (a.ndim() != b.ndim()) return false;
     for (py::ssize_t d = 0; d < a.ndim(); ++d)

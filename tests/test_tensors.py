@@ -109,6 +109,12 @@ def test_written_tensors_tell_autograd():
     assert (p._version, m._version, v._version, g._version) == (1, 1, 1, 0)
     fusedopt.adamw_(p, g * float("nan"), m, v, step=2, lr=0.1, skip_if_nonfinite=True)
     assert p._version == 1
+    # batch norm's out= tensors as torch's out= ops; its running statistics as torch's batch_norm: no bump
+    x, out, running = torch.randn(4, 3), torch.empty(4, 3), [torch.zeros(3), torch.ones(3)]
+    _, save_mean, save_invstd = fusedopt.batchnorm_forward(x, None, None, *running, out=out)
+    dx = torch.empty(4, 3)
+    fusedopt.batchnorm_backward(torch.ones(4, 3), x, None, save_mean, save_invstd, out=dx)
+    assert (out._version, dx._version, running[0]._version, running[1]._version) == (1, 1, 0, 0)
 
 
 def test_zeros_like_takes_tensors():
