@@ -173,11 +173,19 @@ void begin_encode(const float* in, std::uint8_t* codes, std::size_t n, float* sc
     // NaN's bits are above inf's, so one integer max finds both the absmax and any inf/NaN
     // (magnitudes are below 2^31, where the signed max of the lanes is their unsigned max)
     using U = UintVec<Vec<float>>;
-    U lanes_max(0u);
+    constexpr std::size_t W = U::size;
+    // two chains of maxes, where one (a max and a register move per vector) bounded the loop
+    U max0(0u), max1(0u);
+    std::size_t head = 0;
+    for (; head + 2 * W <= n; head += 2 * W) {
+        max0 = max_signed(max0, as_uint(Vec<float>::load(in + head)) & U(quant::kMagnitude));
+        max1 = max_signed(max1, as_uint(Vec<float>::load(in + head + W)) & U(quant::kMagnitude));
+    }
+    U lanes_max = max_signed(max0, max1);
     std::uint32_t absmax_bits = 0;
-    for_each_lane<float>(n, [&](auto vec, std::size_t i) {
+    for_each_lane<float>(n - head, [&](auto vec, std::size_t i) {
         using V = decltype(vec);
-        const UintVec<V> b = as_uint(V::load(in + i)) & UintVec<V>(quant::kMagnitude);
+        const UintVec<V> b = as_uint(V::load(in + head + i)) & UintVec<V>(quant::kMagnitude);
         if constexpr (std::is_same_v<UintVec<V>, U>) {
             lanes_max = max_signed(lanes_max, b);
         } else {
