@@ -66,8 +66,9 @@ if TYPE_CHECKING:
 
 # ---- errors that name the argument ----------------------------------------------------------------
 #
-# The _core functions take their scalars as C++ double / long long / bool, and pybind11 refuses a
-# value it cannot convert (1.5 for an int, "0.001" or 10**400 for a float, None for a bool) with
+# The _core functions take their scalars as C++ double / long long / bool (checks.h's Flag, which
+# refuses the None that pybind11's own bool takes as False), and pybind11 refuses a value it
+# cannot convert (1.5 for an int, "0.001" or 10**400 for a float, None for a bool) with
 # a TypeError that lists the argument types but names no argument. Each public function catches
 # that TypeError, and only then (the normal call pays nothing for a try block) this works out
 # which of its arguments pybind11 refused, from the types in pybind11's message and the names
