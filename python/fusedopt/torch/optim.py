@@ -113,6 +113,13 @@ def _memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
     return order if t.permute(order).is_contiguous() else None
 
 
+def _tensor_dtype_problem(p: torch.Tensor, options: LowPrecision) -> str | None:
+    """Why an optimizer with these options cannot update this param for its dtype, or None (a
+    dtype fusedopt does not map is left to the kernels' checks, which name it)."""
+    dtype = _numpy_dtype(p.dtype)
+    return None if dtype is None else _param_dtype_problem(dtype, options)
+
+
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors of one shape have their elements in the same memory order: the same
     strides but on dims of size 1 (whose strides torch leaves arbitrary), or no elements."""
@@ -350,8 +357,7 @@ class _FusedStep(torch.optim.Optimizer):
             self.param_groups.pop()
             raise ValueError(f"{where}: {problem}")
         for j, p in enumerate(group["params"]):
-            dtype = _numpy_dtype(p.dtype)
-            problem = None if dtype is None else _param_dtype_problem(dtype, options)
+            problem = _tensor_dtype_problem(p, options)
             if problem:
                 self.param_groups.pop()
                 raise TypeError(f"{where}['params'][{j}] has dtype {p.dtype}; {problem}")
@@ -598,8 +604,7 @@ class _FusedStep(torch.optim.Optimizer):
             if not has_grad:
                 continue
             i = len(plan.params)
-            dtype = _numpy_dtype(p.dtype)  # add_param_group's rule, for a param appended to the group since
-            problem = None if dtype is None else _param_dtype_problem(dtype, options)
+            problem = _tensor_dtype_problem(p, options)  # add_param_group's, for a param appended since
             if problem:
                 raise TypeError(f"fusedopt.torch.{type(self).__name__}: param {i} of its group has dtype {p.dtype}; "
                                 f"{problem}")
