@@ -569,17 +569,23 @@ def to_numpy(t):
 
 
 def numpy_form(state):
-    """A fusedopt.torch param state in fusedopt.optim's form: codes + scales -> QuantizedState, step -> int."""
+    """A fusedopt.torch param state in fusedopt.optim's form: <name>_codes + <name>_scales ->
+    QuantizedState under <name>, step -> int."""
+    import torch
+
     out = {}
     for key, value in state.items():
         if key.endswith("_scales"):
             continue
         if key == "step":
             out[key] = int(value)
-        elif value.dtype.is_floating_point:
-            out[key] = to_numpy(value)
+        elif key.endswith("_codes"):
+            name = key[:-len("_codes")]
+            assert value.dtype == torch.uint8 and name not in state
+            out[name] = fusedopt.QuantizedState(to_numpy(value), to_numpy(state[name + "_scales"]), name in SIGNED)
         else:
-            out[key] = fusedopt.QuantizedState(to_numpy(value), to_numpy(state[key + "_scales"]), key in SIGNED)
+            assert value.dtype.is_floating_point
+            out[key] = to_numpy(value)
     return out
 
 
@@ -620,8 +626,8 @@ def assert_torch_matches(topt, opt):
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_class_equals_numpy_class(name, state_dtype, mode):
     """fusedopt.torch.X(..., same options) gives the bits of fusedopt.optim.X (itself checked against
-    the functional calls above), state included: 8-bit state as uint8 codes + <name>_scales tensors."""
-    pytest.importorskip("torch")
+    the functional calls above), state included: 8-bit state as <name>_codes (uint8) + <name>_scales tensors."""
+    torch = pytest.importorskip("torch")
     dtype, options = MODES[mode]
     params = make_params(dtype)
     opt = make_optimizer(name, params, state_dtype=state_dtype, **options)
@@ -633,8 +639,8 @@ def test_torch_class_equals_numpy_class(name, state_dtype, mode):
         assert_torch_matches(topt, opt)
     if state_dtype == "int8":
         big = topt.state[topt.param_groups[0]["params"][0]]
-        first = next(s for s in big if s not in ("step", "master_param"))
-        assert big[first].dtype.is_floating_point is False and big[first + "_scales"].shape == (18,)  # 4480 / 256
+        first = next(s for s in big if s.endswith("_codes"))
+        assert big[first].dtype == torch.uint8 and big[first.replace("_codes", "_scales")].shape == (18,)  # 4480 / 256
 
 
 @pytest.mark.parametrize("how", ["torch.save", "deepcopy"])
@@ -698,7 +704,8 @@ def test_torch_adamw_checkpoint_into_int8_and_back():
     first = int8.state[int8.param_groups[0]["params"][0]]
     want = sd["state"][0]["exp_avg"].numpy()
     assert numpy_form(first)["exp_avg"] == fusedopt.quantize(want, True)
-    assert first["exp_avg"].dtype == torch.uint8 and first["exp_avg_scales"].dtype == torch.float32
+    assert first["exp_avg_codes"].dtype == torch.uint8 and first["exp_avg_scales"].dtype == torch.float32
+    assert "exp_avg" not in first  # (torch.optim would take codes under its name for values)
     assert int8.state[int8.param_groups[0]["params"][1]]["exp_avg"].dtype == torch.float32  # 300 elements
     assert_torch_matches(int8, opt)
     for g in grads[2:]:
@@ -710,6 +717,32 @@ def test_torch_adamw_checkpoint_into_int8_and_back():
     got = back.state[back.param_groups[0]["params"][0]]["exp_avg"]
     assert got.dtype == torch.float32
     assert same(got.numpy(), numpy_form(int8.state[int8.param_groups[0]["params"][0]])["exp_avg"].dequantize())
+
+
+def test_torch_int8_checkpoint_into_torch_optim_fails_loudly():
+    """torch.optim.AdamW casts a checkpoint's state tensors to the param's dtype: 8-bit codes under
+    its own name would become values 0 .. 255 and the step would go on with them. Under
+    exp_avg_codes its step raises instead. A checkpoint with codes under exp_avg (as earlier
+    versions saved them) still loads into fusedopt.torch, to the same state."""
+    torch = pytest.importorskip("torch")
+    params = make_params(F32)
+    int8 = torch_optimizer("AdamW", torch_params(params), state_dtype="int8")
+    for g in make_grads(F32, 2):
+        torch_step(int8, g)
+    sd = int8.state_dict()
+    plain = torch.optim.AdamW([{"params": g["params"]} for g in int8.param_groups])
+    plain.load_state_dict(copy.deepcopy(sd))
+    assert all(p.grad is not None for g in plain.param_groups for p in g["params"])
+    with pytest.raises(KeyError, match="exp_avg"):
+        plain.step()
+    old_form = copy.deepcopy(sd)
+    for state in old_form["state"].values():
+        for key in [key for key in state if key.endswith("_codes")]:
+            state[key[:-len("_codes")]] = state.pop(key)
+    loaded = torch_optimizer("AdamW", torch_params(params), state_dtype="int8")
+    loaded.load_state_dict(old_form)
+    for a, b in zip(*(map(numpy_form, opt.state.values()) for opt in (int8, loaded))):
+        assert a.keys() == b.keys() and all(a[k] == b[k] if k == "step" else same(a[k], b[k]) for k in a)
 
 
 def test_torch_sgd_checkpoint_into_stochastic_rounding():
@@ -767,12 +800,17 @@ TORCH_BAD_LOADS = [
     ("codes without scales", lambda sd: sd["state"][0].pop("exp_avg_scales"), ValueError, "without its"),
     ("scales of another size", lambda sd: sd["state"][0].__setitem__("exp_avg_scales", sd["state"][0][
         "exp_avg_scales"][:3].clone()), ValueError, "scales"),
-    ("float64 state", lambda sd: sd["state"][2].__setitem__("exp_avg", sd["state"][2]["exp_avg_sq"].double()),
-     ValueError, "float64"),
+    ("float64 state", lambda sd: sd["state"][2].update(exp_avg=sd["state"][2].pop("master_param").double(),
+                                                       exp_avg_codes=None, exp_avg_scales=None), ValueError, "float64"),
+    ("codes and float state", lambda sd: sd["state"][0].__setitem__("exp_avg", sd["state"][0]["master_param"]),
+     ValueError, "both"),
+    ("float codes", lambda sd: sd["state"][0].__setitem__("exp_avg_codes", sd["state"][0]["master_param"]),
+     TypeError, "uint8"),
     ("negative exp_avg_sq", lambda sd: sd["state"][1].__setitem__("exp_avg_sq", -sd["state"][1]["exp_avg_sq"] - 1),
      None, None),  # float32 state of a small param: loads (torch would too)
     ("negative exp_avg_sq into int8", lambda sd: sd["state"][0].update(
-        exp_avg_sq=-sd["state"][0]["master_param"].abs() - 1, exp_avg_sq_scales=None), ValueError, "negative"),
+        exp_avg_sq=-sd["state"][0]["master_param"].abs() - 1, exp_avg_sq_codes=None, exp_avg_sq_scales=None),
+     ValueError, "negative"),
 ]
 
 
@@ -785,7 +823,7 @@ def test_torch_bad_load_changes_nothing(desc, change, exc, match):
         torch_step(opt, g)
     sd = copy.deepcopy(opt.state_dict())
     change(sd)
-    sd["state"][0] = {k: v for k, v in sd["state"][0].items() if v is not None}
+    sd["state"] = {i: {k: v for k, v in state.items() if v is not None} for i, state in sd["state"].items()}
     before = {i: numpy_form(opt.state[p]) for i, p in enumerate(opt.param_groups[0]["params"])}
     if exc is None:
         opt.load_state_dict(sd)

@@ -38,16 +38,20 @@ param_groups. The state tensors, as state_dict() holds them:
 - "float32": float32 tensors (also for bfloat16/float16 params: torch.optim keeps their state
   in the param's dtype), float64 for float64 params;
 - "bfloat16": bfloat16 tensors;
-- "int8": state[name] is a uint8 tensor of codes, the param's shape, and state[name +
+- "int8": state[name + "_codes"] is a uint8 tensor of codes, the param's shape, and state[name +
   "_scales"] a float32 tensor of one scale per block of 256 elements (fusedopt.QuantizedState's
-  codes and scales: exp_avg / exp_avg_scales, exp_avg_sq / exp_avg_sq_scales, ...); params of
-  fewer than min_8bit_size elements keep float32 tensors;
+  codes and scales: exp_avg_codes / exp_avg_scales, exp_avg_sq_codes / exp_avg_sq_scales, ...),
+  and there is no state[name]: torch.optim, which casts a checkpoint's state tensors to the
+  param's dtype, would take codes under torch's name for values (0 .. 255) and step on with
+  them; under these names its step fails (KeyError) instead. Params of fewer than
+  min_8bit_size elements keep float32 tensors;
 - master_weights: state["master_param"], the float32 master of a bfloat16/float16 param.
 load_state_dict() converts a checkpoint's state to these forms (float32 <-> bfloat16 <-> int8,
 as fusedopt.optim's load: fusedopt.quantize, dequantize, rounding to nearest even), so that a
 torch.optim checkpoint (float32, or a bfloat16 model's bfloat16 state) loads into any of them;
 anything else (float64 <-> other, a master_param that is not float32, codes without scales) is
-a TypeError/ValueError, raised before anything changes. To hand an 8-bit checkpoint back to
+a TypeError/ValueError, raised before anything changes. (Codes under state[name] itself,
+as earlier versions saved them, load too.) To hand an 8-bit checkpoint back to
 torch.optim, load it into a fusedopt.torch optimizer with state_dtype="float32" and save that.
 """
 from __future__ import annotations
@@ -98,7 +102,7 @@ def _no_entries(group: dict[str, Any]) -> tuple[()]:
 
 _MASTER = (state_specs.MASTER,)
 _OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding", "min_8bit_size")  # optimizer-wide
-_SCALES = "_scales"  # state[name + _SCALES]: the scales of 8-bit state[name]
+_CODES, _SCALES = "_codes", "_scales"  # 8-bit state `name`: state[name + _CODES], state[name + _SCALES]
 _NO_ROUNDING: dict[str, Any] = {}
 
 
@@ -142,10 +146,16 @@ def _as_tensors(name: str, value: np.ndarray | QuantizedState, order: tuple[int,
     """A state array (fusedopt.optim's form, in its param's memory order) as state tensors of the
     param's shape, sharing its memory."""
     if isinstance(value, QuantizedState):
-        return {name: _from_order(torch.from_numpy(value.codes), order), name + _SCALES: torch.from_numpy(value.scales)}
+        return {name + _CODES: _from_order(torch.from_numpy(value.codes), order),
+                name + _SCALES: torch.from_numpy(value.scales)}
     if value.dtype.itemsize == 2 and value.dtype.name == "bfloat16":
         return {name: _from_order(torch.from_numpy(value.view(np.int16)).view(torch.bfloat16), order)}
     return {name: _from_order(torch.from_numpy(value), order)}
+
+
+def _holds(state: dict[Any, Any], name: str) -> bool:
+    """Whether a param's state holds state array `name`, in any form (float, or 8-bit codes)."""
+    return state.get(name) is not None or state.get(name + _CODES) is not None
 
 
 def _view(tensor: torch.Tensor, name: str) -> np.ndarray:
@@ -204,7 +214,9 @@ class _FusedStep(torch.optim.Optimizer):
             for p in group["params"]:
                 state = self.state.get(p)
                 if state:
-                    made = [spec for spec in self._states if spec.name in state]
+                    made = [spec for spec in self._states if _holds(state, spec.name)]
+                    for spec in made:  # (8-bit state is kept under other names)
+                        del state[spec.name]
                     state.update(self._new_state(made, {}, p, _memory_order(p)))
 
     def _low_precision(self) -> tuple[LowPrecision, int | None]:
@@ -232,7 +244,7 @@ class _FusedStep(torch.optim.Optimizer):
         options, _ = self._low_precision()
         dtype = _numpy_dtype(param.dtype)
         for spec in specs:
-            if state.get(spec.name) is not None:
+            if _holds(state, spec.name):
                 continue
             if spec.name == MASTER_PARAM:
                 new[spec.name] = torch.empty_like(param, dtype=torch.float32,
@@ -247,7 +259,7 @@ class _FusedStep(torch.optim.Optimizer):
                     in_order = _in_order(codes, order)
                     quantize(np.full(tuple(in_order.shape), fill, np.float32), spec.signed,
                              out=QuantizedState(in_order.numpy(), scales.numpy(), spec.signed))
-                new[spec.name], new[spec.name + _SCALES] = codes, scales
+                new[spec.name + _CODES], new[spec.name + _SCALES] = codes, scales
                 continue
             target = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[kind]
             if param.dtype == target or dtype is None:
@@ -261,11 +273,12 @@ class _FusedStep(torch.optim.Optimizer):
                     order: tuple[int, ...] | None) -> np.ndarray | QuantizedState:
         """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit
         state), in the param's memory order."""
-        tensor, scales = _in_order(tensors[spec.name], order), tensors.get(spec.name + _SCALES)
-        if tensor.dtype == torch.uint8 and scales is not None:
-            return QuantizedState(_view(tensor, f"state[{spec.name!r}] of param {i}"),
-                                  _view(scales, f"state[{spec.name + _SCALES!r}] of param {i}"), spec.signed)
-        return _view(tensor, f"state[{spec.name!r}] of param {i}")
+        codes = tensors.get(spec.name + _CODES)
+        if codes is not None:
+            return QuantizedState(_view(_in_order(codes, order), f"state[{spec.name + _CODES!r}] of param {i}"),
+                                  _view(tensors[spec.name + _SCALES], f"state[{spec.name + _SCALES!r}] of param {i}"),
+                                  spec.signed)
+        return _view(_in_order(tensors[spec.name], order), f"state[{spec.name!r}] of param {i}")
 
     def _role(self, argument: str) -> str:
         """fusedopt._checks._array_problem's role for a call's array argument."""
@@ -284,16 +297,28 @@ class _FusedStep(torch.optim.Optimizer):
         dtype = _numpy_dtype(param.dtype)
         order = _memory_order(param)
         out: dict[Any, Any] = {}
+
+        def state_name(key: Any, suffix: str) -> str | None:
+            """The state array whose entry `key` is, with this suffix (_CODES, _SCALES), or None."""
+            stem = key[:-len(suffix)] if isinstance(key, str) and key.endswith(suffix) else None
+            return stem if stem in specs else None
+
         for key, value in saved.items():
             name = f"{where}[{key!r}]"
             if torch.is_tensor(value) and value.layout != torch.strided:  # torch's own step's (_sparse_step)
                 out[key] = value.clone()
-            elif key in specs and dtype is not None:
+            elif (key in specs or state_name(key, _CODES)) and dtype is not None:
+                codes_key = state_name(key, _CODES) is not None
+                key = state_name(key, _CODES) or key  # the state array's name
                 spec = specs[key]
                 if not torch.is_tensor(value):
                     raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+                if codes_key and value.dtype != torch.uint8:
+                    raise TypeError(f"{name} must be a uint8 tensor of 8-bit codes, got {value.dtype}")
+                if saved.get(key) is not None and saved.get(key + _CODES) is not None:
+                    raise ValueError(f"{where} holds both {key!r} and {key + _CODES!r}: which is the state?")
                 array: np.ndarray | QuantizedState
-                if value.dtype == torch.uint8:
+                if value.dtype == torch.uint8:  # codes (under key itself in earlier versions' checkpoints)
                     scales = saved.get(key + _SCALES)
                     if not torch.is_tensor(scales):
                         raise ValueError(f"{name} is a uint8 tensor (8-bit codes) without its {key + _SCALES!r} tensor")
@@ -316,11 +341,9 @@ class _FusedStep(torch.optim.Optimizer):
                 if converted is array:
                     converted = array.copy() if isinstance(array, QuantizedState) else np.array(array, order="C")
                 out.update(_as_tensors(key, converted, order))
-            elif isinstance(key, str) and key.endswith(_SCALES) and key[:-len(_SCALES)] in specs:
-                if key[:-len(_SCALES)] not in saved:
-                    raise ValueError(f"{name} holds 8-bit scales but {where} has no {key[:-len(_SCALES)]!r} codes")
-                if key not in out:  # float state: stale scales are dropped
-                    continue
+            elif (stem := state_name(key, _SCALES)) is not None:  # read with their codes; else stale: dropped
+                if not _holds(saved, stem):
+                    raise ValueError(f"{name} holds 8-bit scales but {where} has no {stem + _CODES!r} codes")
             elif key == MASTER_PARAM:
                 raise ValueError(f"{name}: the checkpoint has master weights but this optimizer has "
                                  "master_weights=False")
@@ -410,7 +433,8 @@ class _FusedStep(torch.optim.Optimizer):
                 rest[key] = value
             else:
                 converted[param] = state = self._loaded_param_state(param, value, f"state_dict['state'][{key!r}]")
-                if self._counts_steps and "step" not in state and any(spec.name in state for spec in self._states):
+                stepped = any(_holds(state, spec.name) for spec in self._states)
+                if self._counts_steps and "step" not in state and stepped:
                     # torch.optim.SGD keeps no step; its state means a step was taken (a step of 1 would
                     # start a momentum buffer afresh)
                     state["step"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
@@ -628,7 +652,7 @@ class _FusedStep(torch.optim.Optimizer):
             plan.strides.append(p.stride())
             for spec in specs:
                 if spec.name not in new:
-                    for entry in (spec.name, spec.name + _SCALES):  # an 8-bit state's scales too
+                    for entry in (spec.name, spec.name + _CODES, spec.name + _SCALES):  # float or 8-bit
                         if entry in state:
                             plan.watched_dicts.append(state)
                             plan.watched_keys.append(entry)
