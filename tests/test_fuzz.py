@@ -139,17 +139,30 @@ def test_fuzz_public_functions(c):
         assert snapshot(args) == before
         return
     ref_call_args = list(ref_args)
-    if kw.get("grad_scale"):  # the reference takes unscaled grads
-        ref_call_args[1] = copies(ref_args[1])
-        for g in ref_call_args[1] if isinstance(ref_call_args[1], list) else [ref_call_args[1]]:
+    # the reference takes the grads as the kernels compute with them: 16-bit grads of float32 params
+    # widened to float32 (exact), then unscaled
+    as_list = isinstance(ref_args[1], list)
+    grads = [np.array(g, p.dtype) for g, p in zip(*(a if as_list else [a] for a in (ref_args[1], ref_args[0])))]
+    if kw.get("grad_scale"):
+        for g in grads:
             g *= g.dtype.type(1 / kw["grad_scale"])
+    ref_call_args[1] = grads if as_list else grads[0]
+    # the reference once more in float64: where the result is a small difference of large terms
+    # (a negative state_sum drawn here, plus g^2), an FMA's one ulp of a term is many of the
+    # result, and the reference in float32 loses as much; 8x that loss is allowed on top
+    wide_args = [[None if a is None else np.asarray(a, np.float64) for a in arg] if isinstance(arg, list)
+                 else np.asarray(arg, np.float64) for arg in ref_call_args]
     with np.errstate(all="ignore"):
         getattr(reference, name)(*ref_call_args, **ref_kw)
-    for got, want in zip(args, ref_args):
-        for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+        getattr(reference, name)(*wide_args, **ref_kw)
+    for k, (got, want, wide) in enumerate(zip(args, ref_args, wide_args)):
+        for g, w, x in zip(*(a if isinstance(a, list) else [a] for a in (got, want, wide))):
             if g is None and w is None:  # an unused state list may hold Nones, as torch's momentum_buffer_list
                 continue
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+            with np.errstate(all="ignore"):  # (the grads, k == 1, are not written: compared as they are)
+                rounding = 0.0 if k == 1 else np.nan_to_num(np.abs(w.astype(np.float64) - x), nan=0.0, posinf=0.0)
+            ok = np.isclose(g, w, rtol=1e-4, atol=1e-4 + 8 * rounding, equal_nan=True)
+            assert ok.all(), f"{name} {kw}: index {np.flatnonzero(~ok)[:5]}: {g[~ok][:5]} != {w[~ok][:5]}"
 
 
 @st.composite
