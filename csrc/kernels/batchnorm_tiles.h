@@ -49,11 +49,16 @@ namespace FUSEDOPT_ISA_NS {
 namespace {
 constexpr std::size_t kPlanarMinInner = 32;    // shorter channel runs waste the vector width
 constexpr std::size_t kBlockElems = 8192;      // planar: 32 KB of float: the second pass hits L1/L2
-// planar: a block's rows are a whole row length apart, often a multiple of 4 KiB (256 channels
-// of 14x14 floats: 49 pages), so they share L1 sets; more rows than the L1's 8 ways evict each
-// other between the two passes (measured (48, 256, 14, 14) forward: 10.6 ms with 41-row blocks,
-// 2.5 ms with 8)
-constexpr std::size_t kMaxPlanarBlockRows = 8;
+// planar: rows per block at most. A tile's statistics pass takes its blocks one after the other
+// (a shift, the sums, a merge per block: work per block, not per element), and the tile's
+// elementwise pass follows the whole tile's statistics, so a block's rows need not stay in L1
+// between passes (they are a whole row length apart, often a multiple of 4 KiB: 256 channels of
+// 14x14 floats are 49 pages, so they share L1 sets). Measured 8 -> 32, 1 thread, Zen 5, both
+// builds on the same arrays, best of 25 shuffled, two runs, training forward / backward:
+// (32, 256, 14, 14) 1.20-1.23x / 0.90-1.07x, (64, 128, 14, 14) 1.05-1.10x / 1.14-1.15x, (48,
+// 256, 14, 14) 1.06-1.07x / 1.00-1.03x, (16, 1024, 14, 14) 1.02-1.07x / 0.97-0.99x, (128, 64,
+// 16, 16) 0.98-1.08x / 0.95-0.96x.
+constexpr std::size_t kMaxPlanarBlockRows = 32;
 // columns, long rows: 8 KB of double accumulators per sum (measured, 1 / 2 threads, both builds
 // in one process, 256 -> 1024 columns: (32, 1024, 3, 3) fwd 0.84x / 0.83x the time, (128, 2048,
 // 2, 2) 0.98x / 0.86x, (256, 512, 4, 4) 0.96x / 0.83x, (1024, 8192) bwd 0.76x / 0.66x; (64,
