@@ -719,30 +719,59 @@ def test_torch_adamw_checkpoint_into_int8_and_back():
     assert same(got.numpy(), numpy_form(int8.state[int8.param_groups[0]["params"][0]])["exp_avg"].dequantize())
 
 
-def test_torch_int8_checkpoint_into_torch_optim_fails_loudly():
-    """torch.optim.AdamW casts a checkpoint's state tensors to the param's dtype: 8-bit codes under
-    its own name would become values 0 .. 255 and the step would go on with them. Under
-    exp_avg_codes its step raises instead. A checkpoint with codes under exp_avg (as earlier
-    versions saved them) still loads into fusedopt.torch, to the same state."""
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_int8_checkpoint_into_torch_optim_never_steps_on_codes(name):
+    """torch.optim casts a checkpoint's state tensors to the param's dtype: 8-bit codes under its
+    own names would become values 0 .. 255 and the step would go on with them. Under
+    <name>_codes the step of torch's Adam, AdamW, Adagrad and RMSprop raises; torch's SGD takes
+    the missing momentum_buffer for none yet and starts it afresh (the grad, not the codes). A
+    checkpoint with codes under the state's own name (as earlier versions saved them) still
+    loads into fusedopt.torch, to the same state."""
     torch = pytest.importorskip("torch")
     params = make_params(F32)
-    int8 = torch_optimizer("AdamW", torch_params(params), state_dtype="int8")
+    int8 = torch_optimizer(name, torch_params(params), state_dtype="int8")
     for g in make_grads(F32, 2):
         torch_step(int8, g)
     sd = int8.state_dict()
-    plain = torch.optim.AdamW([{"params": g["params"]} for g in int8.param_groups])
+    plain = getattr(torch.optim, name)([{"params": g["params"]} for g in int8.param_groups])
     plain.load_state_dict(copy.deepcopy(sd))
     assert all(p.grad is not None for g in plain.param_groups for p in g["params"])
-    with pytest.raises(KeyError, match="exp_avg"):
+    if name != "SGD":
+        with pytest.raises(KeyError):
+            plain.step()
+    else:
+        big = plain.param_groups[0]["params"][0]
+        assert "momentum_buffer" not in plain.state[big] and plain.param_groups[0]["momentum"] > 0
+        grad = big.grad.clone()
+        wd = plain.param_groups[0]["weight_decay"]
+        want = grad + wd * big.detach() if wd else grad
         plain.step()
+        assert torch.equal(plain.state[big]["momentum_buffer"], want)
     old_form = copy.deepcopy(sd)
     for state in old_form["state"].values():
         for key in [key for key in state if key.endswith("_codes")]:
             state[key[:-len("_codes")]] = state.pop(key)
-    loaded = torch_optimizer("AdamW", torch_params(params), state_dtype="int8")
+    loaded = torch_optimizer(name, torch_params(params), state_dtype="int8")
     loaded.load_state_dict(old_form)
     for a, b in zip(*(map(numpy_form, opt.state.values()) for opt in (int8, loaded))):
         assert a.keys() == b.keys() and all(a[k] == b[k] if k == "step" else same(a[k], b[k]) for k in a)
+
+
+def test_torch_centered_rmsprop_checkpoint_into_int8_refused_at_load():
+    """A centered RMSprop's checkpoint (its groups' centered=True replace the optimizer's) into an
+    8-bit RMSprop: refused by load_state_dict, before anything changes, as fusedopt.optim's load
+    and add_param_group refuse it, not by every step after."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch as ft
+
+    w = torch.nn.Parameter(torch.ones(5000))
+    centered = ft.RMSprop([w], lr=0.01, centered=True)
+    w.grad = torch.full_like(w, 0.5)
+    centered.step()
+    int8 = ft.RMSprop([w], lr=0.01, state_dtype="int8")
+    with pytest.raises(ValueError, match="centered"):
+        int8.load_state_dict(centered.state_dict())
+    assert not int8.param_groups[0]["centered"] and not int8.state
 
 
 def test_torch_sgd_checkpoint_into_stochastic_rounding():

@@ -43,8 +43,9 @@ param_groups. The state tensors, as state_dict() holds them:
   codes and scales: exp_avg_codes / exp_avg_scales, exp_avg_sq_codes / exp_avg_sq_scales, ...),
   and there is no state[name]: torch.optim, which casts a checkpoint's state tensors to the
   param's dtype, would take codes under torch's name for values (0 .. 255) and step on with
-  them; under these names its step fails (KeyError) instead. Params of fewer than
-  min_8bit_size elements keep float32 tensors;
+  them; under these names the step of torch's Adam, AdamW, Adagrad and RMSprop fails
+  (KeyError), and torch's SGD, which takes a missing momentum_buffer for none yet, starts its
+  momentum afresh. Params of fewer than min_8bit_size elements keep float32 tensors;
 - master_weights: state["master_param"], the float32 master of a bfloat16/float16 param.
 load_state_dict() converts a checkpoint's state to these forms (float32 <-> bfloat16 <-> int8,
 as fusedopt.optim's load: fusedopt.quantize, dequantize, rounding to nearest even), so that a
@@ -423,6 +424,10 @@ class _FusedStep(torch.optim.Optimizer):
             super().load_state_dict(state_dict)  # torch's own error
             return
         options, _ = self._low_precision()
+        for k, saved in enumerate(saved_groups):  # the groups' hyperparameters replace ours: add_param_group's check
+            problem = _hyperparameter_problem(saved, options)
+            if problem:
+                raise ValueError(f"fusedopt.torch.{type(self).__name__}: state_dict['param_groups'][{k}]: {problem}")
         saved_ids = [i for saved in saved_groups for i in saved["params"]]
         id_map = dict(zip(saved_ids, [p for group in self.param_groups for p in group["params"]]))
         converted: dict[torch.Tensor, dict[Any, Any]] = {}
