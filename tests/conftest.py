@@ -28,6 +28,19 @@ def without_fusedopt_settings(environ):
     return {k: v for k, v in environ.items() if not k.startswith("FUSEDOPT_")}
 
 
+def assert_matches_reference(got, want, wider, rtol, atol, what):
+    """got within rtol / atol of the reference's result want, plus, elementwise, 8x the
+    reference's own rounding loss: want against wider, the same steps in a wider type (None:
+    none). Where a result is a small difference of large terms, an FMA's one ulp of a term is
+    many ulps of the result, and the reference loses as much. NaNs must match."""
+    rounding = 0.0
+    if wider is not None:
+        with np.errstate(all="ignore"):
+            rounding = np.nan_to_num(np.abs(want.astype(wider.dtype) - wider), nan=0.0, posinf=0.0).astype(np.float64)
+    ok = np.isclose(got, want, rtol=rtol, atol=atol + 8 * rounding, equal_nan=True)
+    assert ok.all(), f"{what}: index {np.flatnonzero(~ok)[:5]}: {got[~ok][:5]} != {want[~ok][:5]}"
+
+
 def assert_isas_agree(by_isa, same):
     """by_isa: ISA -> the arrays a run produced on it. Within each group (fused multiply-add or
     not) every ISA's arrays must equal the first ISA's by `same` (bitwise, as the caller defines it)."""
