@@ -514,9 +514,13 @@ bool adagrad_(py::handle params, py::handle grads, py::handle state_sums, Step s
                                            skip_if_nonfinite));
 }
 
+// Why centered RMSprop refuses 8-bit state: the one text, rmsprop_'s here and the classes' (which
+// refuse the options up front, _lowprec._hyperparameter_problem) through _core.CENTERED_8BIT_REASON.
 constexpr const char* kCentered8bit =
-    "square_avg - grad_avg**2 nearly cancels where gradients are steadier than their noise, and 8-bit "
-    "codes (off by up to 1/16) leave noise there, often negative (NaN); keep them float32 or bfloat16";
+    "centered=True takes square_avg - grad_avg**2, which nearly cancels where gradients are steadier than "
+    "their noise; 8-bit state (off by up to 1/16) leaves noise there, often negative (NaN): keep that state in "
+    "bfloat16 or float32 (state_dtype='bfloat16' or 'float32' in the classes; bitsandbytes' 8-bit RMSprop "
+    "refuses centered too)";
 
 bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, double lr, double alpha, double eps,
               double weight_decay, double momentum, py::handle momentum_buffers, Flag centered, py::handle grad_avgs,
@@ -545,9 +549,7 @@ bool rmsprop_(py::handle params, py::handle grads, py::handle square_avgs, doubl
                                    {"momentum_buffers", momentum_buffers, true, uses_buffers, Kind::kState},
                                    {"grad_avgs", grad_avgs, true, centered, Kind::kState},
                                    {"param_copies", param_copies, true, !param_copies.is_none(), Kind::kCopy}});
-    // centered: square_avg - grad_avg^2, where the two nearly cancel (gradients steadier than
-    // their noise), is noise when either is an 8-bit code (off by up to 1/16), often negative
-    // (NaN); bitsandbytes' 8-bit RMSprop refuses centered too
+    // centered with 8-bit square_avgs or grad_avgs (kCentered8bit)
     constexpr std::size_t kRoles = 6, kSquareAvg = 2, kGradAvg = 4;
     for (std::size_t i = 0; centered && i < arrays.dtypes.size(); ++i) {
         const DType d = arrays.dtypes[i];
@@ -709,6 +711,7 @@ void bind_lowbit(py::module_& m);     // bindings_lowbit.cpp
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fusedopt's C++ kernels; use the functions re-exported by the fusedopt package.";
+    m.attr("CENTERED_8BIT_REASON") = kCentered8bit;
 
     m.def("isa", [] { return std::string(kernels().isa); }, "The ISA whose kernels run now.");
     m.def("available_isas", &available_isas, "ISAs compiled in that this CPU can run, worst first.");

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _core
 from ._checks import _F16, _F64, _FLOAT_DTYPES, _is_bfloat16
 from ._tensors import _bfloat16
 from .lowbit import QuantizedState, quantize
@@ -85,9 +86,7 @@ def _hyperparameter_problem(hyperparameters: dict[str, Any], options: LowPrecisi
     """Why a param group with these hyperparameters cannot keep its state as these options say,
     or None: RMSprop's centered=True with 8-bit state (rmsprop_ refuses the 8-bit arrays too)."""
     if hyperparameters.get("centered") and options.state_dtype == "int8":
-        return ("centered=True takes square_avg - grad_avg**2, which nearly cancels where gradients are "
-                "steadier than their noise; 8-bit state (off by up to 1/16) leaves noise there, often negative "
-                "(NaN): use state_dtype='bfloat16' or 'float32' (bitsandbytes' 8-bit RMSprop refuses centered too)")
+        return _core.CENTERED_8BIT_REASON
     return None
 
 
