@@ -658,8 +658,15 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 -> 6.39-6.54, master + 8-bit 14.26 -> 6.97,
 // fp32 + bf16 state 10.12 -> 5.41 (fp32 params and state 7.8-8.1). Each costs ~1.5 s of build
 // time (all ISAs, 2 cores); rarer ones (float16, bf16 params with fp32 state, ...) stay Dynamic
-// (10-13 ms at 16M there). Signed 8-bit state in slot 2 (exp_avg, momentum_buffer), unsigned
-// after it (exp_avg_sq, max_exp_avg_sq).
+// (10-13 ms at 16M there). SIGNED2: whether the 8-bit state in slot 2 is signed (Adam's exp_avg,
+// SGD's momentum_buffer; the slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or
+// unsigned (Adagrad's state_sum, RMSprop's square_avg; after it momentum_buffer, signed, and
+// grad_avg, never 8-bit: centered RMSprop refuses it). Adagrad and RMSprop ran every mixed call
+// through Dynamic before (16M elements, 1 thread, Zen 5, best of 5 shuffled in 3 alternating
+// processes, ms): Adagrad fp32 + 8-bit 8.09 -> 3.99, fp32 + bf16 state 6.78 -> 4.49, bf16 params
+// and state 6.96 -> 2.94, bf16 (SR) + 8-bit 9.04 -> 4.28; RMSprop fp32 + 8-bit 9.13 -> 4.43, bf16
+// 7.80 -> 3.68, bf16 (SR) + 8-bit 10.01 -> 5.36. The combinations double the build time of this
+// file (18.7 -> 32 s for all ISAs on 2 cores).
 template <std::size_t NARRAYS, class Copy, class P, class G, class S2, class S3>
 using FixedOf = std::conditional_t<NARRAYS == 3, Fixed<Copy, P, G, S2>, Fixed<Copy, P, G, S2, S3, S3>>;
 
@@ -673,17 +680,19 @@ void run_first_fitting(const Config& c, const MixedChunk& m) {
     }
 }
 
-template <class Config, std::size_t NARRAYS, class Update>
+template <class Config, std::size_t NARRAYS, class Update, bool SIGNED2>
 void mixed(const Config& c, const MixedChunk& m) {
     using BF16 = Half<false>;
+    using Q2 = Quant8<SIGNED2>;
+    using Q3 = Quant8<!SIGNED2>;
     run_first_fitting<Config, NARRAYS, Update,
                       FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, BF16, BF16>,
-                      FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Quant8<true>, Quant8<false>>,
+                      FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Q2, Q3>,
                       FixedOf<NARRAYS, NoCopy, BF16, BF16, BF16, BF16>,
-                      FixedOf<NARRAYS, NoCopy, BF16, BF16, Quant8<true>, Quant8<false>>,
-                      FixedOf<NARRAYS, NoCopy, Float32, Float32, Quant8<true>, Quant8<false>>,
+                      FixedOf<NARRAYS, NoCopy, BF16, BF16, Q2, Q3>,
+                      FixedOf<NARRAYS, NoCopy, Float32, Float32, Q2, Q3>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Float32, Float32>,
-                      FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Quant8<true>, Quant8<false>>,
+                      FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Q2, Q3>,
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, BF16, BF16>,
                       Dynamic<NARRAYS>>(c, m);
 }
@@ -721,10 +730,10 @@ void register_optim(KernelTable& t) {
     FUSEDOPT_REGISTER(t, adagrad);
     FUSEDOPT_REGISTER(t, rmsprop);
     FUSEDOPT_REGISTER(t, adam);
-    t.sgd_mixed = mixed<SgdConfig, 3, sgd_update>;
-    t.adagrad_mixed = run_blocks<AdagradConfig, 3, adagrad_update, Dynamic<3>>;
-    t.rmsprop_mixed = run_blocks<RmspropConfig, 5, rmsprop_update, Dynamic<5>>;
-    t.adam_mixed = mixed<AdamConfig, 5, adam_update>;
+    t.sgd_mixed = mixed<SgdConfig, 3, sgd_update, true>;
+    t.adagrad_mixed = mixed<AdagradConfig, 3, adagrad_update, false>;
+    t.rmsprop_mixed = mixed<RmspropConfig, 5, rmsprop_update, false>;
+    t.adam_mixed = mixed<AdamConfig, 5, adam_update, true>;
     t.random_bits = random_bits_of;
 }
 
