@@ -6,6 +6,8 @@ One optimizer step (AdamW; SGD with momentum 0.9) in each storage mode:
     fp32 master+copy fp32 params and state, bf16 grads, a bf16 copy of the params written in the same pass
     fp32 + 8-bit     fp32 params and grads, 8-bit blockwise state (fusedopt.QuantizedState)
     bf16 + 8-bit     bf16 params and grads, 8-bit state, stochastic rounding
+    bf16 + 8-bit, nearest   the same, rounded to nearest (the classes' default)
+    fp32 master+copy + 8-bit   fp32 master params, bf16 grads and copy, 8-bit state
 at 64K, 1M and 16M params and over ResNet-50's 161 tensors, each beside
     - its own roofline probe: fusedopt._core.stream_probe moving the bytes that mode cannot avoid
       (params and state read and written, grads read, the copy written) through float32 arrays
@@ -108,6 +110,8 @@ MODES = [
     Mode("fp32 master+bf16 copy", "float32", "bfloat16", "float32", copy=True),
     Mode("fp32 + 8-bit state", "float32", "float32", "int8"),
     Mode("bf16 + 8-bit state", "bfloat16", "bfloat16", "int8", stochastic=True),
+    Mode("bf16 + 8-bit state, nearest", "bfloat16", "bfloat16", "int8"),
+    Mode("fp32 master+bf16 copy + 8-bit state", "float32", "bfloat16", "int8", copy=True),
 ]
 
 # name -> (fusedopt function, state arguments (signed?), hyperparameters)
