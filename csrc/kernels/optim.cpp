@@ -652,23 +652,23 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // The storage combinations compiled without branches: the bench's modes (bf16 params rounded
 // stochastically and grads with bf16 or 8-bit state, fp32 params with 8-bit state, fp32 master
 // params with bf16 grads and a bf16 copy) and what the classes' options give besides: bf16
-// params rounded to nearest (the default) with bf16, 8-bit or float32 state (the classes' default
-// for bf16 params), fp32 master params with bf16 grads and copy and 8-bit state, fp32 params with
-// bf16 state, bf16 params rounded stochastically with float32 state. Through Dynamic those ran at
-// half the speed: AdamW, 16M elements, 1 thread, Zen 5, best of 7 interleaved, ms: bf16 params
-// and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 -> 6.39-6.54, master + 8-bit 14.26 -> 6.97,
-// fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32 state 10.39 -> 6.33 (fp32 params and state
-// 7.8-8.1). Rarer ones (float16, fp32 params with 16-bit grads and 8-bit state, master weights
-// with bf16 state, ...) stay Dynamic (10-13 ms at 16M there). SIGNED2: whether the 8-bit state in slot 2 is signed (Adam's exp_avg,
-// SGD's momentum_buffer; the slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or
-// unsigned (Adagrad's state_sum, RMSprop's square_avg; after it momentum_buffer, signed, and
-// grad_avg, never 8-bit: centered RMSprop refuses it). Adagrad and RMSprop ran every mixed call
-// through Dynamic before (16M elements, 1 thread, Zen 5, best of 5 shuffled in 3 alternating
-// processes, ms): Adagrad fp32 + 8-bit 8.09 -> 3.99, fp32 + bf16 state 6.78 -> 4.49, bf16 params
-// and state 6.96 -> 2.94, bf16 (SR) + 8-bit 9.04 -> 4.28; RMSprop fp32 + 8-bit 9.13 -> 4.43, bf16
-// 7.80 -> 3.68, bf16 (SR) + 8-bit 10.01 -> 5.36. The combinations since 4 (two for each
-// optimizer's mixed call) double the build time of this file (18.7 -> 39 s for all ISAs on 2
-// cores).
+// params rounded to nearest (the default) with bf16, 8-bit or float32 state (float32: the
+// classes' default for bf16 params), fp32 master params with bf16 grads and copy and 8-bit
+// state, fp32 params with bf16 state, bf16 params rounded stochastically with float32 state.
+// Through Dynamic those ran at about half the speed (AdamW, 16M elements, 1 thread, Zen 5, best
+// of 7 interleaved, ms): bf16 params and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 ->
+// 6.39-6.54, master + 8-bit 14.26 -> 6.97, fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32
+// state 10.39 -> 6.33 (fp32 params and state: 7.8-8.1). So did every mixed Adagrad and RMSprop
+// call, which had no combination of their own (best of 5 shuffled in 3 alternating processes,
+// ms): Adagrad fp32 + 8-bit 8.09 -> 3.99, fp32 + bf16 state 6.78 -> 4.49, bf16 6.96 -> 2.94,
+// bf16 (SR) + 8-bit 9.04 -> 4.28; RMSprop fp32 + 8-bit 9.13 -> 4.43, bf16 7.80 -> 3.68, bf16
+// (SR) + 8-bit 10.01 -> 5.36. The combinations added then doubled the build time of this file
+// (18.7 -> 39 s, all ISAs on 2 cores); rarer ones (float16, fp32 params with 16-bit grads and
+// 8-bit state, master weights with bf16 state, ...) stay Dynamic (AdamW 16M: 10-13 ms).
+// SIGNED2: whether slot 2's 8-bit state is signed (Adam's exp_avg, SGD's momentum_buffer; the
+// slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or unsigned (Adagrad's state_sum,
+// RMSprop's square_avg; after it momentum_buffer, signed, and grad_avg, never 8-bit: centered
+// RMSprop refuses it).
 template <std::size_t NARRAYS, class Copy, class P, class G, class S2, class S3>
 using FixedOf = std::conditional_t<NARRAYS == 3, Fixed<Copy, P, G, S2>, Fixed<Copy, P, G, S2, S3, S3>>;
 
