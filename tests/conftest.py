@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -26,6 +30,14 @@ def without_fusedopt_settings(environ):
     alone, whatever the environment running the tests sets (FUSEDOPT_NUM_THREADS=1 made the
     thread-count test fail)."""
     return {k: v for k, v in environ.items() if not k.startswith("FUSEDOPT_")}
+
+
+def run_python(code, **env):
+    """Runs code in a new interpreter that imports this test run's fusedopt (PYTHONPATH: the
+    tests' sys.path), with no FUSEDOPT_* setting but those in env; the CompletedProcess."""
+    full_env = without_fusedopt_settings(os.environ)
+    full_env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), **env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def assert_matches_reference(got, want, wider, rtol, atol, what):

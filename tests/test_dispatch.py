@@ -1,18 +1,9 @@
 """ISA choice at import (FUSEDOPT_ISA), in-process switching, and the thread settings."""
-import os
-import subprocess
-import sys
 
 import pytest
 
 import fusedopt
-from conftest import without_fusedopt_settings
-
-
-def run_python(code, **env):
-    full_env = without_fusedopt_settings(os.environ)
-    full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)
+from conftest import run_python
 
 
 def test_default_is_the_best_available():

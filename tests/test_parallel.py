@@ -1,14 +1,12 @@
 """The thread pool: any thread count gives the same bits, Python threads may call kernels at
 once, and idle workers sleep."""
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
 import fusedopt
+from conftest import run_python
 from fusedopt import _core, reference
 from test_optim import make_problem, results, run
 
@@ -84,8 +82,7 @@ def test_idle_workers_sleep():
     In a new interpreter with no other library's threads: the process's CPU time counts every
     thread, and OpenBLAS's worker (NumPy's) spins for a while after it starts or works, as torch's
     OpenMP team does after a region (measured: 25-33 ms in 0.3 s, a fresh interpreter)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", IDLE_SCRIPT], capture_output=True, text=True, env=env, timeout=60)
+    proc = run_python(IDLE_SCRIPT, OPENBLAS_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr
     cpu, wall = map(float, proc.stdout.split())
     print(f"{cpu:.4f} s of CPU in {wall:.3f} s idle")
@@ -94,9 +91,7 @@ def test_idle_workers_sleep():
 
 def run_import(env_value):
     """Import fusedopt in a new interpreter with FUSEDOPT_NUM_THREADS=env_value; (exit code, output)."""
-    env = dict(os.environ, FUSEDOPT_NUM_THREADS=env_value, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.run([sys.executable, "-c", "import fusedopt; print(fusedopt.get_num_threads())"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = run_python("import fusedopt; print(fusedopt.get_num_threads())", FUSEDOPT_NUM_THREADS=env_value)
     return proc.returncode, proc.stdout + proc.stderr
 
 

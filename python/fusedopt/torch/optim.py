@@ -308,9 +308,10 @@ class _FusedStep(torch.optim.Optimizer):
             name = f"{where}[{key!r}]"
             if torch.is_tensor(value) and value.layout != torch.strided:  # torch's own step's (_sparse_step)
                 out[key] = value.clone()
-            elif (key in specs or state_name(key, _CODES)) and dtype is not None:
-                codes_key = state_name(key, _CODES) is not None
-                key = state_name(key, _CODES) or key  # the state array's name
+            elif (key in specs or (codes_of := state_name(key, _CODES)) is not None) and dtype is not None:
+                codes_key = key not in specs
+                if codes_key:
+                    key = codes_of  # the state array's name
                 spec = specs[key]
                 if not torch.is_tensor(value):
                     raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
