@@ -657,7 +657,8 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // params with bf16 grads and a bf16 copy) and what the classes' options give besides: bf16
 // params rounded to nearest (the default) with bf16, 8-bit or float32 state (float32: the
 // classes' default for bf16 params), fp32 master params with bf16 grads and copy and 8-bit
-// state, fp32 params with bf16 state, bf16 params rounded stochastically with float32 state.
+// or bf16 state, fp32 params with bf16 state, bf16 params rounded stochastically with float32
+// state.
 // Through Dynamic those ran at about half the speed (AdamW, 16M elements, 1 thread, Zen 5, best
 // of 7 interleaved, ms): bf16 params and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 ->
 // 6.39-6.54, master + 8-bit 14.26 -> 6.97, fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32
@@ -666,8 +667,13 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // ms): Adagrad fp32 + 8-bit 8.09 -> 3.99, fp32 + bf16 state 6.78 -> 4.49, bf16 6.96 -> 2.94,
 // bf16 (SR) + 8-bit 9.04 -> 4.28; RMSprop fp32 + 8-bit 9.13 -> 4.43, bf16 7.80 -> 3.68, bf16
 // (SR) + 8-bit 10.01 -> 5.36. The combinations added then doubled the build time of this file
-// (18.7 -> 39 s, all ISAs on 2 cores); rarer ones (float16, fp32 params with 16-bit grads and
-// 8-bit state, master weights with bf16 state, ...) stay Dynamic (AdamW 16M: 10-13 ms).
+// (18.7 -> 39 s, all ISAs on 2 cores). Since, fp32 master params with bf16 grads, copy and state
+// (the classes' master_weights=True, state_dtype="bfloat16"), which through Dynamic ran slower
+// than with float32 state (AdamW 4M elements, 1 thread, best of 7 in 3 alternating processes:
+// 3.26-3.46 ms against 1.98-2.20): now 1.52-1.74; SGD momentum 2.40-3.03 -> 1.26-1.39, Adagrad
+// 2.27-2.29 -> 1.30-1.82, RMSprop with momentum 3.58-3.67 -> 1.73-2.69. Rarer ones (float16
+// params or copies, fp32 params with 16-bit grads and no copy, ...) stay Dynamic (AdamW 16M:
+// 10-13 ms).
 // SIGNED2: whether slot 2's 8-bit state is signed (Adam's exp_avg, SGD's momentum_buffer; the
 // slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or unsigned (Adagrad's state_sum,
 // RMSprop's square_avg; after it momentum_buffer, signed, and grad_avg, never 8-bit: centered
@@ -698,6 +704,7 @@ void mixed(const Config& c, const MixedChunk& m) {
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, Q2, Q3>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Q2, Q3>,
+                      FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, BF16, BF16>,
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, BF16, BF16>,
                       FixedOf<NARRAYS, NoCopy, BF16, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Float32, Float32>,
