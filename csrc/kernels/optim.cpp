@@ -657,8 +657,8 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // params with bf16 grads and a bf16 copy) and what the classes' options give besides: bf16
 // params rounded to nearest (the default) with bf16, 8-bit or float32 state (float32: the
 // classes' default for bf16 params), fp32 master params with bf16 grads and copy and 8-bit
-// or bf16 state, fp32 params with bf16 state, bf16 params rounded stochastically with float32
-// state.
+// or bf16 state, fp32 master params and state with float16 grads and copy, fp32 params with bf16
+// state, bf16 params rounded stochastically with float32 state.
 // Through Dynamic those ran at about half the speed (AdamW, 16M elements, 1 thread, Zen 5, best
 // of 7 interleaved, ms): bf16 params and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 ->
 // 6.39-6.54, master + 8-bit 14.26 -> 6.97, fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32
@@ -671,9 +671,13 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // (the classes' master_weights=True, state_dtype="bfloat16"), which through Dynamic ran slower
 // than with float32 state (AdamW 4M elements, 1 thread, best of 7 in 3 alternating processes:
 // 3.26-3.46 ms against 1.98-2.20): now 1.52-1.74; SGD momentum 2.40-3.03 -> 1.26-1.39, Adagrad
-// 2.27-2.29 -> 1.30-1.82, RMSprop with momentum 3.58-3.67 -> 1.73-2.69. Rarer ones (float16
-// params or copies, fp32 params with 16-bit grads and no copy, ...) stay Dynamic (AdamW 16M:
-// 10-13 ms).
+// 2.27-2.29 -> 1.30-1.82, RMSprop with momentum 3.58-3.67 -> 1.73-2.69. And float16's classic
+// recipe, fp32 master params and state with float16 grads (loss-scaled: grad_scale) and copy
+// (the classes' master_weights=True on float16 params): AdamW 4M 3.06-4.73 -> 1.83-1.95 ms, SGD
+// 2.11-3.57 -> 1.26-1.44, Adagrad 2.02-3.24 -> 1.19-1.41, RMSprop 2.23-3.63 -> 1.27-1.56 (3
+// alternating processes, best of 7). Rarer ones (float16 params updated in place, fp32 params
+// with 16-bit grads and no copy, float16 with bf16 or 8-bit state, ...) stay Dynamic (AdamW
+// 16M: 10-13 ms).
 // SIGNED2: whether slot 2's 8-bit state is signed (Adam's exp_avg, SGD's momentum_buffer; the
 // slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or unsigned (Adagrad's state_sum,
 // RMSprop's square_avg; after it momentum_buffer, signed, and grad_avg, never 8-bit: centered
@@ -705,6 +709,7 @@ void mixed(const Config& c, const MixedChunk& m) {
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Q2, Q3>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, BF16, BF16>,
+                      FixedOf<NARRAYS, HalfCopy<true>, Float32, Half<true>, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, BF16, BF16>,
                       FixedOf<NARRAYS, NoCopy, BF16, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Float32, Float32>,
