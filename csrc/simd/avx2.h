@@ -164,8 +164,9 @@ struct Vec<std::uint32_t> {
     // best of 9 in 5 alternating processes, ms): AdamW bf16 0.794 -> 0.717, bf16 + 8-bit state
     // 1.068 -> 0.958, fp32 + 8-bit 0.771 -> 0.715, fp32 master + bf16 copy 0.528 -> 0.482; SGD
     // bf16 0.428 -> 0.386; quantize 0.231 -> 0.204; the float32 loops unchanged.
-    // x << s where k != 0, else 0: an andnot where the generic select is a vpblendvb (two or
-    // three uops on Intel cores)
+    // x << s where k != 0, else 0: an andnot, where GCC makes the generic select's vpblendvb
+    // with zero a vpcmpgtb (its sign-bit mask) and an andnot. (SSE2 needs no overload: GCC folds
+    // its and/andnot/or select with zero into one pandn.)
     friend Vec shift_left_where_nonzero(Vec k, Vec x, unsigned s) {
         return _mm256_andnot_si256(_mm256_cmpeq_epi32(k.v, _mm256_setzero_si256()),
                                    _mm256_slli_epi32(x.v, static_cast<int>(s)));

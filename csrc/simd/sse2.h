@@ -178,10 +178,6 @@ struct Vec<std::uint32_t> {
     friend Vec select(Vec mask, Vec a, Vec b) {
         return _mm_or_si128(_mm_and_si128(mask.v, a.v), _mm_andnot_si128(mask.v, b.v));
     }
-    // x << s where k != 0, else 0: one andnot where lanes.h's generic select takes three ops
-    friend Vec shift_left_where_nonzero(Vec k, Vec x, unsigned s) {
-        return _mm_andnot_si128(_mm_cmpeq_epi32(k.v, _mm_setzero_si128()), _mm_slli_epi32(x.v, static_cast<int>(s)));
-    }
 };
 
 inline Vec<std::uint32_t> as_uint(Vec<float> x) { return _mm_castps_si128(x.v); }
