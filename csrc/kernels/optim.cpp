@@ -658,7 +658,8 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // params rounded to nearest (the default) with bf16, 8-bit or float32 state (float32: the
 // classes' default for bf16 params), fp32 master params with bf16 grads and copy and 8-bit
 // or bf16 state, fp32 master params and state with float16 grads and copy, fp32 params with bf16
-// state, bf16 params rounded stochastically with float32 state.
+// state, bf16 params rounded stochastically with float32 state, fp32 params and state with bf16
+// or float16 grads, float16 params with float32 state.
 // Through Dynamic those ran at about half the speed (AdamW, 16M elements, 1 thread, Zen 5, best
 // of 7 interleaved, ms): bf16 params and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 ->
 // 6.39-6.54, master + 8-bit 14.26 -> 6.97, fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32
@@ -675,9 +676,15 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // recipe, fp32 master params and state with float16 grads (loss-scaled: grad_scale) and copy
 // (the classes' master_weights=True on float16 params): AdamW 4M 3.06-4.73 -> 1.83-1.95 ms, SGD
 // 2.11-3.57 -> 1.26-1.44, Adagrad 2.02-3.24 -> 1.19-1.41, RMSprop 2.23-3.63 -> 1.27-1.56 (3
-// alternating processes, best of 7). Rarer ones (float16 params updated in place, fp32 params
-// with 16-bit grads and no copy, float16 with bf16 or 8-bit state, ...) stay Dynamic (AdamW
-// 16M: 10-13 ms).
+// alternating processes, best of 7). And fp32 params and state with 16-bit grads and no copy
+// (grads of a low-precision backward), and float16 params updated in place with fp32 state (the
+// classes' default for float16 params), which through Dynamic ran slower than all-fp32, which
+// moves more bytes (AdamW, 16M, 1 thread, best of 7 in 2 alternating processes, ms; all-fp32
+// 8.1-9.0): bf16 grads 11.5-11.7 -> 7.7, float16 grads 11.4-11.7 -> 7.6-8.5, float16 params
+// 10.9 -> 6.4-6.5; SGD momentum 8.2-8.4 -> 5.2-5.3, 7.8-7.9 -> 4.2-4.7 (all-fp32 6.1-6.4).
+// Those three cost this file's build 57 -> 67 s (4 ISAs on 2 cores; 95 -> 113 s of CPU).
+// Rarer ones (float16 with bf16 or 8-bit state, fp32 params with 16-bit grads and bf16 state,
+// ...) stay Dynamic (AdamW 16M: 10-13 ms).
 // SIGNED2: whether slot 2's 8-bit state is signed (Adam's exp_avg, SGD's momentum_buffer; the
 // slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or unsigned (Adagrad's state_sum,
 // RMSprop's square_avg; after it momentum_buffer, signed, and grad_avg, never 8-bit: centered
@@ -698,6 +705,7 @@ void run_first_fitting(const Config& c, const MixedChunk& m) {
 template <class Config, std::size_t NARRAYS, class Update, bool SIGNED2>
 void mixed(const Config& c, const MixedChunk& m) {
     using BF16 = Half<false>;
+    using FP16 = Half<true>;
     using Q2 = Quant8<SIGNED2>;
     using Q3 = Quant8<!SIGNED2>;
     run_first_fitting<Config, NARRAYS, Update,
@@ -713,6 +721,9 @@ void mixed(const Config& c, const MixedChunk& m) {
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, BF16, BF16>,
                       FixedOf<NARRAYS, NoCopy, BF16, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Float32, Float32>,
+                      FixedOf<NARRAYS, NoCopy, Float32, BF16, Float32, Float32>,
+                      FixedOf<NARRAYS, NoCopy, Float32, FP16, Float32, Float32>,
+                      FixedOf<NARRAYS, NoCopy, FP16, FP16, Float32, Float32>,
                       Dynamic<NARRAYS>>(c, m);
 }
 

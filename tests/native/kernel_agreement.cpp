@@ -992,6 +992,7 @@ const Combo kCombos[] = {
     {"bf16/bf16/bf16", kBFloat16, kBFloat16, kBFloat16, kFloat64, false, 0},
     {"bf16 sr/bf16/q8", kBFloat16, kBFloat16, kQuant8Signed, kFloat64, true, kNearWrap},
     {"f16/f16/f32", kFloat16, kFloat16, kFloat32, kFloat64, false, 256},
+    {"f32/bf16/f32", kFloat32, kBFloat16, kFloat32, kFloat64, false, 0},
     {"f32/bf16/q8+bf16", kFloat32, kBFloat16, kQuant8Signed, kBFloat16, false, 512},
     {"f32/f16/bf16+f16", kFloat32, kFloat16, kBFloat16, kFloat16, false, 0},
     {"bf16 sr/f32/f32+f16", kBFloat16, kFloat32, kFloat32, kFloat16, true, kNearWrap + 100},
