@@ -149,7 +149,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
 
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        std::vector<T> s0, s1, s2, s3;
+        thread_local std::vector<T> s0, s1, s2, s3;  // per thread, kept from tile to tile (Columns::values)
         const bool wrap = wraps_rows<T>(p, stream);
         const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, wrap);
         const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, wrap);

@@ -247,7 +247,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
     // (max(-inf, y) = y without it, in the copy that reads relu at run time: no branch)
     auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        std::vector<T> s0, s1, s2;
+        thread_local std::vector<T> s0, s1, s2;  // per thread, kept from tile to tile (Columns::values)
         const bool wrap = wraps_rows<T>(p, stream);
         const auto m = Layout::values(&norm.mean_hi[c0], p.inner, nch, s0, wrap);
         const auto sc = Layout::values(&norm.scale[c0], p.inner, nch, s1, wrap);
