@@ -147,14 +147,13 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
     auto finish = [&](std::size_t c0, std::size_t nch, const GradSums* sums) { coef.finish(args, p, c0, nch, sums); };
     const T *a = coef.a.data(), *k = coef.k.data(), *c = coef.c.data();
 
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1, Scratch<T>& s) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        thread_local std::vector<T> s0, s1, s2, s3;  // per thread, kept from tile to tile (Columns::values)
         const bool wrap = wraps_rows<T>(p, stream);
-        const auto a_v = Layout::values(&a[c0], p.inner, nch, s0, wrap);
-        const auto k_v = Layout::values(&k[c0], p.inner, nch, s1, wrap);
-        const auto c_v = Layout::values(&c[c0], p.inner, nch, s2, wrap);
-        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s3, wrap);
+        const auto a_v = Layout::values(&a[c0], p.inner, nch, s.columns[0], wrap);
+        const auto k_v = Layout::values(&k[c0], p.inner, nch, s.columns[1], wrap);
+        const auto c_v = Layout::values(&c[c0], p.inner, nch, s.columns[2], wrap);
+        const auto mean = Layout::values(&save_mean[c0], p.inner, nch, s.columns[3], wrap);
         const bool backward = stream && store_backward(dx, {dy, training ? x : nullptr, mask == ReluMask::kValues ? relu_output : nullptr});
         const bool last_first = need_sums;  // see apply_block
         const std::ptrdiff_t next_tile = p.next_tile_distance(t, need_sums);

@@ -245,13 +245,12 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
 
     //   y = (x - mean_hi) * scale + shift        y = max(0, y) with the fused ReLU
     // (max(-inf, y) = y without it, in the copy that reads relu at run time: no branch)
-    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1) {
+    auto apply = [&](std::size_t t, std::size_t b0, std::size_t b1, Scratch<T>& s) {
         const std::size_t c0 = p.channel_begin(t), nch = p.tile_nchannels(t);
-        thread_local std::vector<T> s0, s1, s2;  // per thread, kept from tile to tile (Columns::values)
         const bool wrap = wraps_rows<T>(p, stream);
-        const auto m = Layout::values(&norm.mean_hi[c0], p.inner, nch, s0, wrap);
-        const auto sc = Layout::values(&norm.scale[c0], p.inner, nch, s1, wrap);
-        const auto sh = Layout::values(&norm.shift[c0], p.inner, nch, s2, wrap);
+        const auto m = Layout::values(&norm.mean_hi[c0], p.inner, nch, s.columns[0], wrap);
+        const auto sc = Layout::values(&norm.scale[c0], p.inner, nch, s.columns[1], wrap);
+        const auto sh = Layout::values(&norm.shift[c0], p.inner, nch, s.columns[2], wrap);
         const bool backward = stream && store_backward(y, {x});
         const T floor = relu ? T(0) : -std::numeric_limits<T>::infinity();
         const bool last_first = args.training;  // see apply_block

@@ -186,6 +186,7 @@ struct Plan {
     std::size_t tile_channels, ntiles;
     std::size_t block_rows, block_cols, col_chunks, blocks_per_tile;
     std::size_t groups, blocks_per_group;  // groups == 1: each tile whole in one task (the fused path)
+    std::size_t tiles_per_batch;  // of the fused path (see run_tiles): several small tiles of one block each, else 1
     std::size_t bytes;  // of the arrays the call reads and writes
     std::size_t input_bytes;  // of the arrays it reads (all but the output)
     std::size_t value_bytes;  // of one element of x
@@ -230,6 +231,8 @@ struct Plan {
         groups = ntiles >= kMinTilesForFused ? 1 : std::clamp<std::size_t>(tile_elems / kGroupElems, 1, blocks_per_tile);
         blocks_per_group = (blocks_per_tile + groups - 1) / groups;
         groups = (blocks_per_tile + blocks_per_group - 1) / blocks_per_group;
+        const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, ntiles));
+        tiles_per_batch = blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
         stream = streams(value_bytes);
     }
     // Channels of short rows (NCHW with a small spatial size, rows under kShortPlanarRowBytes)
@@ -290,12 +293,6 @@ struct Plan {
         return static_cast<std::ptrdiff_t>((next.row_begin - now.row_begin) * row_len) +
                (static_cast<std::ptrdiff_t>(next.col_begin) - static_cast<std::ptrdiff_t>(now.col_begin));
     }
-    // Tiles of the fused path that go through the stages together (see run_tiles): several
-    // small tiles of one block each, else one.
-    std::size_t tiles_per_batch() const {
-        const std::size_t tile_bytes = std::max<std::size_t>(1, bytes / std::max<std::size_t>(1, ntiles));
-        return blocks_per_tile == 1 ? std::max<std::size_t>(1, kBatchBytes / tile_bytes) : 1;
-    }
     // How far (in elements) the same element of the next tile is (the next channel planar, the next
     // tile's columns of the same row in the columns layout), for the elementwise pass of tile t to
     // prefetch, or 0 (nothing to prefetch), in a call that takes statistics (with_statistics: the
@@ -317,7 +314,7 @@ struct Plan {
     // Not into a narrower last tile (past its columns), nor, on several threads, into the next
     // run of tiles (see run_tiles), which another thread may take.
     std::ptrdiff_t next_tile_distance(std::size_t t, bool with_statistics) const {
-        const bool one_at_a_time = with_statistics && groups == 1 && tiles_per_batch() == 1;
+        const bool one_at_a_time = with_statistics && groups == 1 && tiles_per_batch == 1;
         const bool two_fit = 2 * (input_bytes / ntiles) <= l2_cache_bytes();
         if (!one_at_a_time || !two_fit || t + 1 >= ntiles || tile_nchannels(t + 1) < tile_nchannels(t)) return 0;
         if (parallel && run_begins_at(t + 1)) return 0;
@@ -799,18 +796,20 @@ struct Columns {
     }
 };
 
-// Per-task buffers (the planar layout uses only sums and means).
+// Per-task buffers (the planar layout uses only sums and means; columns: the apply pass's
+// per-column values in `columns`).
 template <class T>
 struct Scratch {
     std::vector<double> acc, sums;
     std::vector<T> means, expanded;
+    std::vector<T> columns[4];
 };
 
 // Runs the three stages over every tile:
 //   reduce(t0, t1, b0, b1, partial, scratch): merge blocks [b0, b1) of each tile t of [t0, t1) into
 //       partial[(t - t0) * tile_channels + channel in tile] (t1 > t0 + 1 only for tiles of one block)
 //   finish(c0, nch, partial): per-channel results of channels [c0, c0 + nch) from their merged partials
-//   apply(t, b0, b1): the elementwise pass over blocks [b0, b1)
+//   apply(t, b0, b1, scratch): the elementwise pass over blocks [b0, b1)
 // Each tile whole in one task when there are many tiles (it stays in cache from reduce to apply);
 // otherwise groups of blocks in parallel, their partials merged in group order.
 template <class Partial, class T, class Reduce, class Finish, class Apply>
@@ -829,7 +828,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
         // pass): the per-channel chains of dependent operations (the sums' reductions, the
         // divisions and square roots of finish) of neighbouring tiles then overlap instead of
         // following each other, and the forward's finish works on a vector of channels at a time.
-        const std::size_t batch = p.tiles_per_batch();
+        const std::size_t batch = p.tiles_per_batch;
         run_tasks(runs, p.parallel, [&](std::size_t r) {
             thread_local std::vector<Partial> partial;
             const std::size_t run_end = (r + 1) * p.ntiles / runs;
@@ -841,7 +840,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
                     partial.assign(p.tile_channels, Partial{});
                     reduce(t, t + 1, 0, p.blocks_per_tile, partial.data(), scratch);
                     finish(p.channel_begin(t), p.tile_nchannels(t), partial.data());
-                    apply(t, 0, p.blocks_per_tile);
+                    apply(t, 0, p.blocks_per_tile, scratch);
                 }
                 return;
             }
@@ -851,7 +850,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
                 reduce(t0, t1, 0, p.blocks_per_tile, partial.data(), scratch);
                 const std::size_t c0 = p.channel_begin(t0);
                 finish(c0, p.channel_begin(t1 - 1) + p.tile_nchannels(t1 - 1) - c0, partial.data());
-                for (std::size_t t = t0; t < t1; ++t) apply(t, 0, p.blocks_per_tile);
+                for (std::size_t t = t0; t < t1; ++t) apply(t, 0, p.blocks_per_tile, scratch);
             }
         });
         return;
@@ -877,7 +876,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
     run_tasks(ntasks, p.parallel, [&](std::size_t i) {
         const std::size_t task = ntasks - 1 - i;
         const std::size_t t = task / p.groups, g = task % p.groups;
-        apply(t, p.group_begin(g), p.group_end(g));
+        apply(t, p.group_begin(g), p.group_end(g), scratch);
     });
 }
 
