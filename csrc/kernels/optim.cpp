@@ -717,7 +717,7 @@ void mixed(const Config& c, const MixedChunk& m) {
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, Q2, Q3>,
                       FixedOf<NARRAYS, HalfCopy<false>, Float32, BF16, BF16, BF16>,
-                      FixedOf<NARRAYS, HalfCopy<true>, Float32, Half<true>, Float32, Float32>,
+                      FixedOf<NARRAYS, HalfCopy<true>, Float32, FP16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, Float32, Float32, BF16, BF16>,
                       FixedOf<NARRAYS, NoCopy, BF16, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, BFloat16Stochastic, BF16, Float32, Float32>,
