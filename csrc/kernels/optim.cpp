@@ -298,7 +298,7 @@ void adam(const AdamConfig& c, void* const* a, std::size_t n) {
 // the block's new absmax, and is encoded during the next block's loop (one pass over memory still;
 // see Quant8). Each storage format is one type below (Float32, Half, BFloat16Stochastic, Quant8);
 // an accessor gives each array its type: Fixed, at compile time, for the common combinations
-// (mixed), Dynamic, by a branch per vector, for the others. The optimizers' loops are the float32
+// (mixed); Staged widens the others into float32 buffers per block. The optimizers' loops are the float32
 // ones, not a copy per combination of dtypes. A block is an 8-bit block (the caller starts chunks
 // on block boundaries), so each 8-bit block is decoded and re-encoded whole.
 //
@@ -363,7 +363,7 @@ T* element(const MixedChunk& m, std::size_t k, std::size_t lo) {
 
 // One block of a mixed call: elements [lo, lo + n) of the chunk, and how they are rounded.
 struct BlockAt {
-    std::size_t lo;
+    std::size_t lo, n;
     const std::uint32_t* random;  // random[i]: stochastic rounding's bits of element lo + i
     float (*staged)[kStage];  // staged[k]: 8-bit array k's new values, encoded during the next loop
     PendingCodes* pending;  // pending[k]: 8-bit array k's previous block, encoded during this loop
@@ -523,50 +523,81 @@ struct Fixed {
     static bool fits(const MixedChunk& m) { return fits(m, std::index_sequence_for<Arrays...>{}); }
 };
 
-// Any other combination: each array's storage found at run time, by a branch per vector
-// (predicted, but it keeps the compiler from hoisting the conversions' constants).
-template <std::size_t NARRAYS>
-struct Dynamic {
-    const MixedChunk& m;
-    const BlockAt& b;
-    Dynamic(const MixedChunk& chunk, const BlockAt& at) : m(chunk), b(at) {}
+// Array k's storage type for one block, found at run time (for Staged and unscale_block)
+template <class F>
+void with_storage(const MixedChunk& m, std::size_t k, const BlockAt& b, F&& f) {
+    switch (m.dtype[k]) {
+        case kFloat32: f(Float32(m, k, b)); break;
+        case kFloat16: f(Half<true>(m, k, b)); break;
+        case kQuant8Signed: f(Quant8<true>(m, k, b)); break;
+        case kQuant8Unsigned: f(Quant8<false>(m, k, b)); break;
+        default:
+            if (k == 0 && m.stochastic_rounding) f(BFloat16Stochastic(m, k, b));
+            else f(Half<false>(m, k, b));
+    }
+}
 
-    template <class F>
-    FUSEDOPT_INLINE void with_storage(std::size_t k, F&& f) const {
-        switch (m.dtype[k]) {
-            case kFloat32: f(Float32(m, k, b)); break;
-            case kFloat16: f(Half<true>(m, k, b)); break;
-            case kQuant8Signed: f(Quant8<true>(m, k, b)); break;
-            case kQuant8Unsigned: f(Quant8<false>(m, k, b)); break;
-            default:
-                if (k == 0 && m.stochastic_rounding) f(BFloat16Stochastic(m, k, b));
-                else f(Half<false>(m, k, b));
+// Any other combination: each array not float32 is widened into a float32 buffer before the
+// block's loop (a loop per array, its storage found once per block), the float32 loop runs over
+// those buffers and the float32 arrays, and after it the buffers are narrowed into their storage
+// (8-bit state encoded with the block's new absmax) and the new params into the param copy.
+// Against a branch per vector per array (the former Dynamic, which kept the compiler from
+// hoisting the conversions' constants), 16M elements, 1 thread, Zen 5, best of 5 in 2
+// alternating processes of each build, ms: AdamW float16 params + 8-bit state 13.2-14.5 -> 8.7,
+// fp32 master + float16 grads and copy + 8-bit state 14.6-15.7 -> 8.5-8.6, fp32 params + bf16
+// grads + 8-bit state 13.7-14.3 -> 7.8-7.9 (all-fp32 7.6-8.5); SGD momentum float16 + 8-bit
+// 8.5-8.8 -> 5.6 (docs/history.md has the rest). The combinations of mixed's list ran 1.1-2.2x
+// faster than this in cache (64K, 1 thread), so they stay.
+template <std::size_t NARRAYS>
+struct Staged {
+    float* p[NARRAYS];         // element 0 of the block of each array, or of its float32 buffer
+    bool streamed[NARRAYS];    // a float32 array of the caller (prefetched), not a buffer
+    std::size_t ahead;         // elements prefetched ahead in each streamed array
+    Staged(const MixedChunk& m, const BlockAt& b) : ahead(0) {
+        std::size_t streams = 0;
+        for (std::size_t k = 0; k < NARRAYS; ++k) {
+            streamed[k] = m.data[k] != nullptr && m.dtype[k] == kFloat32;
+            streams += streamed[k];
+            p[k] = m.data[k] == nullptr ? nullptr : streamed[k] ? element<float>(m, k, b.lo) : b.staged[k];
+            if (m.data[k] == nullptr || streamed[k]) continue;
+            float* const out = p[k];
+            with_storage(m, k, b, [&](const auto& s) {
+                for_each_lane<float>(b.n, [&](auto v, std::size_t i) { s.load(v, i).store(out + i); });
+            });
         }
+        ahead = kMixedPrefetchBytes / 4 / std::max<std::size_t>(streams, 1);
     }
     template <class V, std::size_t K>
-    FUSEDOPT_INLINE V load(V v, Slot<K>, std::size_t i) const {
-        V out;
-        with_storage(K, [&](const auto& s) { out = s.load(v, i); });
-        return out;
-    }
+    FUSEDOPT_INLINE V load(V, Slot<K>, std::size_t i) const { return V::load(p[K] + i); }
     template <std::size_t K, class V>
-    FUSEDOPT_INLINE void store(Slot<K>, V x, std::size_t i) const {
-        with_storage(K, [&](const auto& s) { s.store(x, i); });
-        if constexpr (K == 0) {
-            if (m.copy == nullptr) return;
-            if (m.copy_dtype == kBFloat16) HalfCopy<false>(m, b).store(x, i);
-            else HalfCopy<true>(m, b).store(x, i);
-        }
-    }
+    FUSEDOPT_INLINE void store(Slot<K>, V x, std::size_t i) const { x.store(p[K] + i); }
     template <std::size_t K>
     FUSEDOPT_INLINE void prefetch(Slot<K>, std::size_t i) const {
-        if (m.dtype[K] == kFloat32) Float32(m, K, b).prefetch<kMixedPrefetchBytes / 4>(i);
+        if (streamed[K]) FUSEDOPT_ISA_NS::prefetch(p[K] + i, static_cast<std::ptrdiff_t>(ahead));
     }
     std::size_t head() const { return 0; }
     static constexpr bool kUnscalesGrads = false;  // after the block's loop (unscale_block)
-    void finish(const MixedChunk&, const BlockAt&, std::size_t n) const {
-        for (std::size_t k = 0; k < NARRAYS; ++k)
-            if (k != 1 && m.data[k] != nullptr) with_storage(k, [&](const auto& s) { s.finish(m, k, b, n); });
+    void finish(const MixedChunk& m, const BlockAt& b, std::size_t n) const {
+        for (std::size_t k = 0; k < NARRAYS; ++k) {
+            if (k == 1 || m.data[k] == nullptr || streamed[k]) continue;
+            if (m.dtype[k] == kQuant8Signed || m.dtype[k] == kQuant8Unsigned) {
+                std::uint8_t* codes = element<std::uint8_t>(m, k, b.lo);
+                float& scale = m.scales[k][b.lo / kStage];
+                scale = m.dtype[k] == kQuant8Signed ? encode_block<true>(p[k], codes, n) : encode_block<false>(p[k], codes, n);
+                continue;
+            }
+            const float* const in = p[k];
+            with_storage(m, k, b, [&](const auto& s) {
+                for_each_lane<float>(n, [&](auto v, std::size_t i) { s.store(decltype(v)::load(in + i), i); });
+            });
+        }
+        if (m.copy == nullptr) return;
+        const float* const params = p[0];
+        auto narrow = [&](const auto& copy) {
+            for_each_lane<float>(n, [&](auto v, std::size_t i) { copy.store(decltype(v)::load(params + i), i); });
+        };
+        if (m.copy_dtype == kBFloat16) narrow(HalfCopy<false>(m, b));
+        else narrow(HalfCopy<true>(m, b));
     }
 };
 
@@ -609,7 +640,7 @@ alignas(64) constexpr float kZeros[kStage] = {};
 // in their dtype (16-bit ones rounded to nearest even), as the all-T loops store them
 template <std::size_t NARRAYS>
 void unscale_block(double unscale, const MixedChunk& m, const BlockAt& b, std::size_t n) {
-    Dynamic<NARRAYS>(m, b).with_storage(1, [&](const auto& grads) {
+    with_storage(m, 1, b, [&](const auto& grads) {
         for_each_lane<float>(n, [&](auto v, std::size_t i) {
             using V = decltype(v);
             grads.store(grads.load(V{}, i) * V(static_cast<float>(unscale)), i);
@@ -617,7 +648,7 @@ void unscale_block(double unscale, const MixedChunk& m, const BlockAt& b, std::s
     });
 }
 
-// The blocks of a chunk, each updated through an accessor A (Fixed or Dynamic).
+// The blocks of a chunk, each updated through an accessor A (Fixed or Staged).
 template <class Config, std::size_t NARRAYS, class Update, class A>
 void run_blocks(const Config& c, const MixedChunk& m) {
     alignas(64) float staged[2][NARRAYS][kStage];  // this block's, and the previous block's pending
@@ -637,6 +668,7 @@ void run_blocks(const Config& c, const MixedChunk& m) {
             if (m.data[k] != nullptr && m.dtype[k] != kFloat32) prefetch_elements(m.data[k], m.dtype[k], from, to);
         if (m.copy) prefetch_elements(m.copy, m.copy_dtype, from, to);
         b.lo = lo;
+        b.n = len;
         b.staged = staged[block % 2];
         if (m.stochastic_rounding) {
             if (lo == 0 || (index & 0xFFFFFFFFu) == 0)  // a new run of 2^32 elements (block_length)
@@ -659,32 +691,12 @@ void run_blocks(const Config& c, const MixedChunk& m) {
 // classes' default for bf16 params), fp32 master params with bf16 grads and copy and 8-bit
 // or bf16 state, fp32 master params and state with float16 grads and copy, fp32 params with bf16
 // state, bf16 params rounded stochastically with float32 state, fp32 params and state with bf16
-// or float16 grads, float16 params with float32 state.
-// Through Dynamic those ran at about half the speed (AdamW, 16M elements, 1 thread, Zen 5, best
-// of 7 interleaved, ms): bf16 params and state 9.62 -> 4.67-5.16, bf16 + 8-bit 13.08 ->
-// 6.39-6.54, master + 8-bit 14.26 -> 6.97, fp32 + bf16 state 10.12 -> 5.41, bf16 params + fp32
-// state 10.39 -> 6.33 (fp32 params and state: 7.8-8.1). So did every mixed Adagrad and RMSprop
-// call, which had no combination of their own (best of 5 shuffled in 3 alternating processes,
-// ms): Adagrad fp32 + 8-bit 8.09 -> 3.99, fp32 + bf16 state 6.78 -> 4.49, bf16 6.96 -> 2.94,
-// bf16 (SR) + 8-bit 9.04 -> 4.28; RMSprop fp32 + 8-bit 9.13 -> 4.43, bf16 7.80 -> 3.68, bf16
-// (SR) + 8-bit 10.01 -> 5.36. The combinations added then doubled the build time of this file
-// (18.7 -> 39 s, all ISAs on 2 cores). Since, fp32 master params with bf16 grads, copy and state
-// (the classes' master_weights=True, state_dtype="bfloat16"), which through Dynamic ran slower
-// than with float32 state (AdamW 4M elements, 1 thread, best of 7 in 3 alternating processes:
-// 3.26-3.46 ms against 1.98-2.20): now 1.52-1.74; SGD momentum 2.40-3.03 -> 1.26-1.39, Adagrad
-// 2.27-2.29 -> 1.30-1.82, RMSprop with momentum 3.58-3.67 -> 1.73-2.69. And float16's classic
-// recipe, fp32 master params and state with float16 grads (loss-scaled: grad_scale) and copy
-// (the classes' master_weights=True on float16 params): AdamW 4M 3.06-4.73 -> 1.83-1.95 ms, SGD
-// 2.11-3.57 -> 1.26-1.44, Adagrad 2.02-3.24 -> 1.19-1.41, RMSprop 2.23-3.63 -> 1.27-1.56 (3
-// alternating processes, best of 7). And fp32 params and state with 16-bit grads and no copy
-// (grads of a low-precision backward), and float16 params updated in place with fp32 state (the
-// classes' default for float16 params), which through Dynamic ran slower than all-fp32, which
-// moves more bytes (AdamW, 16M, 1 thread, best of 7 in 2 alternating processes, ms; all-fp32
-// 8.1-9.0): bf16 grads 11.5-11.7 -> 7.7, float16 grads 11.4-11.7 -> 7.6-8.5, float16 params
-// 10.9 -> 6.4-6.5; SGD momentum 8.2-8.4 -> 5.2-5.3, 7.8-7.9 -> 4.2-4.7 (all-fp32 6.1-6.4).
-// Those three cost this file's build 57 -> 67 s (4 ISAs on 2 cores; 95 -> 113 s of CPU).
-// Rarer ones (float16 with bf16 or 8-bit state, fp32 params with 16-bit grads and bf16 state,
-// ...) stay Dynamic (AdamW 16M: 10-13 ms).
+// or float16 grads, float16 params with float32 state. Each ran at about half this speed through
+// a branch per vector per array (AdamW, 16M elements, 1 thread, Zen 5, ms: bf16 params and state
+// 9.6 -> 4.7-5.2, bf16 + 8-bit 13.1 -> 6.4-6.5, fp32 + 8-bit 8.1 -> 4.0 for Adagrad; each
+// addition's measurements are in docs/history.md), and 1.1-2.2x faster than Staged in cache
+// (64K elements, AdamW and SGD, 1 thread, 2 alternating processes), which runs the rest. The
+// list costs build time: this file 19 -> 67 s (4 ISAs on 2 cores) from the first entry to these.
 // SIGNED2: whether slot 2's 8-bit state is signed (Adam's exp_avg, SGD's momentum_buffer; the
 // slots after it, exp_avg_sq and max_exp_avg_sq, unsigned) or unsigned (Adagrad's state_sum,
 // RMSprop's square_avg; after it momentum_buffer, signed, and grad_avg, never 8-bit: centered
@@ -695,7 +707,7 @@ using FixedOf = std::conditional_t<NARRAYS == 3, Fixed<Copy, P, G, S2>, Fixed<Co
 template <class Config, std::size_t NARRAYS, class Update, class First, class... Rest>
 void run_first_fitting(const Config& c, const MixedChunk& m) {
     if constexpr (sizeof...(Rest) == 0) {
-        run_blocks<Config, NARRAYS, Update, First>(c, m);  // Dynamic, which fits all
+        run_blocks<Config, NARRAYS, Update, First>(c, m);  // Staged, which fits all
     } else {
         if (First::fits(m)) return run_blocks<Config, NARRAYS, Update, First>(c, m);
         run_first_fitting<Config, NARRAYS, Update, Rest...>(c, m);
@@ -724,7 +736,7 @@ void mixed(const Config& c, const MixedChunk& m) {
                       FixedOf<NARRAYS, NoCopy, Float32, BF16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, Float32, FP16, Float32, Float32>,
                       FixedOf<NARRAYS, NoCopy, FP16, FP16, Float32, Float32>,
-                      Dynamic<NARRAYS>>(c, m);
+                      Staged<NARRAYS>>(c, m);
 }
 
 // Runs an optimizer's loops over an accessor, for mixed

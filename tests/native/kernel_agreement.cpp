@@ -996,6 +996,7 @@ const Combo kCombos[] = {
     {"f32/bf16/q8+bf16", kFloat32, kBFloat16, kQuant8Signed, kBFloat16, false, 512},
     {"f32/f16/bf16+f16", kFloat32, kFloat16, kBFloat16, kFloat16, false, 0},
     {"bf16 sr/f32/f32+f16", kBFloat16, kFloat32, kFloat32, kFloat16, true, kNearWrap + 100},
+    {"f16/f16/q8", kFloat16, kFloat16, kQuant8Signed, kFloat64, false, 768},  // Staged, 8-bit
 };
 
 // A state array of an optimizer: its name, initial range and whether it is signed (8-bit code).
