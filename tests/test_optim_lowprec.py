@@ -451,6 +451,11 @@ BAD_LOADS = [
     ("quantized of another shape", lambda sd: edit(sd, 0, "exp_avg", fusedopt.quantized_zeros_like(np.zeros(5), True)),
      ValueError, "shape"),
     ("int state", lambda sd: edit(sd, 1, "exp_avg", np.zeros(300, np.int8)), TypeError, "dtype int8"),
+    # a QuantizedState whose scales were replaced after it was made, on the last param: the params
+    # before it would have been loaded already had it been found while copying
+    ("quantized with replaced scales", lambda sd: (setattr(sd["state"][2]["exp_avg"], "scales",
+                                                           np.zeros(3, np.float32)), sd)[1], ValueError,
+     r"state'\]\[2\]\['exp_avg'\]: scales has shape \(3,\)"),
     ("bad seed", lambda sd: (sd["param_groups"][1].__setitem__("seed", "x"), sd)[1], TypeError, "seed"),
 ]
 

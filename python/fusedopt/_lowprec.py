@@ -121,6 +121,11 @@ def _loaded_state(value: Any, kind: str, signed: bool, param: np.ndarray, where:
         got = f"an array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
         raise TypeError(f"{where} must be a numpy.ndarray (float32, float64 or bfloat16) or a fusedopt.QuantizedState, "
                         f"got {got}")
+    if source == "int8":
+        try:  # its parts as the constructor checks them (they may have been replaced or reshaped since)
+            QuantizedState(value.codes, value.scales, value.signed)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
     if value.shape != param.shape:
         raise ValueError(f"{where} has shape {value.shape} but its param has shape {param.shape}")
     if source == "int8" and value.signed != signed:
