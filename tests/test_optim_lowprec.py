@@ -11,6 +11,7 @@ pickle) continue bitwise, the conversions between state dtypes are fusedopt.quan
 dequantize / bfloat16 rounding exactly, and every bad combination is an error that changes nothing.
 """
 import copy
+import importlib.util
 import pickle
 
 import numpy as np
@@ -339,6 +340,34 @@ def test_checkpoint_state_in_fortran_order_converts_into_c_order(target):
         for value in state.values():
             assert not isinstance(value, np.ndarray) or value.flags.c_contiguous
     assert loaded.step(flat(make_grads(F32, 2)[1])) is True
+
+
+@pytest.mark.parametrize("source,target", [("float32", "bfloat16"), ("float32", "int8"), ("int8", "float32"),
+                                           ("bfloat16", "int8")])
+def test_checkpoint_of_a_0d_param_converts_into_0d_state(source, target):
+    """A 0-d param's converted state keeps its shape () (NumPy's ascontiguousarray makes 0-d
+    arrays 1-d, which the next step refused), here and through fusedopt.torch."""
+    def make(state_dtype, param):
+        return optim.Adam([param], lr=0.1, state_dtype=state_dtype, min_8bit_size=0)
+    opt = make(source, np.array(1.5, np.float32))
+    opt.step([np.array(0.5, np.float32)])
+    loaded = make(target, np.array(1.5, np.float32))
+    loaded.load_state_dict(opt.state_dict())
+    assert all(v.shape == () for k, v in next(iter(loaded.state.values())).items() if k != "step")
+    assert loaded.step([np.array(0.5, np.float32)]) is True
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    from fusedopt import torch as ft
+    p, q = torch.nn.Parameter(torch.tensor(1.5)), torch.nn.Parameter(torch.tensor(1.5))
+    opt = ft.Adam([p], lr=0.1, state_dtype=source, min_8bit_size=0)
+    p.grad = q.grad = torch.tensor(0.5)
+    opt.step()
+    loaded = ft.Adam([q], lr=0.1, state_dtype=target, min_8bit_size=0)
+    loaded.load_state_dict(opt.state_dict())
+    loaded.step()
+    assert all(v.shape == () for k, v in loaded.state[q].items() if not k.endswith("_scales"))
 
 
 def test_torch_style_fp32_checkpoint_into_int8_quantizes_exactly():

@@ -654,6 +654,17 @@ def test_options_fusedopt_cannot_honour_are_refused():
     with pytest.raises(ValueError, match="does not support capturable=True"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "capturable": True})
     assert len(opt.param_groups) == 1
+    # set on a group since, or from a torch.optim checkpoint: refused too, nothing written
+    p.grad = torch.ones(3)
+    opt.param_groups[0]["differentiable"] = True
+    with pytest.raises(ValueError, match="does not support differentiable=True"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3))
+    sd = torch.optim.Adam([p], lr=0.1, differentiable=True).state_dict()
+    opt = ft.Adam([p], lr=0.2)
+    with pytest.raises(ValueError, match=r"param_groups'\]\[0\]: .*does not support differentiable=True"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == 0.2 and not opt.param_groups[0]["differentiable"]
     # foreach / fused choose how torch computes a step; fusedopt's is fused either way
     for kwargs in (dict(foreach=True), dict(fused=True)):
         opt = ft.AdamW([p], **kwargs)
@@ -722,6 +733,36 @@ def test_sparse_grads_refused_where_torch_or_the_options_do_not_take_them():
         with pytest.raises(error, match=match):
             sparse_train(model, opt, 1)
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_a_sparse_group_torch_refuses_leaves_the_dense_groups_unwritten():
+    """torch's own step takes the sparse group before the fused calls write: when it refuses the
+    group (Adagrad's weight_decay with sparse grads), as torch.optim nothing is written."""
+    for module in (torch.optim, ft):
+        torch.manual_seed(0)
+        emb, dense = torch.nn.Embedding(10, 4, sparse=True), torch.nn.Parameter(torch.randn(8))
+        opt = module.Adagrad([{"params": emb.parameters(), "weight_decay": 0.1}, {"params": [dense]}], lr=0.1)
+        emb(torch.tensor([1, 2])).sum().backward()
+        dense.grad = torch.ones(8)
+        before = dense.detach().clone(), {k: v.clone() for k, v in opt.state[dense].items()}
+        with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse gradients"):
+            opt.step()
+        assert torch.equal(dense.detach(), before[0]), module.__name__
+        assert all(torch.equal(v, opt.state[dense][k]) for k, v in before[1].items()), module.__name__
+
+
+def test_a_param_shrunk_in_place_is_planned_again():
+    """p.data = p.data[:k] keeps the address and the strides: the step's cached plan must notice
+    the shape (as torch.optim steps it)."""
+    for module in (torch.optim, ft):
+        p = torch.nn.Parameter(torch.ones(10, 4))
+        opt = module.SGD([p], lr=0.1)
+        p.grad = torch.ones(10, 4)
+        opt.step()
+        p.data = p.data[:5]
+        p.grad = torch.ones(5, 4)
+        opt.step()
+        assert torch.allclose(p.detach(), torch.full((5, 4), 0.8)), module.__name__
 
 
 def test_a_param_that_is_not_dense_is_refused_in_torchs_terms():

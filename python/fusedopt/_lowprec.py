@@ -137,7 +137,9 @@ def _loaded_state(value: Any, kind: str, signed: bool, param: np.ndarray, where:
         raise ValueError(f"{where} has dtype {source} but this optimizer keeps it in {kind} for its param of dtype "
                          f"{param.dtype}; only float32, bfloat16 and int8 state convert into each other")
     # C order, whatever the source's (NumPy's conversions keep it): the kernels update state in place
+    # (reshaped: ascontiguousarray makes a 0-d array 1-d)
     floats = np.ascontiguousarray(value.dequantize() if source == "int8" else np.asarray(value, np.float32))
+    floats = floats.reshape(value.shape)
     if kind == "float32":
         return floats if floats is not value else floats.copy()
     if kind == "bfloat16":

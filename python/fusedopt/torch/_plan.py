@@ -14,6 +14,7 @@ from ..lowbit import QuantizedState
 
 _data_ptr = torch.Tensor.data_ptr
 _stride = torch.Tensor.stride
+_shape = operator.attrgetter("shape")
 
 
 class _Call(NamedTuple):
@@ -28,10 +29,10 @@ class _Call(NamedTuple):
 
 class _Plan:
     """What the step of one param group needs besides the grads, valid while the group has the
-    same params with a grad, at the same addresses and in the same layouts, with the same state
+    same params with a grad, at the same addresses, of the same shapes and layouts, with the same state
     dicts and tensors on the same memory, and step counts (see holds)."""
     __slots__ = ("calls", "counted", "first_step", "group", "group_params", "new_state", "orders", "params",
-                 "present", "ptrs", "state", "state_dicts", "state_keys", "step_counts", "steps", "strides",
+                 "present", "ptrs", "shapes", "state", "state_dicts", "state_keys", "step_counts", "steps", "strides",
                  "structure", "structure_of", "structure_values", "taken", "watched_dicts", "watched_keys",
                  "watched_ptrs", "watched_tensors")
 
@@ -46,6 +47,7 @@ class _Plan:
         self.params: list[torch.Tensor] = []          # the params with a grad
         self.ptrs: list[int] = []
         self.strides: list[tuple[int, ...]] = []      # their layouts (a param's memory order is its views')
+        self.shapes: list[torch.Size] = []            # (p.data = p.data[:k] keeps the address and strides)
         self.orders: list[tuple[int, ...] | None] | None = None  # their memory orders (None: all C-contiguous)
         self.state_dicts: list[dict[str, Any] | None] = []  # their state dicts (None: none yet)
         self.state_keys: list[Any] = []               # the optimizer's state dict's keys and values at build time
@@ -76,6 +78,7 @@ class _Plan:
                 and all(map(operator.is_, group["params"], self.group_params))
                 and list(map(_data_ptr, self.params)) == self.ptrs
                 and list(map(_stride, self.params)) == self.strides
+                and list(map(_shape, self.params)) == self.shapes
                 and len(state) * 2 == len(self.state_keys)
                 and all(map(operator.is_, chain(state, state.values()), self.state_keys))
                 and all(map(operator.is_, map(dict.get, self.watched_dicts, self.watched_keys),

@@ -177,6 +177,16 @@ class _FusedStep(torch.optim.Optimizer):
     # sparse=True)), which the dense kernels do not: SGD's and Adagrad's (torch's others refuse them)
     _sparse_step_class: ClassVar[type[torch.optim.Optimizer] | None] = None
 
+    def _unsupported_problem(self, group: dict[str, Any]) -> str | None:
+        """Why this optimizer cannot step a group that sets an option of _unsupported, or None
+        (checked as a group is added, loaded, and at each step: a group may set it later)."""
+        for option in self._unsupported:
+            if group.get(option):
+                return (f"fusedopt.torch.{type(self).__name__} does not support {option}=True (its step writes the "
+                        "tensors' memory outside autograd and CUDA graphs); use "
+                        f"torch.optim.{type(self).__name__} for it")
+        return None
+
     # ---- per class ----------------------------------------------------------------------------
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -371,12 +381,10 @@ class _FusedStep(torch.optim.Optimizer):
         group = self.param_groups[-1]
         for key in _OPTIONS:
             group.pop(key, None)  # copied from self.defaults by torch: the optimizer's, not the group's
-        for option in self._unsupported:
-            if group.get(option):
-                self.param_groups.pop()
-                raise ValueError(f"fusedopt.torch.{type(self).__name__} does not support {option}=True "
-                                 "(its step writes the tensors' memory outside autograd and CUDA graphs); "
-                                 f"use torch.optim.{type(self).__name__} for it")
+        problem = self._unsupported_problem(group)
+        if problem:
+            self.param_groups.pop()
+            raise ValueError(problem)
         problem = _hyperparameter_problem(group, options)
         if problem:
             self.param_groups.pop()
@@ -426,7 +434,7 @@ class _FusedStep(torch.optim.Optimizer):
             return
         options, _ = self._low_precision()
         for k, saved in enumerate(saved_groups):  # the groups' hyperparameters replace ours: add_param_group's check
-            problem = _hyperparameter_problem(saved, options)
+            problem = self._unsupported_problem(saved) or _hyperparameter_problem(saved, options)
             if problem:
                 raise ValueError(f"fusedopt.torch.{type(self).__name__}: state_dict['param_groups'][{k}]: {problem}")
         saved_ids = [i for saved in saved_groups for i in saved["params"]]
@@ -501,6 +509,8 @@ class _FusedStep(torch.optim.Optimizer):
         # Tensor.numpy() costs ~38 us then (0.6 warm), each further one ~2.5; the first
         # data_ptr() or .grad ~8-13 us (median of 300, 2-core Sapphire Rapids)
         for group in self.param_groups:
+            if any(map(group.get, self._unsupported)):  # set since the group was added
+                raise ValueError(self._unsupported_problem(group))
             grads = list(map(_get_grad, group["params"]))
             present = list(map(operator.is_not, grads, repeat(None)))
             plan = plans.get(id(group))
@@ -537,6 +547,8 @@ class _FusedStep(torch.optim.Optimizer):
         unscale = {} if scale is None else {"grad_scale": scale, "unscale_grads": True}
         if calls > 1:
             self._check_calls(steps, scale is not None)
+        if sparse_groups:  # before the fused calls write anything: torch's step may refuse its groups
+            self._sparse_step(sparse_groups, scale)
         update = type(self)._update
         for plan, views, hyperparameters in steps:
             for call in plan.calls:
@@ -562,8 +574,6 @@ class _FusedStep(torch.optim.Optimizer):
                 for p, new in plan.new_state:
                     self.state[p].update(new)
                 del plans[id(plan.group)]  # the next step plans with the kept state
-        if sparse_groups:
-            self._sparse_step(sparse_groups, scale)
         return loss
 
     # ---- param groups with a sparse grad: torch's own step ---------------------------------------
@@ -579,7 +589,7 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _sparse_step(self, groups: list[dict[str, Any]], scale: float | None) -> None:
         """torch's own step (self._sparse_step_class's) over the param groups that have a sparse
-        grad, after the fused calls: torch's numbers and state (a sparse momentum buffer) for them.
+        grad, before the fused calls: torch's numbers and state (a sparse momentum buffer) for them.
         Under GradScaler their grads are unscaled first, as its unscale_ would have (the scaler
         left that to this optimizer), and torch's step sees no grad_scale: its non-fused code
         takes none."""
@@ -656,6 +666,7 @@ class _FusedStep(torch.optim.Optimizer):
             plan.params.append(p)
             plan.ptrs.append(p.data_ptr())
             plan.strides.append(p.stride())
+            plan.shapes.append(p.shape)
             for spec in specs:
                 if spec.name not in new:
                     for entry in (spec.name, spec.name + _CODES, spec.name + _SCALES):  # float or 8-bit
