@@ -382,7 +382,7 @@ def test_all_finite_grad_scale_is_checked():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.uint8])
 @pytest.mark.parametrize("in_line", [0, 16, 40])
 def test_zeros_like_takes_its_params_place_in_a_cache_line(shape, dtype, in_line):
-    # The update kernels start their vectors on the param's first cache line (optim.cpp,
+    # The update kernels start their vectors on the param's first cache line (optim_loops.h,
     # Plain::head): state of the param's dtype sits at the param's offset within a line, so its
     # vectors are on lines too; state of another dtype starts on a line. Big arrays take their
     # own offsets (multiples of 64) within a huge page on top.

@@ -749,6 +749,16 @@ def test_a_sparse_group_torch_refuses_leaves_the_dense_groups_unwritten():
             opt.step()
         assert torch.equal(dense.detach(), before[0]), module.__name__
         assert all(torch.equal(v, opt.state[dense][k]) for k, v in before[1].items()), module.__name__
+    # and a dense group the kernels refuse (a negative lr set later) leaves the sparse one unwritten
+    emb, dense = torch.nn.Embedding(10, 4, sparse=True), torch.nn.Parameter(torch.randn(8))
+    opt = ft.Adagrad([{"params": emb.parameters()}, {"params": [dense]}], lr=0.1)
+    emb(torch.tensor([1, 2])).sum().backward()
+    dense.grad = torch.ones(8)
+    opt.param_groups[1]["lr"] = -1.0
+    before = emb.weight.detach().clone()
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    assert torch.equal(emb.weight.detach(), before)
 
 
 def test_a_param_shrunk_in_place_is_planned_again():

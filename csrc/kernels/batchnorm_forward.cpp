@@ -160,7 +160,7 @@ void forward_statistics(const Plan& p, const T* x, std::size_t t, std::size_t b0
 // (|mean - mean_hi| <= half an ulp of the mean) goes into shift: no cancellation even when
 // |mean| >> std. mean - mean_hi is taken from the moments' shift + mean_d, not from the mean
 // rounded to double: for double data mean_hi is that rounded mean, and the residue what it
-// left out (float64, mean 1e9, std 1: y within 2e-16 of the exact value, not 6e-8).
+// left out (float64, mean 1e9, std 1, (128, 3, 14, 14): y within 2e-15 of the exact value, not 5e-8).
 // (A function of T only, one copy for every layout and option: the per-channel loops'
 // branches on the optional arrays would otherwise be compiled into every copy of the pass.)
 template <class T>

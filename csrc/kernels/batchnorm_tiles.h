@@ -884,7 +884,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
 // as shift + mean_d, the shift of the set's first block (a value of the data's type near the
 // mean) and the mean of the deviations from it, added only when the mean is read: merging blocks
 // by their rounded means lost the low bits of the blocks' mean differences (float64 data of mean
-// 1e9, std 1, (128, 3, 14, 14): invstd 1.8e-10 off, relative; now 3e-16, as the NumPy reference).
+// 1e9, std 1, (128, 3, 14, 14): invstd 1.8e-10 off, relative; now 2e-16).
 struct Moments {
     double n = 0.0, shift = 0.0, mean_d = 0.0, m2 = 0.0;
     double mean() const { return shift + mean_d; }
@@ -893,10 +893,13 @@ struct Moments {
 //   delta = mean_b - mean_a = (shift_b - shift_a) + (mean_d_b - mean_d_a)
 //   mean = mean_a + delta * n_b / n         (shift_a + (mean_d_a + delta * n_b / n))
 //   m2 = m2_a + m2_b + delta^2 * n_a * n_b / n
-// (shift_b - shift_a is exact: two values of one sign within a factor 2 of each other, or small.)
+// (shift_b - shift_a is exact (Sterbenz) where the shifts are within a factor 2 of each other,
+// the case where it matters, |mean| >> std; otherwise its rounding is small beside the spread.)
 // ratio = n_b / n and cross = n_a * n_b / n are passed in: the channels of a tile share their
 // counts, so a block merge computes them once for all channels. With n_a == 0 the result is b,
-// returned as it is (the formula gives b's bits too).
+// returned as it is: the formula would fold b's shift and mean_d into one rounded mean (and
+// delta^2 overflows for |mean_b| above ~1.3e154, float64, where inf * 0 made a constant
+// channel's variance NaN).
 // (A mean of +-inf, from an inf in the set, stays +-inf, as sum(x) / n does: the formula's
 // inf - inf would make it NaN. Then m2 is NaN, and so the variance, as torch has them.)
 inline Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {

@@ -1,6 +1,6 @@
 // Per-call scalars of each optimizer, computed once per call in double (bindings.cpp) and
 // cast to the array dtype by the kernel. ISA-independent: dispatch.h and every ISA copy of
-// optim.cpp share these definitions.
+// the optimizer kernels share these definitions.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -58,7 +58,7 @@ struct AdamConfig {
 // kQuant8*: 8-bit blockwise state (kernels/quantize.h): one byte per element and one float32
 // scale per block of kQuantBlockSize elements, signed or unsigned code.
 enum DType { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3, kQuant8Signed = 4, kQuant8Unsigned = 5 };
-constexpr std::size_t kQuantBlockSize = 256;  // = kQuantBlock of quantize.h (static_assert in optim.cpp)
+constexpr std::size_t kQuantBlockSize = 256;  // = kQuantBlock of quantize.h (static_assert in mixed.cpp)
 
 // Stochastic rounding of bfloat16 params: the random bits of element i of tensor t at a step
 // come from a counter-based generator keyed by (seed, step, t, i >> 32) and counted by i's

@@ -121,7 +121,7 @@ double sum_abs_pow(const void* px, std::size_t n, double p) {
 
 // x = x * factor
 // (scale and clamp start their vectors on x's first cache line, as the optimizers do theirs on
-// the param's, see optim.cpp, Plain::head. Measured, 1 thread, avx512 (AMD EPYC Zen 5), a NumPy
+// the param's, see optim_loops.h, Plain::head. Measured, 1 thread, avx512 (AMD EPYC Zen 5), a NumPy
 // grad 16 or 48 bytes into a line, interleaved with vectors from element 0: clip_grad_value_ 64K
 // 2.4 -> 1.7 us, 16M 1.99 -> 1.56 ms; clip_grad_norm_ (its scale pass) 64K 4.7 -> 4.0 us, 16M
 // 3.53 -> 3.14 ms; 256K and 1M 1.00-1.05x.)

@@ -29,7 +29,7 @@ FUSEDOPT_INLINE V read_sum(void* const* a, std::size_t i) {
 // The array counts are template parameters so the inner loops unroll as the kernels' do.
 // STREAM: the write-only array's whole cache lines by non-temporal stores, as batch norm's (batchnorm_tiles.h)
 // apply_block writes large outputs (aligned vectors; ordinary stores up to the first line).
-// Otherwise the vectors start on the first array's cache line, as the optimizers' (optim.cpp,
+// Otherwise the vectors start on the first array's cache line, as the optimizers' (optim_loops.h,
 // Plain::head): a vector that straddles two lines costs two accesses.
 template <class T, int RW, int RO, int WO, bool STREAM>
 void stream_loop(void* const* a, std::size_t n) {

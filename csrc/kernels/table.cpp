@@ -5,6 +5,7 @@ namespace fusedopt {
 namespace FUSEDOPT_ISA_NS {
 
 void register_optim(KernelTable&);
+void register_mixed(KernelTable&);
 void register_batchnorm(KernelTable&);
 void register_stream(KernelTable&);
 void register_reduce(KernelTable&);
@@ -12,6 +13,7 @@ void register_quantize(KernelTable&);
 
 void fill_table(KernelTable& t) {
     register_optim(t);
+    register_mixed(t);
     register_batchnorm(t);
     register_stream(t);
     register_reduce(t);

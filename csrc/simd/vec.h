@@ -7,7 +7,7 @@
 #include <cstdint>
 
 // For a per-vector helper that must inline into its loop: with several in one loop body, GCC's
-// size heuristics otherwise leave a call per vector (measured in optim.cpp's mixed loops).
+// size heuristics otherwise leave a call per vector (measured in mixed.cpp's loops).
 #if defined(__GNUC__)
 #define FUSEDOPT_INLINE inline __attribute__((always_inline))
 #elif defined(_MSC_VER)

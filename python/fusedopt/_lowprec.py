@@ -137,11 +137,11 @@ def _loaded_state(value: Any, kind: str, signed: bool, param: np.ndarray, where:
         raise ValueError(f"{where} has dtype {source} but this optimizer keeps it in {kind} for its param of dtype "
                          f"{param.dtype}; only float32, bfloat16 and int8 state convert into each other")
     # C order, whatever the source's (NumPy's conversions keep it): the kernels update state in place
-    # (reshaped: ascontiguousarray makes a 0-d array 1-d)
-    floats = np.ascontiguousarray(value.dequantize() if source == "int8" else np.asarray(value, np.float32))
-    floats = floats.reshape(value.shape)
+    # (np.asarray keeps a 0-d array 0-d, where ascontiguousarray made it 1-d); a new array: the
+    # source is of another kind
+    floats = np.asarray(value.dequantize() if source == "int8" else value, np.float32, order="C")
     if kind == "float32":
-        return floats if floats is not value else floats.copy()
+        return floats
     if kind == "bfloat16":
         return floats.astype(_bfloat16())  # ml_dtypes rounds to nearest even, as the kernels
     try:

@@ -314,7 +314,7 @@ def clip_grad_value_(grads: Arrays, clip_value: float) -> None:
 
 # Where state arrays go. Each starts at its param's offset within a 64-byte cache line: the
 # update kernels do the elements before the param's first line one at a time and run their
-# vectors from there (optim.cpp, Plain::head), so a vector load or store never straddles two
+# vectors from there (optim_loops.h, Plain::head), so a vector load or store never straddles two
 # lines of the param or of its state. (NumPy arrays start 16 bytes into a line, and np.full_like
 # state anywhere in one.) Measured, a NumPy user's optim step before and after (state placed by
 # np.full_like, vectors from element 0), both builds in one process, best of 15 interleaved, 1

@@ -509,7 +509,7 @@ class _FusedStep(torch.optim.Optimizer):
         # Tensor.numpy() costs ~38 us then (0.6 warm), each further one ~2.5; the first
         # data_ptr() or .grad ~8-13 us (median of 300, 2-core Sapphire Rapids)
         for group in self.param_groups:
-            if any(map(group.get, self._unsupported)):  # set since the group was added
+            if any(map(group.get, self._unsupported)):  # set since the group was added (_unsupported_problem's test)
                 raise ValueError(self._unsupported_problem(group))
             grads = list(map(_get_grad, group["params"]))
             present = list(map(operator.is_not, grads, repeat(None)))
@@ -545,7 +545,7 @@ class _FusedStep(torch.optim.Optimizer):
             return loss
         scale = None if grad_scale is None else float(grad_scale)
         unscale = {} if scale is None else {"grad_scale": scale, "unscale_grads": True}
-        if calls > 1:
+        if calls > 1 or (calls and sparse_groups):  # (one call checks itself, but torch's sparse step comes first)
             self._check_calls(steps, scale is not None)
         if sparse_groups:  # before the fused calls write anything: torch's step may refuse its groups
             self._sparse_step(sparse_groups, scale)
