@@ -904,9 +904,9 @@ struct Moments {
 // inf - inf would make it NaN. Then m2 is NaN, and so the variance, as torch has them.)
 inline Moments merge(const Moments& a, const Moments& b, double ratio, double cross) {
     if (a.n == 0.0) return b;
-    const double delta = (b.shift - a.shift) + (b.mean_d - a.mean_d);
+    const double delta = (b.shift - a.shift) + (b.mean_d - a.mean_d);  // not finite: a mean is not
     const double m2 = a.m2 + b.m2 + delta * delta * cross;
-    if (!std::isfinite(a.mean()) || !std::isfinite(b.mean())) return {a.n + b.n, a.mean() + b.mean(), 0.0, m2};
+    if (!std::isfinite(delta)) return {a.n + b.n, a.mean() + b.mean(), 0.0, m2};
     return {a.n + b.n, a.shift, a.mean_d + delta * ratio, m2};
 }
 inline Moments merge(const Moments& a, const Moments& b) {
