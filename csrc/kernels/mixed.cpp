@@ -161,6 +161,7 @@ struct BFloat16Stochastic {
 // leave the vector ports idle that the encoding needs (below)
 template <bool SIGNED>
 struct Quant8 {
+    static constexpr bool kSigned = SIGNED;
     std::uint8_t* codes;
     float scale;
     float* staged;
@@ -198,6 +199,11 @@ struct Quant8 {
         return m.dtype[k] == (SIGNED ? kQuant8Signed : kQuant8Unsigned);
     }
 };
+
+template <class S>
+constexpr bool kIsQuant8 = false;
+template <bool SIGNED>
+constexpr bool kIsQuant8<Quant8<SIGNED>> = true;
 
 // The param copy beside fp32 master params: none, bfloat16 or float16 (to nearest even)
 struct NoCopy {
@@ -316,15 +322,13 @@ struct Staged {
         for (std::size_t k = 0; k < NARRAYS; ++k) {
             if (k == 1 || m.data[k] == nullptr || streamed[k]) continue;
             const float* const in = p[k];
-            std::uint8_t* const codes = element<std::uint8_t>(m, k, b.lo);  // (8-bit state)
-            switch (m.dtype[k]) {
-                case kQuant8Signed: m.scales[k][b.lo / kStage] = encode_block<true>(in, codes, b.n); break;
-                case kQuant8Unsigned: m.scales[k][b.lo / kStage] = encode_block<false>(in, codes, b.n); break;
-                case kFloat16: narrow(Half<true>(m, k, b), in, b.n); break;
-                default:
-                    if (k == 0 && m.stochastic_rounding) narrow(BFloat16Stochastic(m, k, b), in, b.n);
-                    else narrow(Half<false>(m, k, b), in, b.n);
-            }
+            with_storage(m, k, b, [&](const auto& s) {
+                using S = std::decay_t<decltype(s)>;
+                if constexpr (kIsQuant8<S>)
+                    m.scales[k][b.lo / kStage] = encode_block<S::kSigned>(in, s.codes, b.n);
+                else
+                    narrow(s, in, b.n);
+            });
         }
         if (m.copy == nullptr) return;
         if (m.copy_dtype == kBFloat16) narrow(HalfCopy<false>(m, b), p[0], b.n);
