@@ -159,7 +159,7 @@ void backward(const BatchNormBackwardArgs& args, const Plan& p) {
         const std::ptrdiff_t next_tile = p.next_tile_distance(t, need_sums);
         for (std::size_t kb = b0; kb < b1; ++kb) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - kb : kb;
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, last_first, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean, next_tile](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), dx, stream, backward, [dy, x, relu_output, mask, training, a_v, k_v, c_v, mean, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 if (next_tile) prefetch_inputs<MASK>(dy, x, relu_output, mask, i, next_tile);
                 V g = masked_grad<MASK, V>(dy, relu_output, mask, i);

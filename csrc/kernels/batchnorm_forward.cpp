@@ -262,7 +262,7 @@ void forward(const BatchNormForwardArgs& args, const Plan& p) {
         const std::ptrdiff_t next_tile = p.next_tile_distance(t, args.training);
         for (std::size_t k = b0; k < b1; ++k) {
             const std::size_t bi = last_first ? b0 + b1 - 1 - k : k;
-            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, last_first, [x, m, sc, sh, floor, next_tile](auto v, std::size_t i, std::size_t col) {
+            apply_block<T, Layout::kPerColumn>(p, t, p.block(t, bi), y, stream, backward, [x, m, sc, sh, floor, next_tile](auto v, std::size_t i, std::size_t col) {
                 using V = decltype(v);
                 if (next_tile) prefetch(x + i, next_tile);
                 V out = fmadd(V::load(x + i) - m.at(v, col), sc.at(v, col), sh.at(v, col));

@@ -521,18 +521,20 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
 }
 
 // out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
-// is i's column within the tile, for per-column values), one row at a time, in increasing i or
-// (backward, see store_backward) decreasing i within a row. last_first (a statistics pass has
-// just read the blocks first to last): the caller takes its blocks, and this their rows, last
-// to first, so that what that pass read last, still in L2, is read again before
-// the misses of this pass evict it (measured, 1 thread, with kMinColumnBlockRows 256: (256,
-// 1024) backward, x, dy and dx 3 MB, 201-209 us first to last, 188-191 last to first; without
-// a statistics pass first to last is faster: (32, 14, 14, 256) channels-last eval backward
-// 508-522 -> 565-574 us last to first). stream: whole cache lines are written with
-// non-temporal stores (aligned vectors), the partial lines at either end of a run with
-// ordinary ones: a line written both ways would flush the write-combining buffer on every
-// store, about ten times slower. So that short rows do not leave partial lines everywhere, a
-// streamed block of whole rows (contiguous) is done as one run, its columns wrapping back to
+// is i's column within the tile, for per-column values), one row at a time, rows in increasing
+// order, i increasing or (backward, see store_backward) decreasing within a row. (After a
+// statistics pass the callers take the blocks last to first, so that what that pass read last,
+// still in L2, is read again before this pass's misses evict it; measured, 1 thread: (256,
+// 1024) backward, x, dy and dx 3 MB, 201-209 us first to last, 188-191 last to first. Within a
+// block the rows go first to last, even so: the block is in L2 or not as a whole, and rows
+// taken last to first were streams the hardware prefetchers followed badly, measured, 1
+// thread, Zen 5, ABBA, best of 15 in 4-6 processes of each, us: channels-last (32, 14, 14, 256)
+// forward 340 -> 273, backward 690 -> 522, (32, 56, 56, 64) forward 1713 -> 1529, backward
+// 2844 -> 2784; (32, 2048, 7, 7) 828 / 1304 -> 740 / 1225, planar shapes and (256, 1024)
+// within noise.) stream: whole cache lines are written with non-temporal stores (aligned
+// vectors), the partial lines at either end of a run with ordinary ones: a line written both
+// ways would flush the write-combining buffer on every store, about ten times slower. So that
+// short rows do not leave partial lines everywhere, a streamed block of whole rows (contiguous) is done as one run, its columns wrapping back to
 // the first at the end of each row (a vector may straddle two rows: per-column values are made
 // with wrap, see Columns::values); so is a block of short rows, whose scalar tails would
 // otherwise cost more than their vectors. Scalar<T> rounds as Vec<T> does, so the values are
@@ -555,7 +557,7 @@ bool wraps_rows(const Plan& p, bool stream) {
 // 1.00 -> 0.93 ms.)
 template <class T, bool PER_COLUMN, class Body>
 FUSEDOPT_INLINE void apply_block(const Plan& p, std::size_t t, const Block& b, T* out, bool stream, bool backward,
-                                 bool last_first, Body body) {
+                                 Body body) {
     constexpr std::size_t W = Vec<T>::size, kLine = kCacheLineBytes / sizeof(T);
     const std::size_t ncols = b.col_end - b.col_begin, rows = b.row_end - b.row_begin;
     const bool whole_rows = ncols == p.row_len && wraps_rows<T>(p, stream);
@@ -569,8 +571,7 @@ FUSEDOPT_INLINE void apply_block(const Plan& p, std::size_t t, const Block& b, T
         // 0.97-0.985x, eval 0.93-1.05x (within noise); (1, 512, 7, 7) forward 0.97x; the
         // larger shapes within +-1%)
         const std::size_t first = b.row_begin * p.row_len + p.tile_offset(t) + b.col_begin;
-        for (std::size_t k_run = 0; k_run < nruns; ++k_run) {
-            const std::size_t r = last_first ? nruns - 1 - k_run : k_run;
+        for (std::size_t r = 0; r < nruns; ++r) {
             std::size_t i = first + r * p.row_len, col = b.col_begin;
             const std::size_t end = i + run_len;
             auto step = [&](auto v) {
@@ -587,8 +588,7 @@ FUSEDOPT_INLINE void apply_block(const Plan& p, std::size_t t, const Block& b, T
         }
         return;
     }
-    for (std::size_t k_run = 0; k_run < nruns; ++k_run) {
-        const std::size_t r = last_first ? nruns - 1 - k_run : k_run;
+    for (std::size_t r = 0; r < nruns; ++r) {
         const std::size_t begin = (b.row_begin + r) * p.row_len + p.tile_offset(t) + b.col_begin, end = begin + run_len;
         // [begin, head) ordinary stores up to a line boundary, [head, lines) whole lines,
         // [lines, vectors) vectors, [vectors, end) one element at a time
@@ -868,7 +868,7 @@ void run_tiles(const Plan& p, Reduce&& reduce, Finish&& finish, Apply&& apply) {
         finish(p.channel_begin(t), p.tile_nchannels(t), first);
     }
     // The elementwise pass takes the groups last to first (and, after a statistics pass, each
-    // group's blocks and rows too, see apply_block): the reduction read them first to last, so
+    // group's blocks too, see apply_block): the reduction read them first to last, so
     // the last ones are still in L2/L3 (measured, 1 thread: (32, 56, 56, 64) channels-last
     // forward 6.6 -> 5.8 ms, (32, 14, 14, 256) backward 4.4 -> 3.8 ms). Its results do not
     // depend on the order.
