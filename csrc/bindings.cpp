@@ -69,44 +69,6 @@ struct Role {
 
 bool is_sequence(py::handle h) { return py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h); }
 
-// A byte range of an array, and which array it is.
-struct Span {
-    std::uintptr_t lo, hi;
-    std::size_t id;
-};
-
-// True when two of the spans share a byte (one sort by address). Any two arrays of an update
-// sharing a byte would make the result depend on the order of writes.
-bool any_overlap(std::vector<Span> spans) {
-    std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
-    for (std::size_t i = 1; i < spans.size(); ++i)
-        if (spans[i].lo < spans[i - 1].hi) return true;
-    return false;
-}
-
-// The ids of the first two spans, in the order given, that share a byte: the first span that
-// overlaps one before it, and the first of those. Naming the pair by the caller's order, not by
-// address, gives the same error on every run (an address-sorted pair differed under ASan's
-// allocator). Only an error pays for the search: the shortest overlapping prefix is found by
-// bisection, each probe one sort. (Spans are not empty: callers leave out empty arrays.)
-std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans) {
-    if (!any_overlap(spans)) return std::nullopt;
-    std::size_t lo = 1, hi = spans.size();  // the prefix of hi spans overlaps; of lo - 1 does not
-    while (lo < hi) {
-        const std::size_t mid = lo + (hi - lo) / 2;
-        if (any_overlap(std::vector<Span>(spans.begin(), spans.begin() + static_cast<std::ptrdiff_t>(mid)))) hi = mid;
-        else lo = mid + 1;
-    }
-    const Span& last = spans[hi - 1];
-    for (std::size_t i = 0; i + 1 < hi; ++i)
-        if (spans[i].lo < last.hi && last.lo < spans[i].hi) return std::make_pair(spans[i].id, last.id);
-    return std::nullopt;  // (not reached: the prefix of hi spans overlaps, that of hi - 1 does not)
-}
-
-Span span_of(const py::array& a, std::size_t id) {
-    const auto lo = reinterpret_cast<std::uintptr_t>(a.data());
-    return {lo, lo + static_cast<std::uintptr_t>(a.nbytes()), id};
-}
 
 // Checks every array of every role and returns the batch for the kernels. Roles not used get
 // null pointers. Throws TypeError / ValueError naming the argument. Holds a reference to every
@@ -282,8 +244,8 @@ Checked check_arrays(const std::vector<Role>& roles) {
                 out.batch.ptrs[slot] = const_cast<void*>(codes.data());
                 out.scales[slot] = static_cast<float*>(scales.mutable_data());
                 if (codes.size() > 0) {
-                    spans.push_back(span_of(codes, r * ntensors + t));
-                    spans.push_back(span_of(scales, r * ntensors + t));
+                    spans.push_back(span_of(codes, r * ntensors + t, true));
+                    spans.push_back(span_of(scales, r * ntensors + t, true));
                 }
                 out.arrays.push_back(std::move(h));  // and its arrays: the object's attributes may be rebound
                 out.arrays.push_back(std::move(codes));
@@ -327,7 +289,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
             const std::size_t n = static_cast<std::size_t>(a.size());
             out.batch.ptrs[slot] = ptr;
             if (r == 0) out.batch.sizes[t] = n;
-            if (n > 0) spans.push_back(span_of(a, r * ntensors + t));
+            if (n > 0) spans.push_back(span_of(a, r * ntensors + t, role.written));
         }
     }
     if (optimizer) out.dtype = ntensors > 0 ? out.dtypes[0] : kFloat32;
@@ -343,7 +305,8 @@ Checked check_arrays(const std::vector<Role>& roles) {
             return std::string(roles[id / ntensors].name) + (single ? "" : "[" + std::to_string(id % ntensors) + "]");
         };
         throw py::value_error(name(pair->first) + " and " + name(pair->second) +
-                              " overlap in memory; every array of a call must be distinct");
+                              " overlap in memory; an array that is written must not share memory with another "
+                              "array of the call");
     }
     return out;
 }
@@ -705,6 +668,46 @@ bool all_finite_(py::handle grads, std::optional<double> grad_scale) {
 }  // namespace
 
 namespace fusedopt {
+
+// ---- memory shared between the arrays of a call (checks.h) ----------------------------------
+
+// True when, among the first count spans, an array that is written shares a byte with another
+// (the result would depend on the order of reads and writes). One sort by address, then a
+// sweep: a span conflicts with one before it when it starts below the end of a written span
+// before it, or when it is written and starts below the end of any span before it.
+static bool any_conflict(const std::vector<Span>& spans, std::size_t count) {
+    std::vector<Span> sorted(spans.begin(), spans.begin() + static_cast<std::ptrdiff_t>(count));
+    std::sort(sorted.begin(), sorted.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
+    std::uintptr_t end = 0, written_end = 0;  // of the spans so far, of the written ones
+    for (const Span& s : sorted) {
+        if (s.lo < written_end || (s.written && s.lo < end)) return true;
+        end = std::max(end, s.hi);
+        if (s.written) written_end = std::max(written_end, s.hi);
+    }
+    return false;
+}
+
+// The ids of the first two spans, in the order given, that conflict (any_conflict): the first
+// span that conflicts with one before it, and the first of those. Naming the pair by the
+// caller's order, not by address, gives the same error on every run (an address-sorted pair
+// differed under ASan's allocator). Only an error pays for the search: the shortest conflicting
+// prefix is found by bisection, each probe one sort. (Spans are not empty: callers leave out
+// empty arrays.)
+std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans) {
+    if (!any_conflict(spans, spans.size())) return std::nullopt;
+    std::size_t lo = 1, hi = spans.size();  // the prefix of hi spans conflicts; of lo - 1 does not
+    while (lo < hi) {
+        const std::size_t mid = lo + (hi - lo) / 2;
+        if (any_conflict(spans, mid)) hi = mid;
+        else lo = mid + 1;
+    }
+    const Span& last = spans[hi - 1];
+    for (std::size_t i = 0; i + 1 < hi; ++i)
+        if (spans[i].lo < last.hi && last.lo < spans[i].hi && (spans[i].written || last.written))
+            return std::make_pair(spans[i].id, last.id);
+    return std::nullopt;  // (not reached: the prefix of hi spans conflicts, that of hi - 1 does not)
+}
+
 void bind_batchnorm(py::module_& m);  // bindings_batchnorm.cpp
 void bind_lowbit(py::module_& m);     // bindings_lowbit.cpp
 }
@@ -754,15 +757,17 @@ PYBIND11_MODULE(_core, m) {
     m.def("rmsprop", &rmsprop_);
     m.def("adam", &adam_);
     m.def("all_finite", &all_finite_);
-    m.def("overlapping", [](const py::list& arrays) {
+    m.def("overlapping", [](const py::list& arrays, const py::list& written) {
+        if (written.size() != arrays.size()) throw py::value_error("overlapping takes a written flag per array");
         std::vector<Span> spans;
         for (std::size_t i = 0; i < arrays.size(); ++i) {
             if (!py::isinstance<py::array>(arrays[i])) throw py::type_error("overlapping takes a list of numpy.ndarray");
             const auto a = py::reinterpret_borrow<py::array>(arrays[i]);
-            if (a.size() > 0) spans.push_back(span_of(a, i));
+            if (a.size() > 0) spans.push_back(span_of(a, i, written[i].cast<bool>()));
         }
         return overlapping(spans);
-    }, "(i, j): the indices of two of the arrays that share memory, or None (optim.py's checks across calls)");
+    }, "(i, j): the indices of two of the arrays that share memory, one of them written, or None (the "
+       "classes' checks across calls)");
     m.def("random_bits", [](unsigned long long seed, unsigned long long step, unsigned long long tensor,
                              unsigned long long offset, std::size_t n) {
         py::array_t<std::uint32_t> out(static_cast<py::ssize_t>(n));

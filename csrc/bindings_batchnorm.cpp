@@ -107,29 +107,22 @@ py::array like_x(py::handle h, const char* name, const py::array& x, bool writte
     return a;
 }
 
-// No array that is written may share a byte with any other array of the call (the result
-// would depend on the order of reads and writes).
+// No array that is written may share a byte with any other array of the call (checks.h).
 struct Named {
     const char* name;
     const py::array* array;
     bool written;
 };
 void check_no_overlap(const std::vector<Named>& arrays) {
-    auto range = [](const py::array& a) {
-        auto lo = reinterpret_cast<std::uintptr_t>(a.data());
-        return std::pair<std::uintptr_t, std::uintptr_t>(lo, lo + static_cast<std::uintptr_t>(a.nbytes()));
-    };
-    for (std::size_t i = 0; i < arrays.size(); ++i) {
-        if (!arrays[i].written || arrays[i].array->nbytes() == 0) continue;
-        const auto [lo, hi] = range(*arrays[i].array);
-        for (std::size_t j = 0; j < arrays.size(); ++j) {
-            if (j == i || arrays[j].array->nbytes() == 0) continue;
-            const auto [lo2, hi2] = range(*arrays[j].array);
-            if (lo < hi2 && lo2 < hi)
-                throw py::value_error(std::string(arrays[i].name) + " and " + arrays[j].name +
-                                      " overlap in memory; an array that is written must not share memory with "
-                                      "any other argument");
-        }
+    std::vector<Span> spans;
+    for (std::size_t i = 0; i < arrays.size(); ++i)
+        if (arrays[i].array->nbytes() > 0) spans.push_back(span_of(*arrays[i].array, i, arrays[i].written));
+    if (auto pair = overlapping(spans)) {
+        // the written one first: "out and dy overlap"
+        const auto [a, b] = arrays[pair->first].written ? *pair : std::make_pair(pair->second, pair->first);
+        throw py::value_error(std::string(arrays[a].name) + " and " + arrays[b].name +
+                              " overlap in memory; an array that is written must not share memory with any other "
+                              "argument");
     }
 }
 

@@ -4,9 +4,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dispatch.h"
 
@@ -134,6 +139,24 @@ void check_memory(const py::array& a, const Name& name, bool written) {
         throw py::value_error(name_of(name) + " is read-only but is written in place");
 }
 
+
+// ---- memory shared between the arrays of a call ------------------------------------------------
+
+// A byte range of an array, which array it is, and whether the call writes it.
+struct Span {
+    std::uintptr_t lo, hi;
+    std::size_t id;
+    bool written;
+};
+inline Span span_of(const py::array& a, std::size_t id, bool written) {
+    const auto lo = reinterpret_cast<std::uintptr_t>(a.data());
+    return {lo, lo + static_cast<std::uintptr_t>(a.nbytes()), id, written};
+}
+
+// The ids of the first two spans, in the order given, of which one is written and which share a
+// byte, or none (bindings.cpp). Arrays that are only read may share memory, as torch.optim lets
+// two params be given one grad tensor.
+std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans);
 
 }  // namespace fusedopt
 

@@ -349,6 +349,36 @@ def test_a_bad_scalar_argument_is_named(name, arg, kind):
     function(*arrays, **kwargs)  # and the call itself is valid
 
 
+# (update, its state arguments, its options)
+SHARED_GRAD_CASES = [
+    ("sgd_", ["momentum_buffers"], dict(lr=0.1, momentum=0.9)),
+    ("adagrad_", ["state_sums"], dict(lr=0.1, step=1)),
+    ("rmsprop_", ["square_avgs"], dict(lr=0.01)),
+    ("adamw_", ["exp_avgs", "exp_avg_sqs"], dict(lr=0.01, step=3)),
+]
+
+
+@pytest.mark.parametrize("update,states,opts", SHARED_GRAD_CASES, ids=[c[0] for c in SHARED_GRAD_CASES])
+def test_grads_sharing_memory_are_each_read(isa, update, states, opts):
+    """Grads are only read: params may be given one grad array, or overlapping views of one
+    buffer (torch.optim steps two params given one grad tensor), each param then updated as with
+    its own copy. With unscale_grads the update writes the grads back: refused, nothing written."""
+    buffer = np.random.default_rng(1).standard_normal(40).astype(np.float32)
+    grads = [buffer[:10], buffer[:10], buffer[5:15], buffer[30:40]]
+
+    def arguments(grads):
+        a = adam_args(count=4)
+        return dict(params=a["params"], grads=grads, **{s: [np.abs(x) for x in a["exp_avg_sqs"]] for s in states})
+    expected, shared = arguments([g.copy() for g in grads]), arguments(grads)
+    getattr(fusedopt, update)(**expected, **opts)
+    getattr(fusedopt, update)(**shared, **opts)
+    assert snapshot(shared) == snapshot(expected)
+    before = snapshot(shared)
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[1\] overlap in memory; an array that is written"):
+        getattr(fusedopt, update)(**shared, **opts, grad_scale=2.0, unscale_grads=True)
+    assert snapshot(shared) == before
+
+
 def test_the_issue_examples():
     args = adam_args()
     for kw, exc, match in [(dict(step=1.5), TypeError, "step must be an int"),

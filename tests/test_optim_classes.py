@@ -785,6 +785,23 @@ def test_an_array_in_two_places_is_named_by_both():
         opt.step([np.ones(3, np.float32), np.ones(3, np.float32)])
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_params_given_one_grad_array_step_as_with_copies(name):
+    """Grads are only read: params of one group and of two groups (one call each, checked across
+    calls) may be given one grad array, as torch.optim steps them."""
+    def run(share):
+        params = [np.linspace(-1, 1, 12, dtype=np.float32) * k for k in (1, 2, 3)]
+        opt = getattr(optim, name)([{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], lr=0.1,
+                                   momentum=0.9) if name == "SGD" else optim.Adam(
+            [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], lr=0.1)
+        g = np.linspace(0.5, -0.5, 12, dtype=np.float32)
+        for _ in range(3):
+            opt.step([g, g, g] if share else [g.copy(), g.copy(), g.copy()])
+        return params
+    for shared, copied in zip(run(True), run(False)):
+        np.testing.assert_array_equal(shared, copied)
+
+
 def test_hyperparameters_changed_in_place_are_checked_again():
     """A step reuses the hyperparameters checked by the last one only while the group is unchanged:
     a list changed in place, a value that does not compare with the last one, or an equal value of

@@ -805,6 +805,36 @@ def test_an_error_in_a_later_group_leaves_every_group_unwritten():
     assert torch.equal(a.detach(), before[0]) and float(opt.state[a]["step"]) == 1
 
 
+@pytest.mark.parametrize("name,opts", [c for c in CASES if c[0] in ("SGD", "AdamW")],
+                         ids=[i for c, i in zip(CASES, IDS) if c[0] in ("SGD", "AdamW")])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_params_given_one_grad_tensor_step_as_torchs(name, opts, groups):
+    """Two params given one grad tensor (or views of one buffer), in one group (one call) or two
+    (calls checked together): torch.optim steps them, each reading the grad, and so does fusedopt.
+    Under GradScaler the kernels write the grads back unscaled: refused, nothing written."""
+    def make(module, **extra):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
+        pg = [{"params": params}] if groups == 1 else [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}]
+        return params, getattr(module, name)(pg, **opts, **extra)
+    params, opt = make(ft)
+    ref_params, ref_opt = make(torch.optim, foreach=False)
+    for t in range(3):
+        buffer = torch.linspace(-1.0, 1.0, 9) * (t + 1)
+        for ps, o in ((params, opt), (ref_params, ref_opt)):
+            ps[0].grad = ps[1].grad = buffer[:6]
+            ps[2].grad = buffer[3:]
+            o.step()
+    for p, q in zip(params, ref_params):
+        assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(torch.ones(()))  # (as a scaled loss would: the scaler then has its scale)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="overlap in memory; an array that is written"):
+        scaler.step(opt)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
 def test_importing_fusedopt_does_not_import_torch():
     code = ("import sys, fusedopt; assert 'torch' not in sys.modules; import fusedopt.torch; "
             "assert 'torch' in sys.modules")

@@ -89,8 +89,8 @@ def dequantize_blockwise(codes: _Array, scales: _Array, out: _Array, signed: boo
 def random_bits(seed: int, step: int, tensor: int, offset: int, n: int) -> NDArray[np.uint32]: ...
 
 # ---- helpers ----
-def overlapping(arrays: list[_Array], /) -> tuple[int, int] | None:
-    """(i, j): the indices of two of the arrays that share memory, or None"""
+def overlapping(arrays: list[_Array], written: list[bool], /) -> tuple[int, int] | None:
+    """(i, j): the indices of two of the arrays that share memory, one of them written, or None"""
 
 def stream_probe(
     read_write: Sequence[_Arrays], read_only: Sequence[_Arrays], write_only: Sequence[_Arrays] = (),

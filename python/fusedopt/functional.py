@@ -3,8 +3,9 @@
 Every function takes one ndarray per argument, or equal-length lists of them (the whole list
 is one C++ call), and updates params and state in place. All arguments are
 checked before anything is written: a call that raises leaves every array byte-identical.
-Arrays must be C-contiguous, writable where updated, and pairwise non-overlapping; they are
-never copied.
+Arrays must be C-contiguous and writable where updated, and an array that is written must not
+share memory with another (grads, only read, may: params given one grad array); they are never
+copied.
 
 dtypes (P is the params'):
 - params: float32, float64, bfloat16 (ml_dtypes.bfloat16) or float16, one for all. Math is

@@ -470,10 +470,12 @@ class Optimizer:
         """Every check the update functions make of their arrays, over all the calls of a step,
         with errors naming a param by its group and its index there: each param, grad and state
         array a float32/float64 C-contiguous ndarray, params and state writable, grads and state
-        of their param's dtype and shape, and no two arrays of the step sharing memory. (Names are
-        made only for an error: this runs on every step of a model with several param groups.)"""
+        of their param's dtype and shape, and no array the step writes sharing memory with another
+        of its arrays (grads are only read). (Names are made only for an error: this runs on every
+        step of a model with several param groups.)"""
         arrays: list[np.ndarray] = []
         append = arrays.append
+        grad_positions: list[int] = []  # in arrays: the grads, which are only read
         roles = {spec.argument: ("signed state" if spec.signed else "unsigned state")
                  for spec in self.state_arrays.values()}
         # the options' dtype rule (add_param_group's), for params appended to a group's list since:
@@ -507,6 +509,7 @@ class Optimizer:
                 if problem:
                     raise _step_error(problem, f"grads[{i}] (the grad of {self._param_name(i)})")
                 append(p)
+                grad_positions.append(len(arrays))
                 append(g)
                 for argument, state_list, role in state_lists:
                     a = state_list[position]
@@ -518,10 +521,14 @@ class Optimizer:
                         append(a.scales)
                     else:
                         append(a)
-        pair = _core.overlapping(arrays)
+        written = [True] * len(arrays)
+        for k in grad_positions:
+            written[k] = False
+        pair = _core.overlapping(arrays, written)
         if pair is not None:
             first, second = (self._array_name(k, params, grads, calls) for k in pair)
-            raise ValueError(f"{first} and {second} overlap in memory; every array of a step must be distinct")
+            raise ValueError(f"{first} and {second} overlap in memory; an array that is written must not share "
+                             "memory with another array of the step")
 
     def _array_name(self, k: int, params: Sequence[Any], grads: Sequence[Any], calls: list[_Call]) -> str:
         """The name of the k-th array _check_step collected, found by walking the calls again in

@@ -751,10 +751,11 @@ class _FusedStep(torch.optim.Optimizer):
     def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]], unscale: bool) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
         lists) and, across all calls, the checks each call makes of its arrays (fusedopt._checks'
-        _array_problem; grads written with unscale) and of their memory (no two arrays of the step
-        sharing a byte), before the first call writes anything."""
+        _array_problem; grads written with unscale) and of their memory (no array the step writes
+        sharing a byte with another of its arrays), before the first call writes anything."""
         update = type(self)._update
         arrays: list[np.ndarray] = []
+        written_flags: list[bool] = []
         names: list[str] = []
         for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
@@ -776,14 +777,15 @@ class _FusedStep(torch.optim.Optimizer):
                             raise _step_error(problem, name)
                         for part in _memory(array):
                             arrays.append(part)
+                            written_flags.append(written)
                             names.append(name)
                 if "stochastic_rounding" in hyperparameters and call.params and call.params[0].dtype.name != "bfloat16":
                     raise TypeError(f"param group {k}: stochastic_rounding=True rounds bfloat16 params, not "
                                     f"{call.params[0].dtype}")
-        pair = _core.overlapping(arrays)
+        pair = _core.overlapping(arrays, written_flags)
         if pair is not None:
-            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; every array of a step "
-                             "must be distinct")
+            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; an array that is written "
+                             "must not share memory with another array of the step")
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
