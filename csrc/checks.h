@@ -4,7 +4,6 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -138,7 +137,6 @@ void check_memory(const py::array& a, const Name& name, bool written) {
     if (written && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
         throw py::value_error(name_of(name) + " is read-only but is written in place");
 }
-
 
 // ---- memory shared between the arrays of a call ------------------------------------------------
 

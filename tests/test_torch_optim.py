@@ -833,6 +833,13 @@ def test_params_given_one_grad_tensor_step_as_torchs(name, opts, groups):
     with pytest.raises(ValueError, match="overlap in memory; an array that is written"):
         scaler.step(opt)
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    # the scale the refused step was given is not left for the next plain step to unscale by
+    assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
+    for ps, o in ((params, opt), (ref_params, ref_opt)):
+        ps[1].grad = ps[1].grad.clone()
+        o.step()
+    for p, q in zip(params, ref_params):
+        assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
 
 
 def test_importing_fusedopt_does_not_import_torch():

@@ -493,6 +493,16 @@ class _FusedStep(torch.optim.Optimizer):
         return self._fused_step(closure)
 
     def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
+        try:
+            return self._step_groups(closure)
+        except BaseException:
+            # GradScaler deletes the grad_scale and found_inf it set only after a step that
+            # returns: left after a refused one, a later plain step() would unscale by them
+            for key in ("grad_scale", "found_inf"):
+                self.__dict__.pop(key, None)
+            raise
+
+    def _step_groups(self, closure: Callable[[], float] | None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
