@@ -842,6 +842,28 @@ def test_params_given_one_grad_tensor_step_as_torchs(name, opts, groups):
         assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
 
 
+def test_a_steps_errors_name_params_by_their_index_in_their_group():
+    """A step of several calls (two groups, a group of two dtypes: a call each) names an array by
+    its param's index in its group and by torch's state key, not by its place in a call."""
+    a, c, d = (torch.nn.Parameter(torch.ones(4)) for _ in range(3))
+    b = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = ft.AdamW([{"params": [a, b, c]}, {"params": [d]}], lr=0.1)
+    a.grad, b.grad, c.grad, d.grad = torch.ones(4), torch.ones(4, dtype=torch.bfloat16), torch.ones(4), torch.ones(4)
+    opt.step()
+    c.grad = d.data
+    with pytest.raises(ValueError, match=r"^the grad of param_groups\[0\]\['params'\]\[2\] and "
+                                         r"param_groups\[1\]\['params'\]\[0\] overlap"):
+        opt.step()
+    c.grad = torch.ones(8)[::2]
+    with pytest.raises(ValueError, match=r"^the grad of param_groups\[0\]\['params'\]\[2\] is not C-contiguous"):
+        opt.step()
+    c.grad = torch.ones(4)
+    opt.state[c]["exp_avg_sq"] = opt.state[a]["exp_avg_sq"]
+    with pytest.raises(ValueError, match=r"^state\['exp_avg_sq'\] of param_groups\[0\]\['params'\]\[0\] and "
+                                         r"state\['exp_avg_sq'\] of param_groups\[0\]\['params'\]\[2\] overlap"):
+        opt.step()
+
+
 def test_importing_fusedopt_does_not_import_torch():
     code = ("import sys, fusedopt; assert 'torch' not in sys.modules; import fusedopt.torch; "
             "assert 'torch' in sys.modules")

@@ -762,11 +762,12 @@ class _FusedStep(torch.optim.Optimizer):
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
         lists) and, across all calls, the checks each call makes of its arrays (fusedopt._checks'
         _array_problem; grads written with unscale) and of their memory (no array the step writes
-        sharing a byte with another of its arrays), before the first call writes anything."""
+        sharing a byte with another of its arrays), before the first call writes anything. (Names
+        are made only for an error.)"""
         update = type(self)._update
         arrays: list[np.ndarray] = []
         written_flags: list[bool] = []
-        names: list[str] = []
+        places: list[tuple[int, _Plan, int, str]] = []  # of each array: group, plan, position, argument
         for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
             for call in plan.calls:
                 step = {} if call.step is None else {"step": call.step + plan.taken}
@@ -775,27 +776,40 @@ class _FusedStep(torch.optim.Optimizer):
                        **{key: value for key, value in hyperparameters.items() if key != "stochastic_rounding"})
                 positions = range(len(plan_grads)) if call.positions is None else call.positions
                 for j, (p, position) in enumerate(zip(call.params, positions)):
-                    where = f"param {j} of a call for param group {k}"
                     checks: list[tuple[Any, bool, np.ndarray | None, str, str]] = [
-                              (p, True, None, where, "grad"),
-                              (plan_grads[position], unscale, p, f"the grad of {where}", "grad")]
-                    checks += [(states[j], True, p, f"{argument}[{j}] of {where}", self._role(argument))
+                              (p, True, None, "params", "grad"), (plan_grads[position], unscale, p, "grads", "grad")]
+                    checks += [(states[j], True, p, argument, self._role(argument))
                                for argument, states in call.states.items()]
-                    for array, written, param, name, role in checks:
+                    for array, written, param, argument, role in checks:
                         problem = _array_problem(array, written, param, role)
                         if problem:
-                            raise _step_error(problem, name)
+                            raise _step_error(problem, self._place_name(k, plan, position, argument))
                         for part in _memory(array):
                             arrays.append(part)
                             written_flags.append(written)
-                            names.append(name)
+                            places.append((k, plan, position, argument))
                 if "stochastic_rounding" in hyperparameters and call.params and call.params[0].dtype.name != "bfloat16":
                     raise TypeError(f"param group {k}: stochastic_rounding=True rounds bfloat16 params, not "
                                     f"{call.params[0].dtype}")
         pair = _core.overlapping(arrays, written_flags)
         if pair is not None:
-            raise ValueError(f"{names[pair[0]]} and {names[pair[1]]} overlap in memory; an array that is written "
-                             "must not share memory with another array of the step")
+            first, second = (self._place_name(*places[i]) for i in pair)
+            raise ValueError(f"{first} and {second} overlap in memory; an array that is written must not share "
+                             "memory with another array of the step")
+
+    def _place_name(self, k: int, plan: _Plan, position: int, argument: str) -> str:
+        """An array of a step by the torch names of its param (by its index in its group) and
+        its role: the param, its grad, or its state entry (an fp32 master's param_copies being the
+        param itself, and the master its state)."""
+        index = [i for i, present in enumerate(plan.present) if present][position]
+        param = f"param_groups[{k}]['params'][{index}]"
+        if argument == "param_copies" or (argument == "params" and not self.defaults.get("master_weights")):
+            return param
+        if argument == "grads":
+            return f"the grad of {param}"
+        name = _MASTER[0].name if argument == "params" else next(
+            spec.name for spec in self._states if spec.argument == argument)
+        return f"state[{name!r}] of {param}"
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
