@@ -69,7 +69,6 @@ struct Role {
 
 bool is_sequence(py::handle h) { return py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h); }
 
-
 // Checks every array of every role and returns the batch for the kernels. Roles not used get
 // null pointers. Throws TypeError / ValueError naming the argument. Holds a reference to every
 // array: the kernels run without the GIL, while another thread may drop an array from its list
@@ -671,11 +670,12 @@ namespace fusedopt {
 
 // ---- memory shared between the arrays of a call (checks.h) ----------------------------------
 
+namespace {
 // True when, among the first count spans, an array that is written shares a byte with another
 // (the result would depend on the order of reads and writes). One sort by address, then a
 // sweep: a span conflicts with one before it when it starts below the end of a written span
 // before it, or when it is written and starts below the end of any span before it.
-static bool any_conflict(const std::vector<Span>& spans, std::size_t count) {
+bool any_conflict(const std::vector<Span>& spans, std::size_t count) {
     std::vector<Span> sorted(spans.begin(), spans.begin() + static_cast<std::ptrdiff_t>(count));
     std::sort(sorted.begin(), sorted.end(), [](const Span& x, const Span& y) { return x.lo < y.lo; });
     std::uintptr_t end = 0, written_end = 0;  // of the spans so far, of the written ones
@@ -686,6 +686,7 @@ static bool any_conflict(const std::vector<Span>& spans, std::size_t count) {
     }
     return false;
 }
+}  // namespace
 
 // The ids of the first two spans, in the order given, that conflict (any_conflict): the first
 // span that conflicts with one before it, and the first of those. Naming the pair by the

@@ -121,8 +121,8 @@ void check_no_overlap(const std::vector<Named>& arrays) {
         // the written one first: "out and dy overlap"
         const auto [a, b] = arrays[pair->first].written ? *pair : std::make_pair(pair->second, pair->first);
         throw py::value_error(std::string(arrays[a].name) + " and " + arrays[b].name +
-                              " overlap in memory; an array that is written must not share memory with any other "
-                              "argument");
+                              " overlap in memory; an array that is written must not share memory with another "
+                              "array of the call");
     }
 }
 

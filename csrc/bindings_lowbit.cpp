@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "checks.h"
 #include "dispatch.h"
@@ -29,12 +30,6 @@ py::array checked_array(py::handle h, const char* name, const py::dtype& dtype, 
                              dtype_name);
     check_memory(a, name, written);
     return a;
-}
-
-bool shares_memory(const py::array& a, const py::array& b) {
-    const auto a_lo = reinterpret_cast<std::uintptr_t>(a.data()), b_lo = reinterpret_cast<std::uintptr_t>(b.data());
-    return a.nbytes() > 0 && b.nbytes() > 0 && a_lo < b_lo + static_cast<std::uintptr_t>(b.nbytes()) &&
-           b_lo < a_lo + static_cast<std::uintptr_t>(a.nbytes());
 }
 
 // The blocks of n elements cut into one contiguous run of whole blocks per thread.
@@ -72,8 +67,15 @@ Arrays check(py::handle values, py::handle codes, py::handle scales, bool values
     if (static_cast<std::size_t>(a.scales.size()) != blocks)
         throw py::value_error("scales has " + std::to_string(a.scales.size()) + " elements but " + std::to_string(a.n) +
                               " values need " + std::to_string(blocks) + " (one per block of 256)");
-    if (shares_memory(a.values, a.codes) || shares_memory(a.values, a.scales) || shares_memory(a.codes, a.scales))
-        throw py::value_error("values, codes and scales must not share memory");
+    const char* names[] = {"values", "codes", "scales"};
+    const py::array* arrays[] = {&a.values, &a.codes, &a.scales};
+    std::vector<Span> spans;
+    for (std::size_t i = 0; i < 3; ++i)  // values written, or codes and scales
+        if (arrays[i]->nbytes() > 0) spans.push_back(span_of(*arrays[i], i, (i == 0) == values_written));
+    if (auto pair = overlapping(spans))
+        throw py::value_error(std::string(names[pair->first]) + " and " + names[pair->second] +
+                              " overlap in memory; an array that is written must not share memory with another "
+                              "array of the call");
     return a;
 }
 

@@ -379,6 +379,23 @@ def test_grads_sharing_memory_are_each_read(isa, update, states, opts):
     assert snapshot(shared) == before
 
 
+def test_overlapping_finds_the_first_conflict_in_the_callers_order():
+    """fusedopt._core.overlapping (the one check of every call and of the classes' steps) against
+    the pairwise definition, on random views of one buffer, some written: the first array that
+    shares a byte with one before it, one of the two written, and the first such one before it."""
+    rng = np.random.default_rng(7)
+    buffer = np.zeros(64, np.float32)
+    for _ in range(3000):
+        n = int(rng.integers(1, 9))
+        bounds = [sorted(rng.integers(0, 65, 2)) for _ in range(n)]
+        arrays = [buffer[lo:hi] for lo, hi in bounds]
+        written = [bool(w) for w in rng.integers(0, 2, n)]
+        expected = next(((i, j) for j in range(n) for i in range(j)
+                         if (written[i] or written[j]) and arrays[i].size and arrays[j].size
+                         and bounds[i][0] < bounds[j][1] and bounds[j][0] < bounds[i][1]), None)
+        assert fusedopt._core.overlapping(arrays, written) == expected, (bounds, written)
+
+
 def test_the_issue_examples():
     args = adam_args()
     for kw, exc, match in [(dict(step=1.5), TypeError, "step must be an int"),

@@ -335,8 +335,8 @@ def test_a_grad_in_another_layout_than_its_param_is_refused():
     contiguous.grad, empty.grad = torch.ones(1, 5), torch.ones(3, 0).t()
     size_one.grad = torch.ones(72).as_strided((1, 4, 3, 3), (72, 1, 12, 4))  # size_one's order
     assert size_one.grad.stride() != size_one.stride()
-    with pytest.raises(ValueError, match=r"the grad of param 0 of a group has strides \(12, 4, 2, 1\), not in its "
-                                         r"param's memory order \(strides \(12, 1, 6, 3\)\)"):
+    with pytest.raises(ValueError, match=r"the grad of param_groups\[0\]\['params'\]\[0\] has strides \(12, 4, 2, 1\), "
+                                         r"not in its param's memory order \(strides \(12, 1, 6, 3\)\)"):
         opt.step()
     p.grad = torch.ones_like(p)  # in p's layout
     before = size_one.detach().clone()
@@ -782,7 +782,8 @@ def test_a_param_that_is_not_dense_is_refused_in_torchs_terms():
     sliced = torch.nn.Parameter(base[:, :5])
     opt = ft.Adam([{"params": [a]}, {"params": [sliced]}], lr=0.1)
     a.grad, sliced.grad = torch.ones(4), torch.ones(10, 5)
-    with pytest.raises(ValueError, match=r"param 0 of its group \(shape \(10, 5\), strides \(10, 1\)\) is not dense"):
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] \(shape \(10, 5\), strides \(10, 1\)\) "
+                                         "is not dense"):
         opt.step()
     assert torch.equal(a.detach(), torch.ones(4)) and torch.equal(sliced.detach(), base[:, :5]) and not opt.state
 
@@ -830,7 +831,9 @@ def test_params_given_one_grad_tensor_step_as_torchs(name, opts, groups):
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     scaler.scale(torch.ones(()))  # (as a scaled loss would: the scaler then has its scale)
     before = [p.detach().clone() for p in params]
-    with pytest.raises(ValueError, match="overlap in memory; an array that is written"):
+    pair = (r"grads\[0\] and grads\[1\]" if groups == 1 else  # one call's check, or the step's across calls
+            r"the grad of param_groups\[0\]\['params'\]\[0\] and the grad of param_groups\[1\]\['params'\]\[0\]")
+    with pytest.raises(ValueError, match=pair + " overlap in memory; an array that is written"):
         scaler.step(opt)
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
     # the scale the refused step was given is not left for the next plain step to unscale by
@@ -842,25 +845,65 @@ def test_params_given_one_grad_tensor_step_as_torchs(name, opts, groups):
         assert_close(p.detach().numpy(), q.detach().numpy(), ulps=ULPS)
 
 
+def test_a_step_hook_that_raises_leaves_no_grad_scale_behind():
+    """GradScaler sets grad_scale / found_inf on the optimizer and deletes them after a step that
+    returns: a step that raises (here a pre-hook, torch's wrapper running the step) drops them, so
+    a later plain step() does not unscale by a stale scale."""
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ft.SGD([w], lr=1.0)
+    handle = opt.register_step_pre_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("hook")))
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    w.grad = scaler.scale(torch.ones(4))
+    with pytest.raises(RuntimeError, match="hook"):
+        scaler.step(opt)
+    handle.remove()
+    assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
+    w.grad = torch.ones(4)
+    opt.step()
+    assert torch.equal(w.detach(), -torch.ones(4)) and torch.equal(w.grad, torch.ones(4))
+
+
 def test_a_steps_errors_name_params_by_their_index_in_their_group():
-    """A step of several calls (two groups, a group of two dtypes: a call each) names an array by
-    its param's index in its group and by torch's state key, not by its place in a call."""
-    a, c, d = (torch.nn.Parameter(torch.ones(4)) for _ in range(3))
+    """A step of several calls (a frozen group first, a group of two dtypes: a call each, a param
+    without a grad) names an array by its param's group and index there, as torch does, and by
+    torch's state key (an 8-bit state's codes or scales, a master weight), not by its place in a
+    call or among the params with a grad."""
+    frozen = torch.nn.Parameter(torch.ones(4))
+    a, c, d, idle = (torch.nn.Parameter(torch.ones(4)) for _ in range(4))
     b = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
-    opt = ft.AdamW([{"params": [a, b, c]}, {"params": [d]}], lr=0.1)
+    opt = ft.AdamW([{"params": [frozen]}, {"params": [idle, a, b, c]}, {"params": [d]}], lr=0.1)
     a.grad, b.grad, c.grad, d.grad = torch.ones(4), torch.ones(4, dtype=torch.bfloat16), torch.ones(4), torch.ones(4)
     opt.step()
     c.grad = d.data
-    with pytest.raises(ValueError, match=r"^the grad of param_groups\[0\]\['params'\]\[2\] and "
-                                         r"param_groups\[1\]\['params'\]\[0\] overlap"):
+    with pytest.raises(ValueError, match=r"^the grad of param_groups\[1\]\['params'\]\[3\] and "
+                                         r"param_groups\[2\]\['params'\]\[0\] overlap"):
         opt.step()
     c.grad = torch.ones(8)[::2]
-    with pytest.raises(ValueError, match=r"^the grad of param_groups\[0\]\['params'\]\[2\] is not C-contiguous"):
+    with pytest.raises(ValueError, match=r"^the grad of param_groups\[1\]\['params'\]\[3\] is not C-contiguous"):
         opt.step()
     c.grad = torch.ones(4)
     opt.state[c]["exp_avg_sq"] = opt.state[a]["exp_avg_sq"]
-    with pytest.raises(ValueError, match=r"^state\['exp_avg_sq'\] of param_groups\[0\]\['params'\]\[0\] and "
-                                         r"state\['exp_avg_sq'\] of param_groups\[0\]\['params'\]\[2\] overlap"):
+    with pytest.raises(ValueError, match=r"^state\['exp_avg_sq'\] of param_groups\[1\]\['params'\]\[1\] and "
+                                         r"state\['exp_avg_sq'\] of param_groups\[1\]\['params'\]\[3\] overlap"):
+        opt.step()
+
+    # 8-bit state: its codes and scales by their own keys; master weights: state['master_param']
+    a8, b8 = torch.nn.Parameter(torch.ones(5000)), torch.nn.Parameter(torch.ones(5000))
+    opt = ft.AdamW([{"params": [idle]}, {"params": [a8]}, {"params": [b8]}], lr=0.1, state_dtype="int8")
+    a8.grad, b8.grad = torch.ones(5000), torch.ones(5000)
+    opt.step()
+    opt.state[b8]["exp_avg_scales"] = opt.state[a8]["exp_avg_scales"]
+    with pytest.raises(ValueError, match=r"^state\['exp_avg_scales'\] of param_groups\[1\]\['params'\]\[0\] and "
+                                         r"state\['exp_avg_scales'\] of param_groups\[2\]\['params'\]\[0\] "
+                                         "overlap"):
+        opt.step()
+    idle16, *c16 = (torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16)) for _ in range(3))
+    opt = ft.AdamW([{"params": [idle16, c16[0]]}, {"params": [c16[1]]}], lr=0.1, master_weights=True)
+    c16[0].grad, c16[1].grad = torch.ones(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    opt.state[c16[1]]["master_param"] = opt.state[c16[0]]["master_param"]
+    with pytest.raises(ValueError, match=r"^state\['master_param'\] of param_groups\[0\]\['params'\]\[1\] and "
+                                         r"state\['master_param'\] of param_groups\[1\]\['params'\]\[0\] overlap"):
         opt.step()
 
 

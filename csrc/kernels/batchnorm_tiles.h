@@ -81,8 +81,8 @@ constexpr std::size_t kWholeRowMaxCols = 4096;
 // up to 10% faster. 128 -> 256 rows: a block costs ~24 cycles per channel besides its sums
 // (the (129, 1024) forward takes 8 us more than (128, 1024)); measured, 1 thread, thread CPU,
 // best of 9-15 in 3 alternating runs: (256, 1024) forward 134-145 -> 105-131 us, backward
-// 193-201 -> 177-191 (with apply_block's last-to-first order; first to last the backward was
-// 189-209), (1024, 4096) forward 2452-2520 -> 2252-2284, NHWC (32, 14, 14, 256) forward
+// 193-201 -> 177-191 (with blocks and rows taken last to first, as before session 26; first to
+// last the backward was 189-209), (1024, 4096) forward 2452-2520 -> 2252-2284, NHWC (32, 14, 14, 256) forward
 // 787-847 -> 783-827; other shapes within noise. (256, 1024) is then one block, one group: a
 // call of that size runs on one thread anyway where L2 is >= 1 MB (run_tasks), not on a 512 KB
 // L2, where two groups could have run on two threads. Rows of more than 128 float columns make
@@ -520,31 +520,31 @@ inline bool store_backward(const void* out, std::initializer_list<const void*> i
     return out_ahead && !input_ahead;
 }
 
-// out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col
-// is i's column within the tile, for per-column values), one row at a time, rows in increasing
-// order, i increasing or (backward, see store_backward) decreasing within a row. (After a
-// statistics pass the callers take the blocks last to first, so that what that pass read last,
-// still in L2, is read again before this pass's misses evict it; measured, 1 thread: (256,
+// out[i] = body(v, i, col) for every element i of block b of tile t (i indexes the arrays, col is
+// i's column within the tile, for per-column values), one row at a time, rows in increasing order,
+// i increasing or (backward, see store_backward) decreasing within a row. (After a statistics pass
+// the callers take the blocks last to first, so that what that pass read last, still in L2, is read
+// again before this pass's misses evict it; measured, 1 thread, with rows last to first too: (256,
 // 1024) backward, x, dy and dx 3 MB, 201-209 us first to last, 188-191 last to first. Within a
-// block the rows go first to last, even so: the block is in L2 or not as a whole, and rows
-// taken last to first were streams the hardware prefetchers followed badly, measured, 1
-// thread, Zen 5, ABBA, best of 15 in 4-6 processes of each, us: channels-last (32, 14, 14, 256)
-// forward 340 -> 273, backward 690 -> 522, (32, 56, 56, 64) forward 1713 -> 1529, backward
-// 2844 -> 2784; (32, 2048, 7, 7) 828 / 1304 -> 740 / 1225, planar shapes and (256, 1024)
-// within noise.) stream: whole cache lines are written with non-temporal stores (aligned
-// vectors), the partial lines at either end of a run with ordinary ones: a line written both
-// ways would flush the write-combining buffer on every store, about ten times slower. So that
-// short rows do not leave partial lines everywhere, a streamed block of whole rows (contiguous) is done as one run, its columns wrapping back to
-// the first at the end of each row (a vector may straddle two rows: per-column values are made
-// with wrap, see Columns::values); so is a block of short rows, whose scalar tails would
-// otherwise cost more than their vectors. Scalar<T> rounds as Vec<T> does, so the values are
-// the same either way. (body is taken by value: a local copy, which the stores cannot alias,
-// stays in registers. Always inlined, into the one place that calls each copy: called, it took
-// body, a closure of per-channel values, on the stack, written there by scalar stores and read
-// back by a vector load that could not be forwarded from them, a stall per call, i.e. per tile
-// of a small channel; measured, 1 thread, both builds in one process, best of 15 interleaved:
-// (8, 512, 7, 7) eval forward 0.83-0.87x the time in five runs (58-61 -> 48-53 us); the other
-// shapes and passes within the comparison's noise, +-5-7% between two copies of one build.)
+// block the rows go first to last, even so: the block is in L2 or not as a whole, and rows taken
+// last to first were streams the hardware prefetchers followed badly, measured, 1 thread, Zen 5,
+// ABBA, best of 15 in 4-6 processes of each, us: channels-last (32, 14, 14, 256) forward 340 ->
+// 273, backward 690 -> 522, (32, 56, 56, 64) forward 1713 -> 1529, backward 2844 -> 2784; (32,
+// 2048, 7, 7) 828 / 1304 -> 740 / 1225, planar shapes and (256, 1024) within noise.) stream: whole
+// cache lines are written with non-temporal stores (aligned vectors), the partial lines at either
+// end of a run with ordinary ones: a line written both ways would flush the write-combining buffer
+// on every store, about ten times slower. So that short rows do not leave partial lines everywhere,
+// a streamed block of whole rows (contiguous) is done as one run, its columns wrapping back to the
+// first at the end of each row (a vector may straddle two rows: per-column values are made with
+// wrap, see Columns::values); so is a block of short rows, whose scalar tails would otherwise cost
+// more than their vectors. Scalar<T> rounds as Vec<T> does, so the values are the same either way.
+// (body is taken by value: a local copy, which the stores cannot alias, stays in registers. Always
+// inlined, into the one place that calls each copy: called, it took body, a closure of per-channel
+// values, on the stack, written there by scalar stores and read back by a vector load that could
+// not be forwarded from them, a stall per call, i.e. per tile of a small channel; measured, 1
+// thread, both builds in one process, best of 15 interleaved: (8, 512, 7, 7) eval forward
+// 0.83-0.87x the time in five runs (58-61 -> 48-53 us); the other shapes and passes within the
+// comparison's noise, +-5-7% between two copies of one build.)
 // Whether a pass may run across row ends (apply_block's runs of whole rows; with stream false,
 // also Columns::short_row_sums): per-column values must then wrap (see Columns::values).
 template <class T>

@@ -4,8 +4,8 @@ Every function takes one ndarray per argument, or equal-length lists of them (th
 is one C++ call), and updates params and state in place. All arguments are
 checked before anything is written: a call that raises leaves every array byte-identical.
 Arrays must be C-contiguous and writable where updated, and an array that is written must not
-share memory with another (grads, only read, may: params given one grad array); they are never
-copied.
+share memory with another (grads, only read but with unscale_grads=True, may: params given one
+grad array); they are never copied.
 
 dtypes (P is the params'):
 - params: float32, float64, bfloat16 (ml_dtypes.bfloat16) or float16, one for all. Math is
@@ -29,7 +29,8 @@ Mixed precision and overflow, for every update function:
   multiplies them by 1 / grad_scale as it reads them (torch's GradScaler.unscale_, fused).
 - unscale_grads=True (with grad_scale): the kernel also writes them back so multiplied (not
   negated by maximize) in the same pass, as torch's fused optimizers leave the grads after a
-  GradScaler step; grads must then be writable. Not when the step is skipped.
+  GradScaler step; grads must then be writable, and share memory with no other array. Not when
+  the step is skipped.
 - skip_if_nonfinite: one read-only pass over the grads first; if any is inf or NaN once
   multiplied by 1 / grad_scale (as the update would use it), nothing is written and the
   function returns False (torch's GradScaler skipping optimizer.step()).

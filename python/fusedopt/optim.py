@@ -521,9 +521,9 @@ class Optimizer:
                         append(a.scales)
                     else:
                         append(a)
-        written = [True] * len(arrays)
-        for k in grad_positions:
-            written[k] = False
+        written = [True] * len(arrays)  # (one list op, where a flag appended per array is a call each)
+        for position in grad_positions:
+            written[position] = False
         pair = _core.overlapping(arrays, written)
         if pair is not None:
             first, second = (self._array_name(k, params, grads, calls) for k in pair)

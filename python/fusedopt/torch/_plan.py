@@ -63,6 +63,10 @@ class _Plan:
         self.counted = b""                            # step_counts' bytes as the last step left them
         self.taken = 0                                 # steps taken with the plan: added to each call's step
 
+    def group_indices(self) -> list[int]:
+        """The indices in group["params"] of the params with a grad (of self.params)."""
+        return [i for i, has_grad in enumerate(self.present) if has_grad]
+
     def holds(self, group: dict[str, Any], present: list[bool], state: Any) -> bool:
         """Whether the plan is still the one for this group (C-level maps: this runs every step).
         The params' state dicts are checked as the whole state dict's keys and values, in order,

@@ -159,6 +159,11 @@ def _holds(state: dict[Any, Any], name: str) -> bool:
     return state.get(name) is not None or state.get(name + _CODES) is not None
 
 
+def _param_name(k: int, index: int) -> str:
+    """A param by torch's name for it: its group's index and its index in the group's list."""
+    return f"param_groups[{k}]['params'][{index}]"
+
+
 def _view(tensor: torch.Tensor, name: str) -> np.ndarray:
     """A NumPy view of a param's or state tensor's memory (fusedopt's one dtype mapping and checks)."""
     return tensor_to_ndarray(tensor, name)
@@ -280,16 +285,16 @@ class _FusedStep(torch.optim.Optimizer):
                                                  memory_format=torch.preserve_format)
         return new
 
-    def _state_view(self, spec: StateArray, tensors: dict[str, Any], i: int,
+    def _state_view(self, spec: StateArray, tensors: dict[str, Any], param: str,
                     order: tuple[int, ...] | None) -> np.ndarray | QuantizedState:
         """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit
         state), in the param's memory order."""
         codes = tensors.get(spec.name + _CODES)
         if codes is not None:
-            return QuantizedState(_view(_in_order(codes, order), f"state[{spec.name + _CODES!r}] of param {i}"),
-                                  _view(tensors[spec.name + _SCALES], f"state[{spec.name + _SCALES!r}] of param {i}"),
+            return QuantizedState(_view(_in_order(codes, order), f"state[{spec.name + _CODES!r}] of {param}"),
+                                  _view(tensors[spec.name + _SCALES], f"state[{spec.name + _SCALES!r}] of {param}"),
                                   spec.signed)
-        return _view(_in_order(tensors[spec.name], order), f"state[{spec.name!r}] of param {i}")
+        return _view(_in_order(tensors[spec.name], order), f"state[{spec.name!r}] of {param}")
 
     def _role(self, argument: str) -> str:
         """fusedopt._checks._array_problem's role for a call's array argument."""
@@ -486,23 +491,21 @@ class _FusedStep(torch.optim.Optimizer):
         # class): the wrapper's record_function is two dispatcher calls, ~100 us right after a
         # step's kernel has evicted the caches, a fifth of a small model's step. So torch's own
         # wrapper runs only when it has something to do: hooks, or a profiler listening.
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
-                or _global_optimizer_post_hooks or _profiler_enabled()):
-            loss: float | None = _hooked_step(self, closure)
-            return loss
-        return self._fused_step(closure)
-
-    def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
         try:
-            return self._step_groups(closure)
+            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
+                    or _global_optimizer_post_hooks or _profiler_enabled()):
+                loss: float | None = _hooked_step(self, closure)
+                return loss
+            return self._fused_step(closure)
         except BaseException:
             # GradScaler deletes the grad_scale and found_inf it set only after a step that
-            # returns: left after a refused one, a later plain step() would unscale by them
+            # returns: left after a refused one (or a hook that raised), a later plain step()
+            # would unscale by them
             for key in ("grad_scale", "found_inf"):
                 self.__dict__.pop(key, None)
             raise
 
-    def _step_groups(self, closure: Callable[[], float] | None) -> float | None:
+    def _fused_step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -510,7 +513,7 @@ class _FusedStep(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans = self.__dict__.setdefault("_fusedopt_plans", {})
-        steps = []  # (plan, grad views of its params, hyperparameters)
+        steps = []  # (group index, plan, grad views of its params, hyperparameters)
         sparse_groups: list[dict[str, Any]] = []  # stepped by torch's own code (_sparse_step)
         calls = 0
         # C-level maps and no method calls per group but the hyperparameters': right after a
@@ -518,7 +521,7 @@ class _FusedStep(torch.optim.Optimizer):
         # through a 2 MB L2), each Python frame and each kind of torch call runs cold: the first
         # Tensor.numpy() costs ~38 us then (0.6 warm), each further one ~2.5; the first
         # data_ptr() or .grad ~8-13 us (median of 300, 2-core Sapphire Rapids)
-        for group in self.param_groups:
+        for k, group in enumerate(self.param_groups):
             if any(map(group.get, self._unsupported)):  # set since the group was added (_unsupported_problem's test)
                 raise ValueError(self._unsupported_problem(group))
             grads = list(map(_get_grad, group["params"]))
@@ -530,22 +533,22 @@ class _FusedStep(torch.optim.Optimizer):
                     self._check_sparse_group()
                     sparse_groups.append(group)
                     continue
-                plan = plans[id(group)] = self._plan(group, present)
+                plan = plans[id(group)] = self._plan(group, present, k)
             if not plan.params:
                 continue
             if len(plan.params) != len(grads):
                 grads = [g for g in grads if g is not None]
             if plan.orders is not None and list(map(_stride, grads)) != plan.strides:
-                self._check_grad_layouts(grads, plan)
+                self._check_grad_layouts(grads, plan, k)
             try:  # Tensor.numpy: ~0.6 us a grad; fusedopt's conversion names a grad it refuses
                 views = list(map(_as_ndarray, grads))
             except (TypeError, RuntimeError):
-                views = self._grad_views(grads)
+                views = self._grad_views(grads, plan, k)
             if plan.orders is not None:  # params not C-contiguous: grads in their params' memory order
                 for i, order in enumerate(plan.orders):
                     if order is not None:
                         views[i] = views[i].transpose(order)
-            steps.append((plan, views, self._hyperparameters(group)))
+            steps.append((k, plan, views, self._hyperparameters(group)))
             calls += len(plan.calls)
         if len(plans) > len(self.param_groups):  # groups replaced (load_state_dict): drop their plans and views
             current = {id(group) for group in self.param_groups}
@@ -560,7 +563,7 @@ class _FusedStep(torch.optim.Optimizer):
         if sparse_groups:  # before the fused calls write anything: torch's step may refuse its groups
             self._sparse_step(sparse_groups, scale)
         update = type(self)._update
-        for plan, views, hyperparameters in steps:
+        for _, plan, views, hyperparameters in steps:
             for call in plan.calls:
                 call_grads = views if call.positions is None else [views[i] for i in call.positions]
                 if call.step is None:
@@ -571,7 +574,7 @@ class _FusedStep(torch.optim.Optimizer):
         # the step is taken: count it (through NumPy: right after the kernel has evicted the
         # caches, torch's add_ on the tiny counter tensor costs 60-80 us, the dispatcher's code and
         # data; NumPy's fill 9-12), and tell autograd the params changed
-        for plan, _, _ in steps:
+        for _, plan, _, _ in steps:
             plan.taken += 1
             if plan.step_counts is not None:
                 if plan.first_step is not None:
@@ -634,7 +637,7 @@ class _FusedStep(torch.optim.Optimizer):
         keys = sorted({spec.key for spec in self._specs() if spec.key is not None})
         return operator.itemgetter(*keys) if keys else _no_entries
 
-    def _plan(self, group: dict[str, Any], present: list[bool]) -> _Plan:
+    def _plan(self, group: dict[str, Any], present: list[bool], k: int) -> _Plan:
         """A new plan for this group: views of its params with a grad and of their state
         (creating the state a param lacks, kept only once the step is taken; converting in place
         the state of a param whose layout changed), its calls grouped by dtype and step argument,
@@ -650,25 +653,24 @@ class _FusedStep(torch.optim.Optimizer):
         param_views, state_views, steps_taken, orders = [], [], [], []
         step_dtype = _get_scalar_dtype()  # torch.optim's step dtype
         options = self._low_precision()[0]
-        for p, has_grad in zip(plan.group_params, present):
+        for j, (p, has_grad) in enumerate(zip(plan.group_params, present)):
             if not has_grad:
                 continue
-            i = len(plan.params)
+            i, where = len(plan.params), _param_name(k, j)
             problem = _tensor_dtype_problem(p, options)  # add_param_group's, for a param appended since
             if problem:
-                raise TypeError(f"fusedopt.torch.{type(self).__name__}: param {i} of its group has dtype {p.dtype}; "
-                                f"{problem}")
+                raise TypeError(f"fusedopt.torch.{type(self).__name__}: {where} has dtype {p.dtype}; {problem}")
             state: dict[str, Any] = self.state.get(p) or {}
             if any(torch.is_tensor(v) and v.shape == p.shape and not _same_layout(v, p) for v in state.values()):
                 # the param's layout changed (model.to(memory_format=...)): its state converted
                 # into the new one as a checkpoint's is (in the same dict)
-                converted = self._loaded_param_state(p, state, f"the state of param {i} of its group")
+                converted = self._loaded_param_state(p, state, f"the state of {where}")
                 state.clear()
                 state.update(converted)
             plan.state_dicts.append(self.state.get(p))
             orders.append(_memory_order(p))
             if orders[-1] is None and not p.is_contiguous():  # else the NumPy check's hint, for arrays
-                raise ValueError(f"fusedopt.torch.{type(self).__name__}: param {i} of its group (shape "
+                raise ValueError(f"fusedopt.torch.{type(self).__name__}: {where} (shape "
                                  f"{tuple(p.shape)}, strides {p.stride()}) is not dense, e.g. a slice of a larger "
                                  "tensor: fusedopt updates a param's memory in place, in one pass; make the "
                                  "param a tensor of its own (contiguous, channels_last or transposed)")
@@ -685,8 +687,8 @@ class _FusedStep(torch.optim.Optimizer):
                             plan.watched_keys.append(entry)
                             plan.watched_tensors.append(state[entry])
             tensors = {**{name: state[name] for name in state}, **new}
-            param_views.append(_view(_in_order(p, orders[-1]), f"param {i} of its group"))
-            state_views.append({spec.argument: self._state_view(spec, tensors, i, orders[-1]) for spec in specs})
+            param_views.append(_view(_in_order(p, orders[-1]), where))
+            state_views.append({spec.argument: self._state_view(spec, tensors, where, orders[-1]) for spec in specs})
             if _MASTER[0].argument in state_views[-1]:  # the call updates the master; the param is its copy
                 state_views[-1]["param_copies"] = param_views[-1]
                 master = state_views[-1].pop(_MASTER[0].argument)
@@ -736,29 +738,30 @@ class _FusedStep(torch.optim.Optimizer):
         plan.orders = orders if any(order is not None for order in orders) else None
         return plan
 
-    def _check_grad_layouts(self, grads: list[torch.Tensor], plan: _Plan) -> None:
+    def _check_grad_layouts(self, grads: list[torch.Tensor], plan: _Plan, k: int) -> None:
         """ValueError for a grad in another memory order than its param's, where that param is
         not C-contiguous (the step views both in the param's order); a C-contiguous param's grad
         the kernels' checks take or refuse."""
         assert plan.orders is not None
         for i, (g, p, order) in enumerate(zip(grads, plan.params, plan.orders)):
             if order is not None and g.layout == torch.strided and g.shape == p.shape and not _same_layout(g, p):
-                raise ValueError(f"fusedopt.torch.{type(self).__name__}: the grad of param {i} of a group has "
+                raise ValueError(f"fusedopt.torch.{type(self).__name__}: the grad of "
+                                 f"{_param_name(k, plan.group_indices()[i])} has "
                                  f"strides {g.stride()}, not in its param's memory order (strides {p.stride()}): "
                                  "a param that is not C-contiguous is stepped in its memory order, with its grad "
                                  "in its layout (as autograd gives it)")
 
-    def _grad_views(self, grads: list[torch.Tensor]) -> list[np.ndarray]:
+    def _grad_views(self, grads: list[torch.Tensor], plan: _Plan, k: int) -> list[np.ndarray]:
         """NumPy views of grads of which Tensor.numpy (the step's fast path) refused one: each goes
         through fusedopt's one conversion, for its view (a bfloat16 grad) or its error. (Grad views
         are not kept between steps: they would keep grads that zero_grad() let go alive.)"""
         for i, g in enumerate(grads):
             if g.layout != torch.strided:
                 raise RuntimeError(f"fusedopt.torch.{type(self).__name__} does not support sparse gradients "
-                                   f"(grad {i} of a param group is {g.layout})")
-        return [_view(g, f"grad {i}") for i, g in enumerate(grads)]
+                                   f"(the grad of {_param_name(k, plan.group_indices()[i])} is {g.layout})")
+        return [_view(g, f"the grad of {_param_name(k, j)}") for g, j in zip(grads, plan.group_indices())]
 
-    def _check_calls(self, steps: list[tuple[_Plan, list[np.ndarray], dict[str, Any]]], unscale: bool) -> None:
+    def _check_calls(self, steps: list[tuple[int, _Plan, list[np.ndarray], dict[str, Any]]], unscale: bool) -> None:
         """A step of several calls: every call's hyperparameters (each call's own checks, on empty
         lists) and, across all calls, the checks each call makes of its arrays (fusedopt._checks'
         _array_problem; grads written with unscale) and of their memory (no array the step writes
@@ -767,8 +770,8 @@ class _FusedStep(torch.optim.Optimizer):
         update = type(self)._update
         arrays: list[np.ndarray] = []
         written_flags: list[bool] = []
-        places: list[tuple[int, _Plan, int, str]] = []  # of each array: group, plan, position, argument
-        for k, (plan, plan_grads, hyperparameters) in enumerate(steps):
+        places: list[tuple[int, _Plan, int, str, int]] = []  # of each array: group, plan, position, argument, part
+        for k, plan, plan_grads, hyperparameters in steps:
             for call in plan.calls:
                 step = {} if call.step is None else {"step": call.step + plan.taken}
                 # (stochastic rounding is checked against the params, below, not on empty lists)
@@ -783,13 +786,13 @@ class _FusedStep(torch.optim.Optimizer):
                     for array, written, param, argument, role in checks:
                         problem = _array_problem(array, written, param, role)
                         if problem:
-                            raise _step_error(problem, self._place_name(k, plan, position, argument))
-                        for part in _memory(array):
-                            arrays.append(part)
+                            raise _step_error(problem, self._place_name(k, plan, position, argument, -1))
+                        for part, memory in enumerate(_memory(array)):
+                            arrays.append(memory)
                             written_flags.append(written)
-                            places.append((k, plan, position, argument))
+                            places.append((k, plan, position, argument, part if type(array) is QuantizedState else -1))
                 if "stochastic_rounding" in hyperparameters and call.params and call.params[0].dtype.name != "bfloat16":
-                    raise TypeError(f"param group {k}: stochastic_rounding=True rounds bfloat16 params, not "
+                    raise TypeError(f"param_groups[{k}]: stochastic_rounding=True rounds bfloat16 params, not "
                                     f"{call.params[0].dtype}")
         pair = _core.overlapping(arrays, written_flags)
         if pair is not None:
@@ -797,19 +800,19 @@ class _FusedStep(torch.optim.Optimizer):
             raise ValueError(f"{first} and {second} overlap in memory; an array that is written must not share "
                              "memory with another array of the step")
 
-    def _place_name(self, k: int, plan: _Plan, position: int, argument: str) -> str:
+    def _place_name(self, k: int, plan: _Plan, position: int, argument: str, part: int) -> str:
         """An array of a step by the torch names of its param (by its index in its group) and
         its role: the param, its grad, or its state entry (an fp32 master's param_copies being the
-        param itself, and the master its state)."""
-        index = [i for i, present in enumerate(plan.present) if present][position]
-        param = f"param_groups[{k}]['params'][{index}]"
+        param itself, and the master its state; part 0 / 1: an 8-bit state's codes / scales, -1:
+        the whole entry)."""
+        param = _param_name(k, plan.group_indices()[position])
         if argument == "param_copies" or (argument == "params" and not self.defaults.get("master_weights")):
             return param
         if argument == "grads":
             return f"the grad of {param}"
         name = _MASTER[0].name if argument == "params" else next(
             spec.name for spec in self._states if spec.argument == argument)
-        return f"state[{name!r}] of {param}"
+        return f"state[{name + ('', _CODES, _SCALES)[part + 1]!r}] of {param}"
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
