@@ -303,9 +303,7 @@ Checked check_arrays(const std::vector<Role>& roles) {
         auto name = [&](std::size_t id) {
             return std::string(roles[id / ntensors].name) + (single ? "" : "[" + std::to_string(id % ntensors) + "]");
         };
-        throw py::value_error(name(pair->first) + " and " + name(pair->second) +
-                              " overlap in memory; an array that is written must not share memory with another "
-                              "array of the call");
+        throw_overlap(name(pair->first), name(pair->second));
     }
     return out;
 }
@@ -707,6 +705,21 @@ std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector
         if (spans[i].lo < last.hi && last.lo < spans[i].hi && (spans[i].written || last.written))
             return std::make_pair(spans[i].id, last.id);
     return std::nullopt;  // (not reached: the prefix of hi spans conflicts, that of hi - 1 does not)
+}
+
+void throw_overlap(const std::string& a, const std::string& b) {
+    throw py::value_error(a + " and " + b + " overlap in memory; an array that is written must not share memory with "
+                          "another array of the call");
+}
+
+void check_no_conflict(const std::vector<NamedArray>& arrays) {
+    std::vector<Span> spans;
+    for (std::size_t i = 0; i < arrays.size(); ++i)
+        if (arrays[i].array->nbytes() > 0) spans.push_back(span_of(*arrays[i].array, i, arrays[i].written));
+    if (auto pair = overlapping(spans)) {
+        const auto [a, b] = arrays[pair->first].written ? *pair : std::make_pair(pair->second, pair->first);
+        throw_overlap(arrays[a].name, arrays[b].name);
+    }
 }
 
 void bind_batchnorm(py::module_& m);  // bindings_batchnorm.cpp

@@ -107,25 +107,6 @@ py::array like_x(py::handle h, const char* name, const py::array& x, bool writte
     return a;
 }
 
-// No array that is written may share a byte with any other array of the call (checks.h).
-struct Named {
-    const char* name;
-    const py::array* array;
-    bool written;
-};
-void check_no_overlap(const std::vector<Named>& arrays) {
-    std::vector<Span> spans;
-    for (std::size_t i = 0; i < arrays.size(); ++i)
-        if (arrays[i].array->nbytes() > 0) spans.push_back(span_of(*arrays[i].array, i, arrays[i].written));
-    if (auto pair = overlapping(spans)) {
-        // the written one first: "out and dy overlap"
-        const auto [a, b] = arrays[pair->first].written ? *pair : std::make_pair(pair->second, pair->first);
-        throw py::value_error(std::string(arrays[a].name) + " and " + arrays[b].name +
-                              " overlap in memory; an array that is written must not share memory with another "
-                              "array of the call");
-    }
-}
-
 // Outputs the call allocates (no out=) of kPoolMinBytes or more come from buffers that earlier
 // such outputs gave back when their last reference died (the array, any view of it, a torch
 // tensor made by torch.from_numpy). A fresh allocation that large is often memory the process
@@ -324,13 +305,13 @@ py::tuple batchnorm_forward(py::handle x_obj, py::handle weight_obj, py::handle 
     std::optional<py::array> out;
     if (!out_obj.is_none()) out = like_x(out_obj, "out", x, true);
 
-    std::vector<Named> arrays{{"x", &x, false}};
+    std::vector<NamedArray> arrays{{"x", &x, false}};
     if (weight) arrays.push_back({"weight", &*weight, false});
     if (bias) arrays.push_back({"bias", &*bias, false});
     if (running_mean) arrays.push_back({"running_mean", &*running_mean, training});
     if (running_var) arrays.push_back({"running_var", &*running_var, training});
     if (out) arrays.push_back({"out", &*out, true});
-    check_no_overlap(arrays);
+    check_no_conflict(arrays);  // (checks.h)
 
     // all checks passed: allocate the outputs, then run
     py::array y = out ? *out : new_like(x);
@@ -391,12 +372,12 @@ py::tuple batchnorm_backward(py::handle dy_obj, py::handle x_obj, py::handle wei
     std::optional<py::array> out;
     if (!out_obj.is_none()) out = like_x(out_obj, "out", x, true);
 
-    std::vector<Named> arrays{{"dy", &dy, false}, {"x", &x, false}, {"save_mean", &save_mean, false},
+    std::vector<NamedArray> arrays{{"dy", &dy, false}, {"x", &x, false}, {"save_mean", &save_mean, false},
                               {"save_invstd", &save_invstd, false}};
     if (weight) arrays.push_back({"weight", &*weight, false});
     if (relu_output) arrays.push_back({"relu_output", &*relu_output, false});
     if (out) arrays.push_back({"out", &*out, true});
-    check_no_overlap(arrays);
+    check_no_conflict(arrays);  // (checks.h)
 
     // all checks passed: allocate the outputs, then run
     py::array dx = out ? *out : new_like(x);

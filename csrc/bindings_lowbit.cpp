@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "checks.h"
 #include "dispatch.h"
@@ -67,15 +66,8 @@ Arrays check(py::handle values, py::handle codes, py::handle scales, bool values
     if (static_cast<std::size_t>(a.scales.size()) != blocks)
         throw py::value_error("scales has " + std::to_string(a.scales.size()) + " elements but " + std::to_string(a.n) +
                               " values need " + std::to_string(blocks) + " (one per block of 256)");
-    const char* names[] = {"values", "codes", "scales"};
-    const py::array* arrays[] = {&a.values, &a.codes, &a.scales};
-    std::vector<Span> spans;
-    for (std::size_t i = 0; i < 3; ++i)  // values written, or codes and scales
-        if (arrays[i]->nbytes() > 0) spans.push_back(span_of(*arrays[i], i, (i == 0) == values_written));
-    if (auto pair = overlapping(spans))
-        throw py::value_error(std::string(names[pair->first]) + " and " + names[pair->second] +
-                              " overlap in memory; an array that is written must not share memory with another "
-                              "array of the call");
+    check_no_conflict({{"values", &a.values, values_written}, {"codes", &a.codes, !values_written},
+                       {"scales", &a.scales, !values_written}});
     return a;
 }
 

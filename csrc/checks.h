@@ -156,6 +156,18 @@ inline Span span_of(const py::array& a, std::size_t id, bool written) {
 // two params be given one grad tensor.
 std::optional<std::pair<std::size_t, std::size_t>> overlapping(const std::vector<Span>& spans);
 
+// ValueError: arrays a and b (names) overlap in memory, one of them written (bindings.cpp).
+[[noreturn]] void throw_overlap(const std::string& a, const std::string& b);
+
+// An array argument of a call by name, and whether the call writes it.
+struct NamedArray {
+    const char* name;
+    const py::array* array;
+    bool written;
+};
+// throw_overlap, naming the written array first, for the first pair overlapping() finds.
+void check_no_conflict(const std::vector<NamedArray>& arrays);
+
 }  // namespace fusedopt
 
 namespace pybind11 {

@@ -287,8 +287,8 @@ class _FusedStep(torch.optim.Optimizer):
 
     def _state_view(self, spec: StateArray, tensors: dict[str, Any], param: str,
                     order: tuple[int, ...] | None) -> np.ndarray | QuantizedState:
-        """The array a fusedopt call takes for state `spec` of param i (a QuantizedState for 8-bit
-        state), in the param's memory order."""
+        """The array a fusedopt call takes for state `spec` of the param named `param` (a
+        QuantizedState for 8-bit state), in the param's memory order."""
         codes = tensors.get(spec.name + _CODES)
         if codes is not None:
             return QuantizedState(_view(_in_order(codes, order), f"state[{spec.name + _CODES!r}] of {param}"),
