@@ -179,15 +179,20 @@ struct Quant8 {
     }
     template <class V> FUSEDOPT_INLINE void store(V x, std::size_t i) const {
         x.store(staged + i);
-        // the loop's whole vectors, [0, n / W * W): no branch, a pending block is whole (finish)
-        if constexpr (std::is_same_v<V, Vec<float>>)
-            encode<SIGNED>(V::load(pending.in + i), V(pending.inv)).store_u8(pending.codes + i);
+        // the loop's whole groups of four vectors, [0, n / kEncodeGroup * kEncodeGroup), each as
+        // its last vector is stored: no test of n, a pending block is whole (finish)
+        if constexpr (std::is_same_v<V, Vec<float>>) {
+            if (i % kEncodeGroup == kEncodeGroup - V::size) {
+                const std::size_t group = i + V::size - kEncodeGroup;
+                encode_group<SIGNED>(pending.in + group, pending.codes + group, pending.inv);
+            }
+        }
     }
     template <std::size_t AHEAD> FUSEDOPT_INLINE void prefetch(std::size_t) const {}
     // the previous block's codes past this loop's vectors; this block's scale, and its codes
     // pending if it is whole (the chunk's last block may be short, and is encoded now)
     void finish(const MixedChunk& m, std::size_t k, const BlockAt& b) const {
-        pending.encode(b.n / Vec<float>::size * Vec<float>::size);
+        pending.encode(b.n / kEncodeGroup * kEncodeGroup);
         PendingCodes& next = b.pending[k];
         begin_encode<SIGNED>(staged, codes, b.n, &m.scales[k][b.lo / kStage], &next);
         if (next.n != kStage) {

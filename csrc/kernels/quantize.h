@@ -111,7 +111,7 @@ FUSEDOPT_INLINE UintVec<V> encode(V x, V inv) {
         // k if y > half the smallest code (on y's bits, as y >= 0 is finite: integer order is
         // float order), at least 1; else 0. One compare into a mask and a zero-masked max on avx512.
         const U half_smallest(((quant::kOffset<true> + 1u) << 20) - (1u << 23));
-        return select(cmpgt(y, half_smallest), max_signed(k, U(1u)), U(0u)) | ((b >> 24) & U(0x80u));
+        return select_or_zero(cmpgt(y, half_smallest), max_signed(k, U(1u))) | ((b >> 24) & U(0x80u));
     } else {
         return max_signed(k, min_signed(magnitude, U(1u)));  // x != 0: at least 1 (|x|'s bits < 2^31)
     }
@@ -126,18 +126,23 @@ void decode_block(const std::uint8_t* codes, float scale, float* out, std::size_
     });
 }
 
-// n <= kQuantBlock values in[0..n) -> codes[0..n), with inv = 1 / the block's usable absmax (or 0,
-// signed code only: see encode). Four vectors at a time where the ISA packs their codes
-// together (store_u8x4), then the rest.
+// Four vectors of values in[0 .. 4W) -> codes[0 .. 4W), with inv as for encode: their codes
+// packed together where the ISA can (store_u8x4)
+constexpr std::size_t kEncodeGroup = 4 * Vec<float>::size;
 template <bool SIGNED>
-void encode_range(const float* in, std::uint8_t* codes, std::size_t n, float inv) {
+FUSEDOPT_INLINE void encode_group(const float* in, std::uint8_t* codes, float inv) {
     using V = Vec<float>;
     constexpr std::size_t W = V::size;
+    store_u8x4(encode<SIGNED>(V::load(in), V(inv)), encode<SIGNED>(V::load(in + W), V(inv)),
+               encode<SIGNED>(V::load(in + 2 * W), V(inv)), encode<SIGNED>(V::load(in + 3 * W), V(inv)), codes);
+}
+
+// n <= kQuantBlock values in[0..n) -> codes[0..n), with inv = 1 / the block's usable absmax (or 0,
+// signed code only: see encode). Four vectors at a time (encode_group), then the rest.
+template <bool SIGNED>
+void encode_range(const float* in, std::uint8_t* codes, std::size_t n, float inv) {
     std::size_t i = 0;
-    for (; i + 4 * W <= n; i += 4 * W)
-        store_u8x4(encode<SIGNED>(V::load(in + i), V(inv)), encode<SIGNED>(V::load(in + i + W), V(inv)),
-                   encode<SIGNED>(V::load(in + i + 2 * W), V(inv)), encode<SIGNED>(V::load(in + i + 3 * W), V(inv)),
-                   codes + i);
+    for (; i + kEncodeGroup <= n; i += kEncodeGroup) encode_group<SIGNED>(in + i, codes + i, inv);
     for_each_lane<float>(n - i, [&](auto vec, std::size_t j) {
         using VV = decltype(vec);
         encode<SIGNED>(VV::load(in + i + j), VV(inv)).store_u8(codes + i + j);

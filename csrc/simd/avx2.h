@@ -171,6 +171,9 @@ struct Vec<std::uint32_t> {
         return _mm256_andnot_si256(_mm256_cmpeq_epi32(k.v, _mm256_setzero_si256()),
                                    _mm256_slli_epi32(x.v, static_cast<int>(s)));
     }
+    // a where mask (a compare's all-ones or zero lanes) is set, else 0: an and, where GCC makes
+    // the generic select's vpblendvb with zero a vpcmpgtb of the mask's sign bits and an and
+    friend Vec select_or_zero(Vec mask, Vec a) { return _mm256_and_si256(mask.v, a.v); }
     // the high 16 bits of the lanes -> p[0..8): gathered to the low half of each 128-bit half
     // (vpshufb), the halves joined (vpermq), where a shift and the pack of store_u16 take three
     friend void store_u16_high(Vec x, std::uint16_t* p) {

@@ -17,6 +17,11 @@ template <class U>
 FUSEDOPT_INLINE U shift_left_where_nonzero(U k, U x, unsigned s) {
     return select(cmpeq(k, U(0u)), U(0u), x << static_cast<int>(s));
 }
+// a where mask is all ones, else 0 (mask: a compare's result)
+template <class M, class U>
+FUSEDOPT_INLINE U select_or_zero(M mask, U a) {
+    return select(mask, a, U(0u));
+}
 // the low bytes of the lanes of a, b, c, d (each < 256) -> p[0 .. 4 * U::size)
 template <class U>
 FUSEDOPT_INLINE void store_u8x4(U a, U b, U c, U d, std::uint8_t* p) {
