@@ -77,14 +77,17 @@ namespace {
 // the loop); loops over 2 or 4 blocks (stages of 512 / 1024 elements: within noise).
 // Since, the pending block's codes are written a group of four vectors at a time (encode_group:
 // packed by store_u8x4, where a vector at a time took a byte shuffle and a vpermd each), and
-// avx2's signed code takes its compare's mask by an and (select_or_zero). AMD EPYC Zen 3 (avx2),
-// 1 thread, 64K elements in cache, us per step, best of 1.5 s, 3 alternating processes: fp32 +
-// 8-bit AdamW 80.8-84.0 against 83.0-83.7, SGD momentum 36.5-37.6 against 38.1-39.8; bf16 + 8-bit
-// AdamW unchanged (100.6 / 101.3). On that core (llvm-mca -mcpu=znver3 on the loops) the
-// vector ports that shuffle and shift (FP1, FP2; the divider is on FP1) bound the mixed loops:
-// ~19 cycles per 8 elements for bf16 AdamW, of which the 16-bit loads' vpmovzxwd and shifts and
-// the stores' vpshufb + vpermq are most; measured, bf16 AdamW 1.11 ns/element in cache against
-// the all-fp32 loop's 0.52.
+// avx2's signed code takes its compare's mask by an and (select_or_zero). AMD EPYC Zen 3 (avx2,
+// 512 KB L2), 1 thread, 64K elements (in L2 and L3), us per step, best of 1.5 s, 3 alternating
+// processes: fp32 + 8-bit AdamW 80.8-84.0 against 83.0-83.7, SGD momentum 36.5-37.6 against
+// 38.1-39.8; bf16 + 8-bit AdamW unchanged (100.6 / 101.3); the avx512 copy was not timed (that
+// machine has none). On that core (llvm-mca -mcpu=znver3 on the loops) the vector ports that
+// shuffle and shift (FP1, FP2; the divider is on FP1) bound the mixed loops: ~19 cycles per 8
+// elements for bf16 AdamW, of which the 16-bit loads' vpmovzxwd and shifts and the stores'
+// vpshufb + vpermq are most; measured, bf16 AdamW 1.11 ns/element at 64K against the all-fp32
+// loop's 0.52. Tried and not kept: bf16 loaded by vbroadcasti128 + one vpshufb instead of
+// vpmovzxwd + a shift (SGD momentum bf16 38.3-39.8 against 40.9-42.2 us, AdamW 77.5-78.4 against
+// 77.8-79.5, on a host too noisy that hour to tell 5%).
 
 constexpr std::size_t kStage = kQuantBlock;
 static_assert(kQuantBlock == kQuantBlockSize, "optim.h's block size is quantize.h's");
