@@ -170,7 +170,7 @@ struct BFloat16Stochastic {
 };
 
 // 8-bit state: decoded as loaded; the new values wait in the block's buffer for its absmax, and
-// are encoded during the next block's loop, a vector as each vector is stored: its divisions
+// are encoded during the next block's loop, four vectors as every fourth is stored: its divisions
 // leave the vector ports idle that the encoding needs (below)
 template <bool SIGNED>
 struct Quant8 {
@@ -202,7 +202,7 @@ struct Quant8 {
         }
     }
     template <std::size_t AHEAD> FUSEDOPT_INLINE void prefetch(std::size_t) const {}
-    // the previous block's codes past this loop's vectors; this block's scale, and its codes
+    // the previous block's codes past this loop's groups; this block's scale, and its codes
     // pending if it is whole (the chunk's last block may be short, and is encoded now)
     void finish(const MixedChunk& m, std::size_t k, const BlockAt& b) const {
         pending.encode(b.n / kEncodeGroup * kEncodeGroup);
