@@ -364,7 +364,7 @@ Precision precision(const Checked& checked, bool stochastic_rounding, std::optio
 }
 
 // The optimizer's arrays (roles 0 .. narrays - 1, then param_copies) with param_copies' role
-// last: runs the float32 kernel's mixed driver (mixed.cpp) over chunks, each array addressed by
+// last: runs the float32 kernel's mixed driver (mixed.h) over chunks, each array addressed by
 // its own dtype's size.
 template <class Config>
 bool run_mixed(MixedKernel<Config> kernel, const Config& config, const Checked& checked, const Precision& prec,

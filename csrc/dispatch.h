@@ -39,7 +39,7 @@ struct KernelTable {
     ElementwiseKernel<AdagradConfig> adagrad[2];
     ElementwiseKernel<RmspropConfig> rmsprop[2];
     ElementwiseKernel<AdamConfig> adam[2];
-    // any storage dtypes, float32 math (mixed.cpp: the float32 loops over blocks)
+    // any storage dtypes, float32 math (mixed.h: the float32 loops over blocks)
     MixedKernel<SgdConfig> sgd_mixed;
     MixedKernel<AdagradConfig> adagrad_mixed;
     MixedKernel<RmspropConfig> rmsprop_mixed;

@@ -296,7 +296,7 @@ def test_isas_agree_bitwise(mode):
 def test_master_weights(isa, name, copy_dtype, state_dtype):
     """fp32 params updated exactly as without a copy; the copy is them rounded to nearest even.
     The grads are of the copy's dtype, as the model's are. (The calls with a copy run compiled
-    loops of their own, Fixed or Staged in mixed.cpp, and those without other ones: two paths that
+    loops of their own, Fixed or Staged in mixed.h, and those without other ones: two paths that
     must agree.)"""
     params, state, grads = problem(name, SIZES, F32, copy_dtype, state_dtype)
     params2, state2 = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in state.items()}

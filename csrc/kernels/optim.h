@@ -58,7 +58,7 @@ struct AdamConfig {
 // kQuant8*: 8-bit blockwise state (kernels/quantize.h): one byte per element and one float32
 // scale per block of kQuantBlockSize elements, signed or unsigned code.
 enum DType { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3, kQuant8Signed = 4, kQuant8Unsigned = 5 };
-constexpr std::size_t kQuantBlockSize = 256;  // = kQuantBlock of quantize.h (static_assert in mixed.cpp)
+constexpr std::size_t kQuantBlockSize = 256;  // = kQuantBlock of quantize.h (static_assert in mixed.h)
 
 // Stochastic rounding of bfloat16 params: the random bits of element i of tensor t at a step
 // come from a counter-based generator keyed by (seed, step, t, i >> 32) and counted by i's

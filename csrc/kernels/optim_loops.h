@@ -1,5 +1,5 @@
 // The optimizers' update loops, written once over the vector layer and compiled once per ISA:
-// optim.cpp runs them over float32 and float64 arrays, mixed.cpp over the blocks of a
+// optim.cpp runs them over float32 and float64 arrays, mixed.h over the blocks of a
 // mixed-precision call (an accessor per array, see there). Included only by those ISA copies
 // (namespace fusedopt::<isa>), each of which gets its own.
 //
@@ -13,7 +13,7 @@
 //
 // Each loop reads and writes its arrays through an accessor: Plain<T> when every array is T
 // (the float32 and float64 kernels), Fixed or Staged for one block of a mixed-precision call,
-// which convert each array from and to its storage (mixed.cpp).
+// which convert each array from and to its storage (mixed.h).
 //
 // Option flags that add or skip work (weight decay, momentum, amsgrad, ...) are template
 // parameters, so each loop is compiled without branches; with_flags() turns the runtime bools

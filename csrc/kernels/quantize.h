@@ -36,7 +36,7 @@
 //
 // The codec is written once per vector over the vector layer's integer lanes (decode, encode:
 // integer ops on the bits and one float multiply, each exact or one IEEE rounding, so every ISA
-// and the one-lane tail give the same bits). The optimizers' blockwise driver (mixed.cpp) calls
+// and the one-lane tail give the same bits). The optimizers' blockwise driver (mixed.h) calls
 // them inside its update loop: codes are decoded as the loop loads them and the new state is
 // kept in a block buffer whose absmax is known only at the block's end (begin_encode), then
 // encoded a vector at a time inside the next block's loop.

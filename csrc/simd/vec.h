@@ -7,7 +7,7 @@
 #include <cstdint>
 
 // For a per-vector helper that must inline into its loop: with several in one loop body, GCC's
-// size heuristics otherwise leave a call per vector (measured in mixed.cpp's loops).
+// size heuristics otherwise leave a call per vector (measured in mixed.h's loops).
 // FUSEDOPT_INLINE_BODY, for a loop body lambda (before its braces): a body left out of line
 // for the one-element head or tail takes the address of what it captures, and the vector loop
 // beside it then reloads every captured pointer and constant after each store, which might have
